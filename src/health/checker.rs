@@ -1,0 +1,76 @@
+//! The checker task of one node: at most one check in flight, a new connection per check, the first
+//! check staggered by `i * inter / N` (HAProxy's `start_check_task`), and each next check `interval`
+//! after the previous one *completes* (`process_chk_conn`), the interval chosen by the state owner
+//! from the node's health (`srv_getinter`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::check::{self, CheckSpec};
+use crate::state::Report;
+
+/// Runs checks for node `node` until `stop` is cancelled or the state owner is gone.
+pub async fn run(
+    node: usize,
+    target: SocketAddr,
+    spec: CheckSpec,
+    first_delay: Duration,
+    reports: mpsc::Sender<Report>,
+    stop: CancellationToken,
+) {
+    let mut delay = first_delay;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = check::run(target, &spec) => r,
+        };
+        let (reply, next) = oneshot::channel();
+        if reports
+            .send(Report {
+                node,
+                result,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        delay = match next.await {
+            Ok(d) => d,
+            Err(_) => return,
+        };
+    }
+}
+
+/// HAProxy's start offsets: node `i` of `n` first checks at `i * inter / n`.
+pub fn first_delay(i: usize, n: usize, inter: Duration) -> Duration {
+    inter.mul_f64(i as f64 / n.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_checks_are_spread_over_inter() {
+        // "First checks of N checked servers start at i x inter / N (0, 1 s, 2 s for 3 servers at 3 s)."
+        let inter = Duration::from_secs(3);
+        let d: Vec<_> = (0..3).map(|i| first_delay(i, 3, inter)).collect();
+        assert_eq!(
+            d,
+            [
+                Duration::ZERO,
+                Duration::from_secs(1),
+                Duration::from_secs(2)
+            ]
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! patroni-proxy: an L4 proxy that sends every PostgreSQL connection to the current Patroni primary.
+//!
+//! Layout, in the order data flows:
+//! - [`config`]: the TOML file, its defaults and validation; [`import`] converts an HAProxy config.
+//! - [`health`]: HTTP checks against Patroni's REST API and the pure rise/fall state machine.
+//! - [`patroni`]: what a check's answer says about the node's role.
+//! - [`state`]: the single owner of backend state; publishes immutable snapshots.
+//! - [`routing`]: the pure choice of the one routed primary.
+//! - [`backend`]: IO-layer counters, server slots and the session kill switch.
+//! - [`proxy`]: accept loop, sessions, byte relay.
+//! - [`stats`]: the stats listener (dashboard, exports, metrics).
+//! - [`supervisor`]: starts, supervises and drains all of the above.
+
+pub mod backend;
+pub mod config;
+pub mod health;
+pub mod import;
+pub mod patroni;
+pub mod proxy;
+pub mod routing;
+pub mod state;
+pub mod stats;
+pub mod supervisor;

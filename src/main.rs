@@ -1,0 +1,199 @@
+//! The `patroni-proxy` binary: parse the command line, load and check the config, set up logging,
+//! bind, run until a signal, drain, exit. All the work lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use patroni_proxy::config::{format_duration, Config};
+use patroni_proxy::supervisor::{self, Listeners};
+
+/// An L4 proxy that sends every PostgreSQL connection to the current Patroni primary.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short, global = true, default_value = "proxy.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and print the effective settings (like `haproxy -c`).
+    Check,
+    /// Convert an HAProxy configuration of the Patroni template's shape into proxy.toml (stdout).
+    ImportHaproxy {
+        /// The haproxy.cfg to read.
+        file: PathBuf,
+    },
+}
+
+/// sysexits' EX_CONFIG-style code for an unusable configuration, as linkerd2-proxy uses.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::ImportHaproxy { file }) => import(&file),
+        Some(Command::Check) => match Config::load(&cli.config) {
+            Ok(c) => {
+                print!("{}", summary(&c, &cli.config));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        None => run(&cli.config),
+    }
+}
+
+fn import(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match patroni_proxy::import::import(&text) {
+        Ok(c) => {
+            print!(
+                "{}",
+                patroni_proxy::import::to_toml(&c, &file.display().to_string())
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn summary(c: &Config, path: &std::path::Path) -> String {
+    let d = format_duration;
+    let mut s = format!(
+        "{}: OK\nlisten {} on {} (maxconn {}, retries {}, timeout connect {} / client {} / server {} / queue {}, on-marked-down {:?})\n\
+         check {} {} {} expect {} every {} (fastinter {}, downinter {}), rise {} fall {}, timeout {}\n",
+        path.display(),
+        c.listen.name,
+        c.listen.bind,
+        c.global.maxconn,
+        c.listen.retries,
+        d(c.listen.timeout_connect),
+        d(c.listen.timeout_client),
+        d(c.listen.timeout_server),
+        d(c.timeout_queue()),
+        c.listen.on_marked_down,
+        c.check.method,
+        c.check.uri,
+        c.check.version,
+        c.check.expect_status,
+        d(c.check.inter),
+        d(c.interval_for(false, false)),
+        d(c.interval_for(false, true)),
+        c.check.rise,
+        c.check.fall,
+        d(c.check.timeout),
+    );
+    for (i, srv) in c.servers.iter().enumerate() {
+        s.push_str(&format!(
+            "server {} {} maxconn {} check {}\n",
+            srv.name,
+            srv.address,
+            srv.maxconn,
+            c.check_target(i)
+        ));
+    }
+    s.push_str(&format!(
+        "stats on {}{}\n",
+        c.stats.bind,
+        if c.stats.auth.is_some() {
+            " (basic auth)"
+        } else {
+            ""
+        }
+    ));
+    s
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    // Every session holds two descriptors; the default soft limit (1024) would cap us near 500.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(nofile = n, "raised the open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let proxy = tokio::net::TcpListener::bind(config.listen.bind)
+        .await
+        .with_context(|| format!("cannot listen on {} (listen.bind)", config.listen.bind))?;
+    let stats = tokio::net::TcpListener::bind(config.stats.bind)
+        .await
+        .with_context(|| format!("cannot listen on {} (stats.bind)", config.stats.bind))?;
+    tracing::info!(
+        listen = %config.listen.bind,
+        stats = %config.stats.bind,
+        servers = config.servers.len(),
+        version = env!("CARGO_PKG_VERSION"),
+        "patroni-proxy started; no server is routable until a check confirms the primary"
+    );
+    let running = supervisor::start(
+        config,
+        Listeners {
+            proxy,
+            stats: Some(stats),
+        },
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections; draining sessions");
+    running.shutdown().await
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,394 @@
+//! The backend state: one immutable [`Snapshot`] of every node (health counter, last check, Patroni
+//! answer, routed primary), replaced as a whole by the single task that applies check results. The
+//! accept path, the stats page and the metrics only read it. Applying a result is where HAProxy's
+//! transitions happen: log lines in its wording, `on-marked-down shutdown-sessions`, and closing the
+//! sessions of a primary that lost the role.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::Backend;
+use crate::config::{Config, OnMarkedDown};
+use crate::health::{CheckResult, HealthCounter, Transition};
+use crate::patroni::Answer;
+use crate::routing::{self, Candidate, Claim};
+
+/// Everything known about one node at one moment.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    pub counter: HealthCounter,
+    /// `None` until the first check finishes (HAProxy's `INI`).
+    pub last_check: Option<CheckResult>,
+    /// The answer of the last check, definitive or not.
+    pub last_answer: Option<Answer>,
+    pub claim: Claim,
+    /// `chkfail`: failed checks that moved the counter.
+    pub chkfail: u64,
+    /// `chkdown`: UP to DOWN transitions.
+    pub chkdown: u64,
+    /// When the operational state (UP/DOWN) last changed, or start-up.
+    pub last_change: Instant,
+    pub last_change_wall: SystemTime,
+    /// Time spent DOWN in finished DOWN periods; add `now - last_change` while DOWN.
+    pub downtime: Duration,
+}
+
+impl NodeState {
+    fn new(rise: u32, fall: u32, now: Instant) -> Self {
+        Self {
+            counter: HealthCounter::new(rise, fall),
+            last_check: None,
+            last_answer: None,
+            claim: Claim::Unconfirmed,
+            chkfail: 0,
+            chkdown: 0,
+            last_change: now,
+            last_change_wall: SystemTime::now(),
+            downtime: Duration::ZERO,
+        }
+    }
+
+    /// Total downtime including the current DOWN period.
+    pub fn downtime_at(&self, now: Instant) -> Duration {
+        if self.counter.is_up() {
+            self.downtime
+        } else {
+            self.downtime + now.saturating_duration_since(self.last_change)
+        }
+    }
+}
+
+/// The one published view of all backends.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Increments with every applied check.
+    pub seq: u64,
+    pub nodes: Vec<NodeState>,
+    /// The node new connections go to.
+    pub primary: Option<usize>,
+    /// How many times the routed primary changed to another node (not counting losing it).
+    pub primary_changes: u64,
+    /// When `primary` last changed (to a node or to none).
+    pub primary_since: Instant,
+    /// Completed periods without a routable primary (the current one is `now - primary_since`).
+    pub no_primary_total: Duration,
+}
+
+impl Snapshot {
+    pub fn no_primary_total_at(&self, now: Instant) -> Duration {
+        match self.primary {
+            Some(_) => self.no_primary_total,
+            None => self.no_primary_total + now.saturating_duration_since(self.primary_since),
+        }
+    }
+}
+
+/// A line of the dashboard's event timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    #[serde(serialize_with = "ser_epoch")]
+    pub at: SystemTime,
+    pub kind: EventKind,
+    pub server: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Up,
+    Down,
+    PrimaryChanged,
+    PrimaryLost,
+    SessionsClosed,
+}
+
+fn ser_epoch<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64(),
+    )
+}
+
+/// The recent events, newest last, bounded.
+#[derive(Debug, Default)]
+pub struct Events(Mutex<VecDeque<Event>>);
+
+impl Events {
+    const KEEP: usize = 200;
+
+    pub fn push(&self, kind: EventKind, server: Option<&str>, message: String) {
+        let mut q = self.0.lock().expect("events lock");
+        if q.len() == Self::KEEP {
+            q.pop_front();
+        }
+        q.push_back(Event {
+            at: SystemTime::now(),
+            kind,
+            server: server.map(str::to_string),
+            message,
+        });
+    }
+
+    pub fn recent(&self) -> Vec<Event> {
+        self.0
+            .lock()
+            .expect("events lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Shared, read-mostly handles: config, the snapshot channel, IO counters, events.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub snapshot: watch::Sender<Arc<Snapshot>>,
+    pub backends: Vec<Backend>,
+    pub frontend: crate::backend::Frontend,
+    pub events: Events,
+    pub started: SystemTime,
+    pub started_at: Instant,
+    /// Cancelled at the end of the drain period: closes every session still open.
+    pub all_sessions: CancellationToken,
+}
+
+impl Shared {
+    pub fn new(config: Arc<Config>) -> Arc<Self> {
+        let now = Instant::now();
+        let all_sessions = CancellationToken::new();
+        let nodes = config
+            .servers
+            .iter()
+            .map(|_| NodeState::new(config.check.rise.get(), config.check.fall.get(), now))
+            .collect();
+        let backends = config
+            .servers
+            .iter()
+            .map(|s| Backend::new(s.maxconn.get(), all_sessions.clone()))
+            .collect();
+        let (snapshot, _) = watch::channel(Arc::new(Snapshot {
+            seq: 0,
+            nodes,
+            primary: None,
+            primary_changes: 0,
+            primary_since: now,
+            no_primary_total: Duration::ZERO,
+        }));
+        Arc::new(Self {
+            config,
+            snapshot,
+            backends,
+            frontend: Default::default(),
+            events: Events::default(),
+            started: SystemTime::now(),
+            started_at: now,
+            all_sessions,
+        })
+    }
+
+    /// The current snapshot (cheap: one `Arc` clone).
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn server_name(&self, i: usize) -> &str {
+        &self.config.servers[i].name
+    }
+}
+
+/// A finished check, sent by a node's checker; the reply carries the delay before its next check.
+#[derive(Debug)]
+pub struct Report {
+    pub node: usize,
+    pub result: CheckResult,
+    pub reply: oneshot::Sender<Duration>,
+}
+
+/// The state owner: applies reports one at a time until cancelled.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut reports: mpsc::Receiver<Report>,
+    stop: CancellationToken,
+) {
+    loop {
+        let report = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = reports.recv() => match r { Some(r) => r, None => return },
+        };
+        let next = apply(&shared, report.node, report.result);
+        // A checker that stopped waiting is shutting down; nothing to do.
+        let _ = report.reply.send(next);
+    }
+}
+
+/// Applies one check result: counter step, transitions and their side effects, routing decision,
+/// new snapshot. Returns the interval before the node's next check.
+pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
+    let cfg = &shared.config;
+    let px = &cfg.listen.name;
+    let name = shared.server_name(node);
+    let now = Instant::now();
+    let mut snap = (*shared.current()).clone();
+    snap.seq += 1;
+
+    let answer = Answer::of(&result);
+    let n = &mut snap.nodes[node];
+    match &answer {
+        Answer::Primary { timeline } => {
+            n.claim = Claim::Primary {
+                timeline: *timeline,
+                seq: snap.seq,
+            }
+        }
+        Answer::NotPrimary { reason } => {
+            n.claim = Claim::Denied {
+                reason: reason.clone(),
+            }
+        }
+        Answer::Unknown => {}
+    }
+    let step = n.counter.observe(result.status.passed());
+    if step.counted_failure {
+        n.chkfail += 1;
+    }
+    let reason = describe(&result);
+    n.last_check = Some(result);
+    n.last_answer = Some(answer);
+
+    match step.transition {
+        Some(Transition::WentDown) => {
+            n.chkdown += 1;
+            n.last_change = now;
+            n.last_change_wall = SystemTime::now();
+        }
+        Some(Transition::WentUp) => {
+            n.downtime += now.saturating_duration_since(n.last_change);
+            n.last_change = now;
+            n.last_change_wall = SystemTime::now();
+        }
+        None => {}
+    }
+    let next = cfg.interval_for(n.counter.is_fully_up(), n.counter.is_fully_down());
+    let active = snap.nodes.iter().filter(|n| n.counter.is_up()).count();
+    let backend = &shared.backends[node];
+
+    match step.transition {
+        Some(Transition::WentDown) => {
+            let sessions = if cfg.listen.on_marked_down == OnMarkedDown::ShutdownSessions {
+                backend.kill_sessions()
+            } else {
+                backend
+                    .counters
+                    .scur
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            };
+            let queued = backend
+                .counters
+                .qcur
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let msg = format!(
+                "Server {px}/{name} is DOWN, {reason}. {active} active and 0 backup servers left. \
+                 {sessions} sessions active, 0 requeued, {queued} remaining in queue."
+            );
+            tracing::warn!(target: "patroni_proxy::health", server = name, "{msg}");
+            shared.events.push(EventKind::Down, Some(name), msg);
+            if active == 0 {
+                tracing::error!(target: "patroni_proxy::health", "proxy '{px}' has no server available!");
+            }
+        }
+        Some(Transition::WentUp) => {
+            let msg = format!(
+                "Server {px}/{name} is UP, {reason}. {active} active and 0 backup servers online. \
+                 0 sessions requeued, 0 total in queue."
+            );
+            tracing::info!(target: "patroni_proxy::health", server = name, "{msg}");
+            shared.events.push(EventKind::Up, Some(name), msg);
+        }
+        None => {}
+    }
+
+    // Routing decision on the updated view.
+    let candidates: Vec<Candidate<'_>> = snap
+        .nodes
+        .iter()
+        .map(|n| Candidate {
+            up: n.counter.is_up(),
+            claim: &n.claim,
+        })
+        .collect();
+    let chosen = routing::choose(snap.primary, &candidates);
+    if chosen != snap.primary {
+        let old = snap.primary;
+        if old.is_none() {
+            snap.no_primary_total += now.saturating_duration_since(snap.primary_since);
+        }
+        snap.primary = chosen;
+        snap.primary_since = now;
+        match chosen {
+            Some(new) => {
+                snap.primary_changes += u64::from(old.is_some());
+                let new_name = shared.server_name(new);
+                let timeline = match &snap.nodes[new].claim {
+                    Claim::Primary {
+                        timeline: Some(t), ..
+                    } => format!(" (timeline {t})"),
+                    _ => String::new(),
+                };
+                let msg = match old {
+                    Some(old) => {
+                        // Never two primaries: sessions opened on the previous one go now, whatever
+                        // its health counter says.
+                        let closed = shared.backends[old].kill_sessions();
+                        format!(
+                            "Routed primary of {px} is now {new_name}{timeline}, was {}; \
+                             {closed} sessions to {} closed.",
+                            shared.server_name(old),
+                            shared.server_name(old)
+                        )
+                    }
+                    None => format!("Routed primary of {px} is now {new_name}{timeline}."),
+                };
+                tracing::warn!(target: "patroni_proxy::routing", primary = new_name, "{msg}");
+                shared
+                    .events
+                    .push(EventKind::PrimaryChanged, Some(new_name), msg);
+            }
+            None => {
+                let old_name = old.map(|o| shared.server_name(o)).unwrap_or("?");
+                let msg = format!(
+                    "Routed primary of {px} lost: {old_name} is no longer routable ({reason}); \
+                     new connections are refused until a primary is confirmed."
+                );
+                tracing::warn!(target: "patroni_proxy::routing", "{msg}");
+                shared
+                    .events
+                    .push(EventKind::PrimaryLost, Some(old_name), msg);
+            }
+        }
+    }
+
+    shared.snapshot.send_replace(Arc::new(snap));
+    next
+}
+
+/// HAProxy's `reason: ..., code: ..., info: "...", check duration: Nms` fragment.
+fn describe(r: &CheckResult) -> String {
+    let mut s = format!("reason: {}", r.status.description());
+    if let (Some(code), true) = (r.code, r.status.is_layer7()) {
+        s.push_str(&format!(", code: {code}"));
+    }
+    if let Some(info) = &r.info {
+        s.push_str(&format!(", info: \"{info}\""));
+    }
+    s.push_str(&format!(", check duration: {}ms", r.duration.as_millis()));
+    s
+}

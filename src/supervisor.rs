@@ -1,0 +1,122 @@
+//! Starts every long-lived task on already-bound listeners, supervises them, and drains on shutdown:
+//! stop accepting, wait for sessions up to the grace period, then close the rest and say how many.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::health::{checker, CheckSpec};
+use crate::state::{self, Shared};
+use crate::{proxy, stats};
+
+/// The bound sockets the proxy serves on. Binding is the caller's job so tests can use port 0.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub stats: Option<TcpListener>,
+}
+
+/// A running proxy: its shared state (for tests and the stats page) and its stop switch.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Begins a graceful shutdown and waits for it to finish.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.done.await?
+    }
+}
+
+/// Starts the proxy in the background; see [`run`].
+pub fn start(config: Arc<Config>, listeners: Listeners) -> Running {
+    let shared = Shared::new(config);
+    let stop = CancellationToken::new();
+    let done = tokio::spawn(run(shared.clone(), listeners, stop.clone()));
+    Running { shared, stop, done }
+}
+
+/// Runs until `stop` is cancelled, then drains. An unexpected exit of any long-lived task is an
+/// error (and stops the others), never a silent degradation.
+pub async fn run(
+    shared: Arc<Shared>,
+    listeners: Listeners,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let cfg = shared.config.clone();
+    let tasks = TaskTracker::new();
+    let sessions = TaskTracker::new();
+    let internal_stop = stop.child_token();
+    let (tx, rx) = mpsc::channel(cfg.servers.len() * 2);
+
+    let spec = CheckSpec::new(
+        &cfg.check.method,
+        &cfg.check.uri,
+        &cfg.check.version,
+        cfg.check.expect_status,
+        cfg.check_connect_timeout(),
+        cfg.check.timeout,
+    );
+    let n = cfg.servers.len();
+    let mut supervised = tokio::task::JoinSet::new();
+    supervised.spawn(tasks.track_future(state::run(shared.clone(), rx, internal_stop.clone())));
+    for i in 0..n {
+        supervised.spawn(tasks.track_future(checker::run(
+            i,
+            cfg.check_target(i),
+            spec.clone(),
+            checker::first_delay(i, n, cfg.check.inter),
+            tx.clone(),
+            internal_stop.clone(),
+        )));
+    }
+    drop(tx);
+    supervised.spawn(tasks.track_future(proxy::serve(
+        listeners.proxy,
+        shared.clone(),
+        sessions.clone(),
+        internal_stop.clone(),
+    )));
+    if let Some(l) = listeners.stats {
+        supervised.spawn(tasks.track_future(stats::serve(
+            l,
+            shared.clone(),
+            internal_stop.clone(),
+        )));
+    }
+
+    let failure = tokio::select! {
+        _ = stop.cancelled() => None,
+        r = supervised.join_next() => Some(r),
+    };
+    internal_stop.cancel();
+    if let Some(r) = &failure {
+        tracing::error!(?r, "a long-lived task exited unexpectedly; shutting down");
+    }
+    tasks.close();
+    tasks.wait().await;
+
+    sessions.close();
+    let grace = cfg.global.shutdown_grace;
+    let open = shared.frontend.scur.load(Relaxed);
+    if open > 0 {
+        tracing::info!(open, grace = ?grace, "draining sessions");
+    }
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+        let left = shared.frontend.scur.load(Relaxed);
+        tracing::warn!(left, "grace period over; closing remaining sessions");
+        shared.all_sessions.cancel();
+        sessions.wait().await;
+    }
+    match failure {
+        Some(r) => anyhow::bail!("a long-lived task exited unexpectedly: {r:?}"),
+        None => Ok(()),
+    }
+}
