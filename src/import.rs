@@ -18,14 +18,6 @@ pub struct ImportError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Section {
-    None,
-    Global,
-    Defaults,
-    Listen,
-}
-
 /// Settings that may appear in `defaults` and be overridden in a `listen`.
 #[derive(Debug, Default, Clone)]
 struct Timeouts {
@@ -50,8 +42,66 @@ struct ServerDefaults {
 }
 
 /// Converts HAProxy configuration text.
+/// One section of the file: its header line, keyword, name, and directive lines.
+struct Block {
+    line: usize,
+    kind: String,
+    name: Option<String>,
+    body: Vec<(usize, Vec<String>)>,
+}
+
+/// Splits the text into sections, dropping comments and blank lines.
+fn split_sections(text: &str) -> Result<Vec<Block>, ImportError> {
+    let mut blocks: Vec<Block> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let words: Vec<String> = raw
+            .split('#')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        let Some(kw) = words.first() else { continue };
+        match kw.as_str() {
+            "global" | "defaults" | "listen" => {
+                if words.len() > 2 || (kw == "defaults" && words.len() > 1) {
+                    return Err(err(
+                        line,
+                        kw,
+                        "section options are not supported: put the address on a `bind` line",
+                    ));
+                }
+                if kw == "listen" && words.len() < 2 {
+                    return Err(err(line, kw, "a listen section needs a name"));
+                }
+                blocks.push(Block {
+                    line,
+                    kind: kw.clone(),
+                    name: words.get(1).cloned(),
+                    body: Vec::new(),
+                });
+            }
+            "frontend" | "backend" | "resolvers" | "peers" | "userlist" | "program" | "cache"
+            | "mailers" | "ring" => {
+                return Err(err(
+                    line,
+                    kw,
+                    "this section is outside the Patroni template's subset: use one `listen` with \
+                     `server` lines",
+                ))
+            }
+            _ => match blocks.last_mut() {
+                Some(b) => b.body.push((line, words)),
+                None => return Err(err(line, kw, "directive outside any section")),
+            },
+        }
+    }
+    Ok(blocks)
+}
+
+/// Converts HAProxy configuration text.
 pub fn import(text: &str) -> Result<Config, ImportError> {
-    let mut section = Section::None;
     let mut global = Global::default();
     let mut defaults = Timeouts::default();
     let mut proxy_timeouts = Timeouts::default();
@@ -63,145 +113,67 @@ pub fn import(text: &str) -> Result<Config, ImportError> {
     let mut seen_proxy = false;
     let mut seen_stats = false;
     let mut frontend_maxconn: Option<NonZeroU32> = None;
-    // A `listen` is classified by its content, so buffer it until the next section.
-    let mut pending: Option<(usize, String, Vec<(usize, Vec<String>)>)> = None;
 
-    let lines: Vec<(usize, Vec<String>)> = text
-        .lines()
-        .enumerate()
-        .filter_map(|(i, l)| {
-            let l = l.split('#').next().unwrap_or("");
-            let words: Vec<String> = l.split_whitespace().map(str::to_string).collect();
-            (!words.is_empty()).then_some((i + 1, words))
-        })
-        .collect();
-
-    let mut flush = |pending: &mut Option<(usize, String, Vec<(usize, Vec<String>)>)>,
-                     listen: &mut Listen,
-                     check: &mut Check,
-                     stats: &mut Stats,
-                     server_defaults: &mut ServerDefaults,
-                     proxy_timeouts: &mut Timeouts,
-                     servers: &mut Vec<(usize, Vec<String>)>,
-                     frontend_maxconn: &mut Option<NonZeroU32>|
-     -> Result<(), ImportError> {
-        let Some((line, name, body)) = pending.take() else {
-            return Ok(());
-        };
-        let is_stats = body.iter().any(|(_, w)| w[0] == "stats");
-        if is_stats {
-            if seen_stats {
-                return Err(err(
-                    line,
-                    "listen",
-                    "a second stats listen: only one is supported",
-                ));
-            }
-            seen_stats = true;
-            parse_stats(&body, stats)
-        } else {
-            if seen_proxy {
-                return Err(err(
-                    line,
-                    "listen",
-                    &format!("a second TCP listen `{name}`: patroni-proxy serves one primary port"),
-                ));
-            }
-            seen_proxy = true;
-            listen.name = name;
-            parse_proxy(
-                &body,
-                listen,
-                check,
-                server_defaults,
-                proxy_timeouts,
-                servers,
-                frontend_maxconn,
-            )
-        }
-    };
-
-    for (line, words) in lines {
-        let kw = words[0].as_str();
-        match kw {
-            "global" | "defaults" | "listen" => {
-                flush(
-                    &mut pending,
-                    &mut listen,
-                    &mut check,
-                    &mut stats,
-                    &mut server_defaults,
-                    &mut proxy_timeouts,
-                    &mut servers,
-                    &mut frontend_maxconn,
-                )?;
-                section = match kw {
-                    "global" => Section::Global,
-                    "defaults" => {
-                        if words.len() > 1 {
-                            return Err(err(line, "defaults", "named defaults sections are not supported"));
-                        }
-                        Section::Defaults
-                    }
-                    _ => {
-                        let name = words
-                            .get(1)
-                            .ok_or_else(|| err(line, "listen", "a listen section needs a name"))?;
-                        if words.len() > 2 {
-                            return Err(err(
-                                line,
-                                "listen",
-                                "put the address on a `bind` line, not on the listen line",
-                            ));
-                        }
-                        pending = Some((line, name.clone(), Vec::new()));
-                        Section::Listen // stats or TCP: decided at flush
-                    }
-                };
-            }
-            "frontend" | "backend" | "resolvers" | "peers" | "userlist" | "program" | "cache" | "mailers" | "ring" => {
-                return Err(err(
-                    line,
-                    kw,
-                    "this section is outside the Patroni template's subset: use one `listen` with `server` lines",
-                ))
-            }
-            _ => match section {
-                Section::None => return Err(err(line, kw, "directive outside any section")),
-                Section::Global => match kw {
-                    "maxconn" => global.maxconn = nonzero(line, &words, 1)?,
-                    "log" | "daemon" | "user" | "group" | "chroot" | "pidfile" | "nbthread" | "stats" => {
-                        return Err(err(
-                            line,
+    for block in split_sections(text)? {
+        match block.kind.as_str() {
+            "global" => {
+                for (line, w) in &block.body {
+                    match w[0].as_str() {
+                        "maxconn" => global.maxconn = nonzero(*line, w, 1)?,
+                        kw @ ("log" | "daemon" | "user" | "group" | "chroot" | "pidfile"
+                        | "nbthread" | "stats") => return Err(err(
+                            *line,
                             kw,
-                            "not supported in `global`: only `maxconn` is. patroni-proxy logs to stderr \
-                             (RUST_LOG sets the level) and runs as whoever starts it; remove the line",
-                        ))
+                            "not supported in `global`: only `maxconn` is. patroni-proxy logs to \
+                                 stderr (RUST_LOG sets the level) and runs as whoever starts it; \
+                                 remove the line",
+                        )),
+                        _ => return Err(unknown(*line, &directive_name(w), "global")),
                     }
-                    _ => return Err(unknown(line, kw, "global")),
-                },
-                Section::Defaults => parse_timeouts(line, &words, &mut defaults, true)?,
-                Section::Listen => {
-                    pending
-                        .as_mut()
-                        .expect("a listen section is open")
-                        .2
-                        .push((line, words));
                 }
-            },
+            }
+            "defaults" => {
+                for (line, w) in &block.body {
+                    parse_timeouts(*line, w, &mut defaults, true)?;
+                }
+            }
+            _ => {
+                let name = block.name.unwrap_or_default();
+                if block.body.iter().any(|(_, w)| w[0] == "stats") {
+                    if seen_stats {
+                        return Err(err(
+                            block.line,
+                            "listen",
+                            "a second stats listen: only one is supported",
+                        ));
+                    }
+                    seen_stats = true;
+                    parse_stats(&block.body, &mut stats)?;
+                } else {
+                    if seen_proxy {
+                        return Err(err(
+                            block.line,
+                            "listen",
+                            &format!(
+                                "a second TCP listen `{name}`: patroni-proxy serves one primary port"
+                            ),
+                        ));
+                    }
+                    seen_proxy = true;
+                    listen.name = name;
+                    parse_proxy(
+                        &block.body,
+                        &mut listen,
+                        &mut check,
+                        &mut server_defaults,
+                        &mut proxy_timeouts,
+                        &mut servers,
+                        &mut frontend_maxconn,
+                    )?;
+                }
+            }
         }
     }
-    flush(
-        &mut pending,
-        &mut listen,
-        &mut check,
-        &mut stats,
-        &mut server_defaults,
-        &mut proxy_timeouts,
-        &mut servers,
-        &mut frontend_maxconn,
-    )?;
-    drop(flush);
 
     if !seen_proxy {
         return Err(err(
@@ -426,7 +398,7 @@ fn parse_proxy(
                     "patroni-proxy always routes to the one confirmed primary; remove the line",
                 ))
             }
-            other => return Err(unknown(line, other, "the TCP listen")),
+            _ => return Err(unknown(line, &directive_name(w), "the TCP listen")),
         }
     }
     if servers.is_empty() {
@@ -479,9 +451,9 @@ fn parse_timeouts(
             *slot = Some(d);
             Ok(())
         }
-        other => Err(unknown(
+        _ => Err(unknown(
             line,
-            other,
+            &directive_name(w),
             if in_defaults {
                 "defaults"
             } else {
@@ -699,6 +671,16 @@ fn err(line: usize, directive: &str, message: &str) -> ImportError {
         line,
         directive: directive.to_string(),
         message: message.to_string(),
+    }
+}
+
+/// `option redispatch` rather than `option`: the words that identify a directive.
+fn directive_name(w: &[String]) -> String {
+    match (w[0].as_str(), w.get(1)) {
+        ("option" | "http-check" | "stats" | "timeout" | "no", Some(second)) => {
+            format!("{} {second}", w[0])
+        }
+        _ => w[0].clone(),
     }
 }
 

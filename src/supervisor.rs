@@ -93,8 +93,11 @@ pub async fn run(
     }
 
     let failure = tokio::select! {
+        biased;
         _ = stop.cancelled() => None,
-        r = supervised.join_next() => Some(r),
+        // Tasks also end when `stop` fires (their token is its child): only an exit before that is
+        // a failure.
+        r = supervised.join_next() => (!stop.is_cancelled()).then_some(r),
     };
     internal_stop.cancel();
     if let Some(r) = &failure {
