@@ -151,7 +151,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -160,7 +160,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
+async fn serve(config: Arc<Config>, path: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
     let proxy = tokio::net::TcpListener::bind(config.listen.bind)
         .await
@@ -182,6 +182,9 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
             stats: Some(stats),
         },
     );
+    // For the dashboard's process line.
+    let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let _ = running.shared.stats.config_path.set(shown);
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections; draining sessions");
     running.shutdown().await

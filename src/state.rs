@@ -159,6 +159,9 @@ pub struct Shared {
     pub started_at: Instant,
     /// Cancelled at the end of the drain period: closes every session still open.
     pub all_sessions: CancellationToken,
+    /// The stats side of this instance: its own Prometheus recorder (no global one: tests run many
+    /// proxies in one process) and what the dashboard shows about the process.
+    pub stats: crate::stats::Stats,
 }
 
 impl Shared {
@@ -184,6 +187,7 @@ impl Shared {
             no_primary_total: Duration::ZERO,
         }));
         Arc::new(Self {
+            stats: crate::stats::Stats::new(&config),
             config,
             snapshot,
             backends,
@@ -261,6 +265,10 @@ pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
         n.chkfail += 1;
     }
     let reason = describe(&result);
+    shared
+        .stats
+        .metrics
+        .observe_check(node, &result, step.transition);
     n.last_check = Some(result);
     n.last_answer = Some(answer);
 

@@ -1,26 +1,50 @@
-//! The typed view of one snapshot plus the IO counters, shared by every export.
+//! The typed view of one snapshot plus the IO counters: what `/stats.json` serves and what the page,
+//! the CSV and the metrics are all rendered from, so they can never disagree. The judgements an
+//! operator needs at a glance (the node's role, and whether its state is normal, in flux or broken)
+//! are made here once.
 
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::health::CheckResult;
+use super::dashboard::Cells;
+use crate::health::{CheckResult, Status};
 use crate::patroni::Answer;
 use crate::routing::Claim;
-use crate::state::{Event, Shared};
+use crate::state::{Event, NodeState, Shared};
+
+/// Events carried by one view: enough for the page's timeline, small enough to poll every second.
+pub const EVENTS_IN_VIEW: usize = 50;
 
 #[derive(Debug, Serialize)]
 pub struct View {
+    /// The listen section's name (HAProxy's proxy name, `pxname`).
     pub proxy: String,
     pub version: &'static str,
+    pub pid: u32,
+    /// The configuration file this process loaded, when it was loaded from one.
+    pub config_path: Option<String>,
+    /// The primary port's address.
+    pub listen: String,
+    /// Unix time of start-up.
+    pub started_at: f64,
     pub uptime_s: u64,
+    /// The node new connections go to.
     pub primary: Option<String>,
+    pub primary_timeline: Option<u64>,
+    /// Seconds since the routed primary last changed (to a node or to none).
+    pub primary_since_s: f64,
     pub primary_changes: u64,
+    /// Seconds without a routable primary since start-up, the current period included.
     pub no_primary_total_s: f64,
     pub frontend: FrontendView,
     pub servers: Vec<ServerView>,
+    /// The most recent events, oldest first.
     pub events: Vec<Event>,
+    /// Preformatted text of the page's process and primary lines (what the dashboard shows).
+    pub display: Cells,
 }
 
 #[derive(Debug, Serialize)]
@@ -31,9 +55,75 @@ pub struct FrontendView {
     pub stot: u64,
     pub bin: u64,
     pub bout: u64,
-    pub no_server: u64,
+    /// Sessions waiting for a server slot now, over all servers; and the highest server `qmax`.
+    pub qcur: u64,
+    pub qmax: u64,
+    /// Clients closed without reaching a server, by reason.
+    pub refusals: Refusals,
+    pub accept_errors: u64,
+    /// Preformatted text of the dashboard's FRONTEND row, by column.
+    pub display: Cells,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Refusals {
+    /// No primary was routable.
+    pub no_primary: u64,
+    /// Waited `timeout queue` for a server slot.
     pub queue_timeout: u64,
+    /// Connecting to the primary failed after all retries.
     pub connect_failed: u64,
+    /// The routed primary changed while the session was being connected.
+    pub rerouted: u64,
+}
+
+/// The node's Patroni role, bounded (it is a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Replica,
+    Unknown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+/// How the node's state reads to an operator; the dashboard colours rows by it. Unlike HAProxy's
+/// colours, a healthy replica is normal (HAProxy paints it red: its check answers 503).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tone {
+    /// The routed primary (green).
+    Primary,
+    /// A running replica (neutral).
+    Replica,
+    /// Changing: health counter between UP and DOWN, UP but not routed, Patroni starting or
+    /// stopping (amber).
+    Transitional,
+    /// Not answering, or Patroni reports a failed/stopped node (red).
+    Down,
+    /// No check finished yet (amber, like any state not yet settled).
+    Init,
+}
+
+impl Tone {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tone::Primary => "primary",
+            Tone::Replica => "replica",
+            Tone::Transitional => "transitional",
+            Tone::Down => "down",
+            Tone::Init => "init",
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -41,15 +131,26 @@ pub struct ServerView {
     pub name: String,
     pub address: String,
     pub check_address: String,
+    /// HAProxy's status string (`UP`, `UP 2/3`, `DOWN 1/2`, `DOWN`), or `INI` before the first check.
     pub status: String,
+    pub tone: Tone,
+    /// The rise/fall counter says UP.
     pub up: bool,
     pub routed_primary: bool,
-    pub role: Option<String>,
+    pub role: Role,
+    /// The role and state exactly as Patroni's last answer spelled them.
+    pub patroni_role: Option<String>,
     pub patroni_state: Option<String>,
     pub timeline: Option<u64>,
     pub claim: Claim,
     pub last_answer: Option<Answer>,
     pub last_check: Option<CheckResult>,
+    /// Seconds since the last check finished.
+    pub last_check_age_s: Option<f64>,
+    /// HAProxy's long description of the last check status (`Layer7 wrong status`).
+    pub check_desc: &'static str,
+    pub check_rise: u32,
+    pub check_fall: u32,
     pub check_health: u32,
     pub chkfail: u64,
     pub chkdown: u64,
@@ -66,33 +167,121 @@ pub struct ServerView {
     pub econ: u64,
     pub wretr: u64,
     pub killed: u64,
+    pub cli_abrt: u64,
+    pub srv_abrt: u64,
+    /// Seconds since the last session to this server started; `None` = never.
+    pub lastsess_s: Option<u64>,
+    /// Preformatted text of the dashboard's row for this server, by column.
+    pub display: Cells,
+}
+
+/// HAProxy's status string, or `INI` while no check has finished: the counter starts at `UP 1/3`
+/// (HAProxy's initial state), which would read as "up" for a node nothing is routed to yet.
+pub fn status_text(n: &NodeState) -> String {
+    match n.last_check {
+        None => "INI".to_string(),
+        Some(_) => n.counter.status().to_string(),
+    }
+}
+
+/// The Patroni role from the last check: the body's `role` when there is one, else what the status
+/// alone says (a bodiless 200 from `/` is the primary).
+pub fn role_of(n: &NodeState) -> Role {
+    let Some(check) = &n.last_check else {
+        return Role::Unknown;
+    };
+    match check.patroni.as_ref().and_then(|p| p.role.as_deref()) {
+        Some("primary") => Role::Primary,
+        Some("replica" | "standby_leader" | "sync_standby" | "quorum_standby") => Role::Replica,
+        Some(_) => Role::Unknown,
+        None => match n.last_answer {
+            Some(Answer::Primary { .. }) => Role::Primary,
+            _ => Role::Unknown,
+        },
+    }
+}
+
+/// See [`Tone`].
+pub fn tone_of(n: &NodeState, routed: bool) -> Tone {
+    if n.last_check.is_none() {
+        return Tone::Init;
+    }
+    if routed {
+        return Tone::Primary;
+    }
+    match n.counter.status() {
+        Status::GoingDown { .. } | Status::GoingUp { .. } => return Tone::Transitional,
+        // UP but not routed: a second claimant, or a leader still promoting.
+        Status::Up => return Tone::Transitional,
+        Status::Down => {}
+    }
+    match &n.last_answer {
+        None | Some(Answer::Unknown) => Tone::Down,
+        Some(Answer::Primary { .. }) => Tone::Transitional,
+        Some(Answer::NotPrimary { .. }) => {
+            let state = n
+                .last_check
+                .as_ref()
+                .and_then(|c| c.patroni.as_ref())
+                .and_then(|p| p.state.as_deref());
+            match state {
+                // Patroni said "not the leader" and nothing worse (a bodiless 503 too).
+                None | Some("running") => Tone::Replica,
+                Some(s) if s == "stopped" || s == "crashed" || s.contains("failed") => Tone::Down,
+                Some(_) => Tone::Transitional,
+            }
+        }
+    }
+}
+
+fn epoch(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 pub fn view(shared: &Shared) -> View {
     let snap = shared.current();
     let now = Instant::now();
+    let wall = SystemTime::now();
     let fe = &shared.frontend;
-    let servers = snap
+    let cfg = &shared.config;
+    let servers: Vec<ServerView> = snap
         .nodes
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let s = &shared.config.servers[i];
+            let s = &cfg.servers[i];
             let c = &shared.backends[i].counters;
+            let routed = snap.primary == Some(i);
             let info = n.last_check.as_ref().and_then(|r| r.patroni.as_ref());
+            let last_session = c.last_session.load(Relaxed);
             ServerView {
                 name: s.name.clone(),
                 address: s.address.to_string(),
-                check_address: shared.config.check_target(i).to_string(),
-                status: n.counter.status().to_string(),
+                check_address: cfg.check_target(i).to_string(),
+                status: status_text(n),
+                tone: tone_of(n, routed),
                 up: n.counter.is_up(),
-                routed_primary: snap.primary == Some(i),
-                role: info.and_then(|p| p.role.clone()),
+                routed_primary: routed,
+                role: role_of(n),
+                patroni_role: info.and_then(|p| p.role.clone()),
                 patroni_state: info.and_then(|p| p.state.clone()),
                 timeline: info.and_then(|p| p.timeline),
                 claim: n.claim.clone(),
                 last_answer: n.last_answer.clone(),
+                last_check_age_s: n.last_check.as_ref().map(|r| {
+                    wall.duration_since(r.finished_at)
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                }),
+                check_desc: n
+                    .last_check
+                    .as_ref()
+                    .map_or("Initializing", |r| r.status.description()),
                 last_check: n.last_check.clone(),
+                check_rise: cfg.check.rise.get(),
+                check_fall: cfg.check.fall.get(),
                 check_health: n.counter.health(),
                 chkfail: n.chkfail,
                 chkdown: n.chkdown,
@@ -109,28 +298,142 @@ pub fn view(shared: &Shared) -> View {
                 econ: c.econ.load(Relaxed),
                 wretr: c.wretr.load(Relaxed),
                 killed: c.killed.load(Relaxed),
+                cli_abrt: c.cli_abrt.load(Relaxed),
+                srv_abrt: c.srv_abrt.load(Relaxed),
+                lastsess_s: (last_session > 0)
+                    .then(|| (epoch(wall) as u64).saturating_sub(last_session)),
+                display: Cells::new(),
             }
         })
         .collect();
-    View {
-        proxy: shared.config.listen.name.clone(),
+    let mut events = shared.events.recent();
+    events.drain(..events.len().saturating_sub(EVENTS_IN_VIEW));
+    let primary_timeline = snap.primary.and_then(|p| match &snap.nodes[p].claim {
+        Claim::Primary { timeline, .. } => *timeline,
+        _ => None,
+    });
+    let mut v = View {
+        proxy: cfg.listen.name.clone(),
         version: env!("CARGO_PKG_VERSION"),
+        pid: std::process::id(),
+        config_path: shared
+            .stats
+            .config_path
+            .get()
+            .map(|p| p.display().to_string()),
+        listen: cfg.listen.bind.to_string(),
+        started_at: epoch(shared.started),
         uptime_s: shared.started_at.elapsed().as_secs(),
         primary: snap.primary.map(|i| shared.server_name(i).to_string()),
+        primary_timeline,
+        primary_since_s: now
+            .saturating_duration_since(snap.primary_since)
+            .as_secs_f64(),
         primary_changes: snap.primary_changes,
         no_primary_total_s: snap.no_primary_total_at(now).as_secs_f64(),
         frontend: FrontendView {
             scur: fe.scur.load(Relaxed),
             smax: fe.smax.load(Relaxed),
-            slim: shared.config.global.maxconn.get(),
+            slim: cfg.global.maxconn.get(),
             stot: fe.stot.load(Relaxed),
             bin: fe.bin.load(Relaxed),
             bout: fe.bout.load(Relaxed),
-            no_server: fe.no_server.load(Relaxed),
-            queue_timeout: fe.queue_timeout.load(Relaxed),
-            connect_failed: fe.connect_failed.load(Relaxed),
+            qcur: servers.iter().map(|s| s.qcur).sum(),
+            qmax: servers.iter().map(|s| s.qmax).max().unwrap_or(0),
+            refusals: Refusals {
+                no_primary: fe.no_server.load(Relaxed),
+                queue_timeout: fe.queue_timeout.load(Relaxed),
+                connect_failed: fe.connect_failed.load(Relaxed),
+                rerouted: fe.rerouted.load(Relaxed),
+            },
+            accept_errors: fe.accept_errors.load(Relaxed),
+            display: Cells::new(),
         },
         servers,
-        events: shared.events.recent(),
+        events,
+        display: Cells::new(),
+    };
+    super::dashboard::decorate(&mut v);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{CheckStatus, HealthCounter};
+    use crate::patroni::PatroniInfo;
+    use std::time::Duration;
+
+    fn node(status: CheckStatus, body: Option<&str>, passes: &[bool]) -> NodeState {
+        let result = CheckResult {
+            status,
+            code: None,
+            duration: Duration::ZERO,
+            info: None,
+            patroni: body.and_then(|b| PatroniInfo::parse(b.as_bytes())),
+            finished_at: SystemTime::now(),
+        };
+        let mut counter = HealthCounter::new(2, 3);
+        for p in passes {
+            counter.observe(*p);
+        }
+        let mut n = fresh();
+        n.counter = counter;
+        n.last_answer = Some(Answer::of(&result));
+        n.last_check = Some(result);
+        n
+    }
+
+    fn fresh() -> NodeState {
+        crate::state::Shared::new(std::sync::Arc::new(
+            crate::config::Config::from_toml(
+                "[[server]]\nname = \"a\"\naddress = \"127.0.0.1:5432\"\n",
+            )
+            .unwrap(),
+        ))
+        .current()
+        .nodes[0]
+            .clone()
+    }
+
+    const REPLICA: &str = r#"{"state":"running","role":"replica","timeline":1}"#;
+
+    #[test]
+    fn a_running_replica_is_neutral_though_haproxy_calls_it_down() {
+        let n = node(CheckStatus::L7STS, Some(REPLICA), &[false]);
+        assert_eq!(status_text(&n), "DOWN");
+        assert_eq!(role_of(&n), Role::Replica);
+        assert_eq!(tone_of(&n, false), Tone::Replica);
+    }
+
+    #[test]
+    fn tones_follow_the_state() {
+        assert_eq!(status_text(&fresh()), "INI");
+        assert_eq!(tone_of(&fresh(), false), Tone::Init);
+        let primary = r#"{"state":"running","role":"primary","timeline":2}"#;
+        let up = node(CheckStatus::L7OK, Some(primary), &[true]);
+        assert_eq!(
+            (tone_of(&up, true), role_of(&up)),
+            (Tone::Primary, Role::Primary)
+        );
+        assert_eq!(tone_of(&up, false), Tone::Transitional, "UP but not routed");
+        let going_down = node(CheckStatus::L7TOUT, None, &[true, false]);
+        assert_eq!(status_text(&going_down), "UP 2/3");
+        assert_eq!(tone_of(&going_down, false), Tone::Transitional);
+        let unreachable = node(CheckStatus::L4CON, None, &[false]);
+        assert_eq!(
+            (tone_of(&unreachable, false), role_of(&unreachable)),
+            (Tone::Down, Role::Unknown)
+        );
+        let crashed = r#"{"state":"crashed","role":"replica"}"#;
+        assert_eq!(
+            tone_of(&node(CheckStatus::L7STS, Some(crashed), &[false]), false),
+            Tone::Down
+        );
+        let starting = r#"{"state":"starting","role":"replica"}"#;
+        assert_eq!(
+            tone_of(&node(CheckStatus::L7STS, Some(starting), &[false]), false),
+            Tone::Transitional
+        );
     }
 }

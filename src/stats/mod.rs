@@ -1,53 +1,357 @@
-//! The stats listener: health endpoints and the JSON export of the one snapshot.
-//! (The dashboard, CSV and Prometheus exports build on this module.)
+//! The stats listener (HAProxy's `listen stats` on :7000): the live dashboard, the exports of the one
+//! snapshot (`/;csv` in HAProxy's layout, `/stats.json`, `/metrics`), and `/healthz` / `/ready`.
+//!
+//! It is read-only and deliberately small: GET and HEAD only, unknown paths are 404 (HAProxy's
+//! `stats uri /` answers every path, which hides typos in monitoring URLs), optional Basic auth
+//! (`[stats] auth`, HAProxy's `stats auth`) on everything but the two probes, and requests that are
+//! malformed, slow or oversized are answered with a 4xx or cut by a timeout in [`server`] so they
+//! can never take resources from the primary port.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use axum::Router;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use base64::Engine as _;
 
+use crate::config::Config;
 use crate::state::Shared;
 
+pub mod csv;
+pub mod dashboard;
 pub mod export;
+pub mod metrics;
+mod server;
 
-/// Serves the stats endpoints until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    let app = router(shared);
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(e) = r {
-        tracing::error!(error = %e, "stats listener failed");
+pub use server::{serve, Limits};
+
+/// The realm of the Basic-auth challenge.
+pub const REALM: &str = "patroni-proxy";
+
+/// What the stats side keeps per proxy instance (in `Shared`).
+#[derive(Debug)]
+pub struct Stats {
+    /// The Prometheus recorder of this instance and its series.
+    pub metrics: metrics::Metrics,
+    /// The configuration file, when the binary loaded one (shown on the dashboard).
+    pub config_path: OnceLock<PathBuf>,
+}
+
+impl Stats {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            metrics: metrics::Metrics::new(config),
+            config_path: OnceLock::new(),
+        }
     }
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/ready", get(ready))
-        .route("/stats.json", get(stats_json))
-        .with_state(shared)
+/// Everything the stats endpoints need.
+#[derive(Clone)]
+struct App {
+    shared: Arc<Shared>,
+    /// `user:password` from `[stats] auth`, if set.
+    credentials: Option<Arc<[u8]>>,
+    limits: Limits,
 }
 
-async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let snap = shared.current();
-    match snap.primary {
+/// The stats endpoints.
+pub fn router(shared: Arc<Shared>, limits: Limits) -> Router {
+    let app = App {
+        credentials: shared
+            .config
+            .stats
+            .auth
+            .as_deref()
+            .map(|a| Arc::from(a.as_bytes())),
+        shared,
+        limits,
+    };
+    Router::new()
+        .route("/", get(root))
+        .route("/stats.json", get(stats_json))
+        .route("/metrics", get(prometheus))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route(
+            "/dashboard/style.css",
+            get(|| asset("text/css; charset=utf-8", dashboard::STYLE_CSS)),
+        )
+        .route(
+            "/dashboard/app.js",
+            get(|| asset("text/javascript; charset=utf-8", dashboard::APP_JS)),
+        )
+        .route(
+            "/dashboard/favicon.svg",
+            get(|| asset("image/svg+xml", dashboard::FAVICON_SVG)),
+        )
+        .fallback(modifiers)
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+/// Paths that stay open with `[stats] auth`: load balancers and orchestrators probe them without
+/// credentials, and they reveal no more than "up" and the primary's name.
+const OPEN_PATHS: [&str; 2] = ["/healthz", "/ready"];
+
+/// Read-only, bounded, authenticated: checked before any handler runs.
+async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "read-only: only GET and HEAD are allowed\n",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return closing(r);
+    }
+    let headers = req.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body {
+        // Never read it: answering and closing is cheaper than draining a slow or huge upload.
+        return closing(plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "requests to the stats listener carry no body\n",
+        ));
+    }
+    if req.uri().to_string().len() > app.limits.max_uri {
+        return closing(plain(StatusCode::URI_TOO_LONG, "URI too long\n"));
+    }
+    if let Some(expected) = &app.credentials {
+        if !OPEN_PATHS.contains(&req.uri().path()) && !authorized(headers, expected) {
+            let mut r = plain(StatusCode::UNAUTHORIZED, "authentication required\n");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_str(&format!("Basic realm=\"{REALM}\"")).expect("ASCII"),
+            );
+            return r;
+        }
+    }
+    let mut r = next.run(req).await;
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// True when the request carries `Authorization: Basic` with exactly the configured credentials.
+fn authorized(headers: &axum::http::HeaderMap, expected: &[u8]) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, encoded)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return false;
+    }
+    match base64::engine::general_purpose::STANDARD.decode(encoded.trim()) {
+        Ok(given) => constant_time_eq(&given, expected),
+        Err(_) => false,
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing about how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// Asks hyper to close the connection after this answer (it will not wait for an unread body).
+fn closing(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// HAProxy's URL modifiers, searched in the path (`/;csv`) and, as HAProxy also finds them after
+/// the prefix, in the query (`/?;csv`).
+#[derive(Debug, Default, PartialEq)]
+struct Modifiers {
+    csv: bool,
+    up: bool,
+}
+
+impl Modifiers {
+    /// Reads `;`-separated tokens. `strict` (the path) refuses unknown tokens, so a mistyped URL is
+    /// a 404 rather than a page that silently is not what was asked for; in the query, unknown
+    /// tokens are ignored (cache busters, HAProxy-style `?stats`).
+    fn parse(tokens: &str, strict: bool) -> Option<Self> {
+        let mut m = Modifiers::default();
+        for t in tokens.split(';').filter(|t| !t.is_empty()) {
+            match t {
+                "csv" => m.csv = true,
+                "up" => m.up = true,
+                // Only meaningful with HAProxy's `stats refresh`; accepted so old links work.
+                "norefresh" => {}
+                _ if strict => return None,
+                _ => {}
+            }
+        }
+        Some(m)
+    }
+}
+
+async fn root(State(app): State<App>, uri: Uri) -> Response {
+    let m = Modifiers::parse(uri.query().unwrap_or(""), false).unwrap_or_default();
+    stats_page(&app.shared, m)
+}
+
+/// `/;csv`, `/;up`, `/;csv;norefresh`...; anything else is 404.
+async fn modifiers(State(app): State<App>, uri: Uri) -> Response {
+    match uri
+        .path()
+        .strip_prefix("/;")
+        .and_then(|t| Modifiers::parse(t, true))
+    {
+        Some(m) => stats_page(&app.shared, m),
+        None => not_found().await,
+    }
+}
+
+async fn not_found() -> Response {
+    plain(
+        StatusCode::NOT_FOUND,
+        "not found; the stats listener serves /, /;csv, /stats.json, /metrics, /healthz and /ready\n",
+    )
+}
+
+fn stats_page(shared: &Shared, m: Modifiers) -> Response {
+    let mut view = export::view(shared);
+    if m.csv {
+        // HAProxy answers `text/plain` too; spreadsheets and scripts do not need `text/csv`.
+        return (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            csv::render(&view, m.up),
+        )
+            .into_response();
+    }
+    if m.up {
+        view.servers.retain(|s| s.up);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        dashboard::render(&view),
+    )
+        .into_response()
+}
+
+async fn stats_json(State(app): State<App>) -> Response {
+    Json(export::view(&app.shared)).into_response()
+}
+
+async fn prometheus(State(app): State<App>) -> Response {
+    let view = export::view(&app.shared);
+    let text = app.shared.stats.metrics.render(&view);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        Body::from(text),
+    )
+        .into_response()
+}
+
+async fn ready(State(app): State<App>) -> Response {
+    let shared = &app.shared;
+    match shared.current().primary {
         Some(i) => (
             StatusCode::OK,
             format!("primary {}\n", shared.server_name(i)),
-        ),
+        )
+            .into_response(),
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             "no routable primary\n".to_string(),
-        ),
+        )
+            .into_response(),
     }
 }
 
-async fn stats_json(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    Json(export::view(&shared))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modifiers_are_haproxys_and_nothing_else() {
+        assert_eq!(Modifiers::parse("", true), Some(Modifiers::default()));
+        assert_eq!(
+            Modifiers::parse("csv;norefresh", true),
+            Some(Modifiers {
+                csv: true,
+                up: false
+            })
+        );
+        assert_eq!(
+            Modifiers::parse("up;csv", true),
+            Some(Modifiers {
+                csv: true,
+                up: true
+            })
+        );
+        assert_eq!(Modifiers::parse("json", true), None);
+        assert_eq!(Modifiers::parse("csv;x", true), None);
+        assert_eq!(
+            Modifiers::parse("t=1;csv", false),
+            Some(Modifiers {
+                csv: true,
+                up: false
+            })
+        );
+    }
+
+    #[test]
+    fn credentials_must_match_exactly() {
+        let mut h = axum::http::HeaderMap::new();
+        assert!(!authorized(&h, b"admin:secret"));
+        // base64("admin:secret")
+        h.insert(
+            header::AUTHORIZATION,
+            "Basic YWRtaW46c2VjcmV0".parse().unwrap(),
+        );
+        assert!(authorized(&h, b"admin:secret"));
+        h.insert(
+            header::AUTHORIZATION,
+            "basic  YWRtaW46c2VjcmV0 ".parse().unwrap(),
+        );
+        assert!(authorized(&h, b"admin:secret"));
+        assert!(!authorized(&h, b"admin:secreT"));
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer YWRtaW46c2VjcmV0".parse().unwrap(),
+        );
+        assert!(!authorized(&h, b"admin:secret"));
+        h.insert(header::AUTHORIZATION, "Basic !!!".parse().unwrap());
+        assert!(!authorized(&h, b"admin:secret"));
+    }
 }

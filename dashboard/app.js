@@ -1,0 +1,108 @@
+// Keeps the dashboard current without reloading: every second it fetches /stats.json and copies the
+// preformatted cell texts (`display`) into the server-rendered page. All formatting happens on the
+// server, so this file only moves strings and class names around.
+"use strict";
+
+(function () {
+  const PERIOD_MS = 1000;
+  const live = document.getElementById("live");
+  const rows = document.getElementById("rows");
+  const frontend = document.getElementById("frontend");
+  const summary = document.getElementById("summary");
+  const events = document.getElementById("events");
+  let lastEventKey = null;
+  let failures = 0;
+
+  function fill(container, cells, attr) {
+    for (const el of container.querySelectorAll("[" + attr + "]")) {
+      const key = el.getAttribute(attr);
+      const c = cells[key] || { text: "" };
+      if (el.textContent !== c.text) el.textContent = c.text;
+      if (c.title) el.title = c.title;
+      else el.removeAttribute("title");
+    }
+  }
+
+  function updateRows(view) {
+    for (const s of view.servers) {
+      const tr = rows.querySelector('tr[data-server="' + CSS.escape(s.name) + '"]');
+      if (!tr) continue;
+      const cls = "server tone-" + s.tone + (s.routed_primary ? " routed" : "");
+      if (tr.className !== cls) tr.className = cls;
+      tr.dataset.tone = s.tone;
+      tr.dataset.role = s.role;
+      fill(tr, s.display, "data-f");
+    }
+    fill(frontend, view.frontend.display, "data-f");
+  }
+
+  function clock(epoch) {
+    const iso = new Date(epoch * 1000).toISOString().replace(/\.\d+Z$/, "Z");
+    return [iso.slice(11, 19), iso];
+  }
+
+  function updateEvents(list) {
+    const last = list[list.length - 1];
+    const key = list.length + ":" + (last ? last.at + last.message : "");
+    if (key === lastEventKey) return;
+    lastEventKey = key;
+    const frag = document.createDocumentFragment();
+    for (let i = list.length - 1; i >= 0; i--) {
+      const e = list[i];
+      const li = document.createElement("li");
+      li.className = "ev ev-" + e.kind;
+      const [time, full] = clock(e.at);
+      const t = document.createElement("time");
+      t.dateTime = full;
+      t.title = full;
+      t.textContent = time;
+      const kind = document.createElement("span");
+      kind.className = "kind";
+      kind.textContent = e.kind.replace(/_/g, " ");
+      const msg = document.createElement("span");
+      msg.className = "msg";
+      msg.textContent = e.message;
+      li.append(t, " ", kind, " ", msg);
+      frag.append(li);
+    }
+    if (!list.length) {
+      const li = document.createElement("li");
+      li.className = "ev none";
+      li.textContent = "No events yet.";
+      frag.append(li);
+    }
+    events.replaceChildren(frag);
+  }
+
+  function apply(view) {
+    fill(document, view.display, "data-p");
+    summary.className = "summary tone-" + (view.primary ? "primary" : "down");
+    updateRows(view);
+    updateEvents(view.events);
+    document.title = view.proxy + (view.primary ? " · " + view.primary : " · no primary") + " · patroni-proxy";
+  }
+
+  async function tick() {
+    try {
+      const r = await fetch("/stats.json", { cache: "no-store", credentials: "same-origin" });
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      apply(await r.json());
+      failures = 0;
+      live.dataset.state = "live";
+      live.textContent = "live · updated " + clock(Date.now() / 1000)[0] + " UTC";
+    } catch (e) {
+      // One miss is normal (the listener recycles old connections); two in a row are not.
+      failures += 1;
+      if (failures >= 2) {
+        live.dataset.state = "stale";
+        live.textContent = "stale · cannot reach the proxy (" + e.message + "), retrying";
+      }
+    } finally {
+      setTimeout(tick, PERIOD_MS);
+    }
+  }
+
+  live.dataset.state = "live";
+  live.textContent = "live";
+  tick();
+})();

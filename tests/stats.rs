@@ -1,0 +1,812 @@
+//! The stats listener over real HTTP against in-process fakes (issue 4): every endpoint and content
+//! type, the CSV parsed as CSV in HAProxy's column order, the metrics parsed as exposition text,
+//! Basic auth, read-only access, and hostile clients that must never disturb the primary port.
+//! Real time: the listener's timeouts run on hyper's timer.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{connect, Cluster, Mode};
+use patroni_proxy::health::CheckStatus;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const PRIMARY: Mode = Mode::Primary { timeline: 1 };
+/// Checks every 100 ms so the cluster settles in well under a second.
+const FAST: &str = "[check]\ninter = \"100ms\"\n";
+
+/// HAProxy 2.6.12's CSV header, copied from `haproxy-semantics.md` §3.5 (not from our source).
+const HAPROXY_HEADER: &str = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie,mode,algo,conn_rate,conn_rate_max,conn_tot,intercepted,dcon,dses,wrew,connect,reuse,cache_lookups,cache_hits,srv_icur,src_ilim,qtime_max,ctime_max,rtime_max,ttime_max,eint,idle_conn_cur,safe_conn_cur,used_conn_cur,need_conn_est,uweight,agg_server_status,agg_server_check_status,agg_check_status,-,ssl_sess,ssl_reused_sess,ssl_failed_handshake,h2_headers_rcvd,h2_data_rcvd,h2_settings_rcvd,h2_rst_stream_rcvd,h2_goaway_rcvd,h2_detected_conn_protocol_errors,h2_detected_strm_protocol_errors,h2_rst_stream_resp,h2_goaway_resp,h2_open_connections,h2_backend_open_streams,h2_total_connections,h2_backend_total_streams,h1_open_connections,h1_open_streams,h1_total_connections,h1_total_streams,h1_bytes_in,h1_bytes_out,h1_spliced_bytes_in,h1_spliced_bytes_out,";
+
+fn url(c: &Cluster, path: &str) -> String {
+    format!("http://{}{path}", c.stats)
+}
+
+async fn get(c: &Cluster, path: &str) -> reqwest::Response {
+    reqwest::get(url(c, path)).await.expect("stats answered")
+}
+
+/// Primary node0, running replica node1, node2's REST stopped (unreachable); settled.
+async fn settled() -> Cluster {
+    let c = Cluster::start(vec![PRIMARY, Mode::Replica, Mode::Replica], FAST).await;
+    c.nodes[2].rest.stop();
+    c.wait_for(Duration::from_secs(10), "node0 routed, others DOWN", |c| {
+        let refused = c.shared().current().nodes[2]
+            .last_check
+            .as_ref()
+            .is_some_and(|r| r.status == CheckStatus::L4CON);
+        c.primary() == Some(0) && c.status(0) == "UP" && c.status(1) == "DOWN" && refused
+    })
+    .await;
+    c
+}
+
+fn content_type(r: &reqwest::Response) -> String {
+    r.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_with_its_content_type() {
+    let c = settled().await;
+    for (path, ctype, needle) in [
+        ("/", "text/html; charset=utf-8", "<table id=\"servers\">"),
+        ("/;csv", "text/plain; charset=utf-8", "# pxname,svname,"),
+        (
+            "/;csv;norefresh",
+            "text/plain; charset=utf-8",
+            "# pxname,svname,",
+        ),
+        ("/?;csv", "text/plain; charset=utf-8", "# pxname,svname,"),
+        ("/;up", "text/html; charset=utf-8", "<table id=\"servers\">"),
+        ("/stats.json", "application/json", "\"servers\":"),
+        (
+            "/metrics",
+            "text/plain; version=0.0.4; charset=utf-8",
+            "# TYPE patroni_proxy_server_up gauge",
+        ),
+        ("/healthz", "text/plain; charset=utf-8", "ok"),
+        ("/ready", "text/plain; charset=utf-8", "primary node0"),
+        (
+            "/dashboard/app.js",
+            "text/javascript; charset=utf-8",
+            "/stats.json",
+        ),
+        (
+            "/dashboard/style.css",
+            "text/css; charset=utf-8",
+            ".tone-primary",
+        ),
+        ("/dashboard/favicon.svg", "image/svg+xml", "<svg"),
+    ] {
+        let r = get(&c, path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(content_type(&r), ctype, "{path}");
+        assert_eq!(r.headers()["cache-control"], "no-cache", "{path}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains(needle),
+            "{path}: {needle:?} not in {body:.300}"
+        );
+    }
+    // HEAD: the same headers, no body.
+    let r = reqwest::Client::new()
+        .head(url(&c, "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(content_type(&r), "text/html; charset=utf-8");
+    assert!(r.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_view_is_rendered_on_the_server() {
+    // Issue 4: "the first view is rendered on the server so it works without JavaScript".
+    let c = settled().await;
+    let page = get(&c, "/").await.text().await.unwrap();
+    let row = |name: &str| {
+        let start = page
+            .find(&format!("data-server=\"{name}\""))
+            .unwrap_or_else(|| panic!("no row for {name}"));
+        let tr = page[..start].rfind("<tr ").unwrap();
+        let end = start + page[start..].find("</tr>").unwrap();
+        page[tr..end].to_string()
+    };
+    let cell = |row: &str, f: &str| {
+        let at = row.find(&format!("data-f=\"{f}\"")).unwrap();
+        let open = at + row[at..].find('>').unwrap() + 1;
+        let close = open + row[open..].find("</td>").unwrap();
+        row[open..close].to_string()
+    };
+    let (n0, n1, n2) = (row("node0"), row("node1"), row("node2"));
+    assert!(n0.contains("class=\"server tone-primary routed\""), "{n0}");
+    assert_eq!(
+        (cell(&n0, "role"), cell(&n0, "status")),
+        ("primary".into(), "UP".into())
+    );
+    assert_eq!(
+        (cell(&n0, "chk"), cell(&n0, "code")),
+        ("L7OK".into(), "200".into())
+    );
+    assert!(cell(&n0, "dur").ends_with(" ms"));
+    // A running replica: DOWN in HAProxy's words, but neutral, not an error.
+    assert!(n1.contains("class=\"server tone-replica\""), "{n1}");
+    assert_eq!(
+        (cell(&n1, "role"), cell(&n1, "status")),
+        ("replica".into(), "DOWN".into())
+    );
+    assert_eq!(
+        (cell(&n1, "chk"), cell(&n1, "code")),
+        ("L7STS".into(), "503".into())
+    );
+    // Unreachable: red, role unknown, HAProxy's L4CON with the OS error in the tooltip.
+    assert!(n2.contains("class=\"server tone-down\""), "{n2}");
+    assert_eq!(
+        (cell(&n2, "role"), cell(&n2, "chk")),
+        ("unknown".into(), "L4CON".into())
+    );
+    assert!(
+        n2.contains("Layer4 connection problem: Connection refused"),
+        "{n2}"
+    );
+    assert_eq!(cell(&n2, "slim"), "100");
+
+    assert!(page.contains("<strong data-p=\"primary\" id=\"primary\">node0</strong>"));
+    assert!(page.contains("class=\"frontend\" id=\"frontend\""));
+    assert!(page.contains("patroni-proxy ") && page.contains("config (in-process)"));
+    assert!(
+        page.contains("Routed primary of postgres is now node0"),
+        "the timeline shows the routing event"
+    );
+    assert!(
+        page.contains("ev-down") && page.contains("is DOWN, reason: Layer4 connection problem")
+    );
+    assert!(page.contains("<noscript><meta http-equiv=\"refresh\""));
+
+    // `;up` hides DOWN servers, as in HAProxy.
+    let up = get(&c, "/;up").await.text().await.unwrap();
+    assert!(up.contains("data-server=\"node0\"") && !up.contains("data-server=\"node1\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_is_haproxys_layout() {
+    // Issue 4: "/;csv in HAProxy's CSV layout ... so scripts written for HAProxy's CSV keep working".
+    let c = settled().await;
+    let (node, mut session) = connect(c.addr).await.expect("routed");
+    assert_eq!(node, "node0");
+    assert!(session.alive().await);
+
+    let text = get(&c, "/;csv").await.text().await.unwrap();
+    assert_eq!(text.lines().next().unwrap(), HAPROXY_HEADER);
+    assert!(
+        text.lines().all(|l| l.ends_with(',')),
+        "trailing comma on every line"
+    );
+
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(text.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let expected: Vec<&str> = HAPROXY_HEADER.trim_start_matches("# ").split(',').collect();
+    assert_eq!(header[0], "# pxname");
+    assert_eq!(
+        &header[1..],
+        &expected[1..],
+        "every column in HAProxy's order"
+    );
+    let col = |name: &str| {
+        expected
+            .iter()
+            .position(|c| *c == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert!(rows.iter().all(|r| r.len() == expected.len()));
+    let f = |r: &csv::StringRecord, name: &str| r[col(name)].to_string();
+    let names: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{}/{}", &r[0], &r[1]))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "postgres/FRONTEND",
+            "postgres/node0",
+            "postgres/node1",
+            "postgres/node2",
+            "postgres/BACKEND"
+        ]
+    );
+    let (fe, n0, n1, n2, be) = (&rows[0], &rows[1], &rows[2], &rows[3], &rows[4]);
+    assert_eq!(
+        [f(fe, "type"), f(n0, "type"), f(be, "type")],
+        ["0", "2", "1"]
+    );
+    assert_eq!(
+        [f(fe, "status"), f(fe, "scur"), f(fe, "stot"), f(fe, "slim")],
+        ["OPEN", "1", "1", "100"]
+    );
+    assert!(
+        f(fe, "bin").parse::<u64>().unwrap() > 0,
+        "the ping went through"
+    );
+
+    assert_eq!(f(n0, "status"), "UP");
+    assert_eq!(
+        [f(n0, "scur"), f(n0, "stot"), f(n0, "slim"), f(n0, "lbtot")],
+        ["1", "1", "100", "1"]
+    );
+    assert_eq!(
+        [f(n0, "check_status"), f(n0, "check_code")],
+        ["L7OK", "200"]
+    );
+    assert_eq!(f(n0, "check_desc"), "Layer7 check passed");
+    assert_eq!(
+        [
+            f(n0, "check_rise"),
+            f(n0, "check_fall"),
+            f(n0, "check_health")
+        ],
+        ["2", "3", "4"]
+    );
+    assert_eq!(
+        [f(n0, "act"), f(n0, "bck"), f(n0, "mode"), f(n0, "sid")],
+        ["1", "0", "tcp", "1"]
+    );
+    assert_eq!(f(n0, "addr"), c.nodes[0].db.addr.to_string());
+    assert!(f(n0, "check_duration").parse::<u64>().is_ok());
+    assert!(f(n0, "bout").parse::<u64>().unwrap() >= "NODE node0\nping\n".len() as u64);
+
+    assert_eq!(f(n1, "status"), "DOWN");
+    assert_eq!(
+        [f(n1, "check_status"), f(n1, "check_code")],
+        ["L7STS", "503"]
+    );
+    assert_eq!(f(n1, "last_chk"), "Service Unavailable");
+    assert_eq!([f(n1, "chkdown"), f(n1, "check_health")], ["1", "0"]);
+    assert_eq!([f(n2, "check_status"), f(n2, "check_code")], ["L4CON", ""]);
+    assert_eq!(f(n2, "last_chk"), "Connection refused");
+
+    assert_eq!(
+        [f(be, "status"), f(be, "act"), f(be, "weight")],
+        ["UP", "1", "1"]
+    );
+    assert_eq!([f(be, "scur"), f(be, "stot")], ["1", "1"]);
+    // Columns with no meaning here stay empty, as HAProxy leaves N/A fields.
+    for name in ["dreq", "hrsp_2xx", "agent_status", "ssl_sess", "cookie"] {
+        assert_eq!(f(n0, name), "", "{name}");
+    }
+
+    // `;up`: only servers that are UP.
+    let up = get(&c, "/;csv;up").await.text().await.unwrap();
+    let svnames: Vec<&str> = up
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(svnames, ["FRONTEND", "node0", "BACKEND"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_json_is_the_typed_snapshot() {
+    let c = settled().await;
+    let v: serde_json::Value = get(&c, "/stats.json").await.json().await.unwrap();
+    assert_eq!(v["proxy"], "postgres");
+    assert_eq!(v["primary"], "node0");
+    assert_eq!(v["primary_timeline"], 1);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let s = &v["servers"];
+    let pick = |i: usize, k: &str| s[i][k].clone();
+    assert_eq!(
+        [pick(0, "tone"), pick(1, "tone"), pick(2, "tone")],
+        ["primary", "replica", "down"]
+    );
+    assert_eq!(
+        [pick(0, "role"), pick(1, "role"), pick(2, "role")],
+        ["primary", "replica", "unknown"]
+    );
+    assert_eq!([pick(0, "status"), pick(1, "status")], ["UP", "DOWN"]);
+    assert_eq!(pick(0, "routed_primary"), true);
+    assert_eq!(s[1]["last_check"]["status"], "L7STS");
+    assert_eq!(s[1]["last_check"]["code"], 503);
+    assert_eq!(s[1]["patroni_state"], "running");
+    assert!(s[0]["last_check_age_s"].as_f64().unwrap() < 5.0);
+    // The display texts the live page copies are in the same document.
+    assert_eq!(s[0]["display"]["status"]["text"], "UP");
+    assert_eq!(v["display"]["primary"]["text"], "node0");
+    assert!(v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "primary_changed"));
+}
+
+/// A parsed exposition: `name{labels}` -> value, and `name` -> TYPE.
+struct Exposition {
+    samples: BTreeMap<String, f64>,
+    types: BTreeMap<String, String>,
+}
+
+impl Exposition {
+    fn parse(text: &str) -> Self {
+        let (mut samples, mut types) = (BTreeMap::new(), BTreeMap::new());
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                types.insert(name.to_string(), kind.to_string());
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line}"));
+            samples.insert(Self::canonical(series), value);
+        }
+        Self { samples, types }
+    }
+
+    /// `name{b="2",a="1"}` -> `name{a="1",b="2"}`.
+    fn canonical(series: &str) -> String {
+        let Some((name, labels)) = series.split_once('{') else {
+            return series.to_string();
+        };
+        let mut l: Vec<&str> = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .collect();
+        l.sort();
+        format!("{name}{{{}}}", l.join(","))
+    }
+
+    fn get(&self, series: &str) -> f64 {
+        *self
+            .samples
+            .get(&Self::canonical(series))
+            .unwrap_or_else(|| panic!("no series {series}"))
+    }
+}
+
+async fn scrape(c: &Cluster) -> Exposition {
+    Exposition::parse(&get(c, "/metrics").await.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_series_exists_from_start_up() {
+    // Issue 4: "Bounded labels; every series present from start-up." Slow answers keep every
+    // check from finishing before the scrape.
+    let slow = |m| Mode::Delayed(Duration::from_secs(30), Box::new(m));
+    let c = Cluster::start(vec![slow(PRIMARY), slow(Mode::Replica)], "").await;
+    let m = scrape(&c).await;
+    for (name, kind, _) in patroni_proxy::stats::metrics::families() {
+        assert_eq!(m.types.get(name).map(String::as_str), Some(kind), "{name}");
+    }
+    assert_eq!(m.get("patroni_proxy_primary_routable"), 0.0);
+    assert_eq!(
+        m.get(&format!(
+            "patroni_proxy_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    for reason in ["no_primary", "queue_timeout", "connect_failed", "rerouted"] {
+        assert_eq!(
+            m.get(&format!(
+                "patroni_proxy_frontend_refusals_total{{reason=\"{reason}\"}}"
+            )),
+            0.0
+        );
+    }
+    for server in ["node0", "node1"] {
+        for result in [
+            "L4CON", "L4TOUT", "L7OK", "L7STS", "L7RSP", "L7TOUT", "SOCKERR",
+        ] {
+            let s = format!(
+                "patroni_proxy_server_checks_total{{server=\"{server}\",result=\"{result}\"}}"
+            );
+            assert_eq!(m.get(&s), 0.0, "{s}");
+        }
+        for role in ["primary", "replica", "unknown"] {
+            m.get(&format!(
+                "patroni_proxy_server_role{{server=\"{server}\",role=\"{role}\"}}"
+            ));
+        }
+        for to in ["up", "down"] {
+            m.get(&format!(
+                "patroni_proxy_server_transitions_total{{server=\"{server}\",to=\"{to}\"}}"
+            ));
+        }
+        assert_eq!(
+            m.get(&format!(
+                "patroni_proxy_server_check_duration_seconds_count{{server=\"{server}\"}}"
+            )),
+            0.0
+        );
+        assert_eq!(
+            m.get(&format!("patroni_proxy_server_check_duration_seconds_bucket{{server=\"{server}\",le=\"+Inf\"}}")),
+            0.0
+        );
+        assert_eq!(
+            m.get(&format!(
+                "patroni_proxy_server_sessions_total{{server=\"{server}\"}}"
+            )),
+            0.0
+        );
+        assert_eq!(
+            m.get(&format!(
+                "patroni_proxy_server_sessions_limit{{server=\"{server}\"}}"
+            )),
+            100.0
+        );
+    }
+    // Bounded: every label is one of these, and every server label is a configured name.
+    for series in m.samples.keys() {
+        let Some((_, labels)) = series.split_once('{') else {
+            continue;
+        };
+        for pair in labels.trim_end_matches('}').split(',') {
+            let (k, v) = pair.split_once('=').unwrap();
+            assert!(
+                ["server", "role", "result", "to", "reason", "version", "le"].contains(&k),
+                "{series}"
+            );
+            if k == "server" {
+                assert!(v == "\"node0\"" || v == "\"node1\"", "{series}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_checks_sessions_and_refusals() {
+    let c = settled().await;
+    let (_, mut session) = connect(c.addr).await.unwrap();
+    assert!(session.alive().await);
+    let m = scrape(&c).await;
+    let s = |name: &str, server: &str| m.get(&format!("{name}{{server=\"{server}\"}}"));
+    assert_eq!(m.get("patroni_proxy_primary_routable"), 1.0);
+    assert_eq!(
+        [
+            s("patroni_proxy_server_routed_primary", "node0"),
+            s("patroni_proxy_server_routed_primary", "node1")
+        ],
+        [1.0, 0.0]
+    );
+    assert_eq!(
+        [
+            s("patroni_proxy_server_up", "node0"),
+            s("patroni_proxy_server_up", "node1"),
+            s("patroni_proxy_server_up", "node2")
+        ],
+        [1.0, 0.0, 0.0]
+    );
+    assert_eq!(
+        m.get("patroni_proxy_server_role{server=\"node0\",role=\"primary\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.get("patroni_proxy_server_role{server=\"node0\",role=\"replica\"}"),
+        0.0
+    );
+    assert_eq!(
+        m.get("patroni_proxy_server_role{server=\"node1\",role=\"replica\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.get("patroni_proxy_server_role{server=\"node2\",role=\"unknown\"}"),
+        1.0
+    );
+    assert_eq!(s("patroni_proxy_server_sessions_current", "node0"), 1.0);
+    assert_eq!(s("patroni_proxy_server_sessions_total", "node0"), 1.0);
+    assert!(
+        s("patroni_proxy_server_bytes_in_total", "node0") >= 5.0,
+        "ping\\n"
+    );
+    assert!(s("patroni_proxy_server_bytes_out_total", "node0") >= 16.0);
+    assert_eq!(m.get("patroni_proxy_frontend_connections_total"), 1.0);
+    assert_eq!(m.get("patroni_proxy_frontend_sessions_current"), 1.0);
+    assert!(m.get("patroni_proxy_server_checks_total{server=\"node0\",result=\"L7OK\"}") >= 1.0);
+    assert!(m.get("patroni_proxy_server_checks_total{server=\"node1\",result=\"L7STS\"}") >= 1.0);
+    assert!(m.get("patroni_proxy_server_checks_total{server=\"node2\",result=\"L4CON\"}") >= 1.0);
+    assert_eq!(
+        m.get("patroni_proxy_server_transitions_total{server=\"node1\",to=\"down\"}"),
+        1.0
+    );
+    assert!(s("patroni_proxy_server_check_duration_seconds_count", "node0") >= 1.0);
+    let checks: f64 = [
+        "L7OK", "L7STS", "L4CON", "L4TOUT", "L7RSP", "L7TOUT", "SOCKERR",
+    ]
+    .iter()
+    .map(|r| {
+        m.get(&format!(
+            "patroni_proxy_server_checks_total{{server=\"node0\",result=\"{r}\"}}"
+        ))
+    })
+    .sum();
+    // Both are recorded by one call in state::apply; a check applied while the render reads the
+    // counters and then the histogram can put them one apart.
+    let count = s("patroni_proxy_server_check_duration_seconds_count", "node0");
+    assert!(
+        checks >= 1.0 && (checks - count).abs() <= 1.0,
+        "{checks} results, {count} durations"
+    );
+
+    // No primary: the demoted primary's session is cut when it goes DOWN; the "no primary" time
+    // grows.
+    c.nodes[0].rest.set(Mode::Replica);
+    c.wait_for(Duration::from_secs(5), "no primary", |c| {
+        c.primary().is_none()
+    })
+    .await;
+    assert!(
+        session.closed_within(Duration::from_secs(5)).await,
+        "the demoted primary's session is cut"
+    );
+    c.wait_for(Duration::from_secs(5), "node0 DOWN", |c| {
+        c.status(0) == "DOWN"
+    })
+    .await;
+    let m = scrape(&c).await;
+    assert_eq!(m.get("patroni_proxy_primary_routable"), 0.0);
+    assert_eq!(
+        m.get("patroni_proxy_server_routed_primary{server=\"node0\"}"),
+        0.0
+    );
+    assert_eq!(
+        m.get("patroni_proxy_server_role{server=\"node0\",role=\"replica\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.get("patroni_proxy_server_transitions_total{server=\"node0\",to=\"down\"}"),
+        1.0
+    );
+    assert!(m.get("patroni_proxy_no_primary_seconds") > 0.0);
+    assert!(m.get("patroni_proxy_server_sessions_killed_total{server=\"node0\"}") >= 1.0);
+    let r = get(&c, "/ready").await;
+    assert_eq!(r.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_counted_by_reason() {
+    // node0 is the primary but its PostgreSQL port refuses: the client is closed after the retries.
+    let c = Cluster::start_custom(vec![PRIMARY], FAST, "", &[0]).await;
+    c.wait_for(Duration::from_secs(5), "routed", |c| c.primary() == Some(0))
+        .await;
+    assert!(connect(c.addr).await.is_none(), "closed after the retries");
+    let m = scrape(&c).await;
+    assert_eq!(
+        m.get("patroni_proxy_frontend_refusals_total{reason=\"connect_failed\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.get("patroni_proxy_frontend_refusals_total{reason=\"no_primary\"}"),
+        0.0
+    );
+    assert_eq!(
+        m.get("patroni_proxy_server_connection_errors_total{server=\"node0\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.get("patroni_proxy_server_retries_total{server=\"node0\"}"),
+        2.0
+    );
+    let text = get(&c, "/;csv").await.text().await.unwrap();
+    let node0 = text
+        .lines()
+        .find(|l| l.starts_with("postgres,node0,"))
+        .unwrap();
+    let econ = node0.split(',').nth(13).unwrap();
+    let wretr = node0.split(',').nth(15).unwrap();
+    assert_eq!((econ, wretr), ("1", "2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_guards_everything_but_the_probes() {
+    // HAProxy's `stats auth`: 401 with a Basic challenge; the probes stay open for load balancers.
+    let c = Cluster::start(
+        vec![PRIMARY],
+        &format!("{FAST}[stats]\nauth = \"admin:s3cret\"\n"),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for path in [
+        "/",
+        "/;csv",
+        "/stats.json",
+        "/metrics",
+        "/dashboard/app.js",
+        "/nope",
+    ] {
+        let r = client.get(url(&c, path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Basic realm=\"patroni-proxy\""
+        );
+        let r = client
+            .get(url(&c, path))
+            .basic_auth("admin", Some("wrong"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    for path in ["/", "/;csv", "/stats.json", "/metrics"] {
+        let r = client
+            .get(url(&c, path))
+            .basic_auth("admin", Some("s3cret"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let r = client
+        .get(url(&c, "/nope"))
+        .basic_auth("admin", Some("s3cret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    for path in ["/healthz", "/ready"] {
+        let r = client.get(url(&c, path)).send().await.unwrap();
+        assert_ne!(r.status(), 401, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_and_unknown_paths_are_refused() {
+    let c = Cluster::start(vec![PRIMARY], FAST).await;
+    let client = reqwest::Client::new();
+    for (method, path) in [
+        (reqwest::Method::POST, "/"),
+        (reqwest::Method::PUT, "/metrics"),
+        (reqwest::Method::DELETE, "/stats.json"),
+        (reqwest::Method::PATCH, "/;csv"),
+        (reqwest::Method::OPTIONS, "/"),
+    ] {
+        let r = client
+            .request(method.clone(), url(&c, path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(r.headers()["allow"], "GET, HEAD");
+    }
+    for path in [
+        "/nope",
+        "/haproxy?stats",
+        "/;json",
+        "/;csv;bogus",
+        "/stats.json/x",
+        "/dashboard/",
+    ] {
+        let r = client.get(url(&c, path)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    // A query on `/` is not a path: cache busters still get the page.
+    let r = client.get(url(&c, "/?t=1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Sends raw bytes to the stats port and returns what came back until the server closed (or 10 s).
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before it has read everything we send.
+    let _ = s.write_all(request).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_get_a_4xx() {
+    let c = Cluster::start(vec![PRIMARY], FAST).await;
+    let status = |r: &str| r.lines().next().unwrap_or("").to_string();
+    let r = raw(c.stats, b"HELLO THERE\r\n\r\n").await;
+    assert!(status(&r).starts_with("HTTP/1.1 400"), "{r:.200}");
+    let r = raw(c.stats, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").await;
+    assert!(status(&r).starts_with("HTTP/1.1 400"), "{r:.200}");
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "a".repeat(4000)
+    );
+    let r = raw(c.stats, long.as_bytes()).await;
+    assert!(status(&r).starts_with("HTTP/1.1 414"), "{r:.200}");
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(64 * 1024)
+    );
+    let r = raw(c.stats, huge.as_bytes()).await;
+    assert!(status(&r).starts_with("HTTP/1.1 431"), "{r:.200}");
+
+    // A body (announced as large and sent slowly) is never read: 413 and the connection closes.
+    let t = Instant::now();
+    let mut s = TcpStream::connect(c.stats).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\nsome")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("closed without waiting for the body")
+        .unwrap();
+    let r = String::from_utf8_lossy(&out);
+    assert!(status(&r).starts_with("HTTP/1.1 413"), "{r:.200}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_on_the_stats_port_does_not_disturb_the_primary_port() {
+    // Issue 4: "malformed, slow or oversized requests get a 4xx or a timeout and never disturb the
+    // proxy on :5000". More slow clients than the stats listener's connection limit (64), each
+    // dripping a request head one byte at a time.
+    let c = Cluster::start(vec![PRIMARY], FAST).await;
+    c.wait_for(Duration::from_secs(5), "routed", |c| c.primary() == Some(0))
+        .await;
+    let limits = patroni_proxy::stats::Limits::default();
+    let attackers = limits.max_connections + 36;
+    let mut slow = Vec::new();
+    for _ in 0..attackers {
+        let mut s = TcpStream::connect(c.stats).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nX-").await.unwrap();
+        slow.push(s);
+    }
+    let drip = tokio::spawn(async move {
+        let start = Instant::now();
+        let mut cut = 0;
+        // Keep dripping one byte a second; count the connections the server cut.
+        while start.elapsed() < Duration::from_secs(12) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for s in &mut slow {
+                let _ = s.write_all(b"a").await;
+            }
+            cut = 0;
+            for s in &mut slow {
+                let mut b = [0u8; 512];
+                match tokio::time::timeout(Duration::from_millis(1), s.read(&mut b)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => cut += 1,
+                    Ok(Ok(_)) => cut += 1, // an error answer, then the close
+                    Err(_) => {}
+                }
+            }
+        }
+        cut
+    });
+
+    // Meanwhile the primary port serves clients at once.
+    for _ in 0..30 {
+        let t = Instant::now();
+        let (node, mut session) = connect(c.addr).await.expect("proxied during the attack");
+        assert_eq!(node, "node0");
+        assert!(session.alive().await);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "slow: {:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cut = drip.await.unwrap();
+    assert!(
+        cut >= limits.max_connections,
+        "the header timeout ({:?}) cuts slow heads: {cut} of {attackers} cut",
+        limits.header_timeout
+    );
+    // And the stats listener itself serves again once they are gone.
+    assert_eq!(get(&c, "/healthz").await.status(), 200);
+}
