@@ -72,8 +72,11 @@ pub struct Snapshot {
     pub nodes: Vec<NodeState>,
     /// The node new connections go to.
     pub primary: Option<usize>,
-    /// How many times the routed primary changed to another node (not counting losing it).
+    /// How many times the routed primary moved to another node than the last one that had the role,
+    /// also through a period without any (a failover usually has one); losing it is not a change.
     pub primary_changes: u64,
+    /// The last node that was the routed primary, kept through periods without one.
+    pub last_primary: Option<usize>,
     /// When `primary` last changed (to a node or to none).
     pub primary_since: Instant,
     /// Completed periods without a routable primary (the current one is `now - primary_since`).
@@ -182,6 +185,7 @@ impl Shared {
             seq: 0,
             nodes,
             primary: None,
+            last_primary: None,
             primary_changes: 0,
             primary_since: now,
             no_primary_total: Duration::ZERO,
@@ -343,7 +347,8 @@ pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
         snap.primary_since = now;
         match chosen {
             Some(new) => {
-                snap.primary_changes += u64::from(old.is_some());
+                snap.primary_changes += u64::from(snap.last_primary.is_some_and(|l| l != new));
+                snap.last_primary = Some(new);
                 let new_name = shared.server_name(new);
                 let timeline = match &snap.nodes[new].claim {
                     Claim::Primary {
