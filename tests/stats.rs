@@ -810,3 +810,49 @@ async fn a_slowloris_on_the_stats_port_does_not_disturb_the_primary_port() {
     // And the stats listener itself serves again once they are gone.
     assert_eq!(get(&c, "/healthz").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    let c = Cluster::start(vec![PRIMARY], FAST).await;
+    let limits = patroni_proxy::stats::Limits::default();
+    let mut s = TcpStream::connect(c.stats).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Kept alive, then idle: closed by the server once the next head has not come in time.
+    let t = Instant::now();
+    let closed = tokio::time::timeout(limits.header_timeout * 2, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "idle connection still open after {:?}",
+        t.elapsed()
+    );
+    assert!(t.elapsed() >= limits.header_timeout - Duration::from_millis(500));
+}
+
+#[test]
+fn docs_metrics_md_describes_every_metric() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    for (name, kind, _) in patroni_proxy::stats::metrics::families() {
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("docs/metrics.md has no row for {name}"));
+        assert!(
+            row.contains(&format!("| {kind} |")),
+            "{name} is a {kind}: {row}"
+        );
+    }
+}
