@@ -8,6 +8,7 @@
 mod common;
 
 use std::net::TcpListener as StdListener;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -45,12 +46,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A process this test started; killed (by its own handle) when the test ends, however it ends.
-struct Process(Child);
+/// chromedriver and the Chromium it starts, in a process group of their own (its id is
+/// chromedriver's pid): when the test ends, however it ends (a failed assertion never reaches
+/// `quit`), the whole group is killed and no browser is left behind.
+struct Driver(Child);
 
-impl Drop for Process {
+impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.0.wait();
     }
 }
@@ -251,9 +255,10 @@ async fn the_dashboard_in_chromium_shows_roles_colours_and_a_live_primary_flip()
     .await;
 
     let port = free_port();
-    let _driver = Process(
+    let _driver = Driver(
         Command::new(&chromedriver)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
