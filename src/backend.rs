@@ -122,8 +122,6 @@ pub struct Frontend {
     pub stot: AtomicU64,
     pub bin: AtomicU64,
     pub bout: AtomicU64,
-    /// Clients closed at once because no primary was routable.
-    pub no_server: AtomicU64,
     /// Clients closed after waiting `timeout queue` for a server slot.
     pub queue_timeout: AtomicU64,
     /// Clients closed because connecting to the primary failed after all retries.
@@ -132,6 +130,18 @@ pub struct Frontend {
     pub rerouted: AtomicU64,
     /// Accept errors (EMFILE and the like) the accept loop backed off from.
     pub accept_errors: AtomicU64,
+    /// Clients that found no routable primary when they arrived (they are held, see below).
+    pub no_server: AtomicU64,
+    /// Clients that had to wait for a primary: in all, now, released to a primary, and answered
+    /// with 57P03 after `hold_timeout`.
+    pub held: AtomicU64,
+    pub holding: AtomicU64,
+    pub hold_released: AtomicU64,
+    pub hold_timeouts: AtomicU64,
+    /// Startups replayed on another connection after a "shutting down" answer (57P01/57P02/57P03).
+    pub replays: AtomicU64,
+    /// Clients refused because the backend reported `in_hot_standby = on`.
+    pub standby_refusals: AtomicU64,
 }
 
 #[cfg(test)]

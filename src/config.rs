@@ -40,6 +40,35 @@ pub struct FileConfig {
     pub servers: Vec<Server>,
     #[serde(default)]
     pub stats: Stats,
+    /// Optional: watch Patroni's leader and failover keys in etcd to re-check at once on a change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<Etcd>,
+}
+
+/// Where Patroni keeps its keys (Patroni's `etcd3.hosts`, `namespace`, `scope`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Etcd {
+    /// etcd client addresses, `IP:PORT`. The v3 JSON gateway (`/v3/watch`) is used, as Patroni's
+    /// `etcd3` backend does.
+    pub endpoints: Vec<SocketAddr>,
+    /// Patroni's `namespace`. Default `/service/` (Patroni's default; the seed uses `/db/`).
+    #[serde(default = "defaults::namespace")]
+    pub namespace: String,
+    /// Patroni's `scope` (the cluster name).
+    pub scope: String,
+}
+
+impl Etcd {
+    /// The key prefix of this cluster, e.g. `/db/postgres/`.
+    pub fn prefix(&self) -> String {
+        format!(
+            "/{}/{}/",
+            self.namespace.trim_matches('/'),
+            self.scope.trim_matches('/')
+        )
+        .replace("//", "/")
+    }
 }
 
 /// Process-wide settings (HAProxy's `global` section).
@@ -92,6 +121,16 @@ pub struct Listen {
     /// `shutdown-sessions` (close them at once, the seed's setting) or `none`. Default `shutdown-sessions`.
     #[serde(default)]
     pub on_marked_down: OnMarkedDown,
+    /// While no primary is routable (during a failover), how long a new client waits for one before
+    /// it gets a PostgreSQL error (SQLSTATE 57P03) instead of a connection. Default `10s`.
+    #[serde(default = "defaults::hold_timeout", with = "duration")]
+    pub hold_timeout: Duration,
+    /// Read PostgreSQL's startup replies as they pass, until the first ReadyForQuery: replay the
+    /// startup on the new primary if the old one answers "shutting down" (57P01/57P02/57P03) before
+    /// authentication, and refuse a backend that reports `in_hot_standby = on`. Clients that
+    /// negotiate TLS are relayed untouched after the SSLRequest. Default `true`.
+    #[serde(default = "defaults::yes")]
+    pub inspect_startup: bool,
 }
 
 /// HAProxy's `on-marked-down` choices.
@@ -151,6 +190,11 @@ pub struct Check {
     /// itself is bounded by min(`inter`, `listen.timeout_connect`). Default `5s`.
     #[serde(default = "defaults::timeout_check", with = "duration")]
     pub timeout: Duration,
+    /// Interval for every node while no primary is confirmed, or while the routed primary's last
+    /// check failed or denied the role: how fast a new primary is found. Set it to `inter` for
+    /// HAProxy's pace. Default `200ms`.
+    #[serde(default = "defaults::failover_inter", with = "duration")]
+    pub failover_inter: Duration,
 }
 
 /// One PostgreSQL node (HAProxy `server NAME ADDR maxconn N check port P`).
@@ -239,6 +283,18 @@ mod defaults {
     pub fn timeout_check() -> Duration {
         Duration::from_secs(5)
     }
+    pub fn failover_inter() -> Duration {
+        Duration::from_millis(200)
+    }
+    pub fn hold_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn namespace() -> String {
+        "/service/".into()
+    }
 }
 
 impl Default for Global {
@@ -261,6 +317,8 @@ impl Default for Listen {
             timeout_server: defaults::timeout_idle(),
             timeout_queue: None,
             on_marked_down: OnMarkedDown::default(),
+            hold_timeout: defaults::hold_timeout(),
+            inspect_startup: true,
         }
     }
 }
@@ -279,6 +337,7 @@ impl Default for Check {
             rise: defaults::rise(),
             fall: defaults::fall(),
             timeout: defaults::timeout_check(),
+            failover_inter: defaults::failover_inter(),
         }
     }
 }
@@ -301,6 +360,7 @@ pub struct Config {
     pub check: Check,
     pub servers: Vec<Server>,
     pub stats: Stats,
+    pub etcd: Option<Etcd>,
 }
 
 impl Config {
@@ -330,6 +390,7 @@ impl Config {
             check: self.check.clone(),
             servers: self.servers.clone(),
             stats: self.stats.clone(),
+            etcd: self.etcd.clone(),
         }
     }
 
@@ -495,12 +556,30 @@ impl FileConfig {
                 }
             }
         }
+        if let Some(etcd) = &self.etcd {
+            if etcd.endpoints.is_empty() {
+                return Err(err(
+                    "etcd.endpoints",
+                    "empty list: give etcd's client address, e.g. [\"127.0.0.21:2379\"], or remove [etcd]".into(),
+                ));
+            }
+            if etcd.scope.trim_matches('/').is_empty() || etcd.scope.contains(char::is_whitespace) {
+                return Err(err(
+                    "etcd.scope",
+                    format!(
+                        "invalid scope {:?}: use Patroni's `scope`, e.g. \"postgres\"",
+                        etcd.scope
+                    ),
+                ));
+            }
+        }
         Ok(Config {
             global: self.global,
             listen: self.listen,
             check: self.check,
             servers: self.servers,
             stats: self.stats,
+            etcd: self.etcd,
         })
     }
 }

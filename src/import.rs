@@ -246,6 +246,7 @@ pub fn import(text: &str) -> Result<Config, ImportError> {
         check,
         servers,
         stats,
+        etcd: None,
     };
     file.validate().map_err(|e| err(0, &e.key, &e.message))
 }

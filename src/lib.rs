@@ -13,9 +13,11 @@
 
 pub mod backend;
 pub mod config;
+pub mod dcs;
 pub mod health;
 pub mod import;
 pub mod patroni;
+pub mod pgwire;
 pub mod proxy;
 pub mod routing;
 pub mod state;

@@ -111,6 +111,24 @@ fn summary(c: &Config, path: &std::path::Path) -> String {
         ));
     }
     s.push_str(&format!(
+        "failover: re-check every {} while the primary is unknown; hold clients up to {}; \
+         inspect startup {}\n",
+        d(c.check.failover_inter),
+        d(c.listen.hold_timeout),
+        if c.listen.inspect_startup {
+            "on"
+        } else {
+            "off"
+        }
+    ));
+    if let Some(e) = &c.etcd {
+        s.push_str(&format!(
+            "etcd watch on {}{{leader,failover}} via {:?}\n",
+            e.prefix(),
+            e.endpoints
+        ));
+    }
+    s.push_str(&format!(
         "stats on {}{}\n",
         c.stats.bind,
         if c.stats.auth.is_some() {
@@ -168,9 +186,10 @@ async fn serve(config: Arc<Config>, path: &std::path::Path) -> anyhow::Result<()
     let stats = tokio::net::TcpListener::bind(config.stats.bind)
         .await
         .with_context(|| format!("cannot listen on {} (stats.bind)", config.stats.bind))?;
+    // The bound addresses (not the configured ones): with port 0 they say where we really listen.
     tracing::info!(
-        listen = %config.listen.bind,
-        stats = %config.stats.bind,
+        listen = %proxy.local_addr()?,
+        stats = %stats.local_addr()?,
         servers = config.servers.len(),
         version = env!("CARGO_PKG_VERSION"),
         "patroni-proxy started; no server is routable until a check confirms the primary"

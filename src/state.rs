@@ -5,11 +5,12 @@
 //! sessions of a primary that lost the role.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +38,9 @@ pub struct NodeState {
     pub last_change_wall: SystemTime,
     /// Time spent DOWN in finished DOWN periods; add `now - last_change` while DOWN.
     pub downtime: Duration,
+    /// Set when Patroni announced a switchover away from this node (the DCS `failover` key): no
+    /// new connections go to it, whatever its checks say, until the switchover ends.
+    pub leaving_since: Option<Instant>,
 }
 
 impl NodeState {
@@ -51,6 +55,15 @@ impl NodeState {
             last_change: now,
             last_change_wall: SystemTime::now(),
             downtime: Duration::ZERO,
+            leaving_since: None,
+        }
+    }
+
+    /// Routable only if not leaving and the counter and claim allow it.
+    pub fn candidate(&self) -> Candidate<'_> {
+        Candidate {
+            up: self.counter.is_up() && self.leaving_since.is_none(),
+            claim: &self.claim,
         }
     }
 
@@ -81,6 +94,9 @@ pub struct Snapshot {
     pub primary_since: Instant,
     /// Completed periods without a routable primary (the current one is `now - primary_since`).
     pub no_primary_total: Duration,
+    /// Every node is checked at `failover_inter`: no primary is routable, or the routed one's last
+    /// check did not confirm it.
+    pub fast: bool,
 }
 
 impl Snapshot {
@@ -109,7 +125,8 @@ pub enum EventKind {
     Down,
     PrimaryChanged,
     PrimaryLost,
-    SessionsClosed,
+    /// Something outside the checks (a backend's startup reply, the DCS) put the primary in doubt.
+    Suspect,
 }
 
 fn ser_epoch<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -165,6 +182,11 @@ pub struct Shared {
     /// The stats side of this instance: its own Prometheus recorder (no global one: tests run many
     /// proxies in one process) and what the dashboard shows about the process.
     pub stats: crate::stats::Stats,
+    /// Inputs to the state owner (check results, suspicions, DCS events).
+    inputs: mpsc::UnboundedSender<Input>,
+    inputs_rx: Mutex<Option<mpsc::UnboundedReceiver<Input>>>,
+    /// One per node: cuts the wait before its next check short (it never starts a second check).
+    pub wake: Vec<Notify>,
 }
 
 impl Shared {
@@ -189,9 +211,13 @@ impl Shared {
             primary_changes: 0,
             primary_since: now,
             no_primary_total: Duration::ZERO,
+            // Start-up: find the primary at the fast pace too.
+            fast: true,
         }));
+        let (inputs, rx) = mpsc::unbounded_channel();
         Arc::new(Self {
             stats: crate::stats::Stats::new(&config),
+            wake: config.servers.iter().map(|_| Notify::new()).collect(),
             config,
             snapshot,
             backends,
@@ -200,6 +226,8 @@ impl Shared {
             started: SystemTime::now(),
             started_at: now,
             all_sessions,
+            inputs,
+            inputs_rx: Mutex::new(Some(rx)),
         })
     }
 
@@ -211,31 +239,147 @@ impl Shared {
     pub fn server_name(&self, i: usize) -> &str {
         &self.config.servers[i].name
     }
-}
 
-/// A finished check, sent by a node's checker; the reply carries the delay before its next check.
-#[derive(Debug)]
-pub struct Report {
-    pub node: usize,
-    pub result: CheckResult,
-    pub reply: oneshot::Sender<Duration>,
-}
-
-/// The state owner: applies reports one at a time until cancelled.
-pub async fn run(
-    shared: Arc<Shared>,
-    mut reports: mpsc::Receiver<Report>,
-    stop: CancellationToken,
-) {
-    loop {
-        let report = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = reports.recv() => match r { Some(r) => r, None => return },
-        };
-        let next = apply(&shared, report.node, report.result);
-        // A checker that stopped waiting is shutting down; nothing to do.
-        let _ = report.reply.send(next);
+    /// Sends an input to the state owner. Inputs sent after it stopped (shutdown) are dropped.
+    pub fn send(&self, input: Input) {
+        let _ = self.inputs.send(input);
     }
+
+    /// A session saw evidence that `node` is not (or no longer) a primary it may route to.
+    /// `recheck_now` re-checks it at once too (otherwise at the failover pace).
+    pub fn suspect(&self, node: usize, reason: String, recheck_now: bool) {
+        self.send(Input::Suspect {
+            node,
+            reason,
+            recheck_now,
+        });
+    }
+
+    /// Cuts every checker's wait short, except `skip`'s.
+    fn wake_all_but(&self, skip: Option<usize>) {
+        for (i, w) in self.wake.iter().enumerate() {
+            if Some(i) != skip {
+                w.notify_one();
+            }
+        }
+    }
+}
+
+/// What the state owner acts on.
+#[derive(Debug)]
+pub enum Input {
+    /// A finished check; the reply carries the delay before the node's next check.
+    Check {
+        node: usize,
+        result: CheckResult,
+        reply: oneshot::Sender<Duration>,
+    },
+    /// `node` must not get new connections until a check confirms it again.
+    Suspect {
+        node: usize,
+        reason: String,
+        recheck_now: bool,
+    },
+    /// Patroni's leader key changed (new value, or deleted): re-check every node now.
+    LeaderChanged { leader: Option<String> },
+    /// A switchover/failover was requested (DCS `failover` key): the routed primary is leaving.
+    SwitchoverRequested,
+    /// The `failover` key is gone: the switchover finished or was cancelled.
+    SwitchoverEnded,
+}
+
+/// Longest a node stays "leaving" after a switchover request, in case the end is never seen.
+const LEAVING_LIMIT: Duration = Duration::from_secs(60);
+
+/// The state owner: applies inputs one at a time until cancelled.
+pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut inputs = shared
+        .inputs_rx
+        .lock()
+        .expect("inputs lock")
+        .take()
+        .expect("one state owner per Shared");
+    loop {
+        let input = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = inputs.recv() => match r { Some(r) => r, None => return },
+        };
+        match input {
+            Input::Check {
+                node,
+                result,
+                reply,
+            } => {
+                let next = apply(&shared, node, result);
+                // A checker that stopped waiting is shutting down; nothing to do.
+                let _ = reply.send(next);
+            }
+            other => apply_event(&shared, other),
+        }
+    }
+}
+
+/// Applies a suspicion or DCS event.
+pub fn apply_event(shared: &Shared, input: Input) {
+    let now = Instant::now();
+    let mut snap = (*shared.current()).clone();
+    snap.seq += 1;
+    let routed = snap.primary;
+    // The suspected node itself is re-checked at the failover pace, not at once: a leader whose
+    // PostgreSQL restarts under a held lock answers 200 while refusing clients, and re-checking it
+    // on every refusal would spin.
+    let mut skip = None;
+    let message = match input {
+        Input::Check { .. } => unreachable!("checks go through apply()"),
+        Input::Suspect {
+            node,
+            reason,
+            recheck_now,
+        } => {
+            skip = (!recheck_now).then_some(node);
+            snap.nodes[node].claim = Claim::Denied {
+                reason: reason.clone(),
+            };
+            format!(
+                "Server {}/{} is not routable: {reason}; re-checking every node now.",
+                shared.config.listen.name,
+                shared.server_name(node)
+            )
+        }
+        Input::LeaderChanged { leader } => {
+            // The REST check must confirm the new state before anything is routed there again.
+            if let Some(p) = routed {
+                snap.nodes[p].claim = Claim::Unconfirmed;
+            }
+            format!(
+                "Leader key changed to {}; re-checking every node now.",
+                leader.as_deref().unwrap_or("(none)")
+            )
+        }
+        Input::SwitchoverRequested => {
+            let Some(p) = routed else { return };
+            snap.nodes[p].leaving_since = Some(now);
+            format!(
+                "Switchover requested: {} is leaving; new clients are held for the next primary.",
+                shared.server_name(p)
+            )
+        }
+        Input::SwitchoverEnded => {
+            if snap.nodes.iter().all(|n| n.leaving_since.is_none()) {
+                return;
+            }
+            for n in &mut snap.nodes {
+                n.leaving_since = None;
+            }
+            "Switchover request cleared.".to_string()
+        }
+    };
+    tracing::warn!(target: "patroni_proxy::routing", "{message}");
+    shared.events.push(EventKind::Suspect, None, message);
+    reroute(shared, &mut snap, now, "primary in doubt");
+    snap.fast = true;
+    shared.snapshot.send_replace(Arc::new(snap));
+    shared.wake_all_but(skip);
 }
 
 /// Applies one check result: counter step, transitions and their side effects, routing decision,
@@ -264,6 +408,11 @@ pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
         }
         Answer::Unknown => {}
     }
+    if n.leaving_since
+        .is_some_and(|t| now.saturating_duration_since(t) > LEAVING_LIMIT)
+    {
+        n.leaving_since = None;
+    }
     let step = n.counter.observe(result.status.passed());
     if step.counted_failure {
         n.chkfail += 1;
@@ -289,7 +438,7 @@ pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
         }
         None => {}
     }
-    let next = cfg.interval_for(n.counter.is_fully_up(), n.counter.is_fully_down());
+    let normal = cfg.interval_for(n.counter.is_fully_up(), n.counter.is_fully_down());
     let active = snap.nodes.iter().filter(|n| n.counter.is_up()).count();
     let backend = &shared.backends[node];
 
@@ -298,15 +447,9 @@ pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
             let sessions = if cfg.listen.on_marked_down == OnMarkedDown::ShutdownSessions {
                 backend.kill_sessions()
             } else {
-                backend
-                    .counters
-                    .scur
-                    .load(std::sync::atomic::Ordering::Relaxed)
+                backend.counters.scur.load(Relaxed)
             };
-            let queued = backend
-                .counters
-                .qcur
-                .load(std::sync::atomic::Ordering::Relaxed);
+            let queued = backend.counters.qcur.load(Relaxed);
             let msg = format!(
                 "Server {px}/{name} is DOWN, {reason}. {active} active and 0 backup servers left. \
                  {sessions} sessions active, 0 requeued, {queued} remaining in queue."
@@ -328,69 +471,90 @@ pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
         None => {}
     }
 
-    // Routing decision on the updated view.
-    let candidates: Vec<Candidate<'_>> = snap
-        .nodes
-        .iter()
-        .map(|n| Candidate {
-            up: n.counter.is_up(),
-            claim: &n.claim,
-        })
-        .collect();
-    let chosen = routing::choose(snap.primary, &candidates);
-    if chosen != snap.primary {
-        let old = snap.primary;
-        if old.is_none() {
-            snap.no_primary_total += now.saturating_duration_since(snap.primary_since);
+    reroute(shared, &mut snap, now, &reason);
+
+    // Fast pace while the primary is unknown or in doubt: every node, until one is confirmed.
+    let was_fast = snap.fast;
+    snap.fast = match snap.primary {
+        None => true,
+        Some(p) => {
+            let n = &snap.nodes[p];
+            let confirmed = n.last_check.as_ref().is_some_and(|r| r.status.passed())
+                && matches!(n.last_answer, Some(Answer::Primary { .. }));
+            !confirmed
         }
-        snap.primary = chosen;
-        snap.primary_since = now;
-        match chosen {
-            Some(new) => {
-                snap.primary_changes += u64::from(snap.last_primary.is_some_and(|l| l != new));
-                snap.last_primary = Some(new);
-                let new_name = shared.server_name(new);
-                let timeline = match &snap.nodes[new].claim {
-                    Claim::Primary {
-                        timeline: Some(t), ..
-                    } => format!(" (timeline {t})"),
-                    _ => String::new(),
-                };
-                let msg = match old {
-                    Some(old) => {
-                        // Never two primaries: sessions opened on the previous one go now, whatever
-                        // its health counter says.
-                        let closed = shared.backends[old].kill_sessions();
-                        format!(
-                            "Routed primary of {px} is now {new_name}{timeline}, was {}; \
-                             {closed} sessions to {} closed.",
-                            shared.server_name(old),
-                            shared.server_name(old)
-                        )
-                    }
-                    None => format!("Routed primary of {px} is now {new_name}{timeline}."),
-                };
-                tracing::warn!(target: "patroni_proxy::routing", primary = new_name, "{msg}");
-                shared
-                    .events
-                    .push(EventKind::PrimaryChanged, Some(new_name), msg);
-            }
-            None => {
-                let old_name = old.map(|o| shared.server_name(o)).unwrap_or("?");
-                let msg = format!(
-                    "Routed primary of {px} lost: {old_name} is no longer routable ({reason}); \
-                     new connections are refused until a primary is confirmed."
-                );
-                tracing::warn!(target: "patroni_proxy::routing", "{msg}");
-                shared
-                    .events
-                    .push(EventKind::PrimaryLost, Some(old_name), msg);
-            }
+    };
+    let enter_fast = snap.fast && !was_fast;
+    let next = if snap.fast {
+        normal.min(cfg.check.failover_inter)
+    } else {
+        normal
+    };
+    shared.snapshot.send_replace(Arc::new(snap));
+    if enter_fast {
+        // Everyone else is checked now; `node` has just been, and goes on at `next`.
+        shared.wake_all_but(Some(node));
+    }
+    next
+}
+
+/// Recomputes the routed primary; on a change, logs it, records the event and closes the sessions of
+/// the previous primary when another node takes over.
+fn reroute(shared: &Shared, snap: &mut Snapshot, now: Instant, reason: &str) {
+    let px = &shared.config.listen.name;
+    let candidates: Vec<Candidate<'_>> = snap.nodes.iter().map(NodeState::candidate).collect();
+    let chosen = routing::choose(snap.primary, &candidates);
+    if chosen == snap.primary {
+        return;
+    }
+    let old = snap.primary;
+    if old.is_none() {
+        snap.no_primary_total += now.saturating_duration_since(snap.primary_since);
+    }
+    snap.primary = chosen;
+    snap.primary_since = now;
+    match chosen {
+        Some(new) => {
+            snap.primary_changes += u64::from(snap.last_primary.is_some_and(|l| l != new));
+            snap.last_primary = Some(new);
+            let new_name = shared.server_name(new);
+            let timeline = match &snap.nodes[new].claim {
+                Claim::Primary {
+                    timeline: Some(t), ..
+                } => format!(" (timeline {t})"),
+                _ => String::new(),
+            };
+            let msg = match old {
+                Some(old) => {
+                    // Never two primaries: sessions opened on the previous one go now, whatever
+                    // its health counter says.
+                    let closed = shared.backends[old].kill_sessions();
+                    format!(
+                        "Routed primary of {px} is now {new_name}{timeline}, was {}; \
+                         {closed} sessions to {} closed.",
+                        shared.server_name(old),
+                        shared.server_name(old)
+                    )
+                }
+                None => format!("Routed primary of {px} is now {new_name}{timeline}."),
+            };
+            tracing::warn!(target: "patroni_proxy::routing", primary = new_name, "{msg}");
+            shared
+                .events
+                .push(EventKind::PrimaryChanged, Some(new_name), msg);
+        }
+        None => {
+            let old_name = old.map(|o| shared.server_name(o)).unwrap_or("?");
+            let msg = format!(
+                "Routed primary of {px} lost: {old_name} is no longer routable ({reason}); \
+                 new clients are held until a primary is confirmed."
+            );
+            tracing::warn!(target: "patroni_proxy::routing", "{msg}");
+            shared
+                .events
+                .push(EventKind::PrimaryLost, Some(old_name), msg);
         }
     }
-
-    shared.snapshot.send_replace(Arc::new(snap));
-    next
 }
 
 /// HAProxy's `reason: ..., code: ..., info: "...", check duration: Nms` fragment.

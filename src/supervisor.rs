@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -54,7 +53,6 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let sessions = TaskTracker::new();
     let internal_stop = stop.child_token();
-    let (tx, rx) = mpsc::channel(cfg.servers.len() * 2);
 
     let spec = CheckSpec::new(
         &cfg.check.method,
@@ -66,18 +64,24 @@ pub async fn run(
     );
     let n = cfg.servers.len();
     let mut supervised = tokio::task::JoinSet::new();
-    supervised.spawn(tasks.track_future(state::run(shared.clone(), rx, internal_stop.clone())));
+    supervised.spawn(tasks.track_future(state::run(shared.clone(), internal_stop.clone())));
     for i in 0..n {
         supervised.spawn(tasks.track_future(checker::run(
             i,
             cfg.check_target(i),
             spec.clone(),
             checker::first_delay(i, n, cfg.check.inter),
-            tx.clone(),
+            shared.clone(),
             internal_stop.clone(),
         )));
     }
-    drop(tx);
+    if let Some(etcd) = cfg.etcd.clone() {
+        supervised.spawn(tasks.track_future(crate::dcs::watch(
+            etcd,
+            shared.clone(),
+            internal_stop.clone(),
+        )));
+    }
     supervised.spawn(tasks.track_future(proxy::serve(
         listeners.proxy,
         shared.clone(),

@@ -7,12 +7,14 @@ mod common;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Duration;
 
-use common::{connect, Cluster, Mode};
+use common::{connect, outcome, pg_startup, Cluster, Mode, Outcome, PgMode};
 use patroni_proxy::health::CheckStatus;
 use patroni_proxy::state::EventKind;
 use tokio::time::Instant;
 
 const PRIMARY: Mode = Mode::Primary { timeline: 1 };
+/// HAProxy's pace: no fast re-check during a failover, and a short hold.
+const HAPROXY_PACE: &str = "[check]\nfailover_inter = \"3s\"\n[listen]\nhold_timeout = \"1s\"\n";
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
 fn last_check(c: &Cluster, i: usize) -> patroni_proxy::health::CheckResult {
@@ -40,29 +42,37 @@ async fn only_the_primary_gets_connections() {
 #[tokio::test(start_paused = true)]
 async fn start_is_fail_closed_and_initial_state_is_haproxys() {
     // "At startup every checked server is UP with health = rise, status `UP 1/3`, check status `INI`"
-    // -- and, unlike HAProxy (§5 item 4), nothing is routed before a check confirms the primary.
+    // -- and, unlike HAProxy (§5 item 4), nothing is routed before a check confirms the primary:
+    // an early client is held, then connected to the confirmed primary.
     let slow = Mode::Delayed(SECS(2), Box::new(PRIMARY));
     let c = Cluster::start(vec![slow, Mode::Replica, Mode::Replica], "").await;
     for i in 0..3 {
         assert_eq!(c.status(i), "UP 1/3");
         assert!(c.shared().current().nodes[i].last_check.is_none(), "INI");
     }
+    let t0 = Instant::now();
+    let early = tokio::spawn(outcome(c.addr));
+    c.wait_for(SECS(1), "the client is held", |c| {
+        c.shared().frontend.holding.load(Relaxed) == 1
+    })
+    .await;
+    assert_eq!(c.primary(), None);
+    match early.await.unwrap() {
+        Outcome::Node(n) => assert_eq!(n, "node0"),
+        other => panic!("{other:?}"),
+    }
     assert!(
-        connect(c.addr).await.is_none(),
-        "closed: nothing confirmed yet"
+        t0.elapsed() >= SECS(2),
+        "released only once node0 was confirmed"
     );
-    assert_eq!(c.shared().frontend.no_server.load(Relaxed), 1);
-    c.wait_for(SECS(5), "node0 routed", |c| c.primary() == Some(0))
-        .await;
     // "At startup a single failed check marks a server DOWN; a single success makes it fully UP."
     c.wait_for(SECS(5), "replicas checked", |c| {
         c.status(1) == "DOWN" && c.status(2) == "DOWN"
     })
     .await;
     assert_eq!(c.status(0), "UP");
-    for i in 0..3 {
-        assert_eq!(c.nodes[i].db.accepted.load(SeqCst), 0);
-    }
+    assert_eq!(c.nodes[1].db.accepted.load(SeqCst), 0);
+    assert_eq!(c.nodes[2].db.accepted.load(SeqCst), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -70,7 +80,7 @@ async fn first_checks_are_staggered_and_next_ones_follow_inter() {
     // "First checks of N checked servers start at i x inter / N (0, 1 s, 2 s for 3 servers at 3 s)."
     // "The next check is scheduled inter after the previous check completes."
     let start = Instant::now();
-    let c = Cluster::start(vec![PRIMARY, Mode::Replica, Mode::Replica], "").await;
+    let c = Cluster::start(vec![PRIMARY, Mode::Replica, Mode::Replica], HAPROXY_PACE).await;
     c.wait_for(SECS(10), "two checks each", |c| {
         c.nodes
             .iter()
@@ -98,7 +108,7 @@ async fn demoted_primary_stops_at_once_goes_down_after_fall_and_sessions_are_cut
     // "When a server reaches DOWN, every established session to it is closed (client sees FIN) at that
     // moment; none is closed on the 1st or 2nd failure."
     // Issue 2: a 503 stops new connections at once, while fall still counts the node UP.
-    let c = Cluster::start(vec![PRIMARY, Mode::Replica, Mode::Replica], "").await;
+    let c = Cluster::start(vec![PRIMARY, Mode::Replica, Mode::Replica], HAPROXY_PACE).await;
     c.wait_for(SECS(10), "node0 fully UP", |c| {
         c.primary() == Some(0) && c.status(0) == "UP"
     })
@@ -110,7 +120,7 @@ async fn demoted_primary_stops_at_once_goes_down_after_fall_and_sessions_are_cut
     c.wait_for(SECS(4), "UP 2/3", |c| c.status(0) == "UP 2/3")
         .await;
     assert_eq!(c.primary(), None, "a 503 is a denial: no new connections");
-    assert!(connect(c.addr).await.is_none());
+    assert!(matches!(outcome(c.addr).await, Outcome::PgError(code, _) if code == "57P03"));
     assert!(session.alive().await, "not cut on the 1st failure");
 
     c.wait_for(SECS(4), "UP 1/3", |c| c.status(0) == "UP 1/3")
@@ -159,12 +169,19 @@ async fn demoted_primary_stops_at_once_goes_down_after_fall_and_sessions_are_cut
 #[tokio::test(start_paused = true)]
 async fn rise_two_before_a_down_node_is_routed() {
     // "A fully DOWN server shows `DOWN 1/2` after 1 success and `UP` after the 2nd."
-    let c = Cluster::start(vec![Mode::Replica, Mode::Replica, Mode::Replica], "").await;
+    let c = Cluster::start(
+        vec![Mode::Replica, Mode::Replica, Mode::Replica],
+        HAPROXY_PACE,
+    )
+    .await;
     c.wait_for(SECS(5), "all DOWN", |c| {
         (0..3).all(|i| c.status(i) == "DOWN")
     })
     .await;
-    assert!(connect(c.addr).await.is_none(), "no server: closed at once");
+    assert!(
+        matches!(outcome(c.addr).await, Outcome::PgError(code, _) if code == "57P03"),
+        "no server: held for hold_timeout, then a PostgreSQL error instead of a bare close"
+    );
     c.nodes[2].rest.set(Mode::Primary { timeline: 2 });
     c.wait_for(SECS(4), "DOWN 1/2", |c| c.status(2) == "DOWN 1/2")
         .await;
@@ -182,7 +199,7 @@ async fn hung_rest_times_out_per_timeout_check_and_is_unknown_not_denied() {
     // "After connect, no complete status line within timeout check = 5 s -> L7TOUT (duration ~ 5000 ms)."
     // "The next check is scheduled inter after the previous check completes (hang case: probes at
     // 0, 8, 16 s)." A timeout is *unknown*: the node keeps its place while UP.
-    let c = Cluster::start(vec![PRIMARY, Mode::Replica, Mode::Replica], "").await;
+    let c = Cluster::start(vec![PRIMARY, Mode::Replica, Mode::Replica], HAPROXY_PACE).await;
     c.wait_for(SECS(10), "node0 fully UP", |c| c.status(0) == "UP")
         .await;
     c.nodes[0].rest.set(Mode::Hang);
@@ -478,4 +495,144 @@ async fn shutdown_drains_then_closes_what_is_left() {
         tokio::net::TcpStream::connect(c.addr).await.is_err(),
         "listener closed"
     );
+}
+
+// ---- Issue 6: failover faster and kinder than HAProxy --------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_new_primary_is_routed_within_failover_inter_of_its_first_200() {
+    // Issue 6 item 1: once the routed primary fails a check, every node is checked at
+    // `failover_inter` (200 ms) until a primary is confirmed.
+    let c = Cluster::start(vec![PRIMARY, Mode::Replica, Mode::Replica], "").await;
+    c.wait_for(SECS(10), "node0 confirmed", |c| {
+        c.primary() == Some(0) && !c.shared().current().fast
+    })
+    .await;
+    c.nodes[0].rest.set(Mode::Replica);
+    c.nodes[1].rest.set(Mode::Primary { timeline: 2 });
+    let before = c.nodes[1].rest.times.lock().unwrap().len();
+    c.wait_for(SECS(5), "node1 routed", |c| c.primary() == Some(1))
+        .await;
+    let routed = Instant::now();
+    let first_200 = c.nodes[1].rest.times.lock().unwrap()[before];
+    let gap = routed - first_200;
+    assert!(
+        gap <= Duration::from_millis(250),
+        "routed {gap:?} after node1's first 200"
+    );
+    // Confirmed: back to `inter`.
+    c.wait_for(SECS(1), "back to inter", |c| !c.shared().current().fast)
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn held_clients_get_the_new_primary_with_their_first_bytes() {
+    // Issue 6 item 2: "newly accepted clients wait ... and are connected to the new primary as soon
+    // as it is confirmed; their first bytes are kept and forwarded."
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::start(vec![Mode::Replica, Mode::Replica, Mode::Replica], "").await;
+    c.wait_for(SECS(5), "all DOWN", |c| {
+        (0..3).all(|i| c.status(i) == "DOWN")
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+    s.write_all(b"first bytes\n").await.unwrap();
+    c.wait_for(SECS(1), "held", |c| {
+        c.shared().frontend.holding.load(Relaxed) == 1
+    })
+    .await;
+    c.nodes[2].rest.set(Mode::Primary { timeline: 3 });
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 64];
+    while !got.ends_with(b"first bytes\n") {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed: {got:?}");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(got, b"NODE node2\nfirst bytes\n");
+    let fe = &c.shared().frontend;
+    assert_eq!(
+        (fe.held.load(Relaxed), fe.hold_released.load(Relaxed)),
+        (1, 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hold_timeout_answers_57p03_to_plain_and_ssl_clients() {
+    // Issue 6 item 2: "When the hold times out, the client receives a PostgreSQL ErrorResponse with
+    // SQLSTATE 57P03 ... for clients that start with an SSLRequest as well as for plain startup".
+    let c = Cluster::start(
+        vec![Mode::Replica, Mode::Replica, Mode::Replica],
+        "[listen]\nhold_timeout = \"2s\"\n",
+    )
+    .await;
+    for ssl in [false, true] {
+        let t0 = Instant::now();
+        match pg_startup(c.addr, ssl).await {
+            Err(Outcome::PgError(code, msg)) => {
+                assert_eq!(code, "57P03");
+                assert!(msg.starts_with("failover in progress"), "{msg}");
+            }
+            other => panic!("ssl={ssl}: {other:?}"),
+        }
+        let waited = t0.elapsed();
+        assert!(
+            waited >= SECS(2) && waited < SECS(2) + Duration::from_millis(100),
+            "{waited:?}"
+        );
+    }
+    assert_eq!(c.shared().frontend.hold_timeouts.load(Relaxed), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutting_down_primary_makes_the_proxy_replay_the_startup_on_the_next_one() {
+    // Issue 6 item 3: a 57P03 before authentication is not passed on: hold, and replay the startup
+    // bytes on the new primary (plain and after SSLRequest).
+    for ssl in [false, true] {
+        let (c, pgs) = Cluster::start_pg(
+            vec![
+                (PRIMARY, PgMode::ShuttingDown),
+                (Mode::Replica, PgMode::Primary),
+            ],
+            "",
+        )
+        .await;
+        c.wait_for(SECS(5), "node0 routed", |c| c.primary() == Some(0))
+            .await;
+        let addr = c.addr;
+        let client = tokio::spawn(async move { pg_startup(addr, ssl).await });
+        c.wait_for(SECS(2), "node0 suspected", |c| c.primary().is_none())
+            .await;
+        // Patroni moves the leader while the client is held.
+        c.nodes[0].rest.set(Mode::Replica);
+        c.nodes[1].rest.set(Mode::Primary { timeline: 2 });
+        let reply = client.await.unwrap().expect("the client got a session");
+        assert_eq!(reply[0], b'R', "AuthenticationOk from node1");
+        assert!(pgs[0].startups.load(SeqCst) >= 1);
+        assert_eq!(pgs[1].startups.load(SeqCst), 1);
+        assert!(c.shared().frontend.replays.load(Relaxed) >= 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_in_hot_standby_is_never_handed_to_a_client() {
+    // Issue 6 item 4: `in_hot_standby = on` on the primary port -> 57P03, node marked not-primary
+    // and re-checked at once.
+    let (c, _pgs) = Cluster::start_pg(vec![(PRIMARY, PgMode::Standby)], "").await;
+    c.wait_for(SECS(5), "node0 routed", |c| c.primary() == Some(0))
+        .await;
+    let checks = c.nodes[0].rest.checks.load(SeqCst);
+    match pg_startup(c.addr, false).await {
+        Err(Outcome::PgError(code, msg)) => {
+            assert_eq!(code, "57P03");
+            assert!(msg.contains("standby"), "{msg}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.shared().frontend.standby_refusals.load(Relaxed), 1);
+    // Re-checked at once (the REST still says primary here, so it is routed again after that).
+    c.wait_for(Duration::from_millis(100), "re-check", |c| {
+        c.nodes[0].rest.checks.load(SeqCst) > checks
+    })
+    .await;
 }

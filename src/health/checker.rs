@@ -1,16 +1,18 @@
 //! The checker task of one node: at most one check in flight, a new connection per check, the first
 //! check staggered by `i * inter / N` (HAProxy's `start_check_task`), and each next check `interval`
 //! after the previous one *completes* (`process_chk_conn`), the interval chosen by the state owner
-//! from the node's health (`srv_getinter`).
+//! from the node's health (`srv_getinter`) and the failover pace. The state owner can cut a wait
+//! short (`Shared::wake`) to re-check at once; it never starts a second check in parallel.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::check::{self, CheckSpec};
-use crate::state::Report;
+use crate::state::{Input, Shared};
 
 /// Runs checks for node `node` until `stop` is cancelled or the state owner is gone.
 pub async fn run(
@@ -18,7 +20,7 @@ pub async fn run(
     target: SocketAddr,
     spec: CheckSpec,
     first_delay: Duration,
-    reports: mpsc::Sender<Report>,
+    shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
     let mut delay = first_delay;
@@ -26,23 +28,18 @@ pub async fn run(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
+            _ = shared.wake[node].notified() => {}
         }
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             r = check::run(target, &spec) => r,
         };
         let (reply, next) = oneshot::channel();
-        if reports
-            .send(Report {
-                node,
-                result,
-                reply,
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
+        shared.send(Input::Check {
+            node,
+            result,
+            reply,
+        });
         delay = match next.await {
             Ok(d) => d,
             Err(_) => return,

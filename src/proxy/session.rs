@@ -1,7 +1,10 @@
-//! One client session: route to the current primary, wait for a server slot (`maxconn` + FIFO queue
-//! with `timeout queue`), connect with `timeout connect` and `retries`, relay until either side
-//! closes, the session idles out, or the server's sessions are shut down.
+//! One client session: route to the current primary (holding the client while there is none), wait
+//! for a server slot (`maxconn` + FIFO queue with `timeout queue`), connect with `timeout connect`
+//! and `retries`, watch PostgreSQL's startup replies (replay on the new primary when the old one is
+//! shutting down; refuse a standby), then relay until either side closes, the session idles out, or
+//! the server's sessions are shut down.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -12,15 +15,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::relay::{self, End, Meters, Side};
 use crate::backend::GaugeGuard;
+use crate::pgwire::{self, FirstMessage};
+use crate::routing::Claim;
 use crate::state::Shared;
 
-/// HAProxy's two-letter termination states (`haproxy-semantics.md` §2.8), for the session log line.
+/// HAProxy's two-letter termination states (`haproxy-semantics.md` §2.8), plus ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Termination {
     /// Normal close by either end.
     Normal,
-    /// No routable primary: `SC` with `<NOSRV>`.
-    NoServer,
     /// Retries exhausted after refusals (`SC`) or timeouts (`sC`).
     ConnectRefused,
     ConnectTimeout,
@@ -28,12 +31,14 @@ pub enum Termination {
     QueueTimeout,
     /// Closed because the server was marked DOWN or lost the primary role (`D-`), or forced shutdown.
     Killed,
-    /// The routed primary changed before the session was connected.
-    Rerouted,
+    /// No primary within `hold_timeout`: answered with 57P03 (`SH`).
+    HoldTimeout,
+    /// The backend reported `in_hot_standby = on`: answered with 57P03 (`SS`).
+    Standby,
     /// Idle timeouts (`cD`, `sD`).
     ClientIdle,
     ServerIdle,
-    /// Aborted by an error on that side (`CD`, `SD`).
+    /// Aborted by an error or close on that side (`CD`, `SD`).
     ClientError,
     ServerError,
 }
@@ -42,11 +47,12 @@ impl Termination {
     pub fn code(self) -> &'static str {
         match self {
             Termination::Normal => "--",
-            Termination::NoServer | Termination::ConnectRefused => "SC",
+            Termination::ConnectRefused => "SC",
             Termination::ConnectTimeout => "sC",
             Termination::QueueTimeout => "sQ",
             Termination::Killed => "D-",
-            Termination::Rerouted => "DC",
+            Termination::HoldTimeout => "SH",
+            Termination::Standby => "SS",
             Termination::ClientIdle => "cD",
             Termination::ServerIdle => "sD",
             Termination::ClientError => "CD",
@@ -55,8 +61,34 @@ impl Termination {
     }
 }
 
+/// The client's bytes that the current server has not acknowledged yet: its first message(s), kept
+/// so they can be forwarded after a hold and replayed on another server.
+#[derive(Debug, Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// The server answered something other than a negotiation byte: nothing may be replayed.
+    committed: bool,
+}
+
+impl Pending {
+    /// True while the first message is incomplete (worth reading more of during a hold).
+    fn wants_more(&self) -> bool {
+        match pgwire::classify(&self.buf) {
+            FirstMessage::Incomplete => true,
+            FirstMessage::Startup { len } => self.buf.len() < len,
+            FirstMessage::CancelRequest => self.buf.len() < 16,
+            _ => false,
+        }
+    }
+}
+
+const FAILOVER_MESSAGE: &str =
+    "failover in progress: no primary is available right now (patroni-proxy), retry";
+const STANDBY_MESSAGE: &str =
+    "failover in progress: the server is a standby (patroni-proxy), retry";
+
 /// Runs a session to its end. Dropping the client socket closes it (FIN), which is how every early
-/// exit here answers the client, as HAProxy does in TCP mode.
+/// exit without a PostgreSQL error answers the client, as HAProxy does in TCP mode.
 pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) -> Termination {
     let start = Instant::now();
     let fe = &shared.frontend;
@@ -65,16 +97,146 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) -> Ter
     // Small PostgreSQL messages must not wait for Nagle.
     let _ = client.set_nodelay(true);
 
-    let Some(node) = shared.current().primary else {
-        fe.no_server.fetch_add(1, Relaxed);
-        log_end(shared, peer, None, start, 0, Termination::NoServer);
-        return Termination::NoServer;
+    let deadline = start + shared.config.listen.hold_timeout;
+    let mut pending = Pending::default();
+    let mut avoid: Option<(usize, u64)> = None;
+    let mut last_node = None;
+    let t = loop {
+        let node = match hold(shared, &client, deadline, &mut pending, avoid).await {
+            Ok(n) => n,
+            Err(t) => break t,
+        };
+        last_node = Some(node);
+        // Taken before queueing, so a DOWN while this session waits or connects closes it too.
+        let kill = shared.backends[node].session_token();
+        match connect_and_relay(&client, shared, node, &kill, &mut pending).await {
+            Step::Done(t) => break t,
+            Step::Retry { suspect } => {
+                if let Some(reason) = suspect {
+                    shared.suspect(node, reason, false);
+                }
+                avoid = Some((node, shared.current().seq));
+            }
+        }
     };
-    // Taken before queueing, so a DOWN while this session waits or connects closes it too.
-    let kill = shared.backends[node].session_token();
-    let (termination, bytes) = connect_and_relay(&client, shared, node, &kill).await;
-    log_end(shared, peer, Some(node), start, bytes, termination);
-    termination
+    log_end(shared, peer, last_node, start, t);
+    t
+}
+
+/// Waits for a routable primary (not `avoid.0` unless confirmed again after snapshot `avoid.1`).
+/// Meanwhile reads the client's first message so it can be forwarded, or answered on timeout.
+async fn hold(
+    shared: &Shared,
+    client: &TcpStream,
+    deadline: Instant,
+    pending: &mut Pending,
+    avoid: Option<(usize, u64)>,
+) -> Result<usize, Termination> {
+    let fe = &shared.frontend;
+    let mut rx = shared.snapshot.subscribe();
+    let mut holding: Option<GaugeGuard<'_>> = None;
+    loop {
+        let usable = {
+            let snap = rx.borrow_and_update();
+            snap.primary.filter(|&p| match avoid {
+                Some((a, seq)) if a == p => {
+                    matches!(snap.nodes[p].claim, Claim::Primary { seq: s, .. } if s > seq)
+                }
+                _ => true,
+            })
+        };
+        if let Some(p) = usable {
+            if holding.is_some() {
+                fe.hold_released.fetch_add(1, Relaxed);
+            }
+            return Ok(p);
+        }
+        if holding.is_none() {
+            if avoid.is_none() {
+                fe.no_server.fetch_add(1, Relaxed);
+            }
+            fe.held.fetch_add(1, Relaxed);
+            holding = Some(GaugeGuard::new(&fe.holding, None));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                fe.hold_timeouts.fetch_add(1, Relaxed);
+                refuse(client, pending, FAILOVER_MESSAGE).await;
+                return Err(Termination::HoldTimeout);
+            }
+            r = rx.changed() => if r.is_err() {
+                return Err(Termination::Killed);
+            },
+            r = client.readable(), if pending.wants_more() => {
+                if r.is_err() || !read_into(client, &mut pending.buf)? {
+                    return Err(Termination::ClientError);
+                }
+            }
+        }
+    }
+}
+
+/// Reads what the socket has into `buf`. `Ok(false)` on end-of-stream.
+fn read_into(s: &TcpStream, buf: &mut Vec<u8>) -> Result<bool, Termination> {
+    let mut chunk = [0u8; 4096];
+    match s.try_read(&mut chunk) {
+        Ok(0) => Ok(false),
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+        Err(_) => Err(Termination::ClientError),
+    }
+}
+
+/// Answers a client we cannot serve with a PostgreSQL FATAL error (SQLSTATE 57P03), declining TLS
+/// first if it asked for it, so drivers report "failover in progress" rather than a reset.
+async fn refuse(client: &TcpStream, pending: &mut Pending, message: &str) {
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        match pgwire::classify(&pending.buf) {
+            FirstMessage::SslRequest | FirstMessage::GssEncRequest => {
+                if write_all(client, b"N").await.is_err() {
+                    return;
+                }
+                pending.buf.drain(..8);
+            }
+            FirstMessage::CancelRequest | FirstMessage::Other => return,
+            FirstMessage::Startup { len } if pending.buf.len() >= len => break,
+            _ => {
+                // Wait (briefly) for the rest of the startup message; answer anyway after that.
+                let more = tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    r = client.readable() => r.is_ok() && matches!(read_into(client, &mut pending.buf), Ok(true)),
+                };
+                if !more {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = write_all(client, &pgwire::error_response("57P03", message)).await;
+}
+
+async fn write_all(s: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        s.writable().await?;
+        match s.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+enum Step {
+    Done(Termination),
+    /// Go back to holding and try the (next) primary, replaying `Pending`.
+    Retry {
+        suspect: Option<String>,
+    },
 }
 
 async fn connect_and_relay(
@@ -82,7 +244,8 @@ async fn connect_and_relay(
     shared: &Shared,
     node: usize,
     kill: &CancellationToken,
-) -> (Termination, u64) {
+    pending: &mut Pending,
+) -> Step {
     let cfg = &shared.config;
     let backend = &shared.backends[node];
     let c = &backend.counters;
@@ -93,13 +256,13 @@ async fn connect_and_relay(
         Err(_) => {
             let _queued = GaugeGuard::new(&c.qcur, Some(&c.qmax));
             tokio::select! {
-                _ = kill.cancelled() => return (Termination::Killed, 0),
+                _ = kill.cancelled() => return Step::Done(Termination::Killed),
                 r = tokio::time::timeout(cfg.timeout_queue(), backend.slots.clone().acquire_owned()) => match r {
                     Ok(p) => p.expect("the semaphore is never closed"),
                     Err(_) => {
                         c.qtimeouts.fetch_add(1, Relaxed);
                         shared.frontend.queue_timeout.fetch_add(1, Relaxed);
-                        return (Termination::QueueTimeout, 0);
+                        return Step::Done(Termination::QueueTimeout);
                     }
                 },
             }
@@ -107,18 +270,18 @@ async fn connect_and_relay(
     };
     if shared.current().primary != Some(node) {
         // The primary changed while we queued: never connect to the node that lost the role.
-        shared.frontend.rerouted.fetch_add(1, Relaxed);
-        return (Termination::Rerouted, 0);
+        return Step::Retry { suspect: None };
     }
     c.stot.fetch_add(1, Relaxed);
     backend.touch_last_session();
     let _open = GaugeGuard::new(&c.scur, Some(&c.smax));
 
     let server = tokio::select! {
-        _ = kill.cancelled() => return (Termination::Killed, 0),
+        _ = kill.cancelled() => return Step::Done(Termination::Killed),
         r = connect(shared, node) => match r {
             Ok(s) => s,
-            Err(t) => return (t, 0),
+            Err(ConnectError::Rerouted) => return Step::Retry { suspect: None },
+            Err(ConnectError::Failed(t)) => return Step::Done(t),
         },
     };
     let _ = server.set_nodelay(true);
@@ -128,14 +291,48 @@ async fn connect_and_relay(
         up: [&fe.bin, &c.bin],
         down: [&fe.bout, &c.bout],
     };
+    if cfg.listen.inspect_startup {
+        let startup = tokio::select! {
+            _ = kill.cancelled() => {
+                c.killed.fetch_add(1, Relaxed);
+                return Step::Done(Termination::Killed);
+            }
+            r = tokio::time::timeout(cfg.listen.timeout_client, startup(client, &server, pending, &meters)) => r,
+        };
+        match startup {
+            Err(_) => return Step::Done(Termination::ClientIdle),
+            Ok(Startup::Relay) => {}
+            Ok(Startup::Done(t)) => return Step::Done(t),
+            Ok(Startup::Leaving(code)) => {
+                shared.frontend.replays.fetch_add(1, Relaxed);
+                return Step::Retry {
+                    suspect: Some(format!(
+                        "PostgreSQL answered {code} (shutting down or starting up)"
+                    )),
+                };
+            }
+            Ok(Startup::Standby) => {
+                shared.frontend.standby_refusals.fetch_add(1, Relaxed);
+                shared.suspect(node, "PostgreSQL reports in_hot_standby = on".into(), true);
+                let _ = write_all(client, &pgwire::error_response("57P03", STANDBY_MESSAGE)).await;
+                return Step::Done(Termination::Standby);
+            }
+        }
+    } else if !pending.buf.is_empty() {
+        if write_all(&server, &pending.buf).await.is_err() {
+            return Step::Done(Termination::ServerError);
+        }
+        pending.buf.clear();
+    }
+
     let end = tokio::select! {
         end = relay::relay(client, &server, meters, cfg.listen.timeout_client, cfg.listen.timeout_server) => end,
         _ = kill.cancelled() => {
             c.killed.fetch_add(1, Relaxed);
-            return (Termination::Killed, 0);
+            return Step::Done(Termination::Killed);
         }
     };
-    let t = match end {
+    Step::Done(match end {
         End::Closed => Termination::Normal,
         End::Idle(Side::Client) => Termination::ClientIdle,
         End::Idle(Side::Server) => Termination::ServerIdle,
@@ -152,15 +349,191 @@ async fn connect_and_relay(
                 }
             }
         }
+    })
+}
+
+/// How the startup phase ended.
+enum Startup {
+    /// ReadyForQuery passed, TLS was negotiated, or this is not PostgreSQL: relay the rest as bytes.
+    Relay,
+    /// The server answered 57P01/57P02/57P03 before authentication: replay elsewhere.
+    Leaving(String),
+    /// The server reported `in_hot_standby = on`.
+    Standby,
+    Done(Termination),
+}
+
+/// Where the startup conversation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for (the rest of) the client's first message.
+    ClientFirst,
+    /// SSLRequest/GSSENCRequest sent; the server answers one byte.
+    Negotiation,
+    /// StartupMessage sent; no server reply yet: still replayable.
+    Sent,
+    /// Authentication under way; watch for ParameterStatus and ReadyForQuery.
+    Authenticating,
+}
+
+/// Passes the startup conversation through, reading the server's replies until ReadyForQuery.
+async fn startup(
+    client: &TcpStream,
+    server: &TcpStream,
+    pending: &mut Pending,
+    meters: &Meters<'_>,
+) -> Startup {
+    let up = |n: usize| {
+        for m in meters.up {
+            m.fetch_add(n as u64, Relaxed);
+        }
     };
-    (t, 0)
+    let down = |n: usize| {
+        for m in meters.down {
+            m.fetch_add(n as u64, Relaxed);
+        }
+    };
+    // What was read during the hold (or a previous attempt) goes first.
+    if !pending.buf.is_empty() {
+        if write_all(server, &pending.buf).await.is_err() {
+            return Startup::Done(Termination::ServerError);
+        }
+        up(pending.buf.len());
+    }
+    let mut phase = Phase::ClientFirst;
+    let mut from_server: Vec<u8> = Vec::new();
+    loop {
+        // Re-derive the phase from what the client has sent so far.
+        if phase == Phase::ClientFirst {
+            match pgwire::classify(&pending.buf) {
+                FirstMessage::Incomplete => {}
+                FirstMessage::SslRequest | FirstMessage::GssEncRequest => {
+                    phase = Phase::Negotiation
+                }
+                FirstMessage::Startup { len } if pending.buf.len() >= len => phase = Phase::Sent,
+                FirstMessage::Startup { .. } => {}
+                FirstMessage::CancelRequest | FirstMessage::Other => return Startup::Relay,
+            }
+        }
+        tokio::select! {
+            r = client.readable() => {
+                if r.is_err() {
+                    return Startup::Done(Termination::ClientError);
+                }
+                let mut chunk = [0u8; 4096];
+                let n = match client.try_read(&mut chunk) {
+                    Ok(0) => return Startup::Done(Termination::ClientError),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return Startup::Done(Termination::ClientError),
+                };
+                if write_all(server, &chunk[..n]).await.is_err() {
+                    return Startup::Done(Termination::ServerError);
+                }
+                up(n);
+                if !pending.committed {
+                    pending.buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+            r = server.readable() => {
+                if r.is_err() {
+                    return Startup::Done(Termination::ServerError);
+                }
+                let mut chunk = [0u8; 4096];
+                let n = match server.try_read(&mut chunk) {
+                    Ok(0) => return Startup::Done(Termination::ServerError),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return Startup::Done(Termination::ServerError),
+                };
+                from_server.extend_from_slice(&chunk[..n]);
+                match phase {
+                    // The server spoke first: not PostgreSQL.
+                    Phase::ClientFirst => {
+                        return forward_rest(client, &from_server, &down, pending).await;
+                    }
+                    Phase::Negotiation => {
+                        if from_server[0] == b'N' && from_server.len() == 1 {
+                            // TLS declined: the StartupMessage follows in clear.
+                            if write_all(client, b"N").await.is_err() {
+                                return Startup::Done(Termination::ClientError);
+                            }
+                            down(1);
+                            from_server.clear();
+                            pending.buf.clear();
+                            phase = Phase::ClientFirst;
+                        } else {
+                            // TLS (or something unexpected): opaque from here on.
+                            return forward_rest(client, &from_server, &down, pending).await;
+                        }
+                    }
+                    Phase::Sent | Phase::Authenticating => {
+                        loop {
+                            let (kind, len) = match pgwire::frame(&from_server) {
+                                Ok(Some(f)) => f,
+                                Ok(None) => break,
+                                Err(pgwire::NotPostgres) => return forward_rest(client, &from_server, &down, pending).await,
+                            };
+                            let msg = &from_server[..len];
+                            match kind {
+                                b'E' if phase == Phase::Sent => {
+                                    if let Some(code) = pgwire::sqlstate(msg).filter(|c| pgwire::is_server_leaving(c)) {
+                                        return Startup::Leaving(code.to_string());
+                                    }
+                                }
+                                b'S' if pgwire::parameter_status(msg) == Some((b"in_hot_standby", b"on")) => {
+                                    return Startup::Standby;
+                                }
+                                b'R' => {
+                                    phase = Phase::Authenticating;
+                                    pending.committed = true;
+                                    pending.buf = Vec::new();
+                                }
+                                b'Z' => {
+                                    return forward_rest(client, &from_server, &down, pending).await;
+                                }
+                                _ => {}
+                            }
+                            if write_all(client, msg).await.is_err() {
+                                return Startup::Done(Termination::ClientError);
+                            }
+                            down(len);
+                            from_server.drain(..len);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forwards what was read from the server and switches to the plain relay.
+async fn forward_rest(
+    client: &TcpStream,
+    bytes: &[u8],
+    down: &impl Fn(usize),
+    pending: &mut Pending,
+) -> Startup {
+    pending.committed = true;
+    pending.buf = Vec::new();
+    if write_all(client, bytes).await.is_err() {
+        return Startup::Done(Termination::ClientError);
+    }
+    down(bytes.len());
+    Startup::Relay
+}
+
+enum ConnectError {
+    /// The node stopped being the routed primary between attempts.
+    Rerouted,
+    Failed(Termination),
 }
 
 /// Connects to the server with `timeout connect` per attempt and up to `retries` more attempts on the
 /// same server: 1 s turn-around (min(1 s, timeout connect)) after a refusal, none after a timeout
 /// (`haproxy-semantics.md` §2.5). Unlike HAProxy, a retry is abandoned if the node stopped being the
-/// routed primary in the meantime.
-async fn connect(shared: &Shared, node: usize) -> Result<TcpStream, Termination> {
+/// routed primary in the meantime: the session goes back to waiting for the new one.
+async fn connect(shared: &Shared, node: usize) -> Result<TcpStream, ConnectError> {
     let cfg = &shared.config;
     let addr = cfg.servers[node].address;
     let c = &shared.backends[node].counters;
@@ -183,11 +556,11 @@ async fn connect(shared: &Shared, node: usize) -> Result<TcpStream, Termination>
         if attempt == cfg.listen.retries {
             c.econ.fetch_add(1, Relaxed);
             shared.frontend.connect_failed.fetch_add(1, Relaxed);
-            return Err(if refused {
+            return Err(ConnectError::Failed(if refused {
                 Termination::ConnectRefused
             } else {
                 Termination::ConnectTimeout
-            });
+            }));
         }
         attempt += 1;
         c.wretr.fetch_add(1, Relaxed);
@@ -196,19 +569,12 @@ async fn connect(shared: &Shared, node: usize) -> Result<TcpStream, Termination>
         }
         if shared.current().primary != Some(node) {
             shared.frontend.rerouted.fetch_add(1, Relaxed);
-            return Err(Termination::Rerouted);
+            return Err(ConnectError::Rerouted);
         }
     }
 }
 
-fn log_end(
-    shared: &Shared,
-    peer: SocketAddr,
-    node: Option<usize>,
-    start: Instant,
-    _bytes: u64,
-    t: Termination,
-) {
+fn log_end(shared: &Shared, peer: SocketAddr, node: Option<usize>, start: Instant, t: Termination) {
     let px = &shared.config.listen.name;
     let server = node.map_or("<NOSRV>", |n| shared.server_name(n));
     tracing::debug!(
