@@ -347,9 +347,12 @@ pub fn apply_event(shared: &Shared, input: Input) {
             )
         }
         Input::LeaderChanged { leader } => {
-            // The REST check must confirm the new state before anything is routed there again.
-            if let Some(p) = routed {
-                snap.nodes[p].claim = Claim::Unconfirmed;
+            // Every "primary" answer predates the change: the REST check must confirm the new
+            // state before anything is routed again.
+            for n in &mut snap.nodes {
+                if matches!(n.claim, Claim::Primary { .. }) {
+                    n.claim = Claim::Unconfirmed;
+                }
             }
             format!(
                 "Leader key changed to {}; re-checking every node now.",
@@ -369,7 +372,10 @@ pub fn apply_event(shared: &Shared, input: Input) {
                 return;
             }
             for n in &mut snap.nodes {
-                n.leaving_since = None;
+                if n.leaving_since.take().is_some() {
+                    // Whatever it answered before the switchover, ask again.
+                    n.claim = Claim::Unconfirmed;
+                }
             }
             "Switchover request cleared.".to_string()
         }
