@@ -518,6 +518,8 @@ fn reroute(shared: &Shared, snap: &mut Snapshot, now: Instant, reason: &str) {
         snap.no_primary_total += now.saturating_duration_since(snap.primary_since);
     }
     snap.primary = chosen;
+    // How long the previous state (a primary, or none) lasted.
+    let gap = now.saturating_duration_since(snap.primary_since);
     snap.primary_since = now;
     match chosen {
         Some(new) => {
@@ -542,7 +544,17 @@ fn reroute(shared: &Shared, snap: &mut Snapshot, now: Instant, reason: &str) {
                         shared.server_name(old)
                     )
                 }
-                None => format!("Routed primary of {px} is now {new_name}{timeline}."),
+                None => {
+                    // The end of a failover as clients saw it: how long there was no primary, and
+                    // how many clients are being released to the new one.
+                    let held = shared.frontend.holding.load(Relaxed);
+                    let timeouts = shared.frontend.hold_timeouts.load(Relaxed);
+                    format!(
+                        "Routed primary of {px} is now {new_name}{timeline}, after {:.3} s without \
+                         one; {held} held clients released ({timeouts} hold timeouts so far).",
+                        gap.as_secs_f64()
+                    )
+                }
             };
             tracing::warn!(target: "patroni_proxy::routing", primary = new_name, "{msg}");
             shared

@@ -404,7 +404,7 @@ async fn every_series_exists_from_start_up() {
         )),
         1.0
     );
-    for reason in ["no_primary", "queue_timeout", "connect_failed", "rerouted"] {
+    for reason in ["no_primary", "queue_timeout", "connect_failed", "standby"] {
         assert_eq!(
             m.get(&format!(
                 "patroni_proxy_frontend_refusals_total{{reason=\"{reason}\"}}"

@@ -264,7 +264,7 @@ pub fn server_cells(s: &ServerView) -> Cells {
 fn frontend_cells(v: &View) -> Cells {
     let f = &v.frontend;
     let r = &f.refusals;
-    let refused = r.no_primary + r.queue_timeout + r.connect_failed + r.rerouted;
+    let refused = r.no_primary + r.queue_timeout + r.connect_failed + r.standby;
     let mut c = Cells::new();
     c.insert("name", cell("FRONTEND"));
     c.insert("addr", titled(&v.listen, "the primary port"));
@@ -292,9 +292,11 @@ fn frontend_cells(v: &View) -> Cells {
 
 fn refusal_text(v: &View) -> String {
     let r = &v.frontend.refusals;
+    let h = &v.frontend.holds;
     format!(
-        "Refused clients: {} no primary \u{b7} {} queue timeout \u{b7} {} connect failed \u{b7} {} rerouted",
-        r.no_primary, r.queue_timeout, r.connect_failed, r.rerouted
+        "Refused clients: {} no primary within hold_timeout \u{b7} {} queue timeout \u{b7} {} connect failed \u{b7} {} standby. \
+         Held during failover: {} ({} now, {} released); {} startups replayed",
+        r.no_primary, r.queue_timeout, r.connect_failed, r.standby, h.held, h.holding, h.released, h.replays
     )
 }
 

@@ -60,6 +60,7 @@ pub struct FrontendView {
     pub qmax: u64,
     /// Clients closed without reaching a server, by reason.
     pub refusals: Refusals,
+    pub holds: Holds,
     pub accept_errors: u64,
     /// Preformatted text of the dashboard's FRONTEND row, by column.
     pub display: Cells,
@@ -67,14 +68,27 @@ pub struct FrontendView {
 
 #[derive(Debug, Serialize)]
 pub struct Refusals {
-    /// No primary was routable.
+    /// No primary within `hold_timeout`: answered with 57P03.
     pub no_primary: u64,
     /// Waited `timeout queue` for a server slot.
     pub queue_timeout: u64,
     /// Connecting to the primary failed after all retries.
     pub connect_failed: u64,
-    /// The routed primary changed while the session was being connected.
-    pub rerouted: u64,
+    /// The backend reported `in_hot_standby = on`: answered with 57P03.
+    pub standby: u64,
+}
+
+/// Clients held while no primary was routable (failover).
+#[derive(Debug, Serialize)]
+pub struct Holds {
+    /// Clients that had to wait, in all.
+    pub held: u64,
+    /// Clients waiting now.
+    pub holding: u64,
+    /// Held clients connected to a primary once one was confirmed.
+    pub released: u64,
+    /// Startups replayed on another connection after a "shutting down" answer.
+    pub replays: u64,
 }
 
 /// The node's Patroni role, bounded (it is a metric label).
@@ -341,10 +355,16 @@ pub fn view(shared: &Shared) -> View {
             qcur: servers.iter().map(|s| s.qcur).sum(),
             qmax: servers.iter().map(|s| s.qmax).max().unwrap_or(0),
             refusals: Refusals {
-                no_primary: fe.no_server.load(Relaxed),
+                no_primary: fe.hold_timeouts.load(Relaxed),
                 queue_timeout: fe.queue_timeout.load(Relaxed),
                 connect_failed: fe.connect_failed.load(Relaxed),
-                rerouted: fe.rerouted.load(Relaxed),
+                standby: fe.standby_refusals.load(Relaxed),
+            },
+            holds: Holds {
+                held: fe.held.load(Relaxed),
+                holding: fe.holding.load(Relaxed),
+                released: fe.hold_released.load(Relaxed),
+                replays: fe.replays.load(Relaxed),
             },
             accept_errors: fe.accept_errors.load(Relaxed),
             display: Cells::new(),

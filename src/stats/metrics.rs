@@ -27,8 +27,7 @@ const CHECK_BUCKETS: [f64; 14] = [
 ];
 
 /// Refusal reasons: a client that was accepted and closed without reaching a server.
-pub const REFUSAL_REASONS: [&str; 4] =
-    ["no_primary", "queue_timeout", "connect_failed", "rerouted"];
+pub const REFUSAL_REASONS: [&str; 4] = ["no_primary", "queue_timeout", "connect_failed", "standby"];
 
 const ROLES: [Role; 3] = [Role::Primary, Role::Replica, Role::Unknown];
 
@@ -54,6 +53,10 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ("patroni_proxy_frontend_bytes_out_total", Kind::Counter, "Bytes sent to clients."),
     ("patroni_proxy_frontend_queue_current", Kind::Gauge, "Client sessions waiting for a server slot now (all servers)."),
     ("patroni_proxy_frontend_refusals_total", Kind::Counter, "Clients closed without reaching a server, by reason."),
+    ("patroni_proxy_frontend_held_total", Kind::Counter, "Clients that found no routable primary and were held (failover)."),
+    ("patroni_proxy_frontend_holding_current", Kind::Gauge, "Clients held now, waiting for a primary."),
+    ("patroni_proxy_frontend_hold_released_total", Kind::Counter, "Held clients connected to a primary once one was confirmed."),
+    ("patroni_proxy_frontend_startup_replays_total", Kind::Counter, "Startups replayed on the next primary after a 57P01/57P02/57P03 answer before authentication."),
     ("patroni_proxy_frontend_accept_errors_total", Kind::Counter, "Accept errors (EMFILE and the like) the accept loop backed off from."),
     ("patroni_proxy_server_up", Kind::Gauge, "1 while the rise/fall health counter says UP (HAProxy's view: a Patroni replica is DOWN), else 0."),
     ("patroni_proxy_server_check_health", Kind::Gauge, "The rise/fall health counter, 0 ..= rise+fall-1 (HAProxy's check_health)."),
@@ -114,6 +117,10 @@ struct FrontendSeries {
     queue: Gauge,
     /// In the order of [`REFUSAL_REASONS`].
     refusals: Vec<Counter>,
+    held: Counter,
+    holding: Gauge,
+    released: Counter,
+    replays: Counter,
     accept_errors: Counter,
 }
 
@@ -209,6 +216,10 @@ impl Metrics {
                     )
                 })
                 .collect(),
+            held: r.counter("patroni_proxy_frontend_held_total", &[]),
+            holding: r.gauge("patroni_proxy_frontend_holding_current", &[]),
+            released: r.counter("patroni_proxy_frontend_hold_released_total", &[]),
+            replays: r.counter("patroni_proxy_frontend_startup_replays_total", &[]),
             accept_errors: r.counter("patroni_proxy_frontend_accept_errors_total", &[]),
         };
         let nodes = config
@@ -317,10 +328,14 @@ impl Metrics {
             f.refusals.no_primary,
             f.refusals.queue_timeout,
             f.refusals.connect_failed,
-            f.refusals.rerouted,
+            f.refusals.standby,
         ]) {
             c.absolute(v);
         }
+        fe.held.absolute(f.holds.held);
+        fe.holding.set(f.holds.holding as f64);
+        fe.released.absolute(f.holds.released);
+        fe.replays.absolute(f.holds.replays);
         fe.accept_errors.absolute(f.accept_errors);
         for (n, s) in self.nodes.iter().zip(&view.servers) {
             n.up.set(if s.up { 1.0 } else { 0.0 });
