@@ -171,13 +171,26 @@ fn update(
     }
 }
 
-/// A `failover` key asks for an immediate switchover unless it carries a `scheduled_at` time.
+/// A `failover` key asks for an immediate switchover when it names a leader or a candidate
+/// (`member`) and carries no `scheduled_at` time. Patroni clears the request by writing `{}`, not by
+/// deleting the key (its `Failover` is empty without leader and member).
 fn is_immediate(value: Option<&str>) -> bool {
-    match value {
-        None => false,
-        Some(v) => serde_json::from_str::<Value>(v)
-            .map(|j| j.get("scheduled_at").is_none_or(Value::is_null))
-            .unwrap_or(true),
+    let named = |j: &Value, k: &str| {
+        j.get(k)
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+    };
+    match value.map(str::trim) {
+        None | Some("") => false,
+        Some(v) => match serde_json::from_str::<Value>(v) {
+            Ok(j) if j.is_object() => {
+                (named(&j, "leader") || named(&j, "member"))
+                    && j.get("scheduled_at").is_none_or(Value::is_null)
+            }
+            Ok(_) => false,
+            // Patroni's legacy "leader:candidate" text.
+            Err(_) => true,
+        },
     }
 }
 
@@ -219,5 +232,18 @@ mod tests {
             r#"{"leader":"postgresql0","scheduled_at":"2026-11-25T22:00:00+00:00"}"#
         )));
         assert!(!is_immediate(None));
+    }
+
+    #[test]
+    fn a_cleared_failover_key_is_no_request() {
+        // Patroni does not delete the key after a switchover: it writes `{}` (seen on the real
+        // cluster, tests/e2e.rs). Read as a request, it left the watch believing a switchover was
+        // pending forever, so the next real request changed nothing and went unnoticed.
+        assert!(!is_immediate(Some("{}")));
+        assert!(!is_immediate(Some("")));
+        assert!(!is_immediate(Some(r#"{"leader":"","member":null}"#)));
+        assert!(is_immediate(Some(r#"{"member":"postgresql1"}"#)));
+        // Patroni's legacy "leader:candidate" form.
+        assert!(is_immediate(Some("postgresql0:postgresql1")));
     }
 }

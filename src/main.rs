@@ -149,6 +149,8 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
+        // The README and docs/operations.md promise stderr (fmt's default is stdout).
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -158,3 +158,56 @@ fn import_rejects_what_it_cannot_carry_over_by_line_and_directive() {
         );
     }
 }
+
+#[test]
+fn the_log_goes_to_stderr_and_stdout_stays_empty() {
+    // README: "Logging goes to stderr". The e2e harness and service managers read the start line
+    // (with the bound addresses) there.
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("proxy.toml");
+    std::fs::write(
+        &cfg,
+        "[listen]\nbind = \"127.0.0.1:0\"\n[stats]\nbind = \"127.0.0.1:0\"\n\
+         [[server]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let mut child = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("patroni-proxy started") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let started = rx.recv_timeout(Duration::from_secs(10));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(
+        started.is_ok(),
+        "no start line on stderr; stdout had:\n{out}"
+    );
+    assert!(
+        started.unwrap().contains("127.0.0.1:"),
+        "the start line names the bound address"
+    );
+    assert_eq!(out, "", "nothing on stdout");
+}

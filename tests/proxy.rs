@@ -398,6 +398,35 @@ async fn refused_connects_are_retried_twice_one_second_apart() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_client_still_connecting_when_its_node_goes_down_is_held_not_reset() {
+    // Issue 6: "clients held during the gap get either the new primary or a 57P03 error, never a
+    // bare reset". Seen on the real cluster (tests/e2e.rs, crash): clients that arrived after the
+    // crash, while the dead primary was still routed, were retrying its refused port when it was
+    // marked DOWN, and got a bare RST from shutdown-sessions. Nothing had reached them from a server
+    // yet: they go back to waiting for the next primary.
+    let c = Cluster::start_custom(
+        vec![PRIMARY, Mode::Replica, Mode::Replica],
+        "[listen]\nretries = 6\n",
+        "",
+        &[0],
+    )
+    .await;
+    c.wait_for(SECS(10), "node0 routed", |c| c.primary() == Some(0))
+        .await;
+    // Patroni gone with PostgreSQL: checks refused (fall 3 at failover_inter), port refused.
+    c.nodes[0].rest.stop();
+    let client = tokio::spawn(outcome(c.addr));
+    c.wait_for(SECS(5), "node0 DOWN", |c| c.status(0) == "DOWN")
+        .await;
+    // (Without the DOWN it would retry for 6 s; DOWN comes within ~3.4 s.)
+    c.nodes[1].rest.set(Mode::Primary { timeline: 2 });
+    match client.await.unwrap() {
+        Outcome::Node(n) => assert_eq!(n, "node1"),
+        other => panic!("the client got {other:?}, not the next primary"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn switchover_never_goes_back_to_the_old_node_and_never_alternates() {
     // Issue 2: "a switchover (old 200->503, new 503->200 at once) never routes one connection to the
     // old node after the new one is routed, and never alternates". HAProxy: both UP for ~1.6 s and
@@ -558,6 +587,31 @@ async fn held_clients_get_the_new_primary_with_their_first_bytes() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_held_client_that_hangs_up_frees_its_place_at_once() {
+    // Issue 6 item 2: the hold is "bounded by a configurable hold timeout and by maxconn". Seen on
+    // the real cluster (tests/e2e.rs, crash): clients that gave up after 3 s stayed "held" until
+    // hold_timeout (10 s), filling maxconn with dead clients and then all opening backend
+    // connections on the new primary at once ("99 held clients released").
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::start(vec![Mode::Replica, Mode::Replica, Mode::Replica], "").await;
+    c.wait_for(SECS(5), "all DOWN", |c| {
+        (0..3).all(|i| c.status(i) == "DOWN")
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(c.addr).await.unwrap();
+    s.write_all(&common::startup_message("app")).await.unwrap();
+    let fe = &c.shared().frontend;
+    c.wait_for(SECS(1), "held", |_| fe.holding.load(Relaxed) == 1)
+        .await;
+    drop(s);
+    c.wait_for(SECS(1), "released at the hang-up", |_| {
+        fe.holding.load(Relaxed) == 0 && fe.scur.load(Relaxed) == 0
+    })
+    .await;
+    assert_eq!(fe.hold_timeouts.load(Relaxed), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn hold_timeout_answers_57p03_to_plain_and_ssl_clients() {
     // Issue 6 item 2: "When the hold times out, the client receives a PostgreSQL ErrorResponse with
     // SQLSTATE 57P03 ... for clients that start with an SSLRequest as well as for plain startup".
@@ -615,6 +669,34 @@ async fn a_shutting_down_primary_makes_the_proxy_replay_the_startup_on_the_next_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_primary_that_vanishes_before_answering_makes_the_proxy_replay_the_startup() {
+    // Issue 6 item 3 ("zero client errors on a planned switchover"). Seen on the real cluster
+    // (tests/e2e.rs, switchover; and crash): a connection accepted into the old primary's listen
+    // backlog is reset when its postmaster exits, before any reply. Nothing reached the client: like
+    // a 57P03 before authentication, the startup is replayed on the next primary, not reset.
+    let (c, pgs) = Cluster::start_pg(
+        vec![
+            (PRIMARY, PgMode::Vanishes),
+            (Mode::Replica, PgMode::Primary),
+        ],
+        "",
+    )
+    .await;
+    c.wait_for(SECS(5), "node0 routed", |c| c.primary() == Some(0))
+        .await;
+    let addr = c.addr;
+    let client = tokio::spawn(async move { pg_startup(addr, false).await });
+    c.wait_for(SECS(2), "node0 suspected", |c| c.primary().is_none())
+        .await;
+    c.nodes[0].rest.set(Mode::Replica);
+    c.nodes[1].rest.set(Mode::Primary { timeline: 2 });
+    let reply = client.await.unwrap().expect("the client got a session");
+    assert_eq!(reply[0], b'R', "AuthenticationOk from node1");
+    assert!(pgs[0].startups.load(SeqCst) >= 1);
+    assert_eq!(pgs[1].startups.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_backend_in_hot_standby_is_never_handed_to_a_client() {
     // Issue 6 item 4: `in_hot_standby = on` on the primary port -> 57P03, node marked not-primary
     // and re-checked at once.
@@ -635,4 +717,31 @@ async fn a_backend_in_hot_standby_is_never_handed_to_a_client() {
         c.nodes[0].rest.checks.load(SeqCst) > checks
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_global_maxconn_new_clients_wait_unaccepted_and_are_served_in_order() {
+    // "With the global maxconn reached ..., new connections are not accepted (they stay in the kernel
+    // backlog) and are served FIFO as slots free, with no timeout."
+    let c = Cluster::start(vec![PRIMARY], "[global]\nmaxconn = 2\n").await;
+    c.wait_for(SECS(10), "routed", |c| c.primary() == Some(0))
+        .await;
+    let (_, first) = connect(c.addr).await.unwrap();
+    let (_, _second) = connect(c.addr).await.unwrap();
+    let addr = c.addr;
+    let third = tokio::spawn(async move { connect(addr).await.map(|(n, _)| n) });
+    // Past every timeout the proxy has for a session in setup (hold 10 s, connect 4 s, queue 4 s;
+    // the test client itself gives up at 30 s): still not accepted.
+    tokio::time::sleep(SECS(20)).await;
+    assert!(
+        !third.is_finished(),
+        "the third client waits in the accept queue"
+    );
+    assert_eq!(
+        c.shared().frontend.stot.load(Relaxed),
+        2,
+        "not accepted yet"
+    );
+    drop(first);
+    assert_eq!(third.await.unwrap().as_deref(), Some("node0"));
 }

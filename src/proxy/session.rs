@@ -172,7 +172,21 @@ async fn hold(
                     return Err(Termination::ClientError);
                 }
             }
+            // A client that gives up while held must not keep its maxconn place until the hold
+            // times out, nor open a backend connection for nobody when it is released.
+            _ = hung_up(client), if !pending.wants_more() => return Err(Termination::ClientError),
         }
+    }
+}
+
+/// Resolves when a held client whose first message is complete closes its side. A PostgreSQL client
+/// sends nothing more before the server answers; if one does, its bytes stay in the socket for the
+/// server and the watch stops here (peeking again would spin).
+async fn hung_up(s: &TcpStream) {
+    let mut b = [0u8; 1];
+    match s.peek(&mut b).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 
@@ -256,7 +270,8 @@ async fn connect_and_relay(
         Err(_) => {
             let _queued = GaugeGuard::new(&c.qcur, Some(&c.qmax));
             tokio::select! {
-                _ = kill.cancelled() => return Step::Done(Termination::Killed),
+                // Marked DOWN while we queued: nothing reached the client yet, wait for the next.
+                _ = kill.cancelled() => return Step::Retry { suspect: None },
                 r = tokio::time::timeout(cfg.timeout_queue(), backend.slots.clone().acquire_owned()) => match r {
                     Ok(p) => p.expect("the semaphore is never closed"),
                     Err(_) => {
@@ -277,7 +292,10 @@ async fn connect_and_relay(
     let _open = GaugeGuard::new(&c.scur, Some(&c.smax));
 
     let server = tokio::select! {
-        _ = kill.cancelled() => return Step::Done(Termination::Killed),
+        // Marked DOWN while we were still connecting (e.g. retrying a crashed primary's refused
+        // port): no server byte reached the client, so it is held for the next primary like any
+        // client that finds none, instead of being reset by shutdown-sessions.
+        _ = kill.cancelled() => return Step::Retry { suspect: None },
         r = connect(shared, node) => match r {
             Ok(s) => s,
             Err(ConnectError::Rerouted) => return Step::Retry { suspect: None },
@@ -309,6 +327,15 @@ async fn connect_and_relay(
                     suspect: Some(format!(
                         "PostgreSQL answered {code} (shutting down or starting up)"
                     )),
+                };
+            }
+            Ok(Startup::Vanished) => {
+                shared.frontend.replays.fetch_add(1, Relaxed);
+                return Step::Retry {
+                    suspect: Some(
+                        "PostgreSQL closed a new connection before answering (shutting down or crashed)"
+                            .into(),
+                    ),
                 };
             }
             Ok(Startup::Standby) => {
@@ -360,6 +387,9 @@ enum Startup {
     Leaving(String),
     /// The server reported `in_hot_standby = on`.
     Standby,
+    /// The server closed or reset the connection before any reply to the StartupMessage: replay
+    /// elsewhere.
+    Vanished,
     Done(Termination),
 }
 
@@ -436,15 +466,21 @@ async fn startup(
                 }
             }
             r = server.readable() => {
+                // Closed or reset after our StartupMessage and before any reply (a postmaster
+                // exiting with connections in its backlog): nothing reached the client, replay.
+                let vanished = || match phase == Phase::Sent && from_server.is_empty() {
+                    true => Startup::Vanished,
+                    false => Startup::Done(Termination::ServerError),
+                };
                 if r.is_err() {
-                    return Startup::Done(Termination::ServerError);
+                    return vanished();
                 }
                 let mut chunk = [0u8; 4096];
                 let n = match server.try_read(&mut chunk) {
-                    Ok(0) => return Startup::Done(Termination::ServerError),
+                    Ok(0) => return vanished(),
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(_) => return Startup::Done(Termination::ServerError),
+                    Err(_) => return vanished(),
                 };
                 from_server.extend_from_slice(&chunk[..n]);
                 match phase {

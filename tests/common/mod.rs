@@ -427,6 +427,9 @@ pub enum PgMode {
     Standby,
     /// FATAL 57P03 "the database system is shutting down", then close.
     ShuttingDown,
+    /// Reads the startup and resets the connection without a reply, as a postmaster that exits
+    /// with connections still in its listen backlog (end of a switchover, crash).
+    Vanishes,
 }
 
 fn message(kind: u8, body: &[u8]) -> Vec<u8> {
@@ -471,6 +474,10 @@ impl FakePg {
                     count.fetch_add(1, SeqCst);
                     let mode = *m.lock().unwrap();
                     let mut out = Vec::new();
+                    if mode == PgMode::Vanishes {
+                        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                        return;
+                    }
                     if mode == PgMode::ShuttingDown {
                         out.extend(message(
                             b'E',
