@@ -1,0 +1,794 @@
+//! Direct vs HAProxy 2.6 vs patroni-proxy, side by side in one run, on loopback.
+//!
+//! Run it with `bash benches/run.sh` (docs/benchmarks.md). Every row is measured for every target in
+//! each round, the targets alternating A B C then C B A; each figure is the median over rounds. It
+//! prints a Markdown table with ratios and writes the raw measurements as JSON. Timings are never
+//! asserted anywhere: this reports, the reader judges.
+
+mod load;
+mod perf;
+mod setup;
+mod sys;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use setup::{Proc, Service, SERVICES};
+
+const USAGE: &str = "usage: bash benches/run.sh [--quick] [--rounds N] [--secs S] [--json PATH] \
+[--rows r1,r2] [--proxy PATH] [--also LABEL=PATH[@VAR=VALUE]...]... [--perf] [--perf-record]
+--perf: count syscalls and context switches of HAProxy and the proxies per unit of work (perf stat;
+        the tracepoint slows syscalls a little, so keep it out of runs whose timings you report)
+--perf-record: write a CPU profile per proxy measurement (perf record -g) next to the JSON
+rows: pgbench1 pgbench16 pgbenchC iperf1 iperf8 connrate memory pingpong";
+
+const ROWS: [&str; 8] = [
+    "pgbench1",
+    "pgbench16",
+    "pgbenchC",
+    "iperf1",
+    "iperf8",
+    "connrate",
+    "memory",
+    "pingpong",
+];
+
+/// A proxy binary to measure: label, path, extra environment.
+type ProxyBuild = (String, PathBuf, Vec<(String, String)>);
+
+struct Opts {
+    rounds: usize,
+    secs: u64,
+    json: PathBuf,
+    rows: Vec<String>,
+    proxy: PathBuf,
+    /// Extra proxy builds to compare in the same run: label, binary, environment.
+    also: Vec<ProxyBuild>,
+    idle_conns: usize,
+    perf: bool,
+    perf_record: bool,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Self {
+        let mut o = Opts {
+            rounds: 4,
+            secs: 6,
+            json: PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/target/bench/compare.json"
+            )),
+            rows: ROWS.iter().map(|s| s.to_string()).collect(),
+            proxy: PathBuf::from(env!("CARGO_BIN_EXE_patroni-proxy")),
+            also: Vec::new(),
+            idle_conns: 9900,
+            perf: false,
+            perf_record: false,
+        };
+        let mut it = args.iter();
+        let bad = |m: &str| -> ! {
+            eprintln!("{m}\n{USAGE}");
+            std::process::exit(2)
+        };
+        while let Some(a) = it.next() {
+            let mut val = || {
+                it.next()
+                    .cloned()
+                    .unwrap_or_else(|| bad(&format!("{a} needs a value")))
+            };
+            match a.as_str() {
+                // `cargo bench` passes this to every bench binary.
+                "--bench" => {}
+                "--perf" => o.perf = true,
+                "--perf-record" => o.perf_record = true,
+                "--quick" => {
+                    o.rounds = 2;
+                    o.secs = 2;
+                }
+                "--rounds" => o.rounds = val().parse().unwrap_or_else(|_| bad("--rounds N")),
+                "--secs" => o.secs = val().parse().unwrap_or_else(|_| bad("--secs S")),
+                "--json" => o.json = PathBuf::from(val()),
+                "--rows" => o.rows = val().split(',').map(str::to_string).collect(),
+                "--proxy" => o.proxy = PathBuf::from(val()),
+                "--idle-conns" => {
+                    o.idle_conns = val().parse().unwrap_or_else(|_| bad("--idle-conns N"))
+                }
+                "--also" => {
+                    let v = val();
+                    let (l, p) = v
+                        .split_once('=')
+                        .unwrap_or_else(|| bad("--also LABEL=PATH"));
+                    let mut parts = p.split('@');
+                    let bin = PathBuf::from(parts.next().unwrap_or_default());
+                    let env = parts
+                        .map(|kv| {
+                            let (k, v) = kv.split_once('=').unwrap_or_else(|| bad("@VAR=VALUE"));
+                            (k.to_string(), v.to_string())
+                        })
+                        .collect();
+                    o.also.push((l.to_string(), bin, env));
+                }
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    std::process::exit(0)
+                }
+                other => bad(&format!("unknown argument {other}")),
+            }
+        }
+        for r in &o.rows {
+            if !ROWS.contains(&r.as_str()) {
+                bad(&format!("unknown row {r}"));
+            }
+        }
+        o
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Direct,
+    Haproxy,
+    Proxy,
+}
+
+/// One way of reaching the services: its address and (for proxies) its process, per service.
+struct Target {
+    label: String,
+    kind: Kind,
+    addrs: [SocketAddr; 3],
+    pids: [Option<u32>; 3],
+    /// Starts a fresh instance in front of the echo server, for the memory row: memory per idle
+    /// connection is measured from a fresh start, since allocators and HAProxy's pools keep what
+    /// an earlier peak took.
+    fresh: Option<Box<dyn Fn() -> (Proc, SocketAddr)>>,
+}
+
+impl Target {
+    fn addr(&self, s: Service) -> SocketAddr {
+        self.addrs[s as usize]
+    }
+    fn pid(&self, s: Service) -> Option<u32> {
+        self.pids[s as usize]
+    }
+}
+
+/// A figure the table shows: which row measures it, how it reads, and its target if any.
+struct Metric {
+    row: &'static str,
+    key: &'static str,
+    label: &'static str,
+    goal: Goal,
+}
+
+#[derive(Clone, Copy)]
+enum Goal {
+    None,
+    /// proxy / HAProxy at least this.
+    RatioAtLeast(f64),
+    /// proxy / HAProxy at most this.
+    RatioAtMost(f64),
+    /// The proxy's own value at most this.
+    AtMost(f64),
+}
+
+const METRICS: &[Metric] = &[
+    m(
+        "pgbench1",
+        "tps",
+        "pgbench -S -M prepared -c1 -j1, TPS (↑)",
+        Goal::RatioAtLeast(1.05),
+    ),
+    m(
+        "pgbench1",
+        "lat_ms",
+        "  … average latency, ms (↓)",
+        Goal::None,
+    ),
+    m(
+        "pgbench1",
+        "cpu_us_per_txn",
+        "  … proxy CPU µs per transaction (↓)",
+        Goal::None,
+    ),
+    m(
+        "pgbench16",
+        "tps",
+        "pgbench -S -M prepared -c16 -j2, TPS (↑)",
+        Goal::RatioAtLeast(1.15),
+    ),
+    m(
+        "pgbench16",
+        "lat_ms",
+        "  … average latency, ms (↓)",
+        Goal::None,
+    ),
+    m(
+        "pgbench16",
+        "cpu_us_per_txn",
+        "  … proxy CPU µs per transaction (↓)",
+        Goal::RatioAtMost(0.7),
+    ),
+    m(
+        "pgbenchC",
+        "tps",
+        "pgbench -S -C -c4 (connect per txn), TPS (↑)",
+        Goal::None,
+    ),
+    m(
+        "pgbenchC",
+        "lat_ms",
+        "  … average latency, ms (↓)",
+        Goal::None,
+    ),
+    m(
+        "pgbenchC",
+        "cpu_us_per_txn",
+        "  … proxy CPU µs per transaction (↓)",
+        Goal::None,
+    ),
+    m(
+        "iperf1",
+        "gbps",
+        "iperf3 1 stream, Gbit/s (↑)",
+        Goal::RatioAtLeast(1.5),
+    ),
+    m(
+        "iperf1",
+        "cpu_s_per_gb",
+        "  … proxy CPU s per GB (↓)",
+        Goal::RatioAtMost(0.5),
+    ),
+    m(
+        "iperf8",
+        "gbps",
+        "iperf3 8 streams, Gbit/s (↑)",
+        Goal::RatioAtLeast(1.5),
+    ),
+    m(
+        "iperf8",
+        "cpu_s_per_gb",
+        "  … proxy CPU s per GB (↓)",
+        Goal::RatioAtMost(0.5),
+    ),
+    m(
+        "connrate",
+        "conn_per_s",
+        "connect + 64 B echo + close, conn/s (↑)",
+        Goal::RatioAtLeast(1.1),
+    ),
+    m(
+        "connrate",
+        "cpu_us_per_conn",
+        "  … proxy CPU µs per connection (↓)",
+        Goal::None,
+    ),
+    m(
+        "memory",
+        "rss_idle_mib",
+        "RSS idle, MiB (↓)",
+        Goal::AtMost(8.0),
+    ),
+    m(
+        "memory",
+        "kib_per_conn_1000",
+        "RSS KiB per idle connection @1 000 (↓)",
+        Goal::AtMost(2.0),
+    ),
+    m(
+        "memory",
+        "kib_per_conn_max",
+        "RSS KiB per idle connection @9 900 (↓)",
+        Goal::AtMost(2.0),
+    ),
+    m(
+        "pingpong",
+        "p50_us",
+        "64 B ping-pong p50 µs, all on CPU 0 (↓)",
+        Goal::None,
+    ),
+    m(
+        "pingpong",
+        "p99_us",
+        "64 B ping-pong p99 µs, all on CPU 0 (↓)",
+        Goal::RatioAtMost(0.9),
+    ),
+];
+
+const fn m(row: &'static str, key: &'static str, label: &'static str, goal: Goal) -> Metric {
+    Metric {
+        row,
+        key,
+        label,
+        goal,
+    }
+}
+
+/// One target measured once for one row.
+struct Measurement {
+    row: String,
+    target: String,
+    round: usize,
+    values: Vec<(&'static str, f64)>,
+    /// CPU used by processes we did not start, % of the whole machine, and steal.
+    other_pct: f64,
+    steal_pct: f64,
+    /// The other processes that used the most CPU.
+    top_others: Vec<String>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("__echo") {
+        let addr = args
+            .get(1)
+            .and_then(|a| a.parse().ok())
+            .expect("__echo ADDR");
+        return load::echo_server(addr);
+    }
+    let o = Opts::parse(&args);
+    // 9 900 idle connections hold ~20 000 descriptors in the proxy and as many here and in the
+    // echo server; children inherit this limit.
+    if let Err(e) = rlimit::setrlimit(rlimit::Resource::NOFILE, 65536, 65536) {
+        let n = rlimit::increase_nofile_limit(65536).unwrap_or(0);
+        eprintln!("cannot raise the open-file limit to 65536 ({e}); using {n}");
+    }
+    let max_idle = setup::haproxy_maxconn().saturating_sub(50) as usize;
+    if o.idle_conns > max_idle {
+        eprintln!("idle connections capped at {max_idle} by the open-file limit");
+    }
+    let o = Opts {
+        idle_conns: o.idle_conns.min(max_idle),
+        ..o
+    };
+    let out_dir = o.json.parent().map(PathBuf::from).unwrap_or_default();
+    std::fs::create_dir_all(&out_dir).expect("create output dir");
+    let logs = setup::logs_dir(&out_dir);
+    eprintln!("logs and generated configs: {}", logs.display());
+
+    // Backends.
+    let pg = setup::Postgres::start(&logs);
+    let (echo, echo_addr) = setup::start_echo(&logs);
+    let (iperf_srv, iperf_addr) = setup::start_iperf(&logs);
+    let backends = [pg.addr, echo_addr, iperf_addr];
+    let patroni = setup::start_fake_patroni();
+
+    // Targets.
+    let mut procs: Vec<Proc> = Vec::new();
+    let mut targets = vec![Target {
+        label: "direct".into(),
+        kind: Kind::Direct,
+        addrs: backends,
+        pids: [None; 3],
+        fresh: None,
+    }];
+    let mut configs = serde_json::Map::new();
+    let mut t = Target {
+        label: "HAProxy".into(),
+        kind: Kind::Haproxy,
+        addrs: backends,
+        pids: [None; 3],
+        fresh: Some({
+            let logs = logs.clone();
+            Box::new(move || {
+                let (p, a, _) = setup::start_haproxy("echo-fresh", echo_addr, &logs, &logs);
+                (p, a)
+            })
+        }),
+    };
+    for s in SERVICES {
+        let (p, addr, cfg) = setup::start_haproxy(s.name(), backends[s as usize], &logs, &logs);
+        if s == Service::Pg {
+            println!(
+                "HAProxy configuration (one process per service, this one for pg):\n```\n{cfg}```"
+            );
+        }
+        configs.insert(format!("haproxy-{}", s.name()), cfg.into());
+        t.addrs[s as usize] = addr;
+        t.pids[s as usize] = Some(p.pid());
+        procs.push(p);
+    }
+    targets.push(t);
+    let mut proxies = vec![("patroni-proxy".to_string(), o.proxy.clone(), vec![])];
+    proxies.extend(o.also.iter().cloned());
+    for (label, bin, env) in &proxies {
+        let mut t = Target {
+            label: label.clone(),
+            kind: Kind::Proxy,
+            addrs: backends,
+            pids: [None; 3],
+            fresh: Some({
+                let (logs, label, bin, env) =
+                    (logs.clone(), label.clone(), bin.clone(), env.clone());
+                Box::new(move || {
+                    let (p, a, _) = setup::start_proxy(
+                        &label,
+                        &bin,
+                        &env,
+                        "echo-fresh",
+                        echo_addr,
+                        patroni,
+                        &logs,
+                        &logs,
+                    );
+                    (p, a)
+                })
+            }),
+        };
+        for s in SERVICES {
+            let (p, addr, cfg) = setup::start_proxy(
+                label,
+                bin,
+                env,
+                s.name(),
+                backends[s as usize],
+                patroni,
+                &logs,
+                &logs,
+            );
+            if s == Service::Pg && label == "patroni-proxy" {
+                println!("patroni-proxy configuration ({}), health checks on against a fake Patroni at {patroni}:\n```toml\n{cfg}```", bin.display());
+            }
+            configs.insert(format!("{label}-{}", s.name()), cfg.into());
+            t.addrs[s as usize] = addr;
+            t.pids[s as usize] = Some(p.pid());
+            procs.push(p);
+        }
+        targets.push(t);
+    }
+    let started_rss: serde_json::Map<_, _> = targets
+        .iter()
+        .filter_map(|t| {
+            t.pid(Service::Echo)
+                .map(|p| (t.label.clone(), sys::rss_kib(p).into()))
+        })
+        .collect();
+
+    let mut results: Vec<Measurement> = Vec::new();
+    for round in 0..o.rounds {
+        let order: Vec<&Target> = if round % 2 == 0 {
+            targets.iter().collect()
+        } else {
+            targets.iter().rev().collect()
+        };
+        for row in &o.rows {
+            for t in &order {
+                let m = measure(row, t, &o, echo.pid(), round);
+                eprintln!(
+                    "round {} {:<9} {:<14} {}{}",
+                    round + 1,
+                    row,
+                    t.label,
+                    m.values
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    if m.other_pct > 5.0 {
+                        format!(
+                            "  [other processes used {:.0}% of the CPUs: {}]",
+                            m.other_pct,
+                            m.top_others.join(", ")
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+                results.push(m);
+            }
+        }
+    }
+    drop(procs);
+    drop(iperf_srv);
+    drop(echo);
+    drop(pg);
+
+    let table = report(&targets, &results, &o);
+    println!("{table}");
+    let doc = json!({
+        "meta": meta(&o, &targets),
+        "configs": configs,
+        "rss_after_start_kib": started_rss,
+        "table_markdown": table,
+        "measurements": results.iter().map(|m| json!({
+            "row": m.row, "target": m.target, "round": m.round + 1,
+            "values": m.values.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_,_>>(),
+            "other_cpu_pct": m.other_pct, "steal_pct": m.steal_pct, "top_others": m.top_others,
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::write(&o.json, serde_json::to_string_pretty(&doc).expect("json")).expect("write json");
+    eprintln!("wrote {}", o.json.display());
+}
+
+fn measure(row: &str, t: &Target, o: &Opts, echo_pid: u32, round: usize) -> Measurement {
+    let secs = o.secs;
+    let cpu = |s: Service| t.pid(s).map(sys::cpu_secs);
+    let service = match row {
+        "iperf1" | "iperf8" => Service::Iperf,
+        "connrate" | "pingpong" => Service::Echo,
+        _ => Service::Pg,
+    };
+    let watched = t.pid(service).filter(|_| row != "memory");
+    let out_dir = o.json.parent().map(PathBuf::from).unwrap_or_default();
+    let stat_file = out_dir.join(format!("perf-stat-{}-{row}-r{}.csv", t.label, round + 1));
+    let stat = watched
+        .filter(|_| o.perf)
+        .map(|pid| perf::stat(pid, &stat_file));
+    let record = watched.filter(|_| o.perf_record).map(|pid| {
+        perf::record(
+            pid,
+            &out_dir.join(format!("perf-{}-{row}-r{}.data", t.label, round + 1)),
+        )
+    });
+    let before = sys::sample();
+    let mut values: Vec<(&'static str, f64)> = match row {
+        "pgbench1" | "pgbench16" | "pgbenchC" => {
+            let extra: &[&str] = match row {
+                "pgbench1" => &["-M", "prepared", "-c1", "-j1"],
+                "pgbench16" => &["-M", "prepared", "-c16", "-j2"],
+                _ => &["-C", "-c4"],
+            };
+            let c0 = cpu(Service::Pg);
+            let r = load::pgbench(t.addr(Service::Pg), extra, secs);
+            let mut v = vec![("tps", r.tps), ("lat_ms", r.latency_ms)];
+            if let (Some(a), Some(b)) = (c0, cpu(Service::Pg)) {
+                v.push(("cpu_us_per_txn", (b - a) * 1e6 / r.transactions.max(1.0)));
+            }
+            v
+        }
+        "iperf1" | "iperf8" => {
+            let c0 = cpu(Service::Iperf);
+            let r = load::iperf(
+                t.addr(Service::Iperf),
+                if row == "iperf1" { 1 } else { 8 },
+                secs,
+            );
+            let mut v = vec![("gbps", r.gbps)];
+            if let (Some(a), Some(b)) = (c0, cpu(Service::Iperf)) {
+                v.push(("cpu_s_per_gb", (b - a) / (r.bytes / 1e9)));
+            }
+            v
+        }
+        "connrate" => {
+            let c0 = cpu(Service::Echo);
+            let (rate, failed) = load::conn_rate(t.addr(Service::Echo), 4, secs as f64);
+            let mut v = vec![("conn_per_s", rate), ("failed", failed as f64)];
+            if let (Some(a), Some(b)) = (c0, cpu(Service::Echo)) {
+                v.push((
+                    "cpu_us_per_conn",
+                    (b - a) * 1e6 / (rate * secs as f64).max(1.0),
+                ));
+            }
+            v
+        }
+        "memory" => match &t.fresh {
+            None => vec![],
+            Some(fresh) => {
+                let (proc, addr) = fresh();
+                let pid = proc.pid();
+                let settle = || std::thread::sleep(Duration::from_millis(500));
+                settle();
+                let rss0 = sys::rss_kib(pid) as f64;
+                let mut conns: Vec<TcpStream> = Vec::new();
+                let first = 1000.min(o.idle_conns);
+                load::open_idle(addr, first, &mut conns);
+                settle();
+                let rss1 = sys::rss_kib(pid) as f64;
+                load::open_idle(addr, o.idle_conns - first, &mut conns);
+                settle();
+                let rss2 = sys::rss_kib(pid) as f64;
+                drop(conns);
+                drop(proc);
+                vec![
+                    ("rss_idle_mib", rss0 / 1024.0),
+                    ("kib_per_conn_1000", (rss1 - rss0) / first as f64),
+                    ("kib_per_conn_max", (rss2 - rss0) / o.idle_conns as f64),
+                ]
+            }
+        },
+        "pingpong" => {
+            // As in baseline.md: client, proxy and echo server all on CPU 0, so the latency is
+            // the work on the path, not cross-CPU wake-ups.
+            let mut pids = vec![std::process::id(), echo_pid];
+            pids.extend(t.pid(Service::Echo));
+            setup::pin(&pids, "0");
+            let (p50, p99) = load::ping_pong(t.addr(Service::Echo), secs as f64);
+            setup::pin(&pids, &format!("0-{}", sys::ncpu() - 1));
+            vec![("p50_us", p50), ("p99_us", p99)]
+        }
+        _ => unreachable!("rows are validated"),
+    };
+    let after = sys::sample();
+    drop(record);
+    if let Some(p) = stat {
+        drop(p);
+        // Per unit of work: transactions, connections, GB or round trips.
+        let units = values
+            .iter()
+            .find_map(|(k, v)| match *k {
+                "tps" => Some(v * secs as f64),
+                "conn_per_s" => Some(v * secs as f64),
+                "gbps" => Some(v * secs as f64 / 8.0),
+                _ => None,
+            })
+            .unwrap_or(0.0);
+        if units > 0.0 {
+            // Per transaction, connection or GB: "syscalls", "switches", "recvfrom", ...
+            for (k, n) in perf::parse_stat(&stat_file) {
+                values.push((k, n / units));
+            }
+        }
+    }
+    let (other_pct, steal_pct) = sys::others(&before, &after);
+    let top_others = sys::top_others(&before, &after);
+    Measurement {
+        top_others,
+        row: row.to_string(),
+        target: t.label.clone(),
+        round,
+        values,
+        other_pct,
+        steal_pct,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(x) if x.abs() >= 1000.0 => {
+            // Thousands separated by a thin space, as in baseline.md.
+            let s = format!("{:.0}", x);
+            let mut out = String::new();
+            for (i, c) in s.chars().enumerate() {
+                if i > 0 && (s.len() - i) % 3 == 0 {
+                    out.push(' ');
+                }
+                out.push(c);
+            }
+            out
+        }
+        Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
+        Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.2}"),
+    }
+}
+
+fn report(targets: &[Target], results: &[Measurement], o: &Opts) -> String {
+    let value = |label: &str, row: &str, key: &str| {
+        median(
+            results
+                .iter()
+                .filter(|m| m.target == label && m.row == row)
+                .filter_map(|m| m.values.iter().find(|(k, _)| *k == key).map(|(_, v)| *v))
+                .collect(),
+        )
+    };
+    let proxies: Vec<&Target> = targets.iter().filter(|t| t.kind == Kind::Proxy).collect();
+    let mut s = String::new();
+    s.push_str(&format!(
+        "\n## patroni-proxy vs HAProxy vs direct: median of {} rounds, {} s per measurement\n\n| metric |",
+        o.rounds, o.secs
+    ));
+    for t in targets {
+        s.push_str(&format!(" {} |", t.label));
+    }
+    for p in &proxies {
+        s.push_str(&format!(" {} / HAProxy |", p.label));
+    }
+    s.push_str(" proxy / direct | target | met | other CPU % |\n|---|");
+    for _ in 0..(targets.len() + proxies.len() + 1) {
+        s.push_str("---:|");
+    }
+    s.push_str("---|---|---:|\n");
+    let mut met_all = Vec::new();
+    for m in METRICS.iter().filter(|m| o.rows.iter().any(|r| r == m.row)) {
+        s.push_str(&format!("| {} |", m.label));
+        for t in targets {
+            s.push_str(&format!(" {} |", fmt(value(&t.label, m.row, m.key))));
+        }
+        let hap = value("HAProxy", m.row, m.key);
+        let ratio = |label: &str| match (value(label, m.row, m.key), hap) {
+            (Some(p), Some(h)) if h != 0.0 => Some(p / h),
+            _ => None,
+        };
+        for p in &proxies {
+            s.push_str(&format!(
+                " {} |",
+                ratio(&p.label).map_or("-".into(), |r| format!("{r:.2}x"))
+            ));
+        }
+        let main = value("patroni-proxy", m.row, m.key);
+        let direct = value("direct", m.row, m.key);
+        s.push_str(&format!(
+            " {} |",
+            match (main, direct) {
+                (Some(p), Some(d)) if d != 0.0 => format!("{:.2}x", p / d),
+                _ => "-".into(),
+            }
+        ));
+        let (goal, met) = match m.goal {
+            Goal::None => (String::new(), None),
+            Goal::RatioAtLeast(x) => (
+                format!("≥ {x}x HAProxy"),
+                ratio("patroni-proxy").map(|r| r >= x),
+            ),
+            Goal::RatioAtMost(x) => (
+                format!("≤ {x}x HAProxy"),
+                ratio("patroni-proxy").map(|r| r <= x),
+            ),
+            Goal::AtMost(x) => (format!("≤ {x}"), main.map(|v| v <= x)),
+        };
+        if let Some(ok) = met {
+            met_all.push((format!("{} {}", m.row, m.key), ok));
+        }
+        let noise = results
+            .iter()
+            .filter(|r| r.row == m.row)
+            .map(|r| r.other_pct)
+            .fold(0.0, f64::max);
+        s.push_str(&format!(
+            " {goal} | {} | {noise:.0} |\n",
+            match met {
+                None => "",
+                Some(true) => "yes",
+                Some(false) => "**no**",
+            }
+        ));
+    }
+    let met = met_all.iter().filter(|(_, ok)| *ok).count();
+    s.push_str(&format!(
+        "\nTargets met: {met} of {}.{}\n\"other CPU %\": the most CPU (share of all {} CPUs) that processes this benchmark did not start used during any one measurement of the row; above a few % the row is suspect.\n",
+        met_all.len(),
+        met_all
+            .iter()
+            .filter(|(_, ok)| !*ok)
+            .map(|(l, _)| format!(" Not met: {l}."))
+            .collect::<String>(),
+        sys::ncpu()
+    ));
+    s
+}
+
+fn meta(o: &Opts, targets: &[Target]) -> serde_json::Value {
+    let cmd = |c: &str, args: &[&str]| {
+        Command::new(c)
+            .args(args)
+            .output()
+            .map(|out| {
+                let t = String::from_utf8_lossy(&out.stdout).to_string()
+                    + &String::from_utf8_lossy(&out.stderr);
+                t.lines().next().unwrap_or("").to_string()
+            })
+            .unwrap_or_default()
+    };
+    json!({
+        "rounds": o.rounds,
+        "secs": o.secs,
+        "rows": o.rows,
+        "targets": targets.iter().map(|t| &t.label).collect::<Vec<_>>(),
+        "cpus": sys::ncpu(),
+        "kernel": cmd("uname", &["-r"]),
+        "haproxy": cmd("haproxy", &["-v"]),
+        "postgres": cmd(&format!("{}/postgres", setup::PG_BIN), &["--version"]),
+        "iperf3": cmd("iperf3", &["-v"]),
+        "proxy_binary": o.proxy.display().to_string(),
+        "also": o.also.iter().map(|(l, p, env)| json!({"label": l, "binary": p.display().to_string(), "env": env})).collect::<Vec<_>>(),
+        "git": cmd("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"]),
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+    })
+}

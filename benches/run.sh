@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The one benchmark command (docs/benchmarks.md): installs what is missing, builds the release proxy,
+# and runs direct / HAProxy / patroni-proxy side by side on loopback.
+#   bash benches/run.sh                 # full run (4 rounds)
+#   bash benches/run.sh --quick         # 2 short rounds, for iterating
+#   bash benches/run.sh --json out.json --rounds 6 --secs 10 --rows pgbench16,pingpong
+set -euo pipefail
+cd "$(dirname "$0")/.."
+missing=()
+for p in haproxy iperf3 postgresql-15 postgresql-contrib util-linux; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" != 0 ]; then
+        echo "benches/run.sh: missing packages ${missing[*]}; run as root or install them" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# `cargo bench` builds the proxy binary with the release profile (the bench profile inherits it).
+exec cargo bench --bench compare -- "$@"
