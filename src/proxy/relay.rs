@@ -1,21 +1,41 @@
 //! Moving bytes between a client and a server: both directions in one task, half-close forwarded,
 //! one idle timer for the session, and every error attributed to the side it came from.
 //!
-//! Each direction waits for readiness and then reads into a buffer that lives only until the bytes
-//! are handed to the kernel: an idle session holds no buffer at all (`baseline.md`: a naive 2x8 KiB
-//! copy loop costs 18 KiB per idle connection). Only when the peer's socket is full are the unsent
-//! bytes copied to the heap, and that allocation is dropped as soon as it drains.
+//! Each direction waits for readiness and then reads into a per-thread buffer that is borrowed only
+//! until the bytes are handed to the kernel: an idle session holds no buffer at all (`baseline.md`: a
+//! naive 2x8 KiB copy loop costs 18 KiB per idle connection). Only when the peer's socket is full are
+//! the unsent bytes copied to the heap, and that allocation is dropped as soon as it drains.
+//!
+//! Small messages (PostgreSQL's) cost one `recv` and one `send` each: a read shorter than the buffer
+//! means the socket is drained, so its readiness is cleared then instead of by a second `recv` that
+//! would only say `EAGAIN` (tokio's own `poll_read` does the same). A direction whose read fills the
+//! whole buffer is carrying bulk data and switches to `splice(2)` through a pipe of its own, so bulk
+//! bytes never enter user space (docs/benchmarks.md has the figures for both choices).
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::Shutdown;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use rustix::pipe::{splice, SpliceFlags};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
-/// Bytes read per readiness event.
-const CHUNK: usize = 16 * 1024;
+/// Bytes read per readiness event in copy mode; a read this long switches the direction to splice.
+const CHUNK: usize = 64 * 1024;
+/// Pipe capacity asked for in splice mode (the kernel's default is 64 KiB).
+const PIPE: usize = 256 * 1024;
+
+thread_local! {
+    /// The copy buffer of every session on this thread. Never held across an await.
+    static BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; CHUNK].into_boxed_slice());
+}
 
 /// Which end of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,110 +76,317 @@ pub struct Meters<'a> {
 /// HAProxy's `timeout client`/`timeout server`: inactivity timeouts where a byte in either direction
 /// counts as activity for both (writing to a side refreshes its read timer, `haproxy-semantics.md`
 /// §2.6), so the session goes at the smaller of the two.
-pub async fn relay(
-    client: &TcpStream,
-    server: &TcpStream,
-    meters: Meters<'_>,
+pub fn relay<'a>(
+    client: &'a TcpStream,
+    server: &'a TcpStream,
+    meters: Meters<'a>,
     idle_client: Duration,
     idle_server: Duration,
-) -> End {
-    let epoch = Instant::now();
-    let activity = AtomicU64::new(0);
-    let up = pump(client, server, Side::Client, &activity, epoch, meters.up);
-    let down = pump(server, client, Side::Server, &activity, epoch, meters.down);
-    let (limit, side) = if idle_client <= idle_server {
+) -> impl Future<Output = End> + 'a {
+    let (limit, idle_side) = if idle_client <= idle_server {
         (idle_client, Side::Client)
     } else {
         (idle_server, Side::Server)
     };
-    tokio::select! {
-        r = async { tokio::try_join!(up, down) } => match r {
-            Ok(_) => End::Closed,
-            Err((side, e)) => End::Error(side, e),
+    let last = Instant::now();
+    RelayFuture {
+        state: Relay {
+            client,
+            server,
+            up: Direction::new(meters.up),
+            down: Direction::new(meters.down),
+            last,
+            limit,
+            idle_side,
+            up_done: false,
+            down_done: false,
         },
-        _ = idle(&activity, epoch, limit) => End::Idle(side),
+        // Re-armed only when it fires (to `last + limit`), not on every byte.
+        sleep: tokio::time::sleep_until(last + limit),
     }
 }
 
-/// One direction. Returns when `from` reaches end-of-stream (after forwarding the FIN to `to`).
-async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    from_side: Side,
-    activity: &AtomicU64,
-    epoch: Instant,
-    meters: [&AtomicU64; 2],
-) -> Result<(), (Side, io::Error)> {
-    let to_side = match from_side {
-        Side::Client => Side::Server,
-        Side::Server => Side::Client,
-    };
-    let mut pending: Vec<u8> = Vec::new();
-    loop {
-        from.readable().await.map_err(|e| (from_side, e))?;
-        {
-            // Scoped so the buffer is not part of the future's state across the awaits below.
-            let mut buf = [0u8; CHUNK];
-            let n = match from.try_read(&mut buf) {
-                Ok(0) => {
-                    // Half-close: pass the FIN on and keep the other direction running.
-                    match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
-                        Ok(()) => return Ok(()),
-                        Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+pin_project_lite::pin_project! {
+    /// The relay as a plain struct: an `async fn` here would also keep its arguments and the
+    /// pinned timer's reference in its state, 140 bytes more per session.
+    struct RelayFuture<'a> {
+        state: Relay<'a>,
+        #[pin]
+        sleep: Sleep,
+    }
+}
+
+impl Future for RelayFuture<'_> {
+    type Output = End;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+        let this = self.project();
+        this.state.poll(cx, this.sleep)
+    }
+}
+
+/// A session's relay state, polled by hand rather than as two `async` pumps joined and raced with
+/// a timer: the compiler's state machine for that was 1.9 KiB per session, this is 216 bytes, and
+/// the session future is most of the memory an idle connection costs (docs/benchmarks.md).
+struct Relay<'a> {
+    client: &'a TcpStream,
+    server: &'a TcpStream,
+    up: Direction<'a>,
+    down: Direction<'a>,
+    /// The last time a byte moved either way.
+    last: Instant,
+    limit: Duration,
+    idle_side: Side,
+    /// End-of-stream reached and forwarded, per direction.
+    up_done: bool,
+    down_done: bool,
+}
+
+impl Relay<'_> {
+    fn poll(&mut self, cx: &mut Context<'_>, mut sleep: Pin<&mut Sleep>) -> Poll<End> {
+        if !self.up_done {
+            match self
+                .up
+                .poll(cx, self.client, self.server, Side::Client, &mut self.last)
+            {
+                Poll::Ready(Ok(())) => self.up_done = true,
+                Poll::Ready(Err((side, e))) => return Poll::Ready(End::Error(side, e)),
+                Poll::Pending => {}
+            }
+        }
+        if !self.down_done {
+            match self
+                .down
+                .poll(cx, self.server, self.client, Side::Server, &mut self.last)
+            {
+                Poll::Ready(Ok(())) => self.down_done = true,
+                Poll::Ready(Err((side, e))) => return Poll::Ready(End::Error(side, e)),
+                Poll::Pending => {}
+            }
+        }
+        if self.up_done && self.down_done {
+            return Poll::Ready(End::Closed);
+        }
+        while sleep.as_mut().poll(cx).is_ready() {
+            let deadline = self.last + self.limit;
+            if Instant::now() >= deadline {
+                return Poll::Ready(End::Idle(self.idle_side));
+            }
+            sleep.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+}
+
+/// One direction of a session: 24 bytes while it only relays small messages.
+struct Direction<'a> {
+    meters: [&'a AtomicU64; 2],
+    /// What a slow destination or a bulk transfer needs; allocated only then.
+    cold: Option<Box<Cold>>,
+}
+
+#[derive(Default)]
+struct Cold {
+    /// Copy mode: bytes read but not yet accepted by the destination.
+    pending: Vec<u8>,
+    /// Splice mode: the pipe, and how many bytes in it are still to be written.
+    pipe: Option<Pipe>,
+    held: usize,
+}
+
+/// Reads per poll before yielding to other sessions (tokio's cooperative budget also applies).
+const READS_PER_POLL: usize = 16;
+
+impl<'a> Direction<'a> {
+    fn new(meters: [&'a AtomicU64; 2]) -> Self {
+        Self { meters, cold: None }
+    }
+
+    fn count(&self, n: usize, last: &mut Instant) {
+        *last = Instant::now();
+        for m in self.meters {
+            m.fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    /// Moves what is available from `from` to `to`. `Ready(Ok)` once end-of-stream has been passed
+    /// on; `Pending` with wake-ups registered for whatever it waits for.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        from_side: Side,
+        last: &mut Instant,
+    ) -> Poll<Result<(), (Side, io::Error)>> {
+        let to_side = match from_side {
+            Side::Client => Side::Server,
+            Side::Server => Side::Client,
+        };
+        for _ in 0..READS_PER_POLL {
+            // The destination was slow: send what we hold before reading more (back-pressure).
+            ready!(self.flush(cx, to, to_side, last))?;
+            ready!(from.poll_read_ready(cx)).map_err(|e| (from_side, e))?;
+            if let Some(p) = self.cold.as_ref().and_then(|c| c.pipe.as_ref()) {
+                // No short-read shortcut here: a splice also stops short when the pipe runs out of
+                // slots, with bytes still in the socket. Readiness is cleared only by `EAGAIN`.
+                let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+                match from.try_io(Interest::READABLE, || {
+                    Ok(splice(from, None, &p.write, None, PIPE, flags)?)
+                }) {
+                    Ok(0) => return Poll::Ready(self.finish(to, to_side)),
+                    Ok(n) => {
+                        self.count(n, last);
+                        if let Some(c) = &mut self.cold {
+                            c.held = n;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err((from_side, e))),
+                }
+                continue;
+            }
+            // Copy mode, through the thread's buffer, borrowed only inside this closure.
+            let bulk = BUF.with_borrow_mut(|buf| {
+                let n = match read_with(from, buf.len(), || from.try_read(buf)) {
+                    Ok(Got::Data(n)) => n,
+                    Ok(Got::Nothing) => return Ok(Some(false)),
+                    Ok(Got::Eof) => return Ok(None),
+                    Err(e) => return Err((from_side, e)),
+                };
+                self.count(n, last);
+                let mut off = 0;
+                while off < n {
+                    match to.try_write(&buf[off..n]) {
+                        Ok(k) => off += k,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            let cold = self.cold.get_or_insert_with(Default::default);
+                            cold.pending.extend_from_slice(&buf[off..n]);
+                            return Ok(Some(false));
+                        }
                         Err(e) => return Err((to_side, e)),
                     }
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err((from_side, e)),
-            };
-            touch(activity, epoch);
-            for m in meters {
-                m.fetch_add(n as u64, Relaxed);
-            }
-            let mut off = 0;
-            while off < n {
-                match to.try_write(&buf[off..n]) {
-                    Ok(k) => off += k,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        pending.extend_from_slice(&buf[off..n]);
-                        break;
+                Ok(Some(n == buf.len()))
+            })?;
+            match bulk {
+                None => return Poll::Ready(self.finish(to, to_side)),
+                // A full buffer, all of it sent: this direction carries bulk data; splice from
+                // now on. Without a pipe (out of descriptors) it keeps copying.
+                Some(true) => {
+                    if let Ok(p) = Pipe::new() {
+                        self.cold.get_or_insert_with(Default::default).pipe = Some(p);
                     }
-                    Err(e) => return Err((to_side, e)),
                 }
+                Some(false) => {}
             }
         }
-        // The peer is slow: stop reading (back-pressure) until what we hold is sent.
-        while !pending.is_empty() {
-            to.writable().await.map_err(|e| (to_side, e))?;
-            match to.try_write(&pending) {
+        // Still readable after a full batch: let the other sessions run, then come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes out what a slow destination did not take yet.
+    fn flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: &TcpStream,
+        to_side: Side,
+        last: &mut Instant,
+    ) -> Poll<Result<(), (Side, io::Error)>> {
+        let Some(c) = self.cold.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while !c.pending.is_empty() || c.held > 0 {
+            ready!(to.poll_write_ready(cx)).map_err(|e| (to_side, e))?;
+            let wrote = match &c.pipe {
+                Some(p) if c.held > 0 => {
+                    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+                    to.try_io(Interest::WRITABLE, || {
+                        Ok(splice(&p.read, None, to, None, c.held, flags)?)
+                    })
+                }
+                _ => to.try_write(&c.pending),
+            };
+            match wrote {
                 Ok(k) => {
-                    pending.drain(..k);
-                    touch(activity, epoch);
+                    *last = Instant::now();
+                    if c.held > 0 {
+                        c.held -= k;
+                    } else {
+                        c.pending.drain(..k);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err((to_side, e)),
+                Err(e) => return Poll::Ready(Err((to_side, e))),
             }
         }
-        if pending.capacity() > 0 {
-            pending = Vec::new();
+        if c.pipe.is_none() {
+            // Drained: give the memory back until the destination is slow again.
+            self.cold = None;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// End-of-stream from the source: pass the FIN on (half-close) and let the other direction run.
+    fn finish(&mut self, to: &TcpStream, to_side: Side) -> Result<(), (Side, io::Error)> {
+        self.cold = None;
+        match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            Err(e) => Err((to_side, e)),
         }
     }
 }
 
-fn touch(activity: &AtomicU64, epoch: Instant) {
-    activity.store(epoch.elapsed().as_millis() as u64, Relaxed);
+/// What one read from the source gave.
+enum Got {
+    /// Bytes.
+    Data(usize),
+    Eof,
+    /// Spurious readiness: nothing to read after all.
+    Nothing,
 }
 
-/// Completes once `limit` has passed with no activity.
-async fn idle(activity: &AtomicU64, epoch: Instant, limit: Duration) {
-    loop {
-        let last = epoch + Duration::from_millis(activity.load(Relaxed));
-        let deadline = last + limit;
-        if Instant::now() >= deadline {
-            return;
+/// Reads from `from` with `read` inside tokio's readiness bookkeeping. A read shorter than `asked`
+/// drained the socket: its readiness is cleared now (by reporting `WouldBlock` to `try_io`, after
+/// keeping the count), which saves the `recv` that would only have said `EAGAIN`. A readiness event
+/// newer than the read is not lost: tokio clears only the event it handed out.
+fn read_with(
+    from: &TcpStream,
+    asked: usize,
+    read: impl FnOnce() -> io::Result<usize>,
+) -> io::Result<Got> {
+    let mut short = None;
+    match from.try_io(Interest::READABLE, || match read()? {
+        n if n > 0 && n < asked => {
+            short = Some(n);
+            Err(io::ErrorKind::WouldBlock.into())
         }
-        tokio::time::sleep_until(deadline).await;
+        n => Ok(n),
+    }) {
+        Ok(0) => Ok(Got::Eof),
+        Ok(n) => Ok(Got::Data(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Ok(short.map_or(Got::Nothing, Got::Data))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A pipe that a bulk direction splices through. It holds no memory while empty.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Self> {
+        use rustix::pipe::{fcntl_setpipe_size, pipe_with, PipeFlags};
+        let (read, write) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+        // Best effort: a bigger pipe moves more per syscall; the default still works.
+        let _ = fcntl_setpipe_size(&write, PIPE);
+        Ok(Self { read, write })
     }
 }
 
@@ -239,6 +466,27 @@ mod tests {
         .await;
         assert!(matches!(end, End::Idle(Side::Client)), "{end:?}");
         assert_eq!(start.elapsed(), Duration::from_secs(1800));
+    }
+
+    #[tokio::test]
+    async fn an_idle_relay_is_small() {
+        // Its state is part of every session's task for the session's whole life: with the two
+        // async pumps it replaced it was 1 904 bytes (docs/benchmarks.md, memory per connection).
+        let (_app, proxy_client) = pair().await;
+        let (proxy_server, _db) = pair().await;
+        let counters: [AtomicU64; 4] = Default::default();
+        let f = relay(
+            &proxy_client,
+            &proxy_server,
+            meters(&counters),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        assert!(
+            std::mem::size_of_val(&f) <= 256,
+            "{}",
+            std::mem::size_of_val(&f)
+        );
     }
 
     #[tokio::test]

@@ -296,7 +296,7 @@ async fn connect_and_relay(
         // port): no server byte reached the client, so it is held for the next primary like any
         // client that finds none, instead of being reset by shutdown-sessions.
         _ = kill.cancelled() => return Step::Retry { suspect: None },
-        r = connect(shared, node) => match r {
+        r = Box::pin(connect(shared, node)) => match r {
             Ok(s) => s,
             Err(ConnectError::Rerouted) => return Step::Retry { suspect: None },
             Err(ConnectError::Failed(t)) => return Step::Done(t),
@@ -315,7 +315,7 @@ async fn connect_and_relay(
                 c.killed.fetch_add(1, Relaxed);
                 return Step::Done(Termination::Killed);
             }
-            r = tokio::time::timeout(cfg.listen.timeout_client, startup(client, &server, pending, &meters)) => r,
+            r = tokio::time::timeout(cfg.listen.timeout_client, Box::pin(startup(client, &server, pending, &meters))) => r,
         };
         match startup {
             Err(_) => return Step::Done(Termination::ClientIdle),
