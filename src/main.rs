@@ -1,6 +1,8 @@
 //! The `patroni-proxy` binary: parse the command line, load and check the config, set up logging,
 //! bind, run until a signal, drain, exit. All the work lives in the library.
 
+mod runtime;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -161,10 +163,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(n) => tracing::debug!(nofile = n, "raised the open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime::build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
