@@ -975,6 +975,39 @@ impl Proxy {
             .map(|c| c.at)
     }
 
+    /// The latest status of every server, as last polled.
+    pub fn statuses(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for c in self.changes() {
+            out.insert(c.server, c.status);
+        }
+        out
+    }
+
+    /// Waits for the steady state: `leader` fully UP, every other server DOWN. HAProxy keeps a
+    /// demoted primary UP for `fall` checks after a switchover; without this wait, one scenario's
+    /// tail would count in the next one.
+    pub async fn wait_settled(&self, leader: &Node, limit: Duration) -> Result<()> {
+        poll(
+            limit,
+            Duration::from_millis(100),
+            "primary UP, replicas DOWN",
+            || async {
+                let s = self.statuses();
+                Node::all()
+                    .iter()
+                    .all(|n| match s.get(&n.server()) {
+                        Some(st) if n == leader => st == "UP",
+                        Some(st) => st.starts_with("DOWN"),
+                        None => false,
+                    })
+                    .then_some(())
+            },
+        )
+        .await
+        .with_context(|| format!("{}: {:?}", self.label(), self.statuses()))
+    }
+
     /// Waits until a new connection through the proxy lands on `node`, the primary.
     pub async fn wait_routes(&self, node: &Node, limit: Duration) -> Result<()> {
         let addr = self.listen;

@@ -165,6 +165,7 @@ pub async fn prepare(proxies: &[&Proxy]) -> Result<Node> {
     let leader = leader().await.ok_or_else(|| anyhow::anyhow!("no leader"))?;
     create_probe_table(&leader).await?;
     for p in proxies {
+        p.wait_settled(&leader, SECS(30)).await?;
         p.wait_routes(&leader, SECS(30)).await?;
     }
     Ok(leader)
@@ -184,7 +185,7 @@ async fn begin<'a>(
     for p in proxies {
         let run = format!("{scenario}-{iteration}-{}-{stamp}", p.label());
         let session = match with_session {
-            true => Some(Session::open(p.listen).await?),
+            true => Some(session_on(p, leader).await?),
             false => None,
         };
         let probe = Probe::start(p.listen, run, Duration::from_millis(100), patient_every);
@@ -206,6 +207,24 @@ async fn begin<'a>(
         .await?;
     }
     Ok(Live { lanes, watcher })
+}
+
+/// A long session on the primary. HAProxy round-robins over every UP server, so it may take a
+/// few tries there (prepare() waits for its steady state, so it should not).
+async fn session_on(p: &Proxy, leader: &Node) -> Result<Session> {
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let s = Session::open(p.listen).await?;
+        if s.node == leader.name {
+            return Ok(s);
+        }
+        seen.push(s.node.clone());
+    }
+    anyhow::bail!(
+        "{}: no long session on {} (got {seen:?})",
+        p.label(),
+        leader.name
+    )
 }
 
 impl Live<'_> {
@@ -707,9 +726,10 @@ pub fn markdown_table(reports: &[Report]) -> String {
         }
     }
     let mut out = String::from(
-        "| scenario | proxy | runs | outage | promotion → first good write | marked DOWN | replica routings | \
-         client errors | bare resets (after notice) | longest wait | session cut | lost acked writes |\n\
-         |---|---|---:|---|---|---|---:|---:|---|---|---|---:|\n",
+        "| scenario | proxy | runs | outage | promotion → first good write | first L7TOUT | marked DOWN | \
+         replica routings | client errors | bare resets (after notice) | longest wait | session cut | \
+         lost acked writes |\n\
+         |---|---|---:|---|---|---|---|---:|---:|---|---|---|---:|\n",
     );
     for (scenario, proxy) in keys {
         let rs: Vec<&Report> = reports
@@ -744,9 +764,10 @@ pub fn markdown_table(reports: &[Report]) -> String {
             times(&|r| r.promotion_to_first_good_s)
         };
         out += &format!(
-            "| {scenario} | {proxy} | {} | {} | {promo} | {} | {} | {errs_text} | {} ({}) | {} | {} | {} |\n",
+            "| {scenario} | {proxy} | {} | {} | {promo} | {} | {} | {} | {errs_text} | {} ({}) | {} | {} | {} |\n",
             rs.len(),
             times(&|r| Some(r.outage_s)),
+            times(&|r| r.first_timeout_s),
             times(&|r| r.down_s),
             sum(&|r| r.replica_routings),
             sum(&|r| r.bare_resets),
