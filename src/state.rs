@@ -491,7 +491,10 @@ pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
         }
     };
     let enter_fast = snap.fast && !was_fast;
-    let next = if snap.fast {
+    // The routed primary itself keeps HAProxy's pace even in doubt: an unanswered check says
+    // nothing about its role, and counting `fall` at the fast pace would cut its sessions within a
+    // second of a Patroni restart (issue 3: DOWN after fall x inter).
+    let next = if snap.fast && snap.primary != Some(node) {
         normal.min(cfg.check.failover_inter)
     } else {
         normal

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{connect, Cluster, Mode};
+use common::{connect, outcome, Cluster, Mode, Outcome};
 use patroni_proxy::health::CheckStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -583,11 +583,16 @@ async fn metrics_follow_checks_sessions_and_refusals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_counted_by_reason() {
-    // node0 is the primary but its PostgreSQL port refuses: the client is closed after the retries.
-    let c = Cluster::start_custom(vec![PRIMARY], FAST, "", &[0]).await;
+    // node0 is the primary but its PostgreSQL port refuses: after the retries the client is held
+    // for another primary and, none coming within hold_timeout, answered 57P03.
+    let extra = format!("{FAST}[listen]\nhold_timeout = \"1s\"\n");
+    let c = Cluster::start_custom(vec![PRIMARY], &extra, "", &[0]).await;
     c.wait_for(Duration::from_secs(5), "routed", |c| c.primary() == Some(0))
         .await;
-    assert!(connect(c.addr).await.is_none(), "closed after the retries");
+    assert!(
+        matches!(outcome(c.addr).await, Outcome::PgError(code, _) if code == "57P03"),
+        "57P03 after the retries and the hold"
+    );
     let m = scrape(&c).await;
     assert_eq!(
         m.get("patroni_proxy_frontend_refusals_total{reason=\"connect_failed\"}"),
@@ -595,7 +600,7 @@ async fn refusals_are_counted_by_reason() {
     );
     assert_eq!(
         m.get("patroni_proxy_frontend_refusals_total{reason=\"no_primary\"}"),
-        0.0
+        1.0
     );
     assert_eq!(
         m.get("patroni_proxy_server_connection_errors_total{server=\"node0\"}"),

@@ -299,7 +299,14 @@ async fn connect_and_relay(
         r = Box::pin(connect(shared, node)) => match r {
             Ok(s) => s,
             Err(ConnectError::Rerouted) => return Step::Retry { suspect: None },
-            Err(ConnectError::Failed(t)) => return Step::Done(t),
+            // Retries exhausted before any server byte reached the client: rather than a bare
+            // close (HAProxy's `SC`), hold it for the next primary -- the node may be restarting
+            // PostgreSQL under a held leader lock -- and answer 57P03 if none comes in time.
+            Err(ConnectError::Failed(t)) => {
+                return Step::Retry {
+                    suspect: Some(format!("PostgreSQL refused or timed out {} connection attempts ({})", cfg.listen.retries + 1, t.code())),
+                }
+            }
         },
     };
     let _ = server.set_nodelay(true);
