@@ -110,15 +110,17 @@ pub fn top_others(a: &Sample, b: &Sample) -> Vec<String> {
 /// CPU used by processes that are not ours, and steal, between two samples, as a percentage of
 /// the whole machine (all CPUs) over that time.
 pub fn others(a: &Sample, b: &Sample) -> (f64, f64) {
-    let wall = b.at.duration_since(a.at).as_secs_f64() * TICKS_PER_SEC * ncpu() as f64;
-    if wall <= 0.0 {
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    // Counters tick at 100 Hz: below half a second the share is mostly rounding.
+    if secs < 0.5 {
         return (0.0, 0.0);
     }
+    let wall = secs * TICKS_PER_SEC * ncpu() as f64;
     let busy = b.busy.saturating_sub(a.busy) as f64;
     let ours = b.ours.saturating_sub(a.ours) as f64;
     let steal = b.steal.saturating_sub(a.steal) as f64;
     (
-        ((busy - ours).max(0.0) / wall * 100.0),
+        ((busy - ours).max(0.0) / wall * 100.0).min(100.0),
         steal / wall * 100.0,
     )
 }
