@@ -2,12 +2,13 @@
 //! (atomics, updated by the data path), the per-server connection slots (`maxconn` + FIFO queue), and
 //! the kill switch that closes every session of a server at once (`on-marked-down shutdown-sessions`).
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::proxy::relaying::Relaying;
 
 /// Monotonic counters and gauges of one server (HAProxy's CSV columns of the same names).
 #[derive(Debug, Default)]
@@ -60,6 +61,13 @@ impl<'a> GaugeGuard<'a> {
     }
 }
 
+impl GaugeGuard<'_> {
+    /// Hands the decrement over to the caller (a task that outlives the borrow).
+    pub fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
@@ -73,34 +81,75 @@ pub struct Backend {
     /// `maxconn` slots. Tokio's semaphore is fair, so waiters are served FIFO as in HAProxy's queue.
     pub slots: Arc<Semaphore>,
     pub maxconn: u32,
-    /// Cancelled to close all current sessions; replaced by a fresh child of `all_sessions` each time.
-    kill: Mutex<CancellationToken>,
-    all_sessions: CancellationToken,
+    /// The kill switch: a session notes the generation when it is routed here ([`Ticket`]) and ends
+    /// once it has moved on. A generation and a `Notify` cost nothing per session, where a child
+    /// `CancellationToken` per session was a heap node in every idle connection's memory.
+    kill_generation: AtomicU64,
+    kill_notify: Notify,
+    /// The sockets of the sessions relaying now, shut down by the kill switch.
+    pub relaying: Arc<Relaying>,
+    /// Forced shutdown: every session, present and future, is killed.
+    closed: AtomicBool,
 }
 
+/// What a session holds to learn that its server's sessions were shut down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
 impl Backend {
-    pub fn new(maxconn: u32, all_sessions: CancellationToken) -> Self {
+    pub fn new(maxconn: u32) -> Self {
         Self {
             counters: Counters::default(),
             slots: Arc::new(Semaphore::new(maxconn as usize)),
             maxconn,
-            kill: Mutex::new(all_sessions.child_token()),
-            all_sessions,
+            kill_generation: AtomicU64::new(0),
+            kill_notify: Notify::new(),
+            relaying: Arc::default(),
+            closed: AtomicBool::new(false),
         }
     }
 
-    /// The token a new session watches: cancelled by [`Backend::kill_sessions`] or at forced shutdown.
-    pub fn session_token(&self) -> CancellationToken {
-        self.kill.lock().expect("kill lock").child_token()
+    /// Taken by a session when it is routed to this server, before it queues or connects.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.kill_generation.load(SeqCst))
     }
 
-    /// Closes every session that took its token before this call; later sessions are unaffected.
+    /// True once [`Backend::kill_sessions`] or [`Backend::close`] ran after `ticket` was taken.
+    pub fn is_killed(&self, ticket: Ticket) -> bool {
+        self.closed.load(SeqCst) || self.kill_generation.load(SeqCst) != ticket.0
+    }
+
+    /// Resolves when the sessions holding `ticket` must end.
+    pub async fn killed(&self, ticket: Ticket) {
+        loop {
+            let notified = self.kill_notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a kill between the check and the await still wakes us.
+            notified.as_mut().enable();
+            if self.is_killed(ticket) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Closes every session that took its ticket before this call; later sessions are unaffected.
     /// Returns how many sessions were open.
     pub fn kill_sessions(&self) -> u64 {
-        let fresh = self.all_sessions.child_token();
-        let old = std::mem::replace(&mut *self.kill.lock().expect("kill lock"), fresh);
-        old.cancel();
+        // Relaying sessions are ended by shutting their sockets down; the generation moves under
+        // the registry's lock so that no session joins it with a stale ticket afterwards.
+        self.relaying.shutdown_all(|| {
+            self.kill_generation.fetch_add(1, SeqCst);
+        });
+        // Sessions still queueing, connecting or in their startup wait on the notification.
+        self.kill_notify.notify_waiters();
         self.counters.scur.load(Relaxed)
+    }
+
+    /// Forced shutdown: closes every session, including ones routed here from now on.
+    pub fn close(&self) {
+        self.closed.store(true, SeqCst);
+        self.kill_sessions();
     }
 
     /// Records the start of a session for `lastsess`.
@@ -148,17 +197,28 @@ pub struct Frontend {
 mod tests {
     use super::*;
 
-    #[test]
-    fn kill_closes_existing_sessions_only() {
-        let all = CancellationToken::new();
-        let b = Backend::new(10, all.clone());
-        let old = b.session_token();
+    #[tokio::test]
+    async fn kill_closes_existing_sessions_only() {
+        let b = Arc::new(Backend::new(10));
+        let old = b.ticket();
+        // A session already waiting on its ticket is woken by the kill.
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.killed(old).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
         b.kill_sessions();
-        let new = b.session_token();
-        assert!(old.is_cancelled());
-        assert!(!new.is_cancelled());
-        all.cancel();
-        assert!(new.is_cancelled(), "forced shutdown reaches every session");
+        waiter.await.unwrap();
+        let new = b.ticket();
+        assert!(b.is_killed(old));
+        assert!(
+            !b.is_killed(new),
+            "sessions routed after the kill are unaffected"
+        );
+        b.close();
+        assert!(b.is_killed(new), "forced shutdown reaches every session");
+        assert!(b.is_killed(b.ticket()), "and sessions routed after it");
     }
 
     #[test]

@@ -177,8 +177,6 @@ pub struct Shared {
     pub events: Events,
     pub started: SystemTime,
     pub started_at: Instant,
-    /// Cancelled at the end of the drain period: closes every session still open.
-    pub all_sessions: CancellationToken,
     /// The stats side of this instance: its own Prometheus recorder (no global one: tests run many
     /// proxies in one process) and what the dashboard shows about the process.
     pub stats: crate::stats::Stats,
@@ -192,7 +190,6 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Arc<Config>) -> Arc<Self> {
         let now = Instant::now();
-        let all_sessions = CancellationToken::new();
         let nodes = config
             .servers
             .iter()
@@ -201,7 +198,7 @@ impl Shared {
         let backends = config
             .servers
             .iter()
-            .map(|s| Backend::new(s.maxconn.get(), all_sessions.clone()))
+            .map(|s| Backend::new(s.maxconn.get()))
             .collect();
         let (snapshot, _) = watch::channel(Arc::new(Snapshot {
             seq: 0,
@@ -225,7 +222,6 @@ impl Shared {
             events: Events::default(),
             started: SystemTime::now(),
             started_at: now,
-            all_sessions,
             inputs,
             inputs_rx: Mutex::new(Some(rx)),
         })

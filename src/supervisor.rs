@@ -119,7 +119,9 @@ pub async fn run(
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         let left = shared.frontend.scur.load(Relaxed);
         tracing::warn!(left, "grace period over; closing remaining sessions");
-        shared.all_sessions.cancel();
+        for b in &shared.backends {
+            b.close();
+        }
         sessions.wait().await;
     }
     match failure {

@@ -593,9 +593,9 @@ fn measure(row: &str, t: &Target, o: &Opts, echo_pid: u32, round: usize) -> Meas
             // the work on the path, not cross-CPU wake-ups.
             let mut pids = vec![std::process::id(), echo_pid];
             pids.extend(t.pid(Service::Echo));
-            setup::pin(&pids, "0");
+            let saved = setup::pin(&pids, "0");
             let (p50, p99) = load::ping_pong(t.addr(Service::Echo), secs as f64);
-            setup::pin(&pids, &format!("0-{}", sys::ncpu() - 1));
+            setup::unpin(&saved);
             vec![("p50_us", p50), ("p99_us", p99)]
         }
         _ => unreachable!("rows are validated"),

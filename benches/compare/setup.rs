@@ -415,12 +415,44 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     Some(out)
 }
 
-/// Pins every thread of `pids` to the CPUs in `list` (taskset syntax, e.g. `0` or `0-1`).
-pub fn pin(pids: &[u32], list: &str) {
+/// Pins every thread of `pids` to the CPUs in `list` (taskset syntax, e.g. `0` or `0-1`) and
+/// returns each thread's previous mask, for [`unpin`]: a process that chose its own CPUs keeps them
+/// after the row that pinned it.
+pub fn pin(pids: &[u32], list: &str) -> Vec<(String, String)> {
+    let mut saved = Vec::new();
     for pid in pids {
+        let tids = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned());
+        for tid in tids {
+            let out = Command::new("taskset").args(["-p", &tid]).output();
+            // "pid 123's current affinity mask: 3"
+            if let Some(mask) = out.ok().and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .rsplit(':')
+                    .next()
+                    .map(|m| m.trim().to_string())
+            }) {
+                saved.push((tid, mask));
+            }
+        }
         let _ = Command::new("taskset")
             .args(["-a", "-c", "-p", list, &pid.to_string()])
             .stdout(Stdio::null())
+            .status();
+    }
+    saved
+}
+
+/// Gives threads back the masks [`pin`] saved.
+pub fn unpin(saved: &[(String, String)]) {
+    for (tid, mask) in saved {
+        let _ = Command::new("taskset")
+            .args(["-p", mask, tid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status();
     }
 }

@@ -2,6 +2,7 @@
 //! relay ([`relay`]).
 
 pub mod relay;
+pub mod relaying;
 pub mod session;
 
 use std::io;
@@ -40,11 +41,13 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                let shared = shared.clone();
-                sessions.spawn(async move {
-                    session::handle(stream, peer, &shared).await;
-                    drop(permit);
-                });
+                sessions.spawn(session::run(
+                    stream,
+                    peer,
+                    shared.clone(),
+                    permit,
+                    sessions.clone(),
+                ));
             }
             Err(e) if is_transient_accept_error(&e) => {
                 // Connection aborted before we took it: nothing to back off from.

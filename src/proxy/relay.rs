@@ -83,34 +83,23 @@ pub fn relay<'a>(
     idle_client: Duration,
     idle_server: Duration,
 ) -> impl Future<Output = End> + 'a {
-    let (limit, idle_side) = if idle_client <= idle_server {
-        (idle_client, Side::Client)
-    } else {
-        (idle_server, Side::Server)
-    };
-    let last = Instant::now();
+    let (state, deadline) = Relay::new(idle_client, idle_server);
     RelayFuture {
-        state: Relay {
-            client,
-            server,
-            up: Direction::new(meters.up),
-            down: Direction::new(meters.down),
-            last,
-            limit,
-            idle_side,
-            up_done: false,
-            down_done: false,
-        },
-        // Re-armed only when it fires (to `last + limit`), not on every byte.
-        sleep: tokio::time::sleep_until(last + limit),
+        client,
+        server,
+        meters,
+        state,
+        sleep: tokio::time::sleep_until(deadline),
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The relay as a plain struct: an `async fn` here would also keep its arguments and the
-    /// pinned timer's reference in its state, 140 bytes more per session.
+    /// [`Relay`] over borrowed sockets. Sessions own theirs instead (`session::RelayTask`).
     struct RelayFuture<'a> {
-        state: Relay<'a>,
+        client: &'a TcpStream,
+        server: &'a TcpStream,
+        meters: Meters<'a>,
+        state: Relay,
         #[pin]
         sleep: Sleep,
     }
@@ -121,18 +110,18 @@ impl Future for RelayFuture<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
         let this = self.project();
-        this.state.poll(cx, this.sleep)
+        this.state
+            .poll(cx, this.client, this.server, this.meters, this.sleep)
     }
 }
 
 /// A session's relay state, polled by hand rather than as two `async` pumps joined and raced with
-/// a timer: the compiler's state machine for that was 1.9 KiB per session, this is 216 bytes, and
-/// the session future is most of the memory an idle connection costs (docs/benchmarks.md).
-struct Relay<'a> {
-    client: &'a TcpStream,
-    server: &'a TcpStream,
-    up: Direction<'a>,
-    down: Direction<'a>,
+/// a timer: the compiler's state machine for that was 1.9 KiB per session, this is 56 bytes (plus
+/// the timer), and a session's task is most of the memory an idle connection costs
+/// (docs/benchmarks.md). It holds no reference, so a task can own it beside its sockets.
+pub struct Relay {
+    up: Direction,
+    down: Direction,
     /// The last time a byte moved either way.
     last: Instant,
     limit: Duration,
@@ -142,12 +131,40 @@ struct Relay<'a> {
     down_done: bool,
 }
 
-impl Relay<'_> {
-    fn poll(&mut self, cx: &mut Context<'_>, mut sleep: Pin<&mut Sleep>) -> Poll<End> {
+impl Relay {
+    /// A relay whose idle timer (a [`Sleep`] the caller keeps pinned) starts at the returned deadline.
+    pub fn new(idle_client: Duration, idle_server: Duration) -> (Self, Instant) {
+        let (limit, idle_side) = if idle_client <= idle_server {
+            (idle_client, Side::Client)
+        } else {
+            (idle_server, Side::Server)
+        };
+        let last = Instant::now();
+        let relay = Relay {
+            up: Direction::default(),
+            down: Direction::default(),
+            last,
+            limit,
+            idle_side,
+            up_done: false,
+            down_done: false,
+        };
+        // The timer is re-armed only when it fires (to `last + limit`), not on every byte.
+        (relay, last + limit)
+    }
+
+    pub fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &TcpStream,
+        server: &TcpStream,
+        meters: &Meters<'_>,
+        mut sleep: Pin<&mut Sleep>,
+    ) -> Poll<End> {
         if !self.up_done {
             match self
                 .up
-                .poll(cx, self.client, self.server, Side::Client, &mut self.last)
+                .poll(cx, client, server, Side::Client, meters.up, &mut self.last)
             {
                 Poll::Ready(Ok(())) => self.up_done = true,
                 Poll::Ready(Err((side, e))) => return Poll::Ready(End::Error(side, e)),
@@ -155,10 +172,14 @@ impl Relay<'_> {
             }
         }
         if !self.down_done {
-            match self
-                .down
-                .poll(cx, self.server, self.client, Side::Server, &mut self.last)
-            {
+            match self.down.poll(
+                cx,
+                server,
+                client,
+                Side::Server,
+                meters.down,
+                &mut self.last,
+            ) {
                 Poll::Ready(Ok(())) => self.down_done = true,
                 Poll::Ready(Err((side, e))) => return Poll::Ready(End::Error(side, e)),
                 Poll::Pending => {}
@@ -178,9 +199,9 @@ impl Relay<'_> {
     }
 }
 
-/// One direction of a session: 24 bytes while it only relays small messages.
-struct Direction<'a> {
-    meters: [&'a AtomicU64; 2],
+/// One direction of a session: 8 bytes while it only relays small messages.
+#[derive(Default)]
+struct Direction {
     /// What a slow destination or a bulk transfer needs; allocated only then.
     cold: Option<Box<Cold>>,
 }
@@ -197,18 +218,14 @@ struct Cold {
 /// Reads per poll before yielding to other sessions (tokio's cooperative budget also applies).
 const READS_PER_POLL: usize = 16;
 
-impl<'a> Direction<'a> {
-    fn new(meters: [&'a AtomicU64; 2]) -> Self {
-        Self { meters, cold: None }
+fn count(meters: [&AtomicU64; 2], n: usize, last: &mut Instant) {
+    *last = Instant::now();
+    for m in meters {
+        m.fetch_add(n as u64, Relaxed);
     }
+}
 
-    fn count(&self, n: usize, last: &mut Instant) {
-        *last = Instant::now();
-        for m in self.meters {
-            m.fetch_add(n as u64, Relaxed);
-        }
-    }
-
+impl Direction {
     /// Moves what is available from `from` to `to`. `Ready(Ok)` once end-of-stream has been passed
     /// on; `Pending` with wake-ups registered for whatever it waits for.
     fn poll(
@@ -217,6 +234,7 @@ impl<'a> Direction<'a> {
         from: &TcpStream,
         to: &TcpStream,
         from_side: Side,
+        meters: [&AtomicU64; 2],
         last: &mut Instant,
     ) -> Poll<Result<(), (Side, io::Error)>> {
         let to_side = match from_side {
@@ -236,7 +254,7 @@ impl<'a> Direction<'a> {
                 }) {
                     Ok(0) => return Poll::Ready(self.finish(to, to_side)),
                     Ok(n) => {
-                        self.count(n, last);
+                        count(meters, n, last);
                         if let Some(c) = &mut self.cold {
                             c.held = n;
                         }
@@ -254,7 +272,7 @@ impl<'a> Direction<'a> {
                     Ok(Got::Eof) => return Ok(None),
                     Err(e) => return Err((from_side, e)),
                 };
-                self.count(n, last);
+                count(meters, n, last);
                 let mut off = 0;
                 while off < n {
                     match to.try_write(&buf[off..n]) {

@@ -4,17 +4,23 @@
 //! shutting down; refuse a standby), then relay until either side closes, the session idles out, or
 //! the server's sessions are shut down.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+use tokio_util::task::TaskTracker;
 
-use super::relay::{self, End, Meters, Side};
-use crate::backend::GaugeGuard;
+use super::relay::{End, Meters, Relay, Side};
+use super::relaying::Registered;
+use crate::backend::{Counters, GaugeGuard, Ticket};
 use crate::pgwire::{self, FirstMessage};
 use crate::routing::Claim;
 use crate::state::Shared;
@@ -87,30 +93,170 @@ const FAILOVER_MESSAGE: &str =
 const STANDBY_MESSAGE: &str =
     "failover in progress: the server is a standby (patroni-proxy), retry";
 
-/// Runs a session to its end. Dropping the client socket closes it (FIN), which is how every early
-/// exit without a PostgreSQL error answers the client, as HAProxy does in TCP mode.
-pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) -> Termination {
+/// Runs one client's session: spawned once per accepted client, holding its place under
+/// `global.maxconn` (`permit`) until the session ends. Dropping the client socket closes it (FIN),
+/// which is how every early exit without a PostgreSQL error answers the client, as HAProxy does in
+/// TCP mode.
+///
+/// This task routes, holds, queues, connects and inspects the startup; for the relay it hands the
+/// sockets to a [`RelayTask`] of their own on `sessions` and ends. An idle connection's memory is
+/// mostly its task, so the long-lived task is a small hand-written struct rather than this future,
+/// whose setup states are large (docs/benchmarks.md; a unit test keeps the relay task small).
+pub async fn run(
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+    sessions: TaskTracker,
+) {
     let start = Instant::now();
     let fe = &shared.frontend;
     fe.stot.fetch_add(1, Relaxed);
-    let _fe_open = GaugeGuard::new(&fe.scur, Some(&fe.smax));
+    let fe_open = GaugeGuard::new(&fe.scur, Some(&fe.smax));
+    let (t, node) = match establish(client, &shared, start).await {
+        Setup::Done(t, node) => (t, node),
+        Setup::Relay(s) => {
+            let backend = &shared.backends[s.node];
+            // Joins the server's kill registry unless a kill came after the ticket was taken.
+            match backend
+                .relaying
+                .insert(s.client, s.server, || !backend.is_killed(s.ticket))
+            {
+                Ok(io) => {
+                    // The relay task takes over both gauges, the slots and the log line.
+                    s.open.disarm();
+                    fe_open.disarm();
+                    let (relay, deadline) = Relay::new(
+                        shared.config.listen.timeout_client,
+                        shared.config.listen.timeout_server,
+                    );
+                    sessions.spawn(RelayTask {
+                        io,
+                        node: s.node,
+                        ticket: s.ticket,
+                        _slot: s.slot,
+                        _permit: permit,
+                        peer,
+                        start,
+                        relay,
+                        sleep: tokio::time::sleep_until(deadline),
+                        shared: shared.clone(),
+                    });
+                    return;
+                }
+                Err(_) => {
+                    backend.counters.killed.fetch_add(1, Relaxed);
+                    (Termination::Killed, Some(s.node))
+                }
+            }
+        }
+    };
+    log_end(&shared, peer, node, start, t);
+}
+
+/// How the setup phase ended: with the session, or with a relay to run.
+enum Setup<'s> {
+    Done(Termination, Option<usize>),
+    Relay(Established<'s>),
+}
+
+/// A client connected to the primary, startup inspected.
+struct Established<'s> {
+    client: TcpStream,
+    server: TcpStream,
+    node: usize,
+    ticket: Ticket,
+    /// The server slot (`maxconn`) and the server's `scur`.
+    slot: OwnedSemaphorePermit,
+    open: GaugeGuard<'s>,
+}
+
+pin_project_lite::pin_project! {
+    /// The relay phase of a session, a task of its own: 360 bytes where the `async fn` that set
+    /// the session up is several KiB, and tokio sizes a task for the largest state of its future.
+    /// Waits only on its two sockets and its idle timer: `shutdown-sessions` reaches it through the
+    /// server's registry ([`super::relaying`]), which shuts its sockets down.
+    struct RelayTask {
+        io: Registered,
+        shared: Arc<Shared>,
+        node: usize,
+        ticket: Ticket,
+        _slot: OwnedSemaphorePermit,
+        _permit: OwnedSemaphorePermit,
+        peer: SocketAddr,
+        start: Instant,
+        relay: Relay,
+        #[pin]
+        sleep: Sleep,
+    }
+
+    impl PinnedDrop for RelayTask {
+        fn drop(this: Pin<&mut Self>) {
+            // The gauges the setup task disarmed; every way a task ends (including a forced
+            // runtime shutdown) goes through here.
+            let this = this.project();
+            this.shared.frontend.scur.fetch_sub(1, Relaxed);
+            this.shared.backends[*this.node].counters.scur.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl Future for RelayTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let fe = &this.shared.frontend;
+        let backend = &this.shared.backends[*this.node];
+        let meters = Meters {
+            up: [&fe.bin, &backend.counters.bin],
+            down: [&fe.bout, &backend.counters.bout],
+        };
+        let end =
+            ready!(this
+                .relay
+                .poll(cx, this.io.client(), this.io.server(), &meters, this.sleep));
+        // A kill shows up as the end of both streams: name it for what it was.
+        let t = if backend.is_killed(*this.ticket) {
+            backend.counters.killed.fetch_add(1, Relaxed);
+            Termination::Killed
+        } else {
+            relay_end(&backend.counters, end)
+        };
+        log_end(this.shared, *this.peer, Some(*this.node), *this.start, t);
+        Poll::Ready(())
+    }
+}
+
+/// Routes the client to the primary (holding it while there is none), retrying on the next primary
+/// when the chosen one turns out to be leaving before any server byte reached the client.
+async fn establish(client: TcpStream, shared: &Shared, start: Instant) -> Setup<'_> {
     // Small PostgreSQL messages must not wait for Nagle.
     let _ = client.set_nodelay(true);
-
     let deadline = start + shared.config.listen.hold_timeout;
     let mut pending = Pending::default();
     let mut avoid: Option<(usize, u64)> = None;
     let mut last_node = None;
-    let t = loop {
+    loop {
         let node = match hold(shared, &client, deadline, &mut pending, avoid).await {
             Ok(n) => n,
-            Err(t) => break t,
+            Err(t) => return Setup::Done(t, last_node),
         };
         last_node = Some(node);
         // Taken before queueing, so a DOWN while this session waits or connects closes it too.
-        let kill = shared.backends[node].session_token();
-        match connect_and_relay(&client, shared, node, &kill, &mut pending).await {
-            Step::Done(t) => break t,
+        let ticket = shared.backends[node].ticket();
+        match connect_and_start(&client, shared, node, ticket, &mut pending).await {
+            Step::Done(t) => return Setup::Done(t, last_node),
+            Step::Ready { server, slot, open } => {
+                return Setup::Relay(Established {
+                    client,
+                    server,
+                    node,
+                    ticket,
+                    slot,
+                    open,
+                })
+            }
             Step::Retry { suspect } => {
                 if let Some(reason) = suspect {
                     shared.suspect(node, reason, false);
@@ -118,9 +264,29 @@ pub async fn handle(client: TcpStream, peer: SocketAddr, shared: &Shared) -> Ter
                 avoid = Some((node, shared.current().seq));
             }
         }
-    };
-    log_end(shared, peer, last_node, start, t);
-    t
+    }
+}
+
+/// The termination of a relay that ran, counted on its server.
+fn relay_end(c: &Counters, end: End) -> Termination {
+    match end {
+        End::Closed => Termination::Normal,
+        End::Idle(Side::Client) => Termination::ClientIdle,
+        End::Idle(Side::Server) => Termination::ServerIdle,
+        End::Error(side, e) => {
+            tracing::debug!(side = side.as_str(), error = %e, "session aborted");
+            match side {
+                Side::Client => {
+                    c.cli_abrt.fetch_add(1, Relaxed);
+                    Termination::ClientError
+                }
+                Side::Server => {
+                    c.srv_abrt.fetch_add(1, Relaxed);
+                    Termination::ServerError
+                }
+            }
+        }
+    }
 }
 
 /// Waits for a routable primary (not `avoid.0` unless confirmed again after snapshot `avoid.1`).
@@ -245,33 +411,39 @@ async fn write_all(s: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-enum Step {
+enum Step<'s> {
     Done(Termination),
+    /// Connected and past the startup inspection: relay from here on.
+    Ready {
+        server: TcpStream,
+        slot: OwnedSemaphorePermit,
+        open: GaugeGuard<'s>,
+    },
     /// Go back to holding and try the (next) primary, replaying `Pending`.
     Retry {
         suspect: Option<String>,
     },
 }
 
-async fn connect_and_relay(
+async fn connect_and_start<'s>(
     client: &TcpStream,
-    shared: &Shared,
+    shared: &'s Shared,
     node: usize,
-    kill: &CancellationToken,
+    ticket: Ticket,
     pending: &mut Pending,
-) -> Step {
+) -> Step<'s> {
     let cfg = &shared.config;
     let backend = &shared.backends[node];
     let c = &backend.counters;
 
     // A slot on the server: at once if free, else FIFO behind earlier waiters for `timeout queue`.
-    let _slot = match backend.slots.clone().try_acquire_owned() {
+    let slot = match backend.slots.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
             let _queued = GaugeGuard::new(&c.qcur, Some(&c.qmax));
             tokio::select! {
                 // Marked DOWN while we queued: nothing reached the client yet, wait for the next.
-                _ = kill.cancelled() => return Step::Retry { suspect: None },
+                _ = backend.killed(ticket) => return Step::Retry { suspect: None },
                 r = tokio::time::timeout(cfg.timeout_queue(), backend.slots.clone().acquire_owned()) => match r {
                     Ok(p) => p.expect("the semaphore is never closed"),
                     Err(_) => {
@@ -289,13 +461,13 @@ async fn connect_and_relay(
     }
     c.stot.fetch_add(1, Relaxed);
     backend.touch_last_session();
-    let _open = GaugeGuard::new(&c.scur, Some(&c.smax));
+    let open = GaugeGuard::new(&c.scur, Some(&c.smax));
 
     let server = tokio::select! {
         // Marked DOWN while we were still connecting (e.g. retrying a crashed primary's refused
         // port): no server byte reached the client, so it is held for the next primary like any
         // client that finds none, instead of being reset by shutdown-sessions.
-        _ = kill.cancelled() => return Step::Retry { suspect: None },
+        _ = backend.killed(ticket) => return Step::Retry { suspect: None },
         r = Box::pin(connect(shared, node)) => match r {
             Ok(s) => s,
             Err(ConnectError::Rerouted) => return Step::Retry { suspect: None },
@@ -318,7 +490,7 @@ async fn connect_and_relay(
     };
     if cfg.listen.inspect_startup {
         let startup = tokio::select! {
-            _ = kill.cancelled() => {
+            _ = backend.killed(ticket) => {
                 c.killed.fetch_add(1, Relaxed);
                 return Step::Done(Termination::Killed);
             }
@@ -359,31 +531,7 @@ async fn connect_and_relay(
         pending.buf.clear();
     }
 
-    let end = tokio::select! {
-        end = relay::relay(client, &server, meters, cfg.listen.timeout_client, cfg.listen.timeout_server) => end,
-        _ = kill.cancelled() => {
-            c.killed.fetch_add(1, Relaxed);
-            return Step::Done(Termination::Killed);
-        }
-    };
-    Step::Done(match end {
-        End::Closed => Termination::Normal,
-        End::Idle(Side::Client) => Termination::ClientIdle,
-        End::Idle(Side::Server) => Termination::ServerIdle,
-        End::Error(side, e) => {
-            tracing::debug!(side = side.as_str(), error = %e, "session aborted");
-            match side {
-                Side::Client => {
-                    c.cli_abrt.fetch_add(1, Relaxed);
-                    Termination::ClientError
-                }
-                Side::Server => {
-                    c.srv_abrt.fetch_add(1, Relaxed);
-                    Termination::ServerError
-                }
-            }
-        }
-    })
+    Step::Ready { server, slot, open }
 }
 
 /// How the startup phase ended.
@@ -626,4 +774,54 @@ fn log_end(shared: &Shared, peer: SocketAddr, node: Option<usize>, start: Instan
         start.elapsed().as_millis(),
         t.code()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use tokio::net::TcpListener;
+    use tokio::sync::Semaphore;
+
+    #[tokio::test]
+    async fn a_relaying_session_task_is_small() {
+        // Allocated for each connection's whole life, and tokio rounds a task up to a multiple of
+        // 128 bytes with about 100 bytes of its own: 400 bytes keep it in 512 (docs/benchmarks.md,
+        // RSS per idle connection; the setup future it replaced in that role was 816 bytes).
+        let shared = Shared::new(Arc::new(
+            Config::from_toml("[[server]]\nname = \"a\"\naddress = \"127.0.0.1:5432\"\n").unwrap(),
+        ));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _app = TcpStream::connect(addr).await.unwrap();
+        let (client, peer) = l.accept().await.unwrap();
+        let server = TcpStream::connect(addr).await.unwrap();
+        let slots = Arc::new(Semaphore::new(2));
+        let (relay, deadline) = Relay::new(Duration::from_secs(1), Duration::from_secs(1));
+        let task = RelayTask {
+            io: shared.backends[0]
+                .relaying
+                .insert(client, server, || true)
+                .unwrap(),
+            shared: shared.clone(),
+            node: 0,
+            ticket: shared.backends[0].ticket(),
+            _slot: slots.clone().try_acquire_owned().unwrap(),
+            _permit: slots.try_acquire_owned().unwrap(),
+            peer,
+            start: Instant::now(),
+            relay,
+            sleep: tokio::time::sleep_until(deadline),
+        };
+        let tracked = TaskTracker::new().track_future(task);
+        let size = std::mem::size_of_val(&tracked);
+        assert!(size <= 400, "relay task is {size} bytes");
+        // Dropping it gives back the gauges the setup task handed over.
+        shared.frontend.scur.fetch_add(1, Relaxed);
+        shared.backends[0].counters.scur.fetch_add(1, Relaxed);
+        drop(tracked);
+        assert_eq!(shared.frontend.scur.load(Relaxed), 0);
+        assert_eq!(shared.backends[0].counters.scur.load(Relaxed), 0);
+        assert!(shared.backends[0].relaying.is_empty());
+    }
 }
