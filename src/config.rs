@@ -83,6 +83,25 @@ pub struct Global {
     /// How long a SIGTERM/SIGINT waits for sessions to finish before closing them. Default `30s`.
     #[serde(default = "defaults::shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
+    /// Threads that relay sessions (HAProxy's `nbthread`), each with its own event loop; a client
+    /// stays on the thread it was handed to. Default: one per CPU the process may run on.
+    #[serde(default)]
+    pub threads: Option<NonZeroU32>,
+}
+
+/// The most `global.threads` accepts.
+pub const MAX_THREADS: u32 = 64;
+
+impl Global {
+    /// `threads`, or one per CPU the process may use (at most [`MAX_THREADS`]).
+    pub fn threads(&self) -> usize {
+        match self.threads {
+            Some(n) => n.get() as usize,
+            None => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_THREADS as usize),
+        }
+    }
 }
 
 /// The client-facing listener and how sessions are handled (HAProxy's `defaults` + `listen postgres`).
@@ -302,6 +321,7 @@ impl Default for Global {
         Self {
             maxconn: defaults::maxconn(),
             shutdown_grace: defaults::shutdown_grace(),
+            threads: None,
         }
     }
 }
@@ -448,6 +468,15 @@ impl FileConfig {
             key: key.to_string(),
             message,
         };
+        if self.global.threads.is_some_and(|n| n.get() > MAX_THREADS) {
+            return Err(err(
+                "global.threads",
+                format!(
+                    "{} threads: use at most {MAX_THREADS}, or leave it out for one per CPU",
+                    self.global.threads.map_or(0, |n| n.get())
+                ),
+            ));
+        }
         if self.servers.is_empty() {
             return Err(err(
                 "server",

@@ -120,13 +120,14 @@ pub fn import(text: &str) -> Result<Config, ImportError> {
                 for (line, w) in &block.body {
                     match w[0].as_str() {
                         "maxconn" => global.maxconn = nonzero(*line, w, 1)?,
+                        "nbthread" => global.threads = Some(nonzero(*line, w, 1)?),
                         kw @ ("log" | "daemon" | "user" | "group" | "chroot" | "pidfile"
-                        | "nbthread" | "stats") => return Err(err(
+                        | "stats") => return Err(err(
                             *line,
                             kw,
-                            "not supported in `global`: only `maxconn` is. patroni-proxy logs to \
-                                 stderr (RUST_LOG sets the level) and runs as whoever starts it; \
-                                 remove the line",
+                            "not supported in `global`: only `maxconn` and `nbthread` are. \
+                                 patroni-proxy logs to stderr (RUST_LOG sets the level) and runs as \
+                                 whoever starts it; remove the line",
                         )),
                         _ => return Err(unknown(*line, &directive_name(w), "global")),
                     }
@@ -717,8 +718,8 @@ mod tests {
 
     #[test]
     fn unsupported_directives_name_their_line() {
-        let text = "global\n    maxconn 100\n    nbthread 4\n";
+        let text = "global\n    maxconn 100\n    daemon\n";
         let e = import(text).unwrap_err();
-        assert_eq!((e.line, e.directive.as_str()), (3, "nbthread"));
+        assert_eq!((e.line, e.directive.as_str()), (3, "daemon"));
     }
 }

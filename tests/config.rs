@@ -141,8 +141,8 @@ fn import_rejects_what_it_cannot_carry_over_by_line_and_directive() {
         ),
         (
             "    maxconn 100\n",
-            "    maxconn 100\n    nbthread 4\n",
-            "nbthread",
+            "    maxconn 100\n    daemon\n",
+            "daemon",
         ),
         (" check port 8008\n", " check\n", "server"),
         ("    mode tcp\n", "    mode http\n", "mode"),
@@ -210,4 +210,16 @@ fn the_log_goes_to_stderr_and_stdout_stays_empty() {
         "the start line names the bound address"
     );
     assert_eq!(out, "", "nothing on stdout");
+}
+
+#[test]
+fn nbthread_becomes_global_threads() {
+    // HAProxy's `nbthread` is our `global.threads`; without it, one relay thread per CPU (as
+    // HAProxy's default).
+    let seed = std::fs::read_to_string(dir("seed-haproxy.cfg")).unwrap();
+    let plain = import::import(&seed).unwrap();
+    assert_eq!(plain.global.threads, None);
+    let text = seed.replacen("    maxconn 100\n", "    maxconn 100\n    nbthread 3\n", 1);
+    let c = import::import(&text).unwrap();
+    assert_eq!(c.global.threads(), 3);
 }

@@ -749,3 +749,46 @@ async fn at_global_maxconn_new_clients_wait_unaccepted_and_are_served_in_order()
     drop(first);
     assert_eq!(third.await.unwrap().as_deref(), Some("node0"));
 }
+
+#[tokio::test]
+async fn sessions_on_every_relay_thread_are_served_and_cut_at_down() {
+    // `global.threads` (HAProxy's `nbthread`): clients are handed round robin to the relay threads,
+    // and "when a server reaches DOWN, every established session to it is closed (client sees FIN)
+    // at that moment" holds on each of them. Real time: the relay thread has its own clock.
+    let c = Cluster::start(
+        vec![PRIMARY],
+        "[global]\nthreads = 2\n[check]\ninter = \"100ms\"\nfailover_inter = \"100ms\"\n",
+    )
+    .await;
+    c.wait_for(SECS(10), "node0 routed", |c| c.primary() == Some(0))
+        .await;
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        let (node, s) = connect(c.addr).await.expect("a session");
+        assert_eq!(node, "node0");
+        sessions.push(s);
+    }
+    for s in &mut sessions {
+        assert!(s.alive().await);
+    }
+    let relay_thread = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .any(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.trim() == "pp-relay-1")
+        });
+    assert!(relay_thread, "a second relay thread runs");
+    assert_eq!(c.shared().frontend.scur.load(Relaxed), 4);
+
+    c.nodes[0].rest.set(Mode::Replica);
+    c.wait_for(SECS(5), "DOWN", |c| c.status(0) == "DOWN").await;
+    for s in &mut sessions {
+        assert!(s.closed_within(Duration::from_secs(1)).await, "cut at DOWN");
+    }
+    assert_eq!(c.shared().backends[0].counters.killed.load(Relaxed), 4);
+    c.wait_for(SECS(2), "gauges back to 0", |c| {
+        c.shared().frontend.scur.load(Relaxed) == 0
+            && c.shared().backends[0].counters.scur.load(Relaxed) == 0
+    })
+    .await;
+}

@@ -28,6 +28,9 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(shared.config.global.maxconn.get() as usize));
+    let threads = shared.config.global.threads();
+    let workers = workers(threads, &shared, &sessions);
+    let mut next = 0usize;
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
@@ -41,6 +44,21 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
+                // Round robin over the threads, this one included: sessions live long, and a
+                // thread that is busy with one burst must not stall every session (docs/benchmarks.md).
+                next = (next + 1) % threads;
+                if next > 0 {
+                    match stream.into_std() {
+                        Ok(s) => {
+                            // The worker outlives the accept loop (it drains its sessions).
+                            let _ = workers[next - 1].send((s, peer, permit));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "handing a client to a relay thread failed")
+                        }
+                    }
+                    continue;
+                }
                 sessions.spawn(session::run(
                     stream,
                     peer,
@@ -65,6 +83,60 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// A client handed from the accept loop to another relay thread.
+type Job = (
+    std::net::TcpStream,
+    std::net::SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+/// Starts `threads - 1` relay threads beside this one, each with its own current-thread runtime
+/// (its own `epoll` and timers): a session is registered with one thread's event loop for its life,
+/// so no socket is ever polled from two CPUs and no work is stolen. Each thread ends once the accept
+/// loop is gone (its channel closed) and the sessions are drained.
+fn workers(
+    threads: usize,
+    shared: &Arc<Shared>,
+    sessions: &TaskTracker,
+) -> Vec<tokio::sync::mpsc::UnboundedSender<Job>> {
+    (1..threads)
+        .map(|i| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+            let shared = shared.clone();
+            let sessions = sessions.clone();
+            std::thread::Builder::new()
+                .name(format!("pp-relay-{i}"))
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a relay thread's runtime");
+                    rt.block_on(async move {
+                        while let Some((s, peer, permit)) = rx.recv().await {
+                            match tokio::net::TcpStream::from_std(s) {
+                                Ok(s) => {
+                                    sessions.spawn(session::run(
+                                        s,
+                                        peer,
+                                        shared.clone(),
+                                        permit,
+                                        sessions.clone(),
+                                    ));
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "registering a handed-over client failed")
+                                }
+                            }
+                        }
+                        sessions.wait().await;
+                    });
+                })
+                .expect("spawning a relay thread");
+            tx
+        })
+        .collect()
 }
 
 fn is_transient_accept_error(e: &io::Error) -> bool {

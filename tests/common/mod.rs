@@ -243,7 +243,13 @@ impl Cluster {
                 db: FakeDb::start(&format!("node{i}")).await,
             });
         }
-        let mut toml = String::from(extra);
+        // One relay thread unless a test asks for more: most tests pause tokio's clock, which the
+        // other threads' runtimes do not share.
+        let mut toml = match (extra.contains("threads"), extra.contains("[global]")) {
+            (true, _) => extra.to_string(),
+            (false, true) => extra.replacen("[global]", "[global]\nthreads = 1", 1),
+            (false, false) => format!("[global]\nthreads = 1\n{extra}"),
+        };
         for (i, n) in nodes.iter().enumerate() {
             let db = match &dbs {
                 Some(d) => d[i],
