@@ -1,5 +1,6 @@
-//! The primary port: the accept loop ([`serve`]), one session per client ([`session`]) and the byte
-//! relay ([`relay`]).
+//! The primary port: the accept loop ([`serve`]) and the relay threads it hands clients to, one
+//! session per client ([`session`]), the byte relay ([`relay`]) and each server's registry of relaying
+//! sessions that `shutdown-sessions` goes through ([`relaying`]).
 
 pub mod relay;
 pub mod relaying;
