@@ -99,7 +99,7 @@ const STANDBY_MESSAGE: &str =
 /// TCP mode.
 ///
 /// This task routes, holds, queues, connects and inspects the startup; for the relay it hands the
-/// sockets to a [`RelayTask`] of their own on `sessions` and ends. An idle connection's memory is
+/// sockets to a `RelayTask` of their own on `sessions` and ends. An idle connection's memory is
 /// mostly its task, so the long-lived task is a small hand-written struct rather than this future,
 /// whose setup states are large (docs/benchmarks.md; a unit test keeps the relay task small).
 pub async fn run(
