@@ -705,6 +705,37 @@ async fn a_primary_that_vanishes_before_answering_makes_the_proxy_replay_the_sta
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_client_in_its_startup_when_its_node_goes_down_is_replayed_not_reset() {
+    // Issue 6: "never a bare reset". The server has the StartupMessage but has not answered when
+    // shutdown-sessions fires (seen on the real cluster: kill-patroni, one probe reset at DOWN).
+    // Nothing reached the client from a server: held, and the startup replayed on the next primary.
+    let (c, pgs) = Cluster::start_pg(
+        vec![(PRIMARY, PgMode::Silent), (Mode::Replica, PgMode::Primary)],
+        // HAProxy's pace; `hold_timeout` counts from the client's arrival, so it must outlast fall x inter.
+        "[check]\nfailover_inter = \"3s\"\n[listen]\nhold_timeout = \"30s\"\n",
+    )
+    .await;
+    c.wait_for(SECS(10), "node0 fully UP", |c| {
+        c.primary() == Some(0) && c.status(0) == "UP"
+    })
+    .await;
+    let addr = c.addr;
+    let client = tokio::spawn(async move { pg_startup(addr, false).await });
+    c.wait_for(SECS(2), "the startup reached node0", |_| {
+        pgs[0].startups.load(SeqCst) == 1
+    })
+    .await;
+    c.nodes[0].rest.stop();
+    c.wait_for(SECS(12), "node0 DOWN", |c| c.status(0) == "DOWN")
+        .await;
+    c.nodes[1].rest.set(Mode::Primary { timeline: 2 });
+    let reply = client.await.unwrap().expect("the client got a session");
+    assert_eq!(reply[0], b'R', "AuthenticationOk from node1");
+    assert_eq!(pgs[1].startups.load(SeqCst), 1);
+    assert_eq!(c.shared().backends[0].counters.killed.load(Relaxed), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_backend_in_hot_standby_is_never_handed_to_a_client() {
     // Issue 6 item 4: `in_hot_standby = on` on the primary port -> 57P03, node marked not-primary
     // and re-checked at once.

@@ -491,6 +491,11 @@ async fn connect_and_start<'s>(
     if cfg.listen.inspect_startup {
         let startup = tokio::select! {
             _ = backend.killed(ticket) => {
+                // Marked DOWN before the server said anything to the client: held for the next
+                // primary and its startup replayed there, like a client still connecting.
+                if !pending.committed {
+                    return Step::Retry { suspect: None };
+                }
                 c.killed.fetch_add(1, Relaxed);
                 return Step::Done(Termination::Killed);
             }

@@ -436,6 +436,8 @@ pub enum PgMode {
     /// Reads the startup and resets the connection without a reply, as a postmaster that exits
     /// with connections still in its listen backlog (end of a switchover, crash).
     Vanishes,
+    /// Reads the startup and never answers (a server that hangs, or whose host went silent).
+    Silent,
 }
 
 fn message(kind: u8, body: &[u8]) -> Vec<u8> {
@@ -483,6 +485,9 @@ impl FakePg {
                     if mode == PgMode::Vanishes {
                         let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
                         return;
+                    }
+                    if mode == PgMode::Silent {
+                        std::future::pending::<()>().await;
                     }
                     if mode == PgMode::ShuttingDown {
                         out.extend(message(
