@@ -83,8 +83,8 @@ pub struct Global {
     /// How long a SIGTERM/SIGINT waits for sessions to finish before closing them. Default `30s`.
     #[serde(default = "defaults::shutdown_grace", with = "duration")]
     pub shutdown_grace: Duration,
-    /// Threads that relay sessions (HAProxy's `nbthread`), each with its own event loop; a client
-    /// stays on the thread it was handed to. Default: one per CPU the process may run on.
+    /// Threads that relay sessions (HAProxy's `nbthread`), each with its own event loop; each
+    /// accepts from the one listening socket and a client stays on the thread that accepted it. Default: one per CPU the process may run on.
     #[serde(default)]
     pub threads: Option<NonZeroU32>,
 }

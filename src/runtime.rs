@@ -1,6 +1,7 @@
 //! The runtime's shape: a current-thread runtime that accepts, checks, serves stats and relays its
 //! share of the sessions; `global.threads - 1` more relay threads, each with a current-thread
-//! runtime of its own, take the rest (`proxy::serve` hands them clients round robin).
+//! runtime of its own: every thread accepts from the one listening socket and keeps the sessions it
+//! accepts (`proxy::serve`).
 //!
 //! On the 2-vCPU machines this proxy runs on, the client, PostgreSQL and the proxy share the CPUs,
 //! and the proxy's own work per PostgreSQL message is a `recv` and a `send`. A work-stealing

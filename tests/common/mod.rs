@@ -310,7 +310,11 @@ impl Cluster {
 
 /// A client through the proxy: which node greeted it, or `None` if the proxy closed the connection.
 pub async fn connect(addr: SocketAddr) -> Option<(String, Client)> {
-    let s = TcpStream::connect(addr).await.ok()?;
+    client_of(TcpStream::connect(addr).await.ok()?).await
+}
+
+/// A session on a connection already made: the echo node's greeting names it.
+pub async fn client_of(s: TcpStream) -> Option<(String, Client)> {
     let mut r = BufReader::new(s);
     let mut line = String::new();
     match tokio::time::timeout(Duration::from_secs(30), r.read_line(&mut line)).await {
