@@ -1,7 +1,8 @@
-//! The primary port: the accept loops ([`serve`]), one per relay thread, one
-//! session per client ([`session`]), the byte relay ([`relay`]) and each server's registry of relaying
-//! sessions that `shutdown-sessions` goes through ([`relaying`]).
+//! The primary port: the accept loops ([`serve`]), one per relay thread, and which thread runs a
+//! client ([`balance`]); one session per client ([`session`]), the byte relay ([`relay`]) and each
+//! server's registry of relaying sessions that `shutdown-sessions` goes through ([`relaying`]).
 
+pub mod balance;
 pub mod relay;
 pub mod relaying;
 pub mod session;
@@ -11,18 +12,21 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::state::Shared;
+use balance::{Admission, Job, Threads};
 
 /// Accepts clients until `stop` is cancelled. Sessions are spawned on `sessions` so the caller can
-/// drain them. Every relay thread accepts from the same listening socket (`threads` below); at
-/// `global.maxconn` open sessions they stop calling `accept`: new connections wait in the kernel's
-/// queue, without a timeout, and are served in order as slots free (HAProxy's behaviour,
-/// `haproxy-semantics.md` §2.4). It never dies on an accept error and never spins.
+/// drain them. Every relay thread accepts from the same listening socket ([`balance`] says which
+/// thread runs a client); at `global.maxconn` open sessions they stop calling `accept`: new
+/// connections wait in the kernel's queue, without a timeout, and are served in order as slots free
+/// (HAProxy's behaviour, `haproxy-semantics.md` §2.4). It never dies on an accept error and never
+/// spins.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -31,19 +35,60 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(shared.config.global.maxconn.get() as usize));
     let threads = shared.config.global.threads();
-    for i in 1..threads {
+    if threads == 1 {
+        let work = accept_loop(Acceptor {
+            me: 0,
+            listener,
+            threads: None,
+            slots,
+            shared,
+            sessions,
+            stop,
+        });
+        tokio::select! {
+            _ = work => {}
+            _ = timer_tick() => {}
+        }
+        return;
+    }
+    let (balance, mut inboxes) = Threads::new(threads);
+    for i in (1..threads).rev() {
+        let inbox = inboxes.pop().expect("one inbox per thread");
         // The same listening socket (a duplicate descriptor), registered with the other thread's
-        // event loop: a client is accepted by a thread that is free to take it, and its socket is
-        // never handed between threads (docs/benchmarks.md has the figures against a hand-off).
+        // event loop: a client is accepted by a thread that is free to take it.
         match socket2::SockRef::from(&listener).try_clone() {
-            Ok(dup) => relay_thread(i, dup.into(), &slots, &shared, &sessions, &stop),
+            Ok(dup) => {
+                let acceptor = Acceptor {
+                    me: i,
+                    listener: dup.into(),
+                    threads: Some(balance.clone()),
+                    slots: slots.clone(),
+                    shared: shared.clone(),
+                    sessions: sessions.clone(),
+                    stop: stop.clone(),
+                };
+                relay_thread(acceptor, inbox)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "duplicating the listening socket for relay thread {i} failed; it does not start")
             }
         }
     }
+    balance.enter(0);
+    let inbox = inboxes.pop().expect("one inbox per thread");
+    let taking = take_handed(inbox, shared.clone(), sessions.clone());
+    let work = accept_loop(Acceptor {
+        me: 0,
+        listener,
+        threads: Some(balance),
+        slots,
+        shared,
+        sessions,
+        stop,
+    });
     tokio::select! {
-        _ = accept_loop(listener, slots, shared, sessions, stop) => {}
+        _ = work => {}
+        _ = taking => {}
         _ = timer_tick() => {}
     }
 }
@@ -62,35 +107,68 @@ async fn timer_tick() {
     }
 }
 
-/// One thread's accept loop: takes a slot of `global.maxconn`, then a client, and runs its session
-/// on this thread.
-async fn accept_loop(
-    listener: TcpListener,
+/// One thread's accept loop and what it needs.
+struct Acceptor<L> {
+    /// This thread's number among the relay threads.
+    me: usize,
+    listener: L,
+    /// `None` with a single relay thread.
+    threads: Option<Arc<Threads>>,
     slots: Arc<Semaphore>,
     shared: Arc<Shared>,
     sessions: TaskTracker,
     stop: CancellationToken,
-) {
+}
+
+/// Takes a slot of `global.maxconn`, then a client, and runs its session on this thread or hands it
+/// to a thread with fewer sessions.
+async fn accept_loop(a: Acceptor<TcpListener>) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = a.stop.cancelled() => return,
+            p = a.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
-            a = listener.accept() => a,
+            _ = a.stop.cancelled() => return,
+            r = a.listener.accept() => r,
         };
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                sessions.spawn(session::run(
-                    stream,
-                    peer,
-                    shared.clone(),
-                    permit,
-                    sessions.clone(),
-                ));
+                let Some(threads) = &a.threads else {
+                    let admission = Admission::slot_only(permit);
+                    a.sessions.spawn(session::run(
+                        stream,
+                        peer,
+                        a.shared.clone(),
+                        admission,
+                        a.sessions.clone(),
+                    ));
+                    continue;
+                };
+                let (to, admission) = threads.admit(a.me, permit);
+                if to == a.me {
+                    a.sessions.spawn(session::run(
+                        stream,
+                        peer,
+                        a.shared.clone(),
+                        admission,
+                        a.sessions.clone(),
+                    ));
+                    continue;
+                }
+                match stream.into_std() {
+                    Ok(s) => {
+                        if let Err((s, peer, admission)) = threads.hand(to, (s, peer, admission)) {
+                            // That thread has stopped (shutdown): run the session here after all.
+                            start(s, peer, &a.shared, admission, &a.sessions);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "handing a client to relay thread {to} failed")
+                    }
+                }
             }
             Err(e) if is_transient_accept_error(&e) => {
                 // Connection aborted before we took it: nothing to back off from.
@@ -98,10 +176,10 @@ async fn accept_loop(
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS and the like: retrying at once would spin. Back off, up to 1 s.
-                shared.frontend.accept_errors.fetch_add(1, Relaxed);
+                a.shared.frontend.accept_errors.fetch_add(1, Relaxed);
                 tracing::error!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = a.stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -110,23 +188,46 @@ async fn accept_loop(
     }
 }
 
-/// Starts relay thread `i` with its own current-thread runtime (its own `epoll` and timers): a
+/// Runs the sessions of the clients other threads hand to this one. Ends when every accept loop
+/// has (their senders are gone).
+async fn take_handed(
+    mut inbox: UnboundedReceiver<Job>,
+    shared: Arc<Shared>,
+    sessions: TaskTracker,
+) {
+    while let Some((s, peer, admission)) = inbox.recv().await {
+        start(s, peer, &shared, admission, &sessions);
+    }
+    std::future::pending::<()>().await
+}
+
+/// Registers a handed-over client with this thread's event loop and spawns its session.
+fn start(
+    s: std::net::TcpStream,
+    peer: std::net::SocketAddr,
+    shared: &Arc<Shared>,
+    admission: Admission,
+    sessions: &TaskTracker,
+) {
+    match TcpStream::from_std(s) {
+        Ok(s) => {
+            sessions.spawn(session::run(
+                s,
+                peer,
+                shared.clone(),
+                admission,
+                sessions.clone(),
+            ));
+        }
+        Err(e) => tracing::warn!(error = %e, "registering a handed-over client failed"),
+    }
+}
+
+/// Starts a relay thread with its own current-thread runtime (its own `epoll` and timers): a
 /// session is registered with one thread's event loop for its life, so no socket is ever polled
 /// from two CPUs and no work is stolen. The thread accepts until `stop`, then drains its sessions.
-fn relay_thread(
-    i: usize,
-    listener: std::net::TcpListener,
-    slots: &Arc<Semaphore>,
-    shared: &Arc<Shared>,
-    sessions: &TaskTracker,
-    stop: &CancellationToken,
-) {
-    let (slots, shared, sessions, stop) = (
-        slots.clone(),
-        shared.clone(),
-        sessions.clone(),
-        stop.clone(),
-    );
+fn relay_thread(a: Acceptor<std::net::TcpListener>, inbox: UnboundedReceiver<Job>) {
+    let i = a.me;
     let spawned = std::thread::Builder::new()
         .name(format!("pp-relay-{i}"))
         .spawn(move || {
@@ -135,9 +236,25 @@ fn relay_thread(
                 .build()
                 .expect("a relay thread's runtime");
             rt.block_on(async move {
+                if let Some(t) = &a.threads {
+                    t.enter(i);
+                }
+                let sessions = a.sessions.clone();
+                let taking = take_handed(inbox, a.shared.clone(), sessions.clone());
                 let work = async {
-                    match TcpListener::from_std(listener) {
-                        Ok(l) => accept_loop(l, slots, shared, sessions.clone(), stop).await,
+                    match TcpListener::from_std(a.listener) {
+                        Ok(listener) => {
+                            accept_loop(Acceptor {
+                                me: i,
+                                listener,
+                                threads: a.threads,
+                                slots: a.slots,
+                                shared: a.shared,
+                                sessions: a.sessions,
+                                stop: a.stop,
+                            })
+                            .await
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, "relay thread {i} could not register the listening socket")
                         }
@@ -146,6 +263,7 @@ fn relay_thread(
                 };
                 tokio::select! {
                     _ = work => {}
+                    _ = taking => {}
                     _ = timer_tick() => {}
                 }
             });

@@ -18,6 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
 
+use super::balance::Admission;
 use super::relay::{End, Meters, Relay, Side};
 use super::relaying::Registered;
 use crate::backend::{Counters, GaugeGuard, Ticket};
@@ -94,7 +95,7 @@ const STANDBY_MESSAGE: &str =
     "failover in progress: the server is a standby (patroni-proxy), retry";
 
 /// Runs one client's session: spawned once per accepted client, holding its place under
-/// `global.maxconn` (`permit`) until the session ends. Dropping the client socket closes it (FIN),
+/// `global.maxconn` (`admission`) until the session ends. Dropping the client socket closes it (FIN),
 /// which is how every early exit without a PostgreSQL error answers the client, as HAProxy does in
 /// TCP mode.
 ///
@@ -106,7 +107,7 @@ pub async fn run(
     client: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    permit: OwnedSemaphorePermit,
+    admission: Admission,
     sessions: TaskTracker,
 ) {
     let start = Instant::now();
@@ -135,7 +136,7 @@ pub async fn run(
                         node: s.node,
                         ticket: s.ticket,
                         _slot: s.slot,
-                        _permit: permit,
+                        _admission: admission,
                         peer,
                         start,
                         relay,
@@ -182,7 +183,7 @@ pin_project_lite::pin_project! {
         node: usize,
         ticket: Ticket,
         _slot: OwnedSemaphorePermit,
-        _permit: OwnedSemaphorePermit,
+        _admission: Admission,
         peer: SocketAddr,
         start: Instant,
         relay: Relay,
@@ -812,7 +813,7 @@ mod tests {
             node: 0,
             ticket: shared.backends[0].ticket(),
             _slot: slots.clone().try_acquire_owned().unwrap(),
-            _permit: slots.try_acquire_owned().unwrap(),
+            _admission: Admission::slot_only(slots.try_acquire_owned().unwrap()),
             peer,
             start: Instant::now(),
             relay,
