@@ -85,7 +85,8 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// A session outside the relay threads' balance (tests, a single thread): only the slot.
+    /// A session outside the relay threads' balance (tests): only the slot.
+    #[cfg(test)]
     pub fn slot_only(permit: OwnedSemaphorePermit) -> Self {
         Admission {
             _permit: permit,

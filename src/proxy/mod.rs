@@ -35,22 +35,6 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(shared.config.global.maxconn.get() as usize));
     let threads = shared.config.global.threads();
-    if threads == 1 {
-        let work = accept_loop(Acceptor {
-            me: 0,
-            listener,
-            threads: None,
-            slots,
-            shared,
-            sessions,
-            stop,
-        });
-        tokio::select! {
-            _ = work => {}
-            _ = timer_tick() => {}
-        }
-        return;
-    }
     let (balance, mut inboxes) = Threads::new(threads);
     for i in (1..threads).rev() {
         let inbox = inboxes.pop().expect("one inbox per thread");
@@ -61,7 +45,7 @@ pub async fn serve(
                 let acceptor = Acceptor {
                     me: i,
                     listener: dup.into(),
-                    threads: Some(balance.clone()),
+                    threads: balance.clone(),
                     slots: slots.clone(),
                     shared: shared.clone(),
                     sessions: sessions.clone(),
@@ -80,7 +64,7 @@ pub async fn serve(
     let work = accept_loop(Acceptor {
         me: 0,
         listener,
-        threads: Some(balance),
+        threads: balance,
         slots,
         shared,
         sessions,
@@ -112,8 +96,7 @@ struct Acceptor<L> {
     /// This thread's number among the relay threads.
     me: usize,
     listener: L,
-    /// `None` with a single relay thread.
-    threads: Option<Arc<Threads>>,
+    threads: Arc<Threads>,
     slots: Arc<Semaphore>,
     shared: Arc<Shared>,
     sessions: TaskTracker,
@@ -136,18 +119,7 @@ async fn accept_loop(a: Acceptor<TcpListener>) {
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                let Some(threads) = &a.threads else {
-                    let admission = Admission::slot_only(permit);
-                    a.sessions.spawn(session::run(
-                        stream,
-                        peer,
-                        a.shared.clone(),
-                        admission,
-                        a.sessions.clone(),
-                    ));
-                    continue;
-                };
-                let (to, admission) = threads.admit(a.me, permit);
+                let (to, admission) = a.threads.admit(a.me, permit);
                 if to == a.me {
                     a.sessions.spawn(session::run(
                         stream,
@@ -160,7 +132,8 @@ async fn accept_loop(a: Acceptor<TcpListener>) {
                 }
                 match stream.into_std() {
                     Ok(s) => {
-                        if let Err((s, peer, admission)) = threads.hand(to, (s, peer, admission)) {
+                        if let Err((s, peer, admission)) = a.threads.hand(to, (s, peer, admission))
+                        {
                             // That thread has stopped (shutdown): run the session here after all.
                             start(s, peer, &a.shared, admission, &a.sessions);
                         }
@@ -236,9 +209,7 @@ fn relay_thread(a: Acceptor<std::net::TcpListener>, inbox: UnboundedReceiver<Job
                 .build()
                 .expect("a relay thread's runtime");
             rt.block_on(async move {
-                if let Some(t) = &a.threads {
-                    t.enter(i);
-                }
+                a.threads.enter(i);
                 let sessions = a.sessions.clone();
                 let taking = take_handed(inbox, a.shared.clone(), sessions.clone());
                 let work = async {
