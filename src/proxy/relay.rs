@@ -366,6 +366,17 @@ enum Got {
     Nothing,
 }
 
+/// One read from `from` into `buf`: `Some(n)` bytes (`Some(0)` at end-of-stream), or `None` when
+/// the readiness was spurious. A short read clears readiness, as in the relay ([`read_with`]).
+pub fn try_read_drained(from: &TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    let asked = buf.len();
+    Ok(match read_with(from, asked, || from.try_read(buf))? {
+        Got::Data(n) => Some(n),
+        Got::Eof => Some(0),
+        Got::Nothing => None,
+    })
+}
+
 /// Reads from `from` with `read` inside tokio's readiness bookkeeping. A read shorter than `asked`
 /// drained the socket: its readiness is cleared now (by reporting `WouldBlock` to `try_io`, after
 /// keeping the count), which saves the `recv` that would only have said `EAGAIN`. A readiness event

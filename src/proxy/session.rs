@@ -19,7 +19,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
 
 use super::balance::Admission;
-use super::relay::{End, Meters, Relay, Side};
+use super::relay::{self, End, Meters, Relay, Side};
 use super::relaying::Registered;
 use crate::backend::{Counters, GaugeGuard, Ticket};
 use crate::pgwire::{self, FirstMessage};
@@ -612,11 +612,11 @@ async fn startup(
                     return Startup::Done(Termination::ClientError);
                 }
                 let mut chunk = [0u8; 4096];
-                let n = match client.try_read(&mut chunk) {
-                    Ok(0) => return Startup::Done(Termination::ClientError),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(_) => return Startup::Done(Termination::ClientError),
+                // A short read clears readiness: no `recv` that only says `EAGAIN` (relay.rs).
+                let n = match relay::try_read_drained(client, &mut chunk) {
+                    Ok(Some(0)) | Err(_) => return Startup::Done(Termination::ClientError),
+                    Ok(Some(n)) => n,
+                    Ok(None) => continue,
                 };
                 if write_all(server, &chunk[..n]).await.is_err() {
                     return Startup::Done(Termination::ServerError);
@@ -637,11 +637,10 @@ async fn startup(
                     return vanished();
                 }
                 let mut chunk = [0u8; 4096];
-                let n = match server.try_read(&mut chunk) {
-                    Ok(0) => return vanished(),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(_) => return vanished(),
+                let n = match relay::try_read_drained(server, &mut chunk) {
+                    Ok(Some(0)) | Err(_) => return vanished(),
+                    Ok(Some(n)) => n,
+                    Ok(None) => continue,
                 };
                 from_server.extend_from_slice(&chunk[..n]);
                 match phase {
@@ -665,37 +664,51 @@ async fn startup(
                         }
                     }
                     Phase::Sent | Phase::Authenticating => {
-                        loop {
-                            let (kind, len) = match pgwire::frame(&from_server) {
+                        // Inspect every complete message read, then pass them on in one write: a
+                        // server's answer to the StartupMessage is a dozen and a half messages in one
+                        // packet, and a `send` each cost 22 `sendto` per connection (HAProxy: 7).
+                        let mut inspected = 0;
+                        let verdict = loop {
+                            let (kind, len) = match pgwire::frame(&from_server[inspected..]) {
                                 Ok(Some(f)) => f,
-                                Ok(None) => break,
-                                Err(pgwire::NotPostgres) => return forward_rest(client, &from_server, &down, pending).await,
+                                Ok(None) => break None,
+                                Err(pgwire::NotPostgres) => break Some(Startup::Relay),
                             };
-                            let msg = &from_server[..len];
+                            let msg = &from_server[inspected..inspected + len];
                             match kind {
                                 b'E' if phase == Phase::Sent => {
                                     if let Some(code) = pgwire::sqlstate(msg).filter(|c| pgwire::is_server_leaving(c)) {
-                                        return Startup::Leaving(code.to_string());
+                                        break Some(Startup::Leaving(code.to_string()));
                                     }
                                 }
                                 b'S' if pgwire::parameter_status(msg) == Some((b"in_hot_standby", b"on")) => {
-                                    return Startup::Standby;
+                                    break Some(Startup::Standby);
                                 }
                                 b'R' => {
                                     phase = Phase::Authenticating;
                                     pending.committed = true;
                                     pending.buf = Vec::new();
                                 }
-                                b'Z' => {
-                                    return forward_rest(client, &from_server, &down, pending).await;
-                                }
+                                // ReadyForQuery: everything from here on is relayed as bytes.
+                                b'Z' => break Some(Startup::Relay),
                                 _ => {}
                             }
-                            if write_all(client, msg).await.is_err() {
+                            inspected += len;
+                        };
+                        if let Some(Startup::Relay) = verdict {
+                            return forward_rest(client, &from_server, &down, pending).await;
+                        }
+                        // What came before a verdict has reached the client, as it would have
+                        // message by message.
+                        if inspected > 0 {
+                            if write_all(client, &from_server[..inspected]).await.is_err() {
                                 return Startup::Done(Termination::ClientError);
                             }
-                            down(len);
-                            from_server.drain(..len);
+                            down(inspected);
+                            from_server.drain(..inspected);
+                        }
+                        if let Some(v) = verdict {
+                            return v;
                         }
                     }
                 }
