@@ -145,12 +145,17 @@ impl Events {
     const KEEP: usize = 200;
 
     pub fn push(&self, kind: EventKind, server: Option<&str>, message: String) {
+        self.push_at(SystemTime::now(), kind, server, message)
+    }
+
+    /// An event that happened at `at`, recorded now.
+    pub fn push_at(&self, at: SystemTime, kind: EventKind, server: Option<&str>, message: String) {
         let mut q = self.0.lock().expect("events lock");
         if q.len() == Self::KEEP {
             q.pop_front();
         }
         q.push_back(Event {
-            at: SystemTime::now(),
+            at,
             kind,
             server: server.map(str::to_string),
             message,
@@ -446,6 +451,10 @@ pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
 
     match step.transition {
         Some(Transition::WentDown) => {
+            // The event carries the moment the node was marked DOWN, taken before its sessions are
+            // shut down: a client on another relay thread sees its session end at once, and must
+            // never see it end before the DOWN it is the consequence of.
+            let marked = snap.nodes[node].last_change_wall;
             let sessions = if cfg.listen.on_marked_down == OnMarkedDown::ShutdownSessions {
                 backend.kill_sessions()
             } else {
@@ -457,7 +466,9 @@ pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
                  {sessions} sessions active, 0 requeued, {queued} remaining in queue."
             );
             tracing::warn!(target: "patroni_proxy::health", server = name, "{msg}");
-            shared.events.push(EventKind::Down, Some(name), msg);
+            shared
+                .events
+                .push_at(marked, EventKind::Down, Some(name), msg);
             if active == 0 {
                 tracing::error!(target: "patroni_proxy::health", "proxy '{px}' has no server available!");
             }

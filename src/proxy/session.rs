@@ -698,8 +698,8 @@ async fn startup(
                         if let Some(Startup::Relay) = verdict {
                             return forward_rest(client, &from_server, &down, pending).await;
                         }
-                        // What came before a verdict has reached the client, as it would have
-                        // message by message.
+                        // Pass on the messages inspected: all complete ones, or those before a
+                        // Leaving/Standby verdict, exactly what a write per message would have sent.
                         if inspected > 0 {
                             if write_all(client, &from_server[..inspected]).await.is_err() {
                                 return Startup::Done(Termination::ClientError);
