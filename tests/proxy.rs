@@ -836,9 +836,23 @@ async fn sessions_on_every_relay_thread_are_served_and_cut_at_down() {
 
     c.nodes[0].rest.set(Mode::Replica);
     c.wait_for(SECS(5), "DOWN", |c| c.status(0) == "DOWN").await;
+    let mut first_cut_seen = None;
     for s in &mut sessions {
         assert!(s.closed_within(Duration::from_secs(1)).await, "cut at DOWN");
+        first_cut_seen.get_or_insert_with(std::time::SystemTime::now);
     }
+    // A session never ends before the DOWN that ends it, as the events tell it.
+    let down = c
+        .shared()
+        .events
+        .recent()
+        .into_iter()
+        .find(|e| e.kind == EventKind::Down)
+        .expect("a DOWN event");
+    assert!(
+        down.at <= first_cut_seen.unwrap(),
+        "DOWN stamped after a client saw its cut"
+    );
     // The clients see the FIN when the sockets are shut down; each relay task counts its end when
     // its thread next polls it, which may be a moment later.
     c.wait_for(
