@@ -9,17 +9,23 @@
 //! - [`backend`]: IO-layer counters, server slots and the session kill switch.
 //! - [`proxy`]: accept loop, sessions, byte relay.
 //! - [`stats`]: the stats listener (dashboard, exports, metrics).
+//! - [`logging`]: non-blocking, lossy stderr logging.
+//! - [`signals`]: SIGTERM/SIGINT drain (twice: close now), SIGHUP ignored.
 //! - [`supervisor`]: starts, supervises and drains all of the above.
+//! - [`time`]: deadline arithmetic that saturates instead of overflowing.
 
 pub mod backend;
 pub mod config;
 pub mod dcs;
 pub mod health;
 pub mod import;
+pub mod logging;
 pub mod patroni;
 pub mod pgwire;
 pub mod proxy;
 pub mod routing;
+pub mod signals;
 pub mod state;
 pub mod stats;
 pub mod supervisor;
+pub mod time;

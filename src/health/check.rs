@@ -175,117 +175,203 @@ impl CheckSpec {
 /// Largest response we read. Patroni's GET bodies are 1-3 KiB; anything past this is not Patroni.
 const MAX_RESPONSE: usize = 64 * 1024;
 
+/// How a check ended: with a verdict about the node, or with an error of our own (out of file
+/// descriptors, memory or local ports) that says nothing about the node and must never be counted
+/// against it.
+#[derive(Debug)]
+pub enum Outcome {
+    Finished(CheckResult),
+    Local(io::Error),
+}
+
 /// Runs one check to completion. Never panics and never takes longer than
 /// `connect_timeout + response_timeout`.
-pub async fn run(target: SocketAddr, spec: &CheckSpec) -> CheckResult {
+pub async fn run(target: SocketAddr, spec: &CheckSpec) -> Outcome {
     let start = Instant::now();
-    let finish = |status, code, info: Option<String>, patroni| CheckResult {
-        status,
-        code,
-        duration: start.elapsed(),
-        info,
-        patroni,
-        finished_at: SystemTime::now(),
+    let finish = |v: Verdict| {
+        Outcome::Finished(CheckResult {
+            status: v.status,
+            code: v.code,
+            duration: start.elapsed(),
+            info: v.info,
+            patroni: v.patroni,
+            finished_at: SystemTime::now(),
+        })
     };
 
-    let mut stream =
-        match timeout_at(start + spec.connect_timeout, TcpStream::connect(target)).await {
-            Err(_) => return finish(CheckStatus::L4TOUT, None, None, None),
-            Ok(Err(e)) => return finish(CheckStatus::L4CON, None, Some(os_error_text(&e)), None),
-            Ok(Ok(s)) => s,
-        };
+    let connect_by = crate::time::deadline(start, spec.connect_timeout);
+    let mut stream = match timeout_at(connect_by, TcpStream::connect(target)).await {
+        Err(_) => return finish(Verdict::bare(CheckStatus::L4TOUT, None)),
+        Ok(Err(e)) if is_local_resource_error(&e) => return Outcome::Local(e),
+        Ok(Err(e)) => return finish(Verdict::bare(CheckStatus::L4CON, Some(os_error_text(&e)))),
+        Ok(Ok(s)) => s,
+    };
     // `timeout check` runs from the established connection (tcpcheck.c resets the expiry there).
-    let deadline = Instant::now() + spec.response_timeout;
+    let deadline = crate::time::deadline(Instant::now(), spec.response_timeout);
 
     match timeout_at(deadline, stream.write_all(&spec.request)).await {
-        Err(_) => return finish(CheckStatus::L7TOUT, None, None, None),
-        Ok(Err(e)) => return finish(CheckStatus::SOCKERR, None, Some(os_error_text(&e)), None),
+        Err(_) => return finish(Verdict::bare(CheckStatus::L7TOUT, None)),
+        Ok(Err(e)) => return finish(Verdict::bare(CheckStatus::SOCKERR, Some(os_error_text(&e)))),
         Ok(Ok(())) => {}
     }
 
+    // Read until the answer is complete: the status line and headers, and with a body-bearing
+    // request the body too (Patroni's 5-thread REST server logs a traceback for every client that
+    // hangs up early, and the body is what says role, state and timeline).
     let mut buf = Vec::with_capacity(2048);
-    // Phase 1: read until the status line and headers parse.
-    let head = loop {
-        match timeout_at(deadline, read_more(&mut stream, &mut buf)).await {
-            Err(_) => return finish(CheckStatus::L7TOUT, None, None, None),
+    loop {
+        let closed = match timeout_at(deadline, read_more(&mut stream, &mut buf)).await {
+            Err(_) => return finish(timed_out(&buf, spec.expect_status)),
             Ok(Err(e)) => {
-                return finish(CheckStatus::SOCKERR, None, Some(os_error_text(&e)), None);
+                return finish(Verdict::bare(CheckStatus::SOCKERR, Some(os_error_text(&e))))
             }
-            Ok(Ok(0)) => {
-                // Closed before a complete status line and headers: HAProxy's L7RSP.
-                let code = parse_head(&buf).ok().flatten().map(|h| h.code);
-                return finish(
-                    CheckStatus::L7RSP,
-                    code,
-                    Some(if buf.is_empty() {
-                        "connection closed with no response".into()
-                    } else {
-                        "incomplete response".into()
-                    }),
-                    None,
-                );
-            }
-            Ok(Ok(_)) => {}
-        }
-        match parse_head(&buf) {
-            Ok(Some(head)) => break head,
-            Ok(None) if buf.len() < MAX_RESPONSE => continue,
-            Ok(None) => {
-                return finish(
-                    CheckStatus::L7RSP,
-                    None,
-                    Some("response headers too large".into()),
-                    None,
-                )
-            }
-            Err(e) => return finish(CheckStatus::L7RSP, None, Some(e), None),
-        }
-    };
-    // The verdict is the status line; HAProxy does not wait for the body.
-    let verdict_duration = start.elapsed();
-    let (status, info) = if head.code == spec.expect_status {
-        (CheckStatus::L7OK, None)
-    } else {
-        (CheckStatus::L7STS, Some(head.reason.clone()))
-    };
-
-    // Phase 2: read the rest of the body (bounded by the same deadline and size) so the server sees
-    // an orderly close, then look for Patroni's JSON.
-    let mut patroni = None;
-    if spec.expect_body {
-        let body_done = loop {
-            if head
-                .content_length
-                .is_some_and(|n| buf.len() >= head.body_start + n)
-            {
-                break true;
-            }
-            if buf.len() >= MAX_RESPONSE {
-                break false;
-            }
-            match timeout_at(deadline, read_more(&mut stream, &mut buf)).await {
-                Ok(Ok(0)) => break true,
-                Ok(Ok(_)) => continue,
-                Ok(Err(_)) | Err(_) => break false,
-            }
+            Ok(Ok(n)) => n == 0,
         };
-        if body_done {
-            let end = head
-                .content_length
-                .map_or(buf.len(), |n| (head.body_start + n).min(buf.len()));
-            patroni = PatroniInfo::parse(&buf[head.body_start..end]);
+        if let Parse::Done(v) = parse_answer(&buf, closed, spec.expect_status, spec.expect_body) {
+            return finish(v);
         }
     }
-    let mut result = finish(status, Some(head.code), info, patroni);
-    result.duration = verdict_duration;
-    result
 }
 
 async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     let mut chunk = [0u8; 4096];
     let n = stream.read(&mut chunk).await?;
-    buf.extend_from_slice(&chunk[..n]);
+    buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     Ok(n)
+}
+
+/// Errors that come from this process or host running out of something, not from the node: the
+/// socket could not even be created or bound.
+pub fn is_local_resource_error(e: &io::Error) -> bool {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOMEM: i32 = 12;
+    const ENOBUFS: i32 = 105;
+    // No free local port for the connection (ephemeral range exhausted).
+    const EADDRNOTAVAIL: i32 = 99;
+    matches!(
+        e.raw_os_error(),
+        Some(EMFILE | ENFILE | ENOMEM | ENOBUFS | EADDRNOTAVAIL)
+    )
+}
+
+/// What a check's answer says, before timing is added.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub status: CheckStatus,
+    pub code: Option<u16>,
+    pub info: Option<String>,
+    pub patroni: Option<PatroniInfo>,
+}
+
+impl Verdict {
+    fn bare(status: CheckStatus, info: Option<String>) -> Self {
+        Self {
+            status,
+            code: None,
+            info,
+            patroni: None,
+        }
+    }
+}
+
+/// The state of an answer read so far.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parse {
+    /// More bytes can change the verdict.
+    NeedMore,
+    Done(Verdict),
+}
+
+/// Decides a check from the bytes read so far (`closed`: the server has closed its side, nothing
+/// more will come). Pure, and total on any input: every length and offset taken from the peer is
+/// bounds-checked.
+///
+/// The status line decides pass or fail as in HAProxy (`haproxy-semantics.md` §1.2). Unlike HAProxy,
+/// a body-bearing check (`expect_body`, i.e. GET) passes only when the body is Patroni's status
+/// document (a JSON object with a `role`): an answer we cannot read confirms nothing, so a 200 with
+/// a truncated, oversized or non-JSON body is `L7RSP`, a failed check, never a reason to route
+/// (issue 11 item 10). Status-only checks (HEAD, OPTIONS) have no body and follow the status alone.
+pub fn parse_answer(buf: &[u8], closed: bool, expect_status: u16, expect_body: bool) -> Parse {
+    let head = match parse_head(buf) {
+        Err(e) => return Parse::Done(Verdict::bare(CheckStatus::L7RSP, Some(e))),
+        Ok(Some(head)) => head,
+        Ok(None) if closed => {
+            let info = if buf.is_empty() {
+                "connection closed with no response"
+            } else {
+                "incomplete response"
+            };
+            return Parse::Done(Verdict::bare(CheckStatus::L7RSP, Some(info.into())));
+        }
+        Ok(None) if buf.len() >= MAX_RESPONSE => {
+            return Parse::Done(Verdict::bare(
+                CheckStatus::L7RSP,
+                Some("response headers too large".into()),
+            ))
+        }
+        Ok(None) => return Parse::NeedMore,
+    };
+    let passed = head.code == expect_status;
+    let verdict = |status, info, patroni| {
+        Parse::Done(Verdict {
+            status,
+            code: Some(head.code),
+            info,
+            patroni,
+        })
+    };
+    // A wrong status is a wrong status whatever the body says (it is still read for the role it
+    // shows on the dashboard).
+    let failed = |patroni| verdict(CheckStatus::L7STS, Some(head.reason.clone()), patroni);
+    if !expect_body {
+        return if passed {
+            verdict(CheckStatus::L7OK, None, None)
+        } else {
+            failed(None)
+        };
+    }
+    let unreadable = |why: &str| {
+        if passed {
+            verdict(CheckStatus::L7RSP, Some(why.to_string()), None)
+        } else {
+            failed(None)
+        }
+    };
+    let received = buf.get(head.body_start..).unwrap_or_default();
+    let body = match head.content_length {
+        Some(n) if n > MAX_RESPONSE => return unreadable("body over 64 KiB"),
+        Some(n) => match received.get(..n) {
+            Some(body) => body,
+            None if closed => return unreadable("incomplete body"),
+            None => return Parse::NeedMore,
+        },
+        None if received.len() > MAX_RESPONSE => return unreadable("body over 64 KiB"),
+        None if closed => received,
+        None => return Parse::NeedMore,
+    };
+    match PatroniInfo::parse(body) {
+        Some(info) if passed && info.role.is_none() => {
+            unreadable("body is not Patroni's status: no role")
+        }
+        Some(info) if passed => verdict(CheckStatus::L7OK, None, Some(info)),
+        Some(info) => failed(Some(info)),
+        None => unreadable("body is not Patroni's status: not a JSON object"),
+    }
+}
+
+/// The verdict when `timeout check` expires with `buf` read: a wrong status already seen stays a
+/// wrong status; anything else is `L7TOUT` (for a passing status, the body never completed).
+pub fn timed_out(buf: &[u8], expect_status: u16) -> Verdict {
+    match parse_head(buf) {
+        Ok(Some(head)) if head.code != expect_status => Verdict {
+            status: CheckStatus::L7STS,
+            code: Some(head.code),
+            info: Some(head.reason),
+            patroni: None,
+        },
+        _ => Verdict::bare(CheckStatus::L7TOUT, None),
+    }
 }
 
 #[derive(Debug)]
@@ -303,12 +389,20 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     match resp.parse(buf) {
         Ok(httparse::Status::Complete(body_start)) => {
             let code = resp.code.ok_or("no status code")?;
-            let content_length = resp
+            let content_length = match resp
                 .headers
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok())
-                .and_then(|v| v.trim().parse().ok());
+            {
+                None => None,
+                // A length that is not a number, or does not fit, is not an answer we can frame.
+                Some(h) => Some(
+                    std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .ok_or("invalid Content-Length")?,
+                ),
+            };
             Ok(Some(Head {
                 code,
                 reason: resp.reason.unwrap_or("").to_string(),
@@ -324,8 +418,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
 /// `Connection refused` rather than `Connection refused (os error 111)`, as HAProxy prints strerror.
 fn os_error_text(e: &io::Error) -> String {
     let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
+    match s.split_once(" (os error") {
+        Some((text, _)) => text.to_string(),
         None => s,
     }
 }
@@ -361,6 +455,144 @@ mod tests {
             (503, "Service Unavailable", 36)
         );
         assert!(parse_head(b"garbage\r\n\r\n").is_err());
+    }
+
+    fn done(p: Parse) -> Verdict {
+        match p {
+            Parse::Done(v) => v,
+            Parse::NeedMore => panic!("needs more"),
+        }
+    }
+
+    #[test]
+    fn the_answer_is_complete_only_with_its_body() {
+        let primary = br#"{"state": "running", "role": "primary", "timeline": 4}"#;
+        let mut a = format!(
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+            primary.len()
+        )
+        .into_bytes();
+        assert_eq!(parse_answer(&a, false, 200, true), Parse::NeedMore);
+        a.extend_from_slice(primary);
+        let v = done(parse_answer(&a, false, 200, true));
+        assert_eq!((v.status, v.code), (CheckStatus::L7OK, Some(200)));
+        assert_eq!(v.patroni.unwrap().timeline, Some(4));
+        // Without a length the body ends with the connection.
+        let b = [&b"HTTP/1.0 200 OK\r\n\r\n"[..], primary].concat();
+        assert_eq!(parse_answer(&b, false, 200, true), Parse::NeedMore);
+        assert_eq!(
+            done(parse_answer(&b, true, 200, true)).status,
+            CheckStatus::L7OK
+        );
+        // A status-only check (HEAD, OPTIONS) follows the status line alone, as HAProxy.
+        let v = done(parse_answer(b"HTTP/1.0 200 OK\r\n\r\n", false, 200, false));
+        assert_eq!((v.status, v.patroni), (CheckStatus::L7OK, None));
+    }
+
+    #[test]
+    fn an_unreadable_200_confirms_nothing() {
+        // Issue 11 item 10: a 200 whose body is unreadable, not JSON or over the cap was a primary.
+        for (bytes, closed, info) in [
+            (
+                &b"HTTP/1.0 200 OK\r\n\r\nnot json"[..],
+                true,
+                "body is not Patroni's status: not a JSON object",
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\n\r\n[1]",
+                true,
+                "body is not Patroni's status: not a JSON object",
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\n\r\n{\"state\":\"running\"}",
+                true,
+                "body is not Patroni's status: no role",
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\n{}",
+                true,
+                "incomplete body",
+            ),
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 65537\r\n\r\n{}",
+                false,
+                "body over 64 KiB",
+            ),
+            // Issue 11 item 1: overflowed `body_start + n` and panicked.
+            (
+                b"HTTP/1.0 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n",
+                false,
+                "body over 64 KiB",
+            ),
+        ] {
+            let v = done(parse_answer(bytes, closed, 200, true));
+            assert_eq!(
+                v.status,
+                CheckStatus::L7RSP,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+            assert_eq!(v.info.as_deref(), Some(info));
+        }
+        let big = [
+            &b"HTTP/1.0 200 OK\r\n\r\n"[..],
+            &vec![b' '; MAX_RESPONSE + 1],
+        ]
+        .concat();
+        assert_eq!(
+            done(parse_answer(&big, false, 200, true)).info.as_deref(),
+            Some("body over 64 KiB")
+        );
+        let v = done(parse_answer(
+            b"HTTP/1.0 200 OK\r\nContent-Length: x\r\n\r\n",
+            false,
+            200,
+            true,
+        ));
+        assert_eq!(
+            (v.status, v.info.as_deref()),
+            (CheckStatus::L7RSP, Some("invalid Content-Length"))
+        );
+    }
+
+    #[test]
+    fn a_wrong_status_stays_a_wrong_status_whatever_the_body() {
+        let v = done(parse_answer(
+            b"HTTP/1.0 503 Service Unavailable\r\n\r\ngarbage",
+            true,
+            200,
+            true,
+        ));
+        assert_eq!(
+            (v.status, v.code, v.info.as_deref()),
+            (CheckStatus::L7STS, Some(503), Some("Service Unavailable"))
+        );
+        let replica = [
+            &b"HTTP/1.0 503 X\r\n\r\n"[..],
+            br#"{"role": "replica", "state": "running"}"#,
+        ]
+        .concat();
+        let v = done(parse_answer(&replica, true, 200, true));
+        assert_eq!(v.patroni.unwrap().role.as_deref(), Some("replica"));
+        // `timeout check` with only a wrong status line read: still a wrong status.
+        assert_eq!(
+            timed_out(b"HTTP/1.0 503 X\r\n\r\n{", 200).status,
+            CheckStatus::L7STS
+        );
+        assert_eq!(
+            timed_out(b"HTTP/1.0 200 OK\r\n\r\n{", 200).status,
+            CheckStatus::L7TOUT
+        );
+        assert_eq!(timed_out(b"", 200).status, CheckStatus::L7TOUT);
+    }
+
+    #[test]
+    fn local_resource_errors_are_told_apart() {
+        // Issue 11 item 6: EMFILE is the proxy's shortage, not the node's refusal.
+        assert!(is_local_resource_error(&io::Error::from_raw_os_error(24)));
+        assert!(is_local_resource_error(&io::Error::from_raw_os_error(105)));
+        assert!(!is_local_resource_error(&io::Error::from_raw_os_error(111)));
+        assert!(!is_local_resource_error(&io::Error::other("x")));
     }
 
     #[test]

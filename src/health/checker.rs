@@ -5,6 +5,7 @@
 //! short (`Shared::wake`) to re-check at once; it never starts a second check in parallel.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,17 @@ pub async fn run(
         }
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = check::run(target, &spec) => r,
+            r = check::run(target, &spec) => match r {
+                check::Outcome::Finished(r) => r,
+                check::Outcome::Local(e) => {
+                    // Our own shortage says nothing about the node: no result goes to the state
+                    // owner, and the check is tried again after the same delay.
+                    shared.frontend.local_errors.fetch_add(1, Relaxed);
+                    tracing::error!(target: "patroni_proxy::health", node, error = %e,
+                        "health check not run: the proxy is out of a local resource (file descriptors, memory or ports); not counted against the server");
+                    continue;
+                }
+            },
         };
         let (reply, next) = oneshot::channel();
         shared.send(Input::Check {

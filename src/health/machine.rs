@@ -63,7 +63,8 @@ impl HealthCounter {
     }
 
     fn max(&self) -> u32 {
-        self.rise + self.fall - 1
+        // Saturating: `rise + fall` of two large validated counts must not wrap (issue 11 item 8).
+        self.rise.saturating_add(self.fall) - 1
     }
 
     pub fn health(&self) -> u32 {
@@ -300,5 +301,23 @@ mod tests {
         let mut h = HealthCounter::new(1, 1);
         assert_eq!(h.observe(FAIL).transition, Some(Transition::WentDown));
         assert_eq!(h.observe(PASS).transition, Some(Transition::WentUp));
+    }
+
+    #[test]
+    fn the_largest_counts_do_not_wrap() {
+        // Issue 11 item 8: `rise`/`fall` of `u32::MAX` wrapped `rise + fall - 1`. Validation now
+        // bounds both (1..=1000); the counter itself never panics or wraps whatever it is given.
+        let mut c = HealthCounter::new(u32::MAX, u32::MAX);
+        for passed in [true, false, false, true, true] {
+            c.observe(passed);
+        }
+        // The largest validated counts follow the formulas exactly.
+        let mut c = HealthCounter::new(1000, 1000);
+        c.observe(true);
+        assert!(c.is_fully_up());
+        for _ in 0..999 {
+            assert_eq!(c.observe(false).transition, None);
+        }
+        assert_eq!(c.observe(false).transition, Some(Transition::WentDown));
     }
 }
