@@ -179,6 +179,9 @@ pub struct Frontend {
     pub rerouted: AtomicU64,
     /// Accept errors (EMFILE and the like) the accept loop backed off from.
     pub accept_errors: AtomicU64,
+    /// Health checks and server connections that failed for want of a local resource (file
+    /// descriptors, memory, local ports): the proxy's fault, never counted against a server.
+    pub local_errors: AtomicU64,
     /// Clients that found no routable primary when they arrived (they are held, see below).
     pub no_server: AtomicU64,
     /// Clients that had to wait for a primary: in all, now, released to a primary, and answered

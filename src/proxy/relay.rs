@@ -150,7 +150,7 @@ impl Relay {
             down_done: false,
         };
         // The timer is re-armed only when it fires (to `last + limit`), not on every byte.
-        (relay, last + limit)
+        (relay, crate::time::deadline(last, limit))
     }
 
     pub fn poll(
@@ -189,7 +189,7 @@ impl Relay {
             return Poll::Ready(End::Closed);
         }
         while sleep.as_mut().poll(cx).is_ready() {
-            let deadline = self.last + self.limit;
+            let deadline = crate::time::deadline(self.last, self.limit);
             if Instant::now() >= deadline {
                 return Poll::Ready(End::Idle(self.idle_side));
             }

@@ -48,6 +48,8 @@ pub enum Termination {
     /// Aborted by an error or close on that side (`CD`, `SD`).
     ClientError,
     ServerError,
+    /// The proxy ran out of a local resource connecting to the server (`RC`), answered with 53000.
+    LocalResource,
 }
 
 impl Termination {
@@ -64,6 +66,7 @@ impl Termination {
             Termination::ServerIdle => "sD",
             Termination::ClientError => "CD",
             Termination::ServerError => "SD",
+            Termination::LocalResource => "RC",
         }
     }
 }
@@ -93,6 +96,9 @@ const FAILOVER_MESSAGE: &str =
     "failover in progress: no primary is available right now (patroni-proxy), retry";
 const STANDBY_MESSAGE: &str =
     "failover in progress: the server is a standby (patroni-proxy), retry";
+const SHUTDOWN_MESSAGE: &str = "patroni-proxy is shutting down, retry";
+const LOCAL_MESSAGE: &str =
+    "patroni-proxy is out of a local resource (file descriptors, memory or ports), retry";
 
 /// Runs one client's session: spawned once per accepted client, holding its place under
 /// `global.maxconn` (`admission`) until the session ends. Dropping the client socket closes it (FIN),
@@ -234,10 +240,13 @@ impl Future for RelayTask {
 async fn establish(client: TcpStream, shared: &Shared, start: Instant) -> Setup<'_> {
     // Small PostgreSQL messages must not wait for Nagle.
     let _ = client.set_nodelay(true);
-    let deadline = start + shared.config.listen.hold_timeout;
+    let deadline = crate::time::deadline(start, shared.config.listen.hold_timeout);
     let mut pending = Pending::default();
     let mut avoid: Option<(usize, u64)> = None;
     let mut last_node = None;
+    // The node that closed on this client's startup without a word: once is a crash, twice on the
+    // same node is this client's startup (PostgreSQL drops malformed ones silently).
+    let mut vanished_on = None;
     loop {
         let node = match hold(shared, &client, deadline, &mut pending, avoid).await {
             Ok(n) => n,
@@ -245,7 +254,9 @@ async fn establish(client: TcpStream, shared: &Shared, start: Instant) -> Setup<
         };
         last_node = Some(node);
         // Taken before queueing, so a DOWN while this session waits or connects closes it too.
-        let ticket = shared.backends[node].ticket();
+        let Some(ticket) = shared.ticket_for(node) else {
+            continue;
+        };
         match connect_and_start(&client, shared, node, ticket, &mut pending).await {
             Step::Done(t) => return Setup::Done(t, last_node),
             Step::Ready { server, slot, open } => {
@@ -258,9 +269,22 @@ async fn establish(client: TcpStream, shared: &Shared, start: Instant) -> Setup<
                     open,
                 })
             }
-            Step::Retry { suspect } => {
-                if let Some(reason) = suspect {
-                    shared.suspect(node, reason, false);
+            Step::Retry(evidence) => {
+                match evidence {
+                    Evidence::None => {}
+                    Evidence::Authoritative(reason) => shared.suspect(node, reason, false),
+                    Evidence::Vanished(reason) if vanished_on == Some(node) => {
+                        tracing::debug!(
+                            server = shared.server_name(node),
+                            "{reason} again: giving up on this client"
+                        );
+                        return Setup::Done(Termination::ServerError, last_node);
+                    }
+                    Evidence::Vanished(reason) => {
+                        vanished_on = Some(node);
+                        shared.recheck(node, reason);
+                    }
+                    Evidence::Unreachable(reason) => shared.recheck(node, reason),
                 }
                 avoid = Some((node, shared.current().seq));
             }
@@ -328,8 +352,13 @@ async fn hold(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
                 fe.hold_timeouts.fetch_add(1, Relaxed);
-                refuse(client, pending, FAILOVER_MESSAGE).await;
+                refuse(client, pending, "57P03", FAILOVER_MESSAGE).await;
                 return Err(Termination::HoldTimeout);
+            }
+            // Shutting down: the checks have stopped, no primary will be confirmed for it.
+            _ = shared.draining.cancelled() => {
+                refuse(client, pending, "57P03", SHUTDOWN_MESSAGE).await;
+                return Err(Termination::Killed);
             }
             r = rx.changed() => if r.is_err() {
                 return Err(Termination::Killed);
@@ -371,9 +400,9 @@ fn read_into(s: &TcpStream, buf: &mut Vec<u8>) -> Result<bool, Termination> {
     }
 }
 
-/// Answers a client we cannot serve with a PostgreSQL FATAL error (SQLSTATE 57P03), declining TLS
-/// first if it asked for it, so drivers report "failover in progress" rather than a reset.
-async fn refuse(client: &TcpStream, pending: &mut Pending, message: &str) {
+/// Answers a client we cannot serve with a PostgreSQL FATAL error (`code`, e.g. 57P03), declining
+/// TLS first if it asked for it, so drivers report "failover in progress" rather than a reset.
+async fn refuse(client: &TcpStream, pending: &mut Pending, code: &str, message: &str) {
     let until = Instant::now() + Duration::from_secs(2);
     loop {
         match pgwire::classify(&pending.buf) {
@@ -397,7 +426,7 @@ async fn refuse(client: &TcpStream, pending: &mut Pending, message: &str) {
             }
         }
     }
-    let _ = write_all(client, &pgwire::error_response("57P03", message)).await;
+    let _ = write_all(client, &pgwire::error_response(code, message)).await;
 }
 
 async fn write_all(s: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
@@ -421,9 +450,21 @@ enum Step<'s> {
         open: GaugeGuard<'s>,
     },
     /// Go back to holding and try the (next) primary, replaying `Pending`.
-    Retry {
-        suspect: Option<String>,
-    },
+    Retry(Evidence),
+}
+
+/// What a failed attempt says about the server. Only the server's own word may take it out of
+/// routing; what a client can provoke, or a single failure, only hastens a re-check (issue 11
+/// item 2: one client rejected every 3 s kept the cluster without a primary for 20 of 26 s).
+enum Evidence {
+    None,
+    /// PostgreSQL itself said it cannot take connections (57P01/57P02/57P03).
+    Authoritative(String),
+    /// Closed or reset before any byte of an answer to the StartupMessage: a postmaster going
+    /// away, or a startup it dropped silently.
+    Vanished(String),
+    /// Connecting failed after every retry.
+    Unreachable(String),
 }
 
 async fn connect_and_start<'s>(
@@ -444,7 +485,7 @@ async fn connect_and_start<'s>(
             let _queued = GaugeGuard::new(&c.qcur, Some(&c.qmax));
             tokio::select! {
                 // Marked DOWN while we queued: nothing reached the client yet, wait for the next.
-                _ = backend.killed(ticket) => return Step::Retry { suspect: None },
+                _ = backend.killed(ticket) => return Step::Retry(Evidence::None),
                 r = tokio::time::timeout(cfg.timeout_queue(), backend.slots.clone().acquire_owned()) => match r {
                     Ok(p) => p.expect("the semaphore is never closed"),
                     Err(_) => {
@@ -458,7 +499,7 @@ async fn connect_and_start<'s>(
     };
     if shared.current().primary != Some(node) {
         // The primary changed while we queued: never connect to the node that lost the role.
-        return Step::Retry { suspect: None };
+        return Step::Retry(Evidence::None);
     }
     c.stot.fetch_add(1, Relaxed);
     backend.touch_last_session();
@@ -468,17 +509,28 @@ async fn connect_and_start<'s>(
         // Marked DOWN while we were still connecting (e.g. retrying a crashed primary's refused
         // port): no server byte reached the client, so it is held for the next primary like any
         // client that finds none, instead of being reset by shutdown-sessions.
-        _ = backend.killed(ticket) => return Step::Retry { suspect: None },
+        _ = backend.killed(ticket) => return Step::Retry(Evidence::None),
         r = Box::pin(connect(shared, node)) => match r {
             Ok(s) => s,
-            Err(ConnectError::Rerouted) => return Step::Retry { suspect: None },
+            Err(ConnectError::Rerouted) => return Step::Retry(Evidence::None),
             // Retries exhausted before any server byte reached the client: rather than a bare
             // close (HAProxy's `SC`), hold it for the next primary -- the node may be restarting
             // PostgreSQL under a held leader lock -- and answer 57P03 if none comes in time.
             Err(ConnectError::Failed(t)) => {
-                return Step::Retry {
-                    suspect: Some(format!("PostgreSQL refused or timed out {} connection attempts ({})", cfg.listen.retries + 1, t.code())),
-                }
+                return Step::Retry(Evidence::Unreachable(format!(
+                    "PostgreSQL refused or timed out {} connection attempts ({})",
+                    cfg.listen.retries.saturating_add(1),
+                    t.code()
+                )))
+            }
+            // Our own shortage says nothing about the server: not counted against it, not retried
+            // (it would fail the same way), and the client is told why.
+            Err(ConnectError::Local(e)) => {
+                shared.frontend.local_errors.fetch_add(1, Relaxed);
+                tracing::error!(server = %cfg.servers[node].address, error = %e,
+                    "cannot connect a client: the proxy is out of a local resource; not counted against the server");
+                refuse(client, pending, "53000", LOCAL_MESSAGE).await;
+                return Step::Done(Termination::LocalResource);
             }
         },
     };
@@ -495,7 +547,7 @@ async fn connect_and_start<'s>(
                 // Marked DOWN before the server said anything to the client: held for the next
                 // primary and its startup replayed there, like a client still connecting.
                 if !pending.committed {
-                    return Step::Retry { suspect: None };
+                    return Step::Retry(Evidence::None);
                 }
                 c.killed.fetch_add(1, Relaxed);
                 return Step::Done(Termination::Killed);
@@ -508,20 +560,15 @@ async fn connect_and_start<'s>(
             Ok(Startup::Done(t)) => return Step::Done(t),
             Ok(Startup::Leaving(code)) => {
                 shared.frontend.replays.fetch_add(1, Relaxed);
-                return Step::Retry {
-                    suspect: Some(format!(
-                        "PostgreSQL answered {code} (shutting down or starting up)"
-                    )),
-                };
+                return Step::Retry(Evidence::Authoritative(format!(
+                    "PostgreSQL answered {code} (shutting down or starting up)"
+                )));
             }
             Ok(Startup::Vanished) => {
                 shared.frontend.replays.fetch_add(1, Relaxed);
-                return Step::Retry {
-                    suspect: Some(
-                        "PostgreSQL closed a new connection before answering (shutting down or crashed)"
-                            .into(),
-                    ),
-                };
+                return Step::Retry(Evidence::Vanished(
+                    "PostgreSQL closed a new connection before answering".into(),
+                ));
             }
             Ok(Startup::Standby) => {
                 shared.frontend.standby_refusals.fetch_add(1, Relaxed);
@@ -593,6 +640,9 @@ async fn startup(
     }
     let mut phase = Phase::ClientFirst;
     let mut from_server: Vec<u8> = Vec::new();
+    // Any byte of an answer to the StartupMessage: after it, a close is an answer to this client
+    // (a FATAL it was already sent), not a server going away.
+    let mut answered = false;
     loop {
         // Re-derive the phase from what the client has sent so far.
         if phase == Phase::ClientFirst {
@@ -629,7 +679,7 @@ async fn startup(
             r = server.readable() => {
                 // Closed or reset after our StartupMessage and before any reply (a postmaster
                 // exiting with connections in its backlog): nothing reached the client, replay.
-                let vanished = || match phase == Phase::Sent && from_server.is_empty() {
+                let vanished = || match phase == Phase::Sent && !answered {
                     true => Startup::Vanished,
                     false => Startup::Done(Termination::ServerError),
                 };
@@ -642,7 +692,8 @@ async fn startup(
                     Ok(Some(n)) => n,
                     Ok(None) => continue,
                 };
-                from_server.extend_from_slice(&chunk[..n]);
+                from_server.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                answered |= matches!(phase, Phase::Sent | Phase::Authenticating);
                 match phase {
                     // The server spoke first: not PostgreSQL.
                     Phase::ClientFirst => {
@@ -669,17 +720,23 @@ async fn startup(
                         // packet, and a `send` each cost 22 `sendto` per connection (HAProxy: 7).
                         let mut inspected = 0;
                         let verdict = loop {
-                            let (kind, len) = match pgwire::frame(&from_server[inspected..]) {
+                            let (kind, len) = match pgwire::frame(from_server.get(inspected..).unwrap_or_default()) {
                                 Ok(Some(f)) => f,
                                 Ok(None) => break None,
                                 Err(pgwire::NotPostgres) => break Some(Startup::Relay),
                             };
-                            let msg = &from_server[inspected..inspected + len];
+                            let Some(msg) = inspected.checked_add(len).and_then(|end| from_server.get(inspected..end)) else {
+                                break None;
+                            };
                             match kind {
-                                b'E' if phase == Phase::Sent => {
-                                    if let Some(code) = pgwire::sqlstate(msg).filter(|c| pgwire::is_server_leaving(c)) {
+                                b'E' => {
+                                    if let Some(code) = pgwire::sqlstate(msg).filter(|c| phase == Phase::Sent && pgwire::is_server_leaving(c)) {
                                         break Some(Startup::Leaving(code.to_string()));
                                     }
+                                    // The server's answer to this client (wrong password, pg_hba
+                                    // reject, too many connections): passed on as it is, never
+                                    // replayed, never held against the server.
+                                    break Some(Startup::Relay);
                                 }
                                 b'S' if pgwire::parameter_status(msg) == Some((b"in_hot_standby", b"on")) => {
                                     break Some(Startup::Standby);
@@ -701,11 +758,11 @@ async fn startup(
                         // Pass on the messages inspected: all complete ones, or those before a
                         // Leaving/Standby verdict, exactly what a write per message would have sent.
                         if inspected > 0 {
-                            if write_all(client, &from_server[..inspected]).await.is_err() {
+                            if write_all(client, from_server.get(..inspected).unwrap_or_default()).await.is_err() {
                                 return Startup::Done(Termination::ClientError);
                             }
                             down(inspected);
-                            from_server.drain(..inspected);
+                            from_server.drain(..inspected.min(from_server.len()));
                         }
                         if let Some(v) = verdict {
                             return v;
@@ -737,6 +794,8 @@ enum ConnectError {
     /// The node stopped being the routed primary between attempts.
     Rerouted,
     Failed(Termination),
+    /// The proxy could not create the socket (EMFILE, ENOBUFS, no local port, ...).
+    Local(io::Error),
 }
 
 /// Connects to the server with `timeout connect` per attempt and up to `retries` more attempts on the
@@ -757,6 +816,9 @@ async fn connect(shared: &Shared, node: usize) -> Result<TcpStream, ConnectError
         .await
         {
             Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) if crate::health::check::is_local_resource_error(&e) => {
+                return Err(ConnectError::Local(e))
+            }
             Ok(Err(e)) => {
                 tracing::debug!(server = %addr, error = %e, attempt, "connect failed");
                 true

@@ -1,293 +1,21 @@
-//! The backend state: one immutable [`Snapshot`] of every node (health counter, last check, Patroni
-//! answer, routed primary), replaced as a whole by the single task that applies check results. The
-//! accept path, the stats page and the metrics only read it. Applying a result is where HAProxy's
-//! transitions happen: log lines in its wording, `on-marked-down shutdown-sessions`, and closing the
-//! sessions of a primary that lost the role.
+//! The state owner: the one task that applies inputs (check results, suspicions, DCS events) to
+//! the snapshot, one at a time. Applying a result is where HAProxy's transitions happen: log lines
+//! in its wording, `on-marked-down shutdown-sessions`, and closing the sessions of a primary that
+//! lost the role. A new state takes effect in a fixed order ([`CommitStep`]): published first,
+//! then sessions are shut down.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::Backend;
-use crate::config::{Config, OnMarkedDown};
-use crate::health::{CheckResult, HealthCounter, Transition};
+use super::{EventKind, Input, NodeState, Shared, Snapshot};
+use crate::config::OnMarkedDown;
+use crate::health::{CheckResult, Transition};
 use crate::patroni::Answer;
 use crate::routing::{self, Candidate, Claim};
-
-/// Everything known about one node at one moment.
-#[derive(Debug, Clone)]
-pub struct NodeState {
-    pub counter: HealthCounter,
-    /// `None` until the first check finishes (HAProxy's `INI`).
-    pub last_check: Option<CheckResult>,
-    /// The answer of the last check, definitive or not.
-    pub last_answer: Option<Answer>,
-    pub claim: Claim,
-    /// `chkfail`: failed checks that moved the counter.
-    pub chkfail: u64,
-    /// `chkdown`: UP to DOWN transitions.
-    pub chkdown: u64,
-    /// When the operational state (UP/DOWN) last changed, or start-up.
-    pub last_change: Instant,
-    pub last_change_wall: SystemTime,
-    /// Time spent DOWN in finished DOWN periods; add `now - last_change` while DOWN.
-    pub downtime: Duration,
-    /// Set when Patroni announced a switchover away from this node (the DCS `failover` key): no
-    /// new connections go to it, whatever its checks say, until the switchover ends.
-    pub leaving_since: Option<Instant>,
-}
-
-impl NodeState {
-    fn new(rise: u32, fall: u32, now: Instant) -> Self {
-        Self {
-            counter: HealthCounter::new(rise, fall),
-            last_check: None,
-            last_answer: None,
-            claim: Claim::Unconfirmed,
-            chkfail: 0,
-            chkdown: 0,
-            last_change: now,
-            last_change_wall: SystemTime::now(),
-            downtime: Duration::ZERO,
-            leaving_since: None,
-        }
-    }
-
-    /// Routable only if not leaving and the counter and claim allow it.
-    pub fn candidate(&self) -> Candidate<'_> {
-        Candidate {
-            up: self.counter.is_up() && self.leaving_since.is_none(),
-            claim: &self.claim,
-        }
-    }
-
-    /// Total downtime including the current DOWN period.
-    pub fn downtime_at(&self, now: Instant) -> Duration {
-        if self.counter.is_up() {
-            self.downtime
-        } else {
-            self.downtime + now.saturating_duration_since(self.last_change)
-        }
-    }
-}
-
-/// The one published view of all backends.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// Increments with every applied check.
-    pub seq: u64,
-    pub nodes: Vec<NodeState>,
-    /// The node new connections go to.
-    pub primary: Option<usize>,
-    /// How many times the routed primary moved to another node than the last one that had the role,
-    /// also through a period without any (a failover usually has one); losing it is not a change.
-    pub primary_changes: u64,
-    /// The last node that was the routed primary, kept through periods without one.
-    pub last_primary: Option<usize>,
-    /// When `primary` last changed (to a node or to none).
-    pub primary_since: Instant,
-    /// Completed periods without a routable primary (the current one is `now - primary_since`).
-    pub no_primary_total: Duration,
-    /// Every node is checked at `failover_inter`: no primary is routable, or the routed one's last
-    /// check did not confirm it.
-    pub fast: bool,
-}
-
-impl Snapshot {
-    pub fn no_primary_total_at(&self, now: Instant) -> Duration {
-        match self.primary {
-            Some(_) => self.no_primary_total,
-            None => self.no_primary_total + now.saturating_duration_since(self.primary_since),
-        }
-    }
-}
-
-/// A line of the dashboard's event timeline.
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    #[serde(serialize_with = "ser_epoch")]
-    pub at: SystemTime,
-    pub kind: EventKind,
-    pub server: Option<String>,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    Up,
-    Down,
-    PrimaryChanged,
-    PrimaryLost,
-    /// Something outside the checks (a backend's startup reply, the DCS) put the primary in doubt.
-    Suspect,
-}
-
-fn ser_epoch<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64(),
-    )
-}
-
-/// The recent events, newest last, bounded.
-#[derive(Debug, Default)]
-pub struct Events(Mutex<VecDeque<Event>>);
-
-impl Events {
-    const KEEP: usize = 200;
-
-    pub fn push(&self, kind: EventKind, server: Option<&str>, message: String) {
-        self.push_at(SystemTime::now(), kind, server, message)
-    }
-
-    /// An event that happened at `at`, recorded now.
-    pub fn push_at(&self, at: SystemTime, kind: EventKind, server: Option<&str>, message: String) {
-        let mut q = self.0.lock().expect("events lock");
-        if q.len() == Self::KEEP {
-            q.pop_front();
-        }
-        q.push_back(Event {
-            at,
-            kind,
-            server: server.map(str::to_string),
-            message,
-        });
-    }
-
-    pub fn recent(&self) -> Vec<Event> {
-        self.0
-            .lock()
-            .expect("events lock")
-            .iter()
-            .cloned()
-            .collect()
-    }
-}
-
-/// Shared, read-mostly handles: config, the snapshot channel, IO counters, events.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub snapshot: watch::Sender<Arc<Snapshot>>,
-    pub backends: Vec<Backend>,
-    pub frontend: crate::backend::Frontend,
-    pub events: Events,
-    pub started: SystemTime,
-    pub started_at: Instant,
-    /// The stats side of this instance: its own Prometheus recorder (no global one: tests run many
-    /// proxies in one process) and what the dashboard shows about the process.
-    pub stats: crate::stats::Stats,
-    /// Inputs to the state owner (check results, suspicions, DCS events).
-    inputs: mpsc::UnboundedSender<Input>,
-    inputs_rx: Mutex<Option<mpsc::UnboundedReceiver<Input>>>,
-    /// One per node: cuts the wait before its next check short (it never starts a second check).
-    pub wake: Vec<Notify>,
-}
-
-impl Shared {
-    pub fn new(config: Arc<Config>) -> Arc<Self> {
-        let now = Instant::now();
-        let nodes = config
-            .servers
-            .iter()
-            .map(|_| NodeState::new(config.check.rise.get(), config.check.fall.get(), now))
-            .collect();
-        let backends = config
-            .servers
-            .iter()
-            .map(|s| Backend::new(s.maxconn.get()))
-            .collect();
-        let (snapshot, _) = watch::channel(Arc::new(Snapshot {
-            seq: 0,
-            nodes,
-            primary: None,
-            last_primary: None,
-            primary_changes: 0,
-            primary_since: now,
-            no_primary_total: Duration::ZERO,
-            // Start-up: find the primary at the fast pace too.
-            fast: true,
-        }));
-        let (inputs, rx) = mpsc::unbounded_channel();
-        Arc::new(Self {
-            stats: crate::stats::Stats::new(&config),
-            wake: config.servers.iter().map(|_| Notify::new()).collect(),
-            config,
-            snapshot,
-            backends,
-            frontend: Default::default(),
-            events: Events::default(),
-            started: SystemTime::now(),
-            started_at: now,
-            inputs,
-            inputs_rx: Mutex::new(Some(rx)),
-        })
-    }
-
-    /// The current snapshot (cheap: one `Arc` clone).
-    pub fn current(&self) -> Arc<Snapshot> {
-        self.snapshot.borrow().clone()
-    }
-
-    pub fn server_name(&self, i: usize) -> &str {
-        &self.config.servers[i].name
-    }
-
-    /// Sends an input to the state owner. Inputs sent after it stopped (shutdown) are dropped.
-    pub fn send(&self, input: Input) {
-        let _ = self.inputs.send(input);
-    }
-
-    /// A session saw evidence that `node` is not (or no longer) a primary it may route to.
-    /// `recheck_now` re-checks it at once too (otherwise at the failover pace).
-    pub fn suspect(&self, node: usize, reason: String, recheck_now: bool) {
-        self.send(Input::Suspect {
-            node,
-            reason,
-            recheck_now,
-        });
-    }
-
-    /// Cuts every checker's wait short, except `skip`'s.
-    fn wake_all_but(&self, skip: Option<usize>) {
-        for (i, w) in self.wake.iter().enumerate() {
-            if Some(i) != skip {
-                w.notify_one();
-            }
-        }
-    }
-}
-
-/// What the state owner acts on.
-#[derive(Debug)]
-pub enum Input {
-    /// A finished check; the reply carries the delay before the node's next check.
-    Check {
-        node: usize,
-        result: CheckResult,
-        reply: oneshot::Sender<Duration>,
-    },
-    /// `node` must not get new connections until a check confirms it again.
-    Suspect {
-        node: usize,
-        reason: String,
-        recheck_now: bool,
-    },
-    /// Patroni's leader key changed (new value, or deleted): re-check every node now.
-    LeaderChanged { leader: Option<String> },
-    /// A switchover/failover was requested (DCS `failover` key): the routed primary is leaving.
-    SwitchoverRequested,
-    /// The `failover` key is gone: the switchover finished or was cancelled.
-    SwitchoverEnded,
-}
 
 /// Longest a node stays "leaving" after a switchover request, in case the end is never seen.
 const LEAVING_LIMIT: Duration = Duration::from_secs(60);
@@ -300,12 +28,26 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         .expect("inputs lock")
         .take()
         .expect("one state owner per Shared");
+    // When each node's re-check was last hastened by a session.
+    let mut hastened: Vec<Option<Instant>> = vec![None; shared.config.servers.len()];
     loop {
         let input = tokio::select! {
             _ = stop.cancelled() => return,
             r = inputs.recv() => match r { Some(r) => r, None => return },
         };
         match input {
+            Input::Recheck { node, reason } => {
+                let now = Instant::now();
+                let Some(last) = hastened.get_mut(node) else {
+                    continue;
+                };
+                if recheck_allowed(*last, now, shared.config.check.failover_inter) {
+                    *last = Some(now);
+                    tracing::info!(target: "patroni_proxy::routing", server = shared.server_name(node),
+                        "{reason}; re-checking it now (routing unchanged)");
+                    shared.wake[node].notify_one();
+                }
+            }
             Input::Check {
                 node,
                 result,
@@ -320,6 +62,12 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+/// Sessions may hasten a node's re-check at most once per `pace`, however many clients see a sign:
+/// a flood of clients that provoke one cannot turn into a flood of checks on Patroni's REST API.
+pub fn recheck_allowed(last: Option<Instant>, now: Instant, pace: Duration) -> bool {
+    last.is_none_or(|t| now.saturating_duration_since(t) >= pace)
+}
+
 /// Applies a suspicion or DCS event.
 pub fn apply_event(shared: &Shared, input: Input) {
     let now = Instant::now();
@@ -331,7 +79,10 @@ pub fn apply_event(shared: &Shared, input: Input) {
     // on every refusal would spin.
     let mut skip = None;
     let message = match input {
-        Input::Check { .. } => unreachable!("checks go through apply()"),
+        Input::Check { .. } | Input::Recheck { .. } => {
+            tracing::error!("bug: {input:?} reached apply_event; ignored");
+            return;
+        }
         Input::Suspect {
             node,
             reason,
@@ -383,15 +134,74 @@ pub fn apply_event(shared: &Shared, input: Input) {
     };
     tracing::warn!(target: "patroni_proxy::routing", "{message}");
     shared.events.push(EventKind::Suspect, None, message);
-    reroute(shared, &mut snap, now, "primary in doubt");
+    let mut kills = Vec::new();
+    reroute(shared, &mut snap, now, "primary in doubt", &mut kills);
     snap.fast = true;
-    shared.snapshot.send_replace(Arc::new(snap));
+    commit(shared, snap, kills);
     shared.wake_all_but(skip);
 }
 
 /// Applies one check result: counter step, transitions and their side effects, routing decision,
 /// new snapshot. Returns the interval before the node's next check.
 pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
+    let d = decide(shared, node, result);
+    commit(shared, d.snapshot, d.kills);
+    if d.enter_fast {
+        // Everyone else is checked now; `node` has just been, and goes on at `next`.
+        shared.wake_all_but(Some(node));
+    }
+    d.next
+}
+
+/// A check result's consequences, not yet in effect.
+#[derive(Debug)]
+pub struct Decided {
+    pub snapshot: Snapshot,
+    /// Servers whose sessions are to be shut down once `snapshot` is published.
+    pub kills: Vec<usize>,
+    /// The interval before the node's next check.
+    pub next: Duration,
+    /// The fast pace just began: every other node is to be checked now.
+    pub enter_fast: bool,
+}
+
+/// How a new state takes effect, in order. Publishing comes first: a session takes its kill
+/// ticket and then reads the snapshot ([`Shared::ticket_for`]), so a session that took its ticket
+/// after a kill reads a snapshot that no longer routes to that server, and one that took it before
+/// is reached by the kill. Killing first left a window in which a session read the old snapshot
+/// with a fresh ticket and relayed to a server just marked DOWN (issue 11 item 3).
+#[derive(Debug)]
+pub enum CommitStep {
+    Publish(Arc<Snapshot>),
+    Kill(usize),
+}
+
+pub fn commit_steps(snapshot: Snapshot, kills: Vec<usize>) -> Vec<CommitStep> {
+    std::iter::once(CommitStep::Publish(Arc::new(snapshot)))
+        .chain(kills.into_iter().map(CommitStep::Kill))
+        .collect()
+}
+
+pub fn carry_out(shared: &Shared, step: CommitStep) {
+    match step {
+        CommitStep::Publish(s) => {
+            shared.snapshot.send_replace(s);
+        }
+        CommitStep::Kill(node) => {
+            shared.backends[node].kill_sessions();
+        }
+    }
+}
+
+fn commit(shared: &Shared, snapshot: Snapshot, kills: Vec<usize>) {
+    for step in commit_steps(snapshot, kills) {
+        carry_out(shared, step);
+    }
+}
+
+/// The pure-ish half of [`apply`]: everything but publishing and shutting sessions down (it
+/// logs and records events).
+pub fn decide(shared: &Shared, node: usize, result: CheckResult) -> Decided {
     let cfg = &shared.config;
     let px = &cfg.listen.name;
     let name = shared.server_name(node);
@@ -448,6 +258,7 @@ pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
     let normal = cfg.interval_for(n.counter.is_fully_up(), n.counter.is_fully_down());
     let active = snap.nodes.iter().filter(|n| n.counter.is_up()).count();
     let backend = &shared.backends[node];
+    let mut kills = Vec::new();
 
     match step.transition {
         Some(Transition::WentDown) => {
@@ -455,11 +266,10 @@ pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
             // shut down: a client on another relay thread sees its session end at once, and must
             // never see it end before the DOWN it is the consequence of.
             let marked = snap.nodes[node].last_change_wall;
-            let sessions = if cfg.listen.on_marked_down == OnMarkedDown::ShutdownSessions {
-                backend.kill_sessions()
-            } else {
-                backend.counters.scur.load(Relaxed)
-            };
+            if cfg.listen.on_marked_down == OnMarkedDown::ShutdownSessions {
+                kills.push(node);
+            }
+            let sessions = backend.counters.scur.load(Relaxed);
             let queued = backend.counters.qcur.load(Relaxed);
             let msg = format!(
                 "Server {px}/{name} is DOWN, {reason}. {active} active and 0 backup servers left. \
@@ -484,7 +294,7 @@ pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
         None => {}
     }
 
-    reroute(shared, &mut snap, now, &reason);
+    reroute(shared, &mut snap, now, &reason, &mut kills);
 
     // Fast pace while the primary is unknown or in doubt: every node, until one is confirmed.
     let was_fast = snap.fast;
@@ -506,17 +316,23 @@ pub fn apply(shared: &Shared, node: usize, result: CheckResult) -> Duration {
     } else {
         normal
     };
-    shared.snapshot.send_replace(Arc::new(snap));
-    if enter_fast {
-        // Everyone else is checked now; `node` has just been, and goes on at `next`.
-        shared.wake_all_but(Some(node));
+    Decided {
+        snapshot: snap,
+        kills,
+        next,
+        enter_fast,
     }
-    next
 }
 
-/// Recomputes the routed primary; on a change, logs it, records the event and closes the sessions of
-/// the previous primary when another node takes over.
-fn reroute(shared: &Shared, snap: &mut Snapshot, now: Instant, reason: &str) {
+/// Recomputes the routed primary; on a change, logs it, records the event and, when another node
+/// takes over, adds the previous primary to `kills` (its sessions are closed once published).
+fn reroute(
+    shared: &Shared,
+    snap: &mut Snapshot,
+    now: Instant,
+    reason: &str,
+    kills: &mut Vec<usize>,
+) {
     let px = &shared.config.listen.name;
     let candidates: Vec<Candidate<'_>> = snap.nodes.iter().map(NodeState::candidate).collect();
     let chosen = routing::choose(snap.primary, &candidates);
@@ -546,7 +362,8 @@ fn reroute(shared: &Shared, snap: &mut Snapshot, now: Instant, reason: &str) {
                 Some(old) => {
                     // Never two primaries: sessions opened on the previous one go now, whatever
                     // its health counter says.
-                    let closed = shared.backends[old].kill_sessions();
+                    kills.push(old);
+                    let closed = shared.backends[old].counters.scur.load(Relaxed);
                     format!(
                         "Routed primary of {px} is now {new_name}{timeline}, was {}; \
                          {closed} sessions to {} closed.",
@@ -596,4 +413,114 @@ fn describe(r: &CheckResult) -> String {
     }
     s.push_str(&format!(", check duration: {}ms", r.duration.as_millis()));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::health::CheckStatus;
+    use crate::patroni::PatroniInfo;
+
+    fn two_nodes() -> Arc<Shared> {
+        Shared::new(Arc::new(
+            Config::from_toml(
+                "[[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n\
+                 [[server]]\nname = \"b\"\naddress = \"127.0.0.12:5432\"\n",
+            )
+            .unwrap(),
+        ))
+    }
+
+    fn primary(timeline: u64) -> CheckResult {
+        CheckResult {
+            status: CheckStatus::L7OK,
+            code: Some(200),
+            duration: Duration::from_millis(1),
+            info: None,
+            patroni: Some(PatroniInfo {
+                role: Some("primary".into()),
+                state: Some("running".into()),
+                timeline: Some(timeline),
+            }),
+            finished_at: SystemTime::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn no_session_is_admitted_where_the_kill_cannot_reach_it() {
+        // Issue 11 item 3: "a session that read the old snapshot and took its slot after the kill
+        // relays to the DOWN node. Make it impossible by construction (publish, then kill ...)".
+        // Every interleaving of a session's admission (`ticket_for`: ticket, then snapshot) with
+        // the steps of the commit that moves the primary away from node a: the session is either
+        // refused or reached by the kill.
+        let steps_of = |shared: &Shared| {
+            let d = decide(shared, 1, primary(2));
+            assert_eq!(d.kills, [0], "the old primary's sessions are to be closed");
+            commit_steps(d.snapshot, d.kills)
+        };
+        for split in 0..=2 {
+            let shared = two_nodes();
+            apply(&shared, 0, primary(1));
+            assert_eq!(shared.current().primary, Some(0));
+            let steps = steps_of(&shared);
+            assert_eq!(steps.len(), 2, "publish, kill");
+            let mut steps = steps.into_iter();
+            for step in steps.by_ref().take(split) {
+                carry_out(&shared, step);
+            }
+            let admitted = shared.ticket_for(0);
+            for step in steps {
+                carry_out(&shared, step);
+            }
+            if let Some(ticket) = admitted {
+                assert!(
+                    shared.backends[0].is_killed(ticket),
+                    "split {split}: admitted to the old primary and never reached by its kill"
+                );
+            }
+            assert_eq!(shared.current().primary, Some(1));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_down_is_published_before_its_sessions_are_cut() {
+        // `on-marked-down shutdown-sessions` (haproxy-semantics.md §2.2) goes through the same
+        // order: the snapshot that says DOWN is out before the kill.
+        let shared = two_nodes();
+        apply(&shared, 0, primary(1));
+        let fail = CheckResult {
+            status: CheckStatus::L4CON,
+            code: None,
+            patroni: None,
+            ..primary(1)
+        };
+        for _ in 0..3 {
+            let d = decide(&shared, 0, fail.clone());
+            if !d.kills.is_empty() {
+                let steps = commit_steps(d.snapshot, d.kills);
+                assert!(matches!(steps[0], CommitStep::Publish(ref s) if s.primary.is_none()));
+                assert!(matches!(steps[1], CommitStep::Kill(0)));
+                return;
+            }
+            commit_steps(d.snapshot, d.kills)
+                .into_iter()
+                .for_each(|s| carry_out(&shared, s));
+        }
+        panic!("fall 3: the third failure marks it DOWN");
+    }
+
+    #[test]
+    fn sessions_hasten_a_recheck_at_most_once_per_failover_inter() {
+        // Issue 11 item 2: what a client can provoke may hasten a re-check, never flood Patroni.
+        let pace = Duration::from_millis(200);
+        let t = Instant::now();
+        assert!(recheck_allowed(None, t, pace));
+        assert!(!recheck_allowed(
+            Some(t),
+            t + Duration::from_millis(199),
+            pace
+        ));
+        assert!(recheck_allowed(Some(t), t + pace, pace));
+    }
 }

@@ -1,0 +1,250 @@
+//! The backend state: one immutable [`Snapshot`] of every node (health counter, last check, Patroni
+//! answer, routed primary), replaced as a whole by the single task that applies check results
+//! ([`owner`]). The accept path, the stats page and the metrics only read it. The dashboard's event
+//! list lives in [`events`].
+
+mod events;
+pub mod owner;
+
+pub use events::{Event, EventKind, Events};
+pub use owner::{apply, apply_event, run};
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, Ticket};
+use crate::config::Config;
+use crate::health::{CheckResult, HealthCounter};
+use crate::patroni::Answer;
+use crate::routing::{Candidate, Claim};
+
+/// Everything known about one node at one moment.
+#[derive(Debug, Clone)]
+pub struct NodeState {
+    pub counter: HealthCounter,
+    /// `None` until the first check finishes (HAProxy's `INI`).
+    pub last_check: Option<CheckResult>,
+    /// The answer of the last check, definitive or not.
+    pub last_answer: Option<Answer>,
+    pub claim: Claim,
+    /// `chkfail`: failed checks that moved the counter.
+    pub chkfail: u64,
+    /// `chkdown`: UP to DOWN transitions.
+    pub chkdown: u64,
+    /// When the operational state (UP/DOWN) last changed, or start-up.
+    pub last_change: Instant,
+    pub last_change_wall: SystemTime,
+    /// Time spent DOWN in finished DOWN periods; add `now - last_change` while DOWN.
+    pub downtime: Duration,
+    /// Set when Patroni announced a switchover away from this node (the DCS `failover` key): no
+    /// new connections go to it, whatever its checks say, until the switchover ends.
+    pub leaving_since: Option<Instant>,
+}
+
+impl NodeState {
+    fn new(rise: u32, fall: u32, now: Instant) -> Self {
+        Self {
+            counter: HealthCounter::new(rise, fall),
+            last_check: None,
+            last_answer: None,
+            claim: Claim::Unconfirmed,
+            chkfail: 0,
+            chkdown: 0,
+            last_change: now,
+            last_change_wall: SystemTime::now(),
+            downtime: Duration::ZERO,
+            leaving_since: None,
+        }
+    }
+
+    /// Routable only if not leaving and the counter and claim allow it.
+    pub fn candidate(&self) -> Candidate<'_> {
+        Candidate {
+            up: self.counter.is_up() && self.leaving_since.is_none(),
+            claim: &self.claim,
+        }
+    }
+
+    /// Total downtime including the current DOWN period.
+    pub fn downtime_at(&self, now: Instant) -> Duration {
+        if self.counter.is_up() {
+            self.downtime
+        } else {
+            self.downtime + now.saturating_duration_since(self.last_change)
+        }
+    }
+}
+
+/// The one published view of all backends.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Increments with every applied check.
+    pub seq: u64,
+    pub nodes: Vec<NodeState>,
+    /// The node new connections go to.
+    pub primary: Option<usize>,
+    /// How many times the routed primary moved to another node than the last one that had the role,
+    /// also through a period without any (a failover usually has one); losing it is not a change.
+    pub primary_changes: u64,
+    /// The last node that was the routed primary, kept through periods without one.
+    pub last_primary: Option<usize>,
+    /// When `primary` last changed (to a node or to none).
+    pub primary_since: Instant,
+    /// Completed periods without a routable primary (the current one is `now - primary_since`).
+    pub no_primary_total: Duration,
+    /// Every node is checked at `failover_inter`: no primary is routable, or the routed one's last
+    /// check did not confirm it.
+    pub fast: bool,
+}
+
+impl Snapshot {
+    pub fn no_primary_total_at(&self, now: Instant) -> Duration {
+        match self.primary {
+            Some(_) => self.no_primary_total,
+            None => self.no_primary_total + now.saturating_duration_since(self.primary_since),
+        }
+    }
+}
+
+/// Shared, read-mostly handles: config, the snapshot channel, IO counters, events.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub snapshot: watch::Sender<Arc<Snapshot>>,
+    pub backends: Vec<Backend>,
+    pub frontend: crate::backend::Frontend,
+    pub events: Events,
+    pub started: SystemTime,
+    pub started_at: Instant,
+    /// The stats side of this instance: its own Prometheus recorder (no global one: tests run many
+    /// proxies in one process) and what the dashboard shows about the process.
+    pub stats: crate::stats::Stats,
+    /// Inputs to the state owner (check results, suspicions, DCS events).
+    inputs: mpsc::UnboundedSender<Input>,
+    inputs_rx: Mutex<Option<mpsc::UnboundedReceiver<Input>>>,
+    /// One per node: cuts the wait before its next check short (it never starts a second check).
+    pub wake: Vec<Notify>,
+    /// Cancelled when the drain begins: clients still waiting for a primary are answered at once.
+    pub draining: CancellationToken,
+}
+
+impl Shared {
+    pub fn new(config: Arc<Config>) -> Arc<Self> {
+        let now = Instant::now();
+        let nodes = config
+            .servers
+            .iter()
+            .map(|_| NodeState::new(config.check.rise.get(), config.check.fall.get(), now))
+            .collect();
+        let backends = config
+            .servers
+            .iter()
+            .map(|s| Backend::new(s.maxconn.get()))
+            .collect();
+        let (snapshot, _) = watch::channel(Arc::new(Snapshot {
+            seq: 0,
+            nodes,
+            primary: None,
+            last_primary: None,
+            primary_changes: 0,
+            primary_since: now,
+            no_primary_total: Duration::ZERO,
+            // Start-up: find the primary at the fast pace too.
+            fast: true,
+        }));
+        let (inputs, rx) = mpsc::unbounded_channel();
+        Arc::new(Self {
+            stats: crate::stats::Stats::new(&config),
+            wake: config.servers.iter().map(|_| Notify::new()).collect(),
+            config,
+            snapshot,
+            backends,
+            frontend: Default::default(),
+            events: Events::default(),
+            started: SystemTime::now(),
+            started_at: now,
+            inputs,
+            inputs_rx: Mutex::new(Some(rx)),
+            draining: CancellationToken::new(),
+        })
+    }
+
+    /// A session's admission to `node`: its kill ticket, taken *before* confirming that the
+    /// published snapshot still routes there. `None`: no longer routed, pick again. Together with
+    /// [`CommitStep`]'s order (publish, then kill) no session can relay to a server whose sessions
+    /// were shut down after it was chosen.
+    pub fn ticket_for(&self, node: usize) -> Option<Ticket> {
+        let ticket = self.backends[node].ticket();
+        (self.current().primary == Some(node)).then_some(ticket)
+    }
+
+    /// The current snapshot (cheap: one `Arc` clone).
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    pub fn server_name(&self, i: usize) -> &str {
+        &self.config.servers[i].name
+    }
+
+    /// Sends an input to the state owner. Inputs sent after it stopped (shutdown) are dropped.
+    pub fn send(&self, input: Input) {
+        let _ = self.inputs.send(input);
+    }
+
+    /// A session saw evidence that `node` is not (or no longer) a primary it may route to.
+    /// `recheck_now` re-checks it at once too (otherwise at the failover pace).
+    pub fn suspect(&self, node: usize, reason: String, recheck_now: bool) {
+        self.send(Input::Suspect {
+            node,
+            reason,
+            recheck_now,
+        });
+    }
+
+    /// A session saw a sign that `node` may be gone (a close before any answer, refused
+    /// connections): re-check it now, at most once per `failover_inter`. Unlike
+    /// [`Shared::suspect`] it changes nothing about routing: a client can provoke these signs, and
+    /// only the node's check (or PostgreSQL's own word) may take it out of routing.
+    pub fn recheck(&self, node: usize, reason: String) {
+        self.send(Input::Recheck { node, reason });
+    }
+
+    /// Cuts every checker's wait short, except `skip`'s.
+    fn wake_all_but(&self, skip: Option<usize>) {
+        for (i, w) in self.wake.iter().enumerate() {
+            if Some(i) != skip {
+                w.notify_one();
+            }
+        }
+    }
+}
+
+/// What the state owner acts on.
+#[derive(Debug)]
+pub enum Input {
+    /// A finished check; the reply carries the delay before the node's next check.
+    Check {
+        node: usize,
+        result: CheckResult,
+        reply: oneshot::Sender<Duration>,
+    },
+    /// `node` must not get new connections until a check confirms it again.
+    Suspect {
+        node: usize,
+        reason: String,
+        recheck_now: bool,
+    },
+    /// Re-check `node` now (rate-limited); routing is unchanged.
+    Recheck { node: usize, reason: String },
+    /// Patroni's leader key changed (new value, or deleted): re-check every node now.
+    LeaderChanged { leader: Option<String> },
+    /// A switchover/failover was requested (DCS `failover` key): the routed primary is leaving.
+    SwitchoverRequested,
+    /// The `failover` key is gone: the switchover finished or was cancelled.
+    SwitchoverEnded,
+}
