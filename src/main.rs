@@ -150,15 +150,9 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    tracing_subscriber::fmt()
-        // The README and docs/operations.md promise stderr (fmt's default is stdout).
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    // Every session holds two descriptors; the default soft limit (1024) would cap us near 500.
+    let _log = patroni_proxy::logging::init();
+    // A relaying session holds two sockets, and four more (two pipes) while it splices bulk data:
+    // the default soft limit (1024) would cap us near 170 busy sessions.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(nofile = n, "raised the open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
@@ -195,6 +189,8 @@ async fn serve(config: Arc<Config>, path: &std::path::Path) -> anyhow::Result<()
         version = env!("CARGO_PKG_VERSION"),
         "patroni-proxy started; no server is routable until a check confirms the primary"
     );
+    // Installed before serving: from here on SIGHUP no longer ends the process.
+    let signals = patroni_proxy::signals::Signals::install()?;
     let running = supervisor::start(
         config,
         Listeners {
@@ -205,18 +201,5 @@ async fn serve(config: Arc<Config>, path: &std::path::Path) -> anyhow::Result<()
     // For the dashboard's process line.
     let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let _ = running.shared.stats.config_path.set(shown);
-    wait_for_signal().await?;
-    tracing::info!("shutting down: no new connections; draining sessions");
-    running.shutdown().await
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+    patroni_proxy::signals::serve_until_stopped(running, signals).await
 }

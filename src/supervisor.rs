@@ -19,18 +19,58 @@ pub struct Listeners {
     pub stats: Option<TcpListener>,
 }
 
-/// A running proxy: its shared state (for tests and the stats page) and its stop switch.
+/// A running proxy: its shared state (for tests and the stats page) and its stop switches.
 pub struct Running {
     pub shared: Arc<Shared>,
     stop: CancellationToken,
+    force: CancellationToken,
     done: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
     /// Begins a graceful shutdown and waits for it to finish.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.begin_shutdown();
+        self.finished().await
+    }
+
+    /// Stops accepting and starts draining (held clients are answered at once); [`Running::finished`]
+    /// resolves when the drain is over.
+    pub fn begin_shutdown(&self) {
         self.stop.cancel();
-        self.done.await?
+    }
+
+    /// Ends the drain now: every remaining session is closed without waiting for `shutdown_grace`.
+    pub fn force_close(&self) {
+        self.stop.cancel();
+        self.force.cancel();
+    }
+
+    /// Resolves when the proxy has stopped: after a requested shutdown's drain (`Ok`), or, without
+    /// one, because a long-lived task ended by itself, after the drain that follows (`Err`: the
+    /// process must exit non-zero so that a service manager restarts it). Call it once more only
+    /// after it was cancelled by a `select!`, never after it resolved.
+    pub async fn finished(&mut self) -> anyhow::Result<()> {
+        match (&mut self.done).await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("the supervisor itself failed: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Running {
+    /// A `Running` whose supervisor is `done`, for tests of what waits on it.
+    pub(crate) fn for_test(
+        shared: Arc<Shared>,
+        done: tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) -> Self {
+        Self {
+            shared,
+            stop: CancellationToken::new(),
+            force: CancellationToken::new(),
+            done,
+        }
     }
 }
 
@@ -38,16 +78,24 @@ impl Running {
 pub fn start(config: Arc<Config>, listeners: Listeners) -> Running {
     let shared = Shared::new(config);
     let stop = CancellationToken::new();
-    let done = tokio::spawn(run(shared.clone(), listeners, stop.clone()));
-    Running { shared, stop, done }
+    let force = CancellationToken::new();
+    let done = tokio::spawn(run(shared.clone(), listeners, stop.clone(), force.clone()));
+    Running {
+        shared,
+        stop,
+        force,
+        done,
+    }
 }
 
-/// Runs until `stop` is cancelled, then drains. An unexpected exit of any long-lived task is an
-/// error (and stops the others), never a silent degradation.
+/// Runs until `stop` is cancelled, then drains for up to `shutdown_grace`, or until `force` is
+/// cancelled. An unexpected exit of any long-lived task is an error (and stops the others), never a
+/// silent degradation.
 pub async fn run(
     shared: Arc<Shared>,
     listeners: Listeners,
     stop: CancellationToken,
+    force: CancellationToken,
 ) -> anyhow::Result<()> {
     let cfg = shared.config.clone();
     let tasks = TaskTracker::new();
@@ -104,6 +152,8 @@ pub async fn run(
         r = supervised.join_next() => (!stop.is_cancelled()).then_some(r),
     };
     internal_stop.cancel();
+    // Held clients are answered now: with the checks stopped no primary can be confirmed for them.
+    shared.draining.cancel();
     if let Some(r) = &failure {
         tracing::error!(?r, "a long-lived task exited unexpectedly; shutting down");
     }
@@ -116,9 +166,18 @@ pub async fn run(
     if open > 0 {
         tracing::info!(open, grace = ?grace, "draining sessions");
     }
-    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+    let drained = tokio::select! {
+        r = tokio::time::timeout(grace, sessions.wait()) => r.is_ok(),
+        _ = force.cancelled() => false,
+    };
+    if !drained {
         let left = shared.frontend.scur.load(Relaxed);
-        tracing::warn!(left, "grace period over; closing remaining sessions");
+        let why = if force.is_cancelled() {
+            "asked to stop at once"
+        } else {
+            "grace period over"
+        };
+        tracing::warn!(left, "{why}; closing remaining sessions");
         for b in &shared.backends {
             b.close();
         }

@@ -62,6 +62,10 @@ pub struct FrontendView {
     pub refusals: Refusals,
     pub holds: Holds,
     pub accept_errors: u64,
+    /// Checks and server connections that failed for want of a local resource (our fault).
+    pub local_errors: u64,
+    /// Log lines dropped because stderr did not keep up.
+    pub log_lines_dropped: u64,
     /// Preformatted text of the dashboard's FRONTEND row, by column.
     pub display: Cells,
 }
@@ -367,6 +371,8 @@ pub fn view(shared: &Shared) -> View {
                 replays: fe.replays.load(Relaxed),
             },
             accept_errors: fe.accept_errors.load(Relaxed),
+            local_errors: fe.local_errors.load(Relaxed),
+            log_lines_dropped: crate::logging::dropped_lines(),
             display: Cells::new(),
         },
         servers,

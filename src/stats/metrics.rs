@@ -58,6 +58,8 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ("patroni_proxy_frontend_hold_released_total", Kind::Counter, "Held clients connected to a primary once one was confirmed."),
     ("patroni_proxy_frontend_startup_replays_total", Kind::Counter, "Startups replayed on the next primary after a 57P01/57P02/57P03 answer before authentication."),
     ("patroni_proxy_frontend_accept_errors_total", Kind::Counter, "Accept errors (EMFILE and the like) the accept loop backed off from."),
+    ("patroni_proxy_local_resource_errors_total", Kind::Counter, "Health checks and server connections that failed for want of a local resource (file descriptors, memory, ports): the proxy's fault, never counted against a server."),
+    ("patroni_proxy_log_lines_dropped_total", Kind::Counter, "Log lines dropped because stderr did not keep up (logging never blocks the proxy)."),
     ("patroni_proxy_server_up", Kind::Gauge, "1 while the rise/fall health counter says UP (HAProxy's view: a Patroni replica is DOWN), else 0."),
     ("patroni_proxy_server_check_health", Kind::Gauge, "The rise/fall health counter, 0 ..= rise+fall-1 (HAProxy's check_health)."),
     ("patroni_proxy_server_routed_primary", Kind::Gauge, "1 for the node new connections go to, else 0."),
@@ -122,6 +124,8 @@ struct FrontendSeries {
     released: Counter,
     replays: Counter,
     accept_errors: Counter,
+    local_errors: Counter,
+    log_lines_dropped: Counter,
 }
 
 #[derive(Debug)]
@@ -221,6 +225,8 @@ impl Metrics {
             released: r.counter("patroni_proxy_frontend_hold_released_total", &[]),
             replays: r.counter("patroni_proxy_frontend_startup_replays_total", &[]),
             accept_errors: r.counter("patroni_proxy_frontend_accept_errors_total", &[]),
+            local_errors: r.counter("patroni_proxy_local_resource_errors_total", &[]),
+            log_lines_dropped: r.counter("patroni_proxy_log_lines_dropped_total", &[]),
         };
         let nodes = config
             .servers
@@ -337,6 +343,8 @@ impl Metrics {
         fe.released.absolute(f.holds.released);
         fe.replays.absolute(f.holds.replays);
         fe.accept_errors.absolute(f.accept_errors);
+        fe.local_errors.absolute(f.local_errors);
+        fe.log_lines_dropped.absolute(f.log_lines_dropped);
         for (n, s) in self.nodes.iter().zip(&view.servers) {
             n.up.set(if s.up { 1.0 } else { 0.0 });
             n.health.set(s.check_health);
