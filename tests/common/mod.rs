@@ -427,6 +427,7 @@ pub fn startup_message(user: &str) -> Vec<u8> {
 }
 
 pub const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+const CANCEL_CODE: u32 = 80_877_102;
 
 /// How a fake PostgreSQL answers a startup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -481,11 +482,34 @@ impl FakePg {
                         }
                     }
                     let len = u32::from_be_bytes(head[..4].try_into().unwrap()) as usize;
+                    let code = u32::from_be_bytes(head[4..].try_into().unwrap());
+                    // As PostgreSQL: a CancelRequest and an impossible length get no answer.
+                    if (len == 16 && code == CANCEL_CODE) || !(9..=10_000).contains(&len) {
+                        let mut key = [0u8; 8];
+                        let _ = s.read_exact(&mut key).await;
+                        return;
+                    }
                     let mut rest = vec![0u8; len - 8];
-                    s.read_exact(&mut rest).await.unwrap();
+                    if s.read_exact(&mut rest).await.is_err() {
+                        return;
+                    }
+                    // "invalid startup packet layout: expected terminator as last byte": logged
+                    // by PostgreSQL, never sent; the connection just closes.
+                    if rest.last() != Some(&0) {
+                        return;
+                    }
                     count.fetch_add(1, SeqCst);
                     let mode = *m.lock().unwrap();
                     let mut out = Vec::new();
+                    // A pg_hba.conf reject: FATAL 28000 before any authentication request.
+                    if rest.windows(10).any(|w| w == b"\0rejected\0") {
+                        out.extend(message(
+                            b'E',
+                            b"SFATAL\0C28000\0Mno pg_hba.conf entry for user \"rejected\"\0\0",
+                        ));
+                        let _ = s.write_all(&out).await;
+                        return;
+                    }
                     if mode == PgMode::Vanishes {
                         let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
                         return;
