@@ -3,6 +3,9 @@
 //! triggers checks or holds new clients: the REST check still confirms `role` and `state` before
 //! anything is routed. A broken watch is re-established with backoff; the proxy works without etcd.
 
+pub mod follow;
+pub mod parse;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
