@@ -9,7 +9,7 @@
 //! Values that the data path already counts (sessions, bytes, errors) stay in the IO layer's atomics
 //! (`backend.rs`) and are copied into the registered series just before each render; only what has
 //! no other home is recorded here as it happens: the check-duration histogram, check results by
-//! status and health transitions, all from `state::apply`.
+//! status and health transitions, all from `state::apply`, and etcd watch failures, from `dcs`.
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{
@@ -18,6 +18,7 @@ use metrics_exporter_prometheus::{
 
 use super::export::{Role, View};
 use crate::config::Config;
+use crate::dcs::FAILURE_REASONS;
 use crate::health::{CheckResult, CheckStatus, Transition};
 
 /// Buckets of the check-duration histogram, in seconds: a healthy Patroni answers in milliseconds;
@@ -80,6 +81,7 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ("patroni_proxy_server_transitions_total", Kind::Counter, "Health state transitions, by the state reached (up, down); to=\"down\" is HAProxy's chkdown."),
     ("patroni_proxy_server_downtime_seconds", Kind::Gauge, "Total seconds this server was DOWN since start-up, including the current period (monotonic)."),
     ("patroni_proxy_server_last_change_seconds", Kind::Gauge, "Seconds since the server's last UP/DOWN change (or start-up)."),
+    ("patroni_proxy_etcd_watch_failures_total", Kind::Counter, "etcd watches given up (the next endpoint is tried), by reason: unreachable, silent (no answer within the timeout, or a change the watch did not show), oversized, invalid, canceled (by etcd), closed."),
 ];
 
 /// Every family with its kind and help text, for documentation tests.
@@ -106,6 +108,8 @@ pub struct Metrics {
     no_primary: Gauge,
     fe: FrontendSeries,
     nodes: Vec<NodeSeries>,
+    /// In the order of [`FAILURE_REASONS`].
+    etcd_failures: Vec<Counter>,
 }
 
 #[derive(Debug)]
@@ -289,6 +293,15 @@ impl Metrics {
             no_primary: r.gauge("patroni_proxy_no_primary_seconds", &[]),
             fe,
             nodes,
+            etcd_failures: FAILURE_REASONS
+                .iter()
+                .map(|reason| {
+                    r.counter(
+                        "patroni_proxy_etcd_watch_failures_total",
+                        &[("reason", reason)],
+                    )
+                })
+                .collect(),
             handle: recorder.handle(),
         };
         // Renders the empty histograms once, so their buckets exist before the first check.
@@ -313,6 +326,16 @@ impl Metrics {
         }
         // Moves the new sample into the histogram now: without a scrape, samples would pile up.
         self.handle.run_upkeep();
+    }
+
+    /// Counts an etcd watch given up; `reason` is one of [`FAILURE_REASONS`] (others are not
+    /// counted, so the label set stays the registered one).
+    pub fn etcd_watch_failed(&self, reason: &str) {
+        if let Some(i) = FAILURE_REASONS.iter().position(|r| *r == reason) {
+            if let Some(c) = self.etcd_failures.get(i) {
+                c.increment(1);
+            }
+        }
     }
 
     /// Copies a view (snapshot + IO counters) into the series and renders the exposition text.
