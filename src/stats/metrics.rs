@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::{
 };
 
 use super::export::{Role, View};
+use super::server::Refusal;
 use crate::config::Config;
 use crate::health::{CheckResult, CheckStatus, Transition};
 
@@ -78,6 +79,7 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ("patroni_proxy_server_transitions_total", Kind::Counter, "Health state transitions, by the state reached (up, down); to=\"down\" is HAProxy's chkdown."),
     ("patroni_proxy_server_downtime_seconds", Kind::Gauge, "Total seconds this server was DOWN since start-up, including the current period (monotonic)."),
     ("patroni_proxy_server_last_change_seconds", Kind::Gauge, "Seconds since the server's last UP/DOWN change (or start-up)."),
+    ("patroni_proxy_stats_connections_refused_total", Kind::Counter, "Connections to the stats listener closed at once, by reason: the client's limit (client_limit) or all slots taken (full)."),
 ];
 
 /// Every family with its kind and help text, for documentation tests.
@@ -104,6 +106,9 @@ pub struct Metrics {
     no_primary: Gauge,
     fe: FrontendSeries,
     nodes: Vec<NodeSeries>,
+    /// In the order of [`Refusal::ALL`]; counted as it happens (the stats listener has no other
+    /// counters).
+    stats_refused: Vec<Counter>,
 }
 
 #[derive(Debug)]
@@ -283,6 +288,15 @@ impl Metrics {
             no_primary: r.gauge("patroni_proxy_no_primary_seconds", &[]),
             fe,
             nodes,
+            stats_refused: Refusal::ALL
+                .iter()
+                .map(|why| {
+                    r.counter(
+                        "patroni_proxy_stats_connections_refused_total",
+                        &[("reason", why.as_str())],
+                    )
+                })
+                .collect(),
             handle: recorder.handle(),
         };
         // Renders the empty histograms once, so their buckets exist before the first check.
@@ -307,6 +321,17 @@ impl Metrics {
         }
         // Moves the new sample into the histogram now: without a scrape, samples would pile up.
         self.handle.run_upkeep();
+    }
+
+    /// Counts a stats connection closed at once by the listener's limits.
+    pub fn stats_refused(&self, why: Refusal) {
+        if let Some(c) = Refusal::ALL
+            .iter()
+            .position(|r| *r == why)
+            .and_then(|i| self.stats_refused.get(i))
+        {
+            c.increment(1);
+        }
     }
 
     /// Copies a view (snapshot + IO counters) into the series and renders the exposition text.
