@@ -172,6 +172,48 @@ async fn the_first_view_is_rendered_on_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placeholders_in_a_check_answer_stay_text_on_the_page() {
+    // Hardening item 11: the template was filled by chained `.replace()`, so a placeholder in a
+    // value inserted early (a REST reason phrase in a row's tooltip) was expanded by a later one.
+    let reason = "{{events}} & {{frontend}} <b>";
+    let answer = format!("HTTP/1.0 503 {reason}\r\nContent-Length: 0\r\n\r\n");
+    let c = Cluster::start(vec![PRIMARY, Mode::Raw(answer)], FAST).await;
+    c.wait_for(Duration::from_secs(10), "node0 routed, node1 DOWN", |c| {
+        c.primary() == Some(0) && c.status(1) == "DOWN"
+    })
+    .await;
+    let page = get(&c, "/").await.text().await.unwrap();
+    let count = |needle: &str| page.matches(needle).count();
+
+    // The reason is text, escaped, in node1's last-check tooltip and in its DOWN event.
+    let escaped = "{{events}} &amp; {{frontend}} &lt;b&gt;";
+    assert!(
+        page.contains(&format!("title=\"Layer7 wrong status: {escaped}\"")),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("info: &quot;{escaped}&quot;")),
+        "{page}"
+    );
+    assert!(!page.contains("<b>"));
+    // The structure is the template's: one events list holding every event, one FRONTEND row.
+    assert_eq!(count("<ol id=\"events\">"), 1);
+    assert_eq!(count("id=\"frontend\""), 1, "{page}");
+    let list = &page[page.find("<ol id=\"events\">").unwrap()..];
+    let list = &list[..list.find("</ol>").unwrap()];
+    let events = list.matches("<li class=\"ev ").count();
+    assert!(events >= 2, "node1 DOWN and node0 routed: {list}");
+    assert_eq!(
+        count("<li class=\"ev "),
+        events,
+        "event items outside the list"
+    );
+    // Every row has its 20 cells and nothing else.
+    assert_eq!(count("<tr class=\"server "), 2);
+    assert_eq!(count("<td "), 3 * 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_is_haproxys_layout() {
     // Issue 4: "/;csv in HAProxy's CSV layout ... so scripts written for HAProxy's CSV keep working".
     let c = settled().await;
