@@ -458,18 +458,56 @@ pub fn render(v: &View) -> String {
         "down"
     };
     let header = header_rows();
-    INDEX_HTML
-        .replace("{{proxy}}", &esc(&v.proxy))
-        .replace("{{process}}", &page_field(v, "process"))
-        .replace("{{process_title}}", &process_title)
-        .replace("{{summary_tone}}", summary_tone)
-        .replace("{{primary}}", &page_field(v, "primary"))
-        .replace("{{primary_detail}}", &page_field(v, "primary_detail"))
-        .replace("{{refusals}}", &page_field(v, "refusals"))
-        .replace("{{header}}", &header)
-        .replace("{{rows}}", &rows)
-        .replace("{{frontend}}", &frontend)
-        .replace("{{events}}", &events)
+    let proxy = esc(&v.proxy);
+    let (process, primary) = (page_field(v, "process"), page_field(v, "primary"));
+    let primary_detail = page_field(v, "primary_detail");
+    let refusals = page_field(v, "refusals");
+    fill(INDEX_HTML, |name| {
+        Some(match name {
+            "proxy" => proxy.as_str(),
+            "process" => &process,
+            "process_title" => &process_title,
+            "summary_tone" => summary_tone,
+            "primary" => &primary,
+            "primary_detail" => &primary_detail,
+            "refusals" => &refusals,
+            "header" => &header,
+            "rows" => &rows,
+            "frontend" => &frontend,
+            "events" => &events,
+            _ => return None,
+        })
+    })
+}
+
+/// Replaces each `{{name}}` of `template` with `value(name)`, in one pass: inserted text is never
+/// scanned again, so a value that contains `{{events}}` (a reason phrase from a REST answer) stays
+/// text. Values are HTML already (escaped by the caller). A name without a value, or a `{{` without
+/// `}}`, is kept as it is (a unit test checks the page template has no such placeholder).
+///
+/// Hand-written rather than a template crate: the page has eleven placeholders, all filled with
+/// fragments built and escaped above, which an engine would have to take as raw HTML anyway.
+fn fill<'a>(template: &str, value: impl Fn(&str) -> Option<&'a str>) -> String {
+    let mut out = String::with_capacity(template.len() * 2);
+    let mut rest = template;
+    while let Some((before, tail)) = rest.split_once("{{") {
+        out.push_str(before);
+        match tail
+            .split_once("}}")
+            .and_then(|(name, after)| Some((value(name)?, after)))
+        {
+            Some((v, after)) => {
+                out.push_str(v);
+                rest = after;
+            }
+            None => {
+                out.push_str("{{");
+                rest = tail;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -500,6 +538,24 @@ mod tests {
             esc(r#"<a href="x">&'"#),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
+    }
+
+    #[test]
+    fn filling_is_one_pass() {
+        let values = |n: &str| match n {
+            "a" => Some("{{b}}"),
+            "b" => Some("B"),
+            _ => None,
+        };
+        assert_eq!(fill("x{{a}}y{{b}}z", values), "x{{b}}yBz");
+        assert_eq!(fill("{{a}}{{a}}", values), "{{b}}{{b}}");
+        // Unknown names and unclosed braces stay as they are; nothing is lost.
+        assert_eq!(fill("{{nope}} {{b}}", values), "{{nope}} B");
+        assert_eq!(fill("{{{b}}}", values), "{{{b}}}");
+        assert_eq!(fill("{{b", values), "{{b");
+        assert_eq!(fill("}}{{", values), "}}{{");
+        assert_eq!(fill("", values), "");
+        assert_eq!(fill("é{{b}}ü", values), "éBü");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::{
 };
 
 use super::export::{Role, View};
+use super::server::Refusal;
 use crate::config::Config;
 use crate::dcs::FAILURE_REASONS;
 use crate::health::{CheckResult, CheckStatus, Transition};
@@ -82,6 +83,7 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     ("patroni_proxy_server_downtime_seconds", Kind::Gauge, "Total seconds this server was DOWN since start-up, including the current period (monotonic)."),
     ("patroni_proxy_server_last_change_seconds", Kind::Gauge, "Seconds since the server's last UP/DOWN change (or start-up)."),
     ("patroni_proxy_etcd_watch_failures_total", Kind::Counter, "etcd watches given up (the next endpoint is tried), by reason: unreachable, silent (no answer within the timeout, or a change the watch did not show), oversized, invalid, canceled (by etcd), closed."),
+    ("patroni_proxy_stats_connections_refused_total", Kind::Counter, "Connections to the stats listener closed at once, by reason: the client's limit (client_limit) or all slots taken (full)."),
 ];
 
 /// Every family with its kind and help text, for documentation tests.
@@ -110,6 +112,9 @@ pub struct Metrics {
     nodes: Vec<NodeSeries>,
     /// In the order of [`FAILURE_REASONS`].
     etcd_failures: Vec<Counter>,
+    /// In the order of [`Refusal::ALL`]; counted as it happens (the stats listener has no other
+    /// counters).
+    stats_refused: Vec<Counter>,
 }
 
 #[derive(Debug)]
@@ -302,6 +307,15 @@ impl Metrics {
                     )
                 })
                 .collect(),
+            stats_refused: Refusal::ALL
+                .iter()
+                .map(|why| {
+                    r.counter(
+                        "patroni_proxy_stats_connections_refused_total",
+                        &[("reason", why.as_str())],
+                    )
+                })
+                .collect(),
             handle: recorder.handle(),
         };
         // Renders the empty histograms once, so their buckets exist before the first check.
@@ -335,6 +349,17 @@ impl Metrics {
             if let Some(c) = self.etcd_failures.get(i) {
                 c.increment(1);
             }
+        }
+    }
+
+    /// Counts a stats connection closed at once by the listener's limits.
+    pub fn stats_refused(&self, why: Refusal) {
+        if let Some(c) = Refusal::ALL
+            .iter()
+            .position(|r| *r == why)
+            .and_then(|i| self.stats_refused.get(i))
+        {
+            c.increment(1);
         }
     }
 

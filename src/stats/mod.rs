@@ -28,7 +28,7 @@ pub mod export;
 pub mod metrics;
 mod server;
 
-pub use server::{serve, Limits};
+pub use server::{serve, Limits, Refusal};
 
 /// The realm of the Basic-auth challenge.
 pub const REALM: &str = "patroni-proxy";
