@@ -1,8 +1,11 @@
 //! Configuration: the TOML file format, its defaults, and validation into a typed [`Config`].
 //!
-//! Parsing is strict: unknown keys, zero intervals and malformed addresses are errors that name the key,
-//! the bad value, what is allowed, and the line/column in the file. Every default lives in this file, and
-//! every default reproduces the seed HAProxy configuration (`haproxy-semantics.md` §0).
+//! Parsing is strict: unknown keys, zero intervals, malformed addresses and values outside a key's range
+//! ([`limits`]) are errors that name the key, the bad value, what is allowed, and the line/column in the
+//! file. Every default lives in this file, and every default reproduces the seed HAProxy configuration
+//! (`haproxy-semantics.md` §0), except TCP keepalive, which is on (see [`Listen::client_keepalive`]).
+
+pub mod limits;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -150,6 +153,43 @@ pub struct Listen {
     /// negotiate TLS are relayed untouched after the SSLRequest. Default `true`.
     #[serde(default = "defaults::yes")]
     pub inspect_startup: bool,
+    /// TCP keepalive on client sockets (HAProxy `option clitcpka`). Default `true`, unlike HAProxy:
+    /// a client that vanished without a FIN (a crashed host, a dropped NAT mapping) would otherwise
+    /// hold its `maxconn` slot until `timeout_client` (30 min). Not written when it is the default,
+    /// so an imported HAProxy file reads as before.
+    #[serde(default = "defaults::yes", skip_serializing_if = "is_true")]
+    pub client_keepalive: bool,
+    /// TCP keepalive on server sockets (HAProxy `option srvtcpka`). Default `true`: a primary that
+    /// lost power leaves no one to send a FIN or RST.
+    #[serde(default = "defaults::yes", skip_serializing_if = "is_true")]
+    pub server_keepalive: bool,
+    /// Idle time before the first keepalive probe (`TCP_KEEPIDLE`; HAProxy `clitcpka-idle` /
+    /// `srvtcpka-idle`). Whole seconds. Default `60s`.
+    #[serde(
+        default = "defaults::keepalive_idle",
+        with = "duration",
+        skip_serializing_if = "defaults::is_keepalive_idle"
+    )]
+    pub keepalive_idle: Duration,
+    /// Time between unanswered probes (`TCP_KEEPINTVL`; HAProxy `*tcpka-intvl`). Whole seconds.
+    /// Default `10s`.
+    #[serde(
+        default = "defaults::keepalive_interval",
+        with = "duration",
+        skip_serializing_if = "defaults::is_keepalive_interval"
+    )]
+    pub keepalive_interval: Duration,
+    /// Unanswered probes before the kernel drops the connection (`TCP_KEEPCNT`; HAProxy
+    /// `*tcpka-cnt`). Default 6: a dead peer is found after 60 s + 6 x 10 s = 2 min idle.
+    #[serde(
+        default = "defaults::keepalive_count",
+        skip_serializing_if = "defaults::is_keepalive_count"
+    )]
+    pub keepalive_count: u32,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// HAProxy's `on-marked-down` choices.
@@ -314,6 +354,24 @@ mod defaults {
     pub fn namespace() -> String {
         "/service/".into()
     }
+    pub fn keepalive_idle() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn keepalive_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn keepalive_count() -> u32 {
+        6
+    }
+    pub fn is_keepalive_idle(d: &Duration) -> bool {
+        *d == keepalive_idle()
+    }
+    pub fn is_keepalive_interval(d: &Duration) -> bool {
+        *d == keepalive_interval()
+    }
+    pub fn is_keepalive_count(n: &u32) -> bool {
+        *n == keepalive_count()
+    }
 }
 
 impl Default for Global {
@@ -339,6 +397,11 @@ impl Default for Listen {
             on_marked_down: OnMarkedDown::default(),
             hold_timeout: defaults::hold_timeout(),
             inspect_startup: true,
+            client_keepalive: true,
+            server_keepalive: true,
+            keepalive_idle: defaults::keepalive_idle(),
+            keepalive_interval: defaults::keepalive_interval(),
+            keepalive_count: defaults::keepalive_count(),
         }
     }
 }
@@ -452,6 +515,26 @@ impl Config {
     pub fn stats_credentials(&self) -> Option<(&str, &str)> {
         self.stats.auth.as_deref().and_then(|a| a.split_once(':'))
     }
+
+    /// The keepalive to set on accepted client sockets, or `None` when `listen.client_keepalive`
+    /// is off.
+    pub fn client_keepalive(&self) -> Option<socket2::TcpKeepalive> {
+        self.listen.client_keepalive.then(|| self.keepalive())
+    }
+
+    /// The keepalive to set on connections to servers, or `None` when `listen.server_keepalive`
+    /// is off.
+    pub fn server_keepalive(&self) -> Option<socket2::TcpKeepalive> {
+        self.listen.server_keepalive.then(|| self.keepalive())
+    }
+
+    fn keepalive(&self) -> socket2::TcpKeepalive {
+        // Validation keeps all three within what Linux accepts (whole seconds, count <= 127).
+        socket2::TcpKeepalive::new()
+            .with_time(self.listen.keepalive_idle)
+            .with_interval(self.listen.keepalive_interval)
+            .with_retries(self.listen.keepalive_count)
+    }
 }
 
 /// A validation failure: the dotted key, and a message saying what is wrong and what is allowed.
@@ -462,20 +545,60 @@ pub struct KeyError {
 }
 
 impl FileConfig {
+    /// Every duration and count with a range in [`limits::LIMITS`], by dotted key, as set (or
+    /// defaulted) in this file. Unset optional keys are left out.
+    pub fn ranged_values(&self) -> Vec<(String, limits::Value)> {
+        use limits::Value::{Count, Duration as D};
+        let (g, l, c) = (&self.global, &self.listen, &self.check);
+        let mut v: Vec<(String, limits::Value)> = vec![
+            ("global.maxconn".into(), Count(g.maxconn.get().into())),
+            ("global.shutdown_grace".into(), D(g.shutdown_grace)),
+            ("listen.retries".into(), Count(l.retries.into())),
+            ("listen.timeout_connect".into(), D(l.timeout_connect)),
+            ("listen.timeout_client".into(), D(l.timeout_client)),
+            ("listen.timeout_server".into(), D(l.timeout_server)),
+            ("listen.hold_timeout".into(), D(l.hold_timeout)),
+            ("listen.keepalive_idle".into(), D(l.keepalive_idle)),
+            ("listen.keepalive_interval".into(), D(l.keepalive_interval)),
+            (
+                "listen.keepalive_count".into(),
+                Count(l.keepalive_count.into()),
+            ),
+            ("check.expect_status".into(), Count(c.expect_status.into())),
+            ("check.inter".into(), D(c.inter)),
+            ("check.rise".into(), Count(c.rise.get().into())),
+            ("check.fall".into(), Count(c.fall.get().into())),
+            ("check.timeout".into(), D(c.timeout)),
+            ("check.failover_inter".into(), D(c.failover_inter)),
+        ];
+        let optional = [
+            ("global.threads", g.threads.map(|n| Count(n.get().into()))),
+            ("listen.timeout_queue", l.timeout_queue.map(D)),
+            ("check.fastinter", c.fastinter.map(D)),
+            ("check.downinter", c.downinter.map(D)),
+        ];
+        v.extend(
+            optional
+                .into_iter()
+                .filter_map(|(k, value)| value.map(|value| (k.to_string(), value))),
+        );
+        for (i, s) in self.servers.iter().enumerate() {
+            v.push((
+                format!("server[{i}].maxconn"),
+                Count(s.maxconn.get().into()),
+            ));
+        }
+        v
+    }
+
     /// Cross-field checks that serde cannot express; returns the typed config.
     pub fn validate(self) -> Result<Config, KeyError> {
         let err = |key: &str, message: String| KeyError {
             key: key.to_string(),
             message,
         };
-        if self.global.threads.is_some_and(|n| n.get() > MAX_THREADS) {
-            return Err(err(
-                "global.threads",
-                format!(
-                    "{} threads: use at most {MAX_THREADS}, or leave it out for one per CPU",
-                    self.global.threads.map_or(0, |n| n.get())
-                ),
-            ));
+        for (key, value) in self.ranged_values() {
+            limits::check(&key, value).map_err(|m| err(&key, m))?;
         }
         if self.servers.is_empty() {
             return Err(err(
@@ -556,15 +679,6 @@ impl FileConfig {
                 ),
             ));
         }
-        if !(100..=599).contains(&self.check.expect_status) {
-            return Err(err(
-                "check.expect_status",
-                format!(
-                    "{} is not an HTTP status: use a code from 100 to 599, e.g. 200",
-                    self.check.expect_status
-                ),
-            ));
-        }
         if self.listen.name.is_empty() || self.listen.name.contains(char::is_whitespace) {
             return Err(err(
                 "listen.name",
@@ -616,12 +730,16 @@ impl FileConfig {
 /// Formats a TOML/serde error with the dotted key it happened at, keeping the line/column and snippet
 /// the `toml` crate prints.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> ConfigError {
-    let key = e
-        .span()
-        .and_then(|span| key_at(text, span.start))
-        .map(|k| format!("key `{k}`: "))
+    let key = e.span().and_then(|span| key_at(text, span.start));
+    // A number too large for its type, or a duration far too long, is refused before validation
+    // sees it: still say what the key allows.
+    let range = key
+        .as_deref()
+        .and_then(limits::limit_of)
+        .map(|limit| format!("\nallowed: {limit}"))
         .unwrap_or_default();
-    ConfigError::Invalid(format!("{key}{}", e.to_string().trim_end()))
+    let key = key.map(|k| format!("key `{k}`: ")).unwrap_or_default();
+    ConfigError::Invalid(format!("{key}{}{range}", e.to_string().trim_end()))
 }
 
 /// Finds the dotted key whose value or table header covers byte `offset`: the last `[table]` header
@@ -713,6 +831,8 @@ mod duration {
     use super::*;
 
     pub fn parse(s: &str) -> Result<Duration, String> {
+        // humantime can panic on sums near u64::MAX seconds: refuse those before it reads them.
+        super::limits::precheck_duration(s)?;
         let d = humantime::parse_duration(s.trim()).map_err(|e| {
             format!("invalid duration {s:?} ({e}): write a number and a unit, e.g. \"3s\", \"250ms\", \"30m\"")
         })?;
@@ -860,6 +980,25 @@ mod tests {
             "[::1]:7000".parse().unwrap()
         );
         assert!(parse_bind("localhost:7000").is_err());
+    }
+
+    #[test]
+    fn every_ranged_key_is_checked_and_every_checked_key_has_a_range() {
+        // validate() checks what ranged_values() lists against limits::LIMITS: the two must agree,
+        // or a key would go unchecked (or fail as "no range is defined").
+        let c = Config::from_toml(&format!(
+            "[global]\nthreads = 2\n[listen]\ntimeout_queue = \"1s\"\n\
+             [check]\nfastinter = \"1s\"\ndowninter = \"1s\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        let checked: HashSet<String> = c
+            .to_file()
+            .ranged_values()
+            .into_iter()
+            .map(|(k, _)| k.replace("server[0]", "server"))
+            .collect();
+        let table: HashSet<String> = limits::LIMITS.iter().map(|(k, _)| k.to_string()).collect();
+        assert_eq!(checked, table);
     }
 
     #[test]

@@ -1,14 +1,19 @@
 //! `import-haproxy`: converts an HAProxy configuration of the Patroni template's shape into a
 //! [`Config`]. The accepted subset is exactly what that template uses (global `maxconn`; `defaults`
-//! mode/retries/timeouts; one TCP `listen` with `bind`, `option httpchk`, `http-check expect status`,
-//! `default-server` and `server` lines; one stats `listen`). Anything else is an error naming the line
-//! and directive: a migration tool that silently drops a setting is worse than none.
+//! mode/retries/timeouts/TCP keepalive; one TCP `listen` with `bind`, `option httpchk`, `http-check
+//! expect status`, `default-server` and `server` lines; one stats `listen`). Anything else, a number
+//! too large to represent, or a value outside the range `proxy.toml` allows, is an error naming the
+//! line and directive: a migration tool that silently drops or changes a setting is worse than none.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use crate::config::{self, Check, Config, FileConfig, Global, Listen, OnMarkedDown, Server, Stats};
+
+mod shared;
+use shared::{apply_keepalive, haproxy_duration, parse_shared, Timeouts, Unit};
 
 #[derive(Debug, thiserror::Error)]
 #[error("line {line}: `{directive}`: {message}")]
@@ -18,15 +23,12 @@ pub struct ImportError {
     pub message: String,
 }
 
-/// Settings that may appear in `defaults` and be overridden in a `listen`.
-#[derive(Debug, Default, Clone)]
-struct Timeouts {
-    retries: Option<u32>,
-    client: Option<Duration>,
-    server: Option<Duration>,
-    connect: Option<Duration>,
-    check: Option<Duration>,
-    queue: Option<Duration>,
+/// Where each `proxy.toml` key got its value: the line and HAProxy directive, so that a value the
+/// config's validation refuses (out of range) is reported at the line that wrote it.
+type Origins = HashMap<String, (usize, String)>;
+
+fn note(origins: &mut Origins, key: &str, line: usize, directive: &str) {
+    origins.insert(key.to_string(), (line, directive.to_string()));
 }
 
 #[derive(Debug, Default, Clone)]
@@ -112,15 +114,24 @@ pub fn import(text: &str) -> Result<Config, ImportError> {
     let mut servers: Vec<(usize, Vec<String>)> = Vec::new();
     let mut seen_proxy = false;
     let mut seen_stats = false;
-    let mut frontend_maxconn: Option<NonZeroU32> = None;
+    let mut frontend_maxconn: Option<(usize, NonZeroU32)> = None;
+    // `defaults` first, then the listen's own lines override them key by key, as the values do.
+    let mut origins = Origins::new();
+    let mut proxy_origins = Origins::new();
 
     for block in split_sections(text)? {
         match block.kind.as_str() {
             "global" => {
                 for (line, w) in &block.body {
                     match w[0].as_str() {
-                        "maxconn" => global.maxconn = nonzero(*line, w, 1)?,
-                        "nbthread" => global.threads = Some(nonzero(*line, w, 1)?),
+                        "maxconn" => {
+                            global.maxconn = nonzero(*line, w, 1)?;
+                            note(&mut origins, "global.maxconn", *line, "maxconn");
+                        }
+                        "nbthread" => {
+                            global.threads = Some(nonzero(*line, w, 1)?);
+                            note(&mut origins, "global.threads", *line, "nbthread");
+                        }
                         kw @ ("log" | "daemon" | "user" | "group" | "chroot" | "pidfile"
                         | "stats") => return Err(err(
                             *line,
@@ -135,7 +146,7 @@ pub fn import(text: &str) -> Result<Config, ImportError> {
             }
             "defaults" => {
                 for (line, w) in &block.body {
-                    parse_timeouts(*line, w, &mut defaults, true)?;
+                    parse_shared(*line, w, &mut defaults, true, &mut origins)?;
                 }
             }
             _ => {
@@ -162,14 +173,18 @@ pub fn import(text: &str) -> Result<Config, ImportError> {
                     }
                     seen_proxy = true;
                     listen.name = name;
+                    note(&mut proxy_origins, "listen.name", block.line, "listen");
                     parse_proxy(
                         &block.body,
-                        &mut listen,
-                        &mut check,
-                        &mut server_defaults,
-                        &mut proxy_timeouts,
-                        &mut servers,
-                        &mut frontend_maxconn,
+                        &mut Proxy {
+                            listen: &mut listen,
+                            check: &mut check,
+                            sd: &mut server_defaults,
+                            timeouts: &mut proxy_timeouts,
+                            servers: &mut servers,
+                            frontend_maxconn: &mut frontend_maxconn,
+                            origins: &mut proxy_origins,
+                        },
                     )?;
                 }
             }
@@ -183,27 +198,32 @@ pub fn import(text: &str) -> Result<Config, ImportError> {
             "no TCP `listen` section with `server` lines found",
         ));
     }
+    origins.extend(proxy_origins);
     // Proxy-level settings override `defaults`.
-    let pick = |a: Option<Duration>, b: Option<Duration>| a.or(b);
-    if let Some(r) = proxy_timeouts.retries.or(defaults.retries) {
+    let t = proxy_timeouts.over(defaults);
+    if let Some(r) = t.retries {
         listen.retries = r;
     }
-    if let Some(d) = pick(proxy_timeouts.client, defaults.client) {
+    if let Some(d) = t.client {
         listen.timeout_client = d;
     }
-    if let Some(d) = pick(proxy_timeouts.server, defaults.server) {
+    if let Some(d) = t.server {
         listen.timeout_server = d;
     }
-    if let Some(d) = pick(proxy_timeouts.connect, defaults.connect) {
+    if let Some(d) = t.connect {
         listen.timeout_connect = d;
     }
-    listen.timeout_queue = pick(proxy_timeouts.queue, defaults.queue);
-    if let Some(d) = pick(proxy_timeouts.check, defaults.check) {
+    listen.timeout_queue = t.queue;
+    if let Some(d) = t.check {
         check.timeout = d;
     }
-    if let Some(m) = frontend_maxconn {
+    apply_keepalive(&t, &mut listen, &mut origins)?;
+    if let Some((line, m)) = frontend_maxconn {
         // The frontend limit can only be lower than the process limit.
-        global.maxconn = global.maxconn.min(m);
+        if m < global.maxconn {
+            global.maxconn = m;
+            note(&mut origins, "global.maxconn", line, "maxconn");
+        }
     }
     let sd = &server_defaults;
     if let Some(d) = sd.inter {
@@ -221,14 +241,26 @@ pub fn import(text: &str) -> Result<Config, ImportError> {
     listen.on_marked_down = sd.on_marked_down.unwrap_or(OnMarkedDown::None);
 
     let mut parsed = Vec::new();
-    for (line, words) in &servers {
-        parsed.push(parse_server(*line, words, sd)?);
+    for (i, (line, words)) in servers.iter().enumerate() {
+        let (server, port, own_maxconn) = parse_server(*line, words, sd)?;
+        for key in ["name", "address", "check_port", "check_addr"] {
+            note(&mut origins, &format!("server[{i}].{key}"), *line, "server");
+        }
+        let maxconn_origin = match (own_maxconn, origins.get("server.maxconn")) {
+            (false, Some(default_server)) => default_server.clone(),
+            _ => (*line, "server maxconn".to_string()),
+        };
+        origins.insert(format!("server[{i}].maxconn"), maxconn_origin);
+        parsed.push((server, port));
     }
     // One shared check port goes to `check.port`; differing ones stay per server.
     let ports: Vec<u16> = parsed.iter().map(|(_, p)| *p).collect();
     if let Some(&first) = ports.first() {
         if ports.iter().all(|&p| p == first) {
             check.port = first;
+            if let Some((line, _)) = servers.first() {
+                note(&mut origins, "check.port", *line, "server port");
+            }
         }
     }
     let servers = parsed
@@ -249,7 +281,19 @@ pub fn import(text: &str) -> Result<Config, ImportError> {
         stats,
         etcd: None,
     };
-    file.validate().map_err(|e| err(0, &e.key, &e.message))
+    // Whatever is imported must load as `proxy.toml` would: the same validation, reported at the
+    // HAProxy line that set the refused value.
+    file.validate().map_err(|e| {
+        let (line, directive) = origins
+            .get(&e.key)
+            .cloned()
+            .unwrap_or_else(|| (0, e.key.clone()));
+        err(
+            line,
+            &directive,
+            &format!("{} (`{}` in proxy.toml)", e.message, e.key),
+        )
+    })
 }
 
 fn parse_stats(body: &[(usize, Vec<String>)], stats: &mut Stats) -> Result<(), ImportError> {
@@ -292,16 +336,18 @@ fn parse_stats(body: &[(usize, Vec<String>)], stats: &mut Stats) -> Result<(), I
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn parse_proxy(
-    body: &[(usize, Vec<String>)],
-    listen: &mut Listen,
-    check: &mut Check,
-    sd: &mut ServerDefaults,
-    timeouts: &mut Timeouts,
-    servers: &mut Vec<(usize, Vec<String>)>,
-    frontend_maxconn: &mut Option<NonZeroU32>,
-) -> Result<(), ImportError> {
+/// Everything the TCP listen's lines write to.
+struct Proxy<'a> {
+    listen: &'a mut Listen,
+    check: &'a mut Check,
+    sd: &'a mut ServerDefaults,
+    timeouts: &'a mut Timeouts,
+    servers: &'a mut Vec<(usize, Vec<String>)>,
+    frontend_maxconn: &'a mut Option<(usize, NonZeroU32)>,
+    origins: &'a mut Origins,
+}
+
+fn parse_proxy(body: &[(usize, Vec<String>)], p: &mut Proxy<'_>) -> Result<(), ImportError> {
     for (line, w) in body {
         let line = *line;
         match w[0].as_str() {
@@ -323,43 +369,42 @@ fn parse_proxy(
                         "expected `bind ADDR:PORT` without options",
                     ));
                 }
-                listen.bind = config::parse_bind(&w[1]).map_err(|m| err(line, "bind", &m))?;
+                p.listen.bind = config::parse_bind(&w[1]).map_err(|m| err(line, "bind", &m))?;
+                note(p.origins, "listen.bind", line, "bind");
             }
-            "maxconn" => *frontend_maxconn = Some(nonzero(line, w, 1)?),
-            "option" => match w.get(1).map(String::as_str) {
-                Some("httpchk") => {
-                    let args = &w[2..];
-                    match args.len() {
-                        0 => {}
-                        1 => check.uri = args[0].clone(),
-                        2 | 3 => {
-                            check.method = args[0].clone();
-                            check.uri = args[1].clone();
-                            if let Some(v) = args.get(2) {
-                                check.version = v.clone();
-                            }
-                        }
-                        _ => {
-                            return Err(err(
-                                line,
-                                "option httpchk",
-                                "expected at most METHOD URI VERSION",
-                            ))
+            "maxconn" => *p.frontend_maxconn = Some((line, nonzero(line, w, 1)?)),
+            "option" if w.get(1).map(String::as_str) == Some("httpchk") => {
+                let check = &mut *p.check;
+                let args = &w[2..];
+                match args.len() {
+                    0 => {}
+                    1 => check.uri = args[0].clone(),
+                    2 | 3 => {
+                        check.method = args[0].clone();
+                        check.uri = args[1].clone();
+                        if let Some(v) = args.get(2) {
+                            check.version = v.clone();
                         }
                     }
-                    if check.version.contains("\\r") {
+                    _ => {
                         return Err(err(
                             line,
                             "option httpchk",
-                            "headers smuggled in the version field are not supported",
-                        ));
+                            "expected at most METHOD URI VERSION",
+                        ))
                     }
                 }
-                Some(other) => {
-                    return Err(err(line, &format!("option {other}"), "not supported"));
+                if check.version.contains("\\r") {
+                    return Err(err(
+                        line,
+                        "option httpchk",
+                        "headers smuggled in the version field are not supported",
+                    ));
                 }
-                None => return Err(err(line, "option", "missing option name")),
-            },
+                for key in ["check.method", "check.uri", "check.version"] {
+                    note(p.origins, key, line, "option httpchk");
+                }
+            }
             "http-check" => match (w.get(1).map(String::as_str), w.get(2).map(String::as_str)) {
                 (Some("expect"), Some("status")) => {
                     let code = w
@@ -379,7 +424,13 @@ fn parse_proxy(
                             "expected one status code",
                         ));
                     }
-                    check.expect_status = code;
+                    p.check.expect_status = code;
+                    note(
+                        p.origins,
+                        "check.expect_status",
+                        line,
+                        "http-check expect status",
+                    );
                 }
                 _ => {
                     return Err(err(
@@ -389,9 +440,10 @@ fn parse_proxy(
                     ))
                 }
             },
-            "default-server" => parse_server_params(line, &w[1..], sd, "default-server")?,
-            "server" => servers.push((line, w.clone())),
-            "timeout" | "retries" => parse_timeouts(line, w, timeouts, false)?,
+            "default-server" => {
+                parse_server_params(line, &w[1..], p.sd, "default-server", p.origins)?
+            }
+            "server" => p.servers.push((line, w.clone())),
             "log" if w.get(1).map(String::as_str) == Some("global") => {}
             "balance" => {
                 return Err(err(
@@ -400,69 +452,13 @@ fn parse_proxy(
                     "patroni-proxy always routes to the one confirmed primary; remove the line",
                 ))
             }
-            _ => return Err(unknown(line, &directive_name(w), "the TCP listen")),
+            _ => parse_shared(line, w, p.timeouts, false, p.origins)?,
         }
     }
-    if servers.is_empty() {
+    if p.servers.is_empty() {
         return Err(err(0, "server", "the TCP listen has no `server` lines"));
     }
     Ok(())
-}
-
-fn parse_timeouts(
-    line: usize,
-    w: &[String],
-    t: &mut Timeouts,
-    in_defaults: bool,
-) -> Result<(), ImportError> {
-    match w[0].as_str() {
-        "log" if in_defaults && w.get(1).map(String::as_str) == Some("global") => Ok(()),
-        "mode" if in_defaults => match w.get(1).map(String::as_str) {
-            Some("tcp") => Ok(()),
-            _ => Err(err(line, "mode", "defaults must be `mode tcp`")),
-        },
-        "retries" => {
-            t.retries = Some(
-                w.get(1)
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| err(line, "retries", "expected a count, e.g. 2"))?,
-            );
-            Ok(())
-        }
-        "timeout" => {
-            let which = w.get(1).map(String::as_str).unwrap_or("");
-            let directive = format!("timeout {which}");
-            let value = w
-                .get(2)
-                .ok_or_else(|| err(line, &directive, "missing duration"))?;
-            let d = haproxy_duration(value).map_err(|m| err(line, &directive, &m))?;
-            let slot = match which {
-                "client" => &mut t.client,
-                "server" => &mut t.server,
-                "connect" => &mut t.connect,
-                "check" => &mut t.check,
-                "queue" => &mut t.queue,
-                _ => {
-                    return Err(err(
-                        line,
-                        &directive,
-                        "supported timeouts: client, server, connect, check, queue",
-                    ))
-                }
-            };
-            *slot = Some(d);
-            Ok(())
-        }
-        _ => Err(unknown(
-            line,
-            &directive_name(w),
-            if in_defaults {
-                "defaults"
-            } else {
-                "the TCP listen"
-            },
-        )),
-    }
 }
 
 fn parse_server_params(
@@ -470,6 +466,7 @@ fn parse_server_params(
     params: &[String],
     sd: &mut ServerDefaults,
     directive: &str,
+    origins: &mut Origins,
 ) -> Result<(), ImportError> {
     let mut it = params.iter();
     while let Some(p) = it.next() {
@@ -478,16 +475,17 @@ fn parse_server_params(
                 .cloned()
                 .ok_or_else(|| err(line, &format!("{directive} {name}"), "missing value"))
         };
+        let here = format!("{directive} {p}");
         match p.as_str() {
             "inter" | "fastinter" | "downinter" => {
                 let v = value(p)?;
-                let d =
-                    haproxy_duration(&v).map_err(|m| err(line, &format!("{directive} {p}"), &m))?;
+                let d = haproxy_duration(&v, Unit::Millis).map_err(|m| err(line, &here, &m))?;
                 match p.as_str() {
                     "inter" => sd.inter = Some(d),
                     "fastinter" => sd.fastinter = Some(d),
                     _ => sd.downinter = Some(d),
                 }
+                note(origins, &format!("check.{p}"), line, &here);
             }
             "rise" | "fall" => {
                 let v = value(p)?;
@@ -495,43 +493,38 @@ fn parse_server_params(
                     .parse::<u32>()
                     .ok()
                     .and_then(NonZeroU32::new)
-                    .ok_or_else(|| {
-                        err(line, &format!("{directive} {p}"), "expected a count >= 1")
-                    })?;
+                    .ok_or_else(|| err(line, &here, "expected a count >= 1"))?;
                 if p == "rise" {
                     sd.rise = Some(n)
                 } else {
                     sd.fall = Some(n)
                 }
+                note(origins, &format!("check.{p}"), line, &here);
             }
             "on-marked-down" => {
                 let v = value(p)?;
                 if v != "shutdown-sessions" {
-                    return Err(err(
-                        line,
-                        &format!("{directive} on-marked-down"),
-                        "only `shutdown-sessions` is supported",
-                    ));
+                    return Err(err(line, &here, "only `shutdown-sessions` is supported"));
                 }
                 sd.on_marked_down = Some(OnMarkedDown::ShutdownSessions);
             }
             "maxconn" => {
                 let v = value(p)?;
-                sd.maxconn = Some(v.parse::<u32>().ok().and_then(NonZeroU32::new).ok_or_else(
-                    || {
-                        err(
-                            line,
-                            &format!("{directive} maxconn"),
-                            "expected a count >= 1",
-                        )
-                    },
-                )?);
+                sd.maxconn = Some(
+                    v.parse::<u32>()
+                        .ok()
+                        .and_then(NonZeroU32::new)
+                        .ok_or_else(|| err(line, &here, "expected a count >= 1"))?,
+                );
+                // Read by each server that does not set its own.
+                note(origins, "server.maxconn", line, &here);
             }
             "port" => {
                 let v = value(p)?;
-                sd.port = Some(v.parse().map_err(|_| {
-                    err(line, &format!("{directive} port"), "expected a port number")
-                })?);
+                sd.port = Some(
+                    v.parse()
+                        .map_err(|_| err(line, &here, "expected a port number"))?,
+                );
             }
             "check" => {}
             other => {
@@ -547,12 +540,12 @@ fn parse_server_params(
     Ok(())
 }
 
-/// Returns the server and its check port.
+/// Returns the server, its check port, and whether the line set its own `maxconn`.
 fn parse_server(
     line: usize,
     w: &[String],
     sd: &ServerDefaults,
-) -> Result<(Server, u16), ImportError> {
+) -> Result<(Server, u16, bool), ImportError> {
     let name = w
         .get(1)
         .ok_or_else(|| err(line, "server", "expected `server NAME IP:PORT ...`"))?
@@ -591,7 +584,8 @@ fn parse_server(
         }
     }
     let mut own = ServerDefaults::default();
-    parse_server_params(line, &params, &mut own, "server")?;
+    // The caller notes where a server's values come from.
+    parse_server_params(line, &params, &mut own, "server", &mut Origins::new())?;
     if own.inter.is_some()
         || own.fastinter.is_some()
         || own.downinter.is_some()
@@ -632,33 +626,8 @@ fn parse_server(
             check_addr,
         },
         port,
+        own.maxconn.is_some(),
     ))
-}
-
-/// HAProxy time format: a number with an optional unit (us, ms, s, m, h, d); no unit means ms.
-fn haproxy_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid time {s:?}: expected a number with an optional unit (ms, s, m, h, d)")
-    })?;
-    let d = match unit {
-        "" | "ms" => Duration::from_millis(n),
-        "us" => Duration::from_micros(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
-        _ => {
-            return Err(format!(
-                "invalid time unit in {s:?}: use us, ms, s, m, h or d"
-            ))
-        }
-    };
-    if d.is_zero() {
-        return Err(format!("time {s:?} is zero"));
-    }
-    Ok(d)
 }
 
 fn nonzero(line: usize, w: &[String], i: usize) -> Result<NonZeroU32, ImportError> {
@@ -706,15 +675,6 @@ pub fn to_toml(config: &Config, source: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn haproxy_durations() {
-        assert_eq!(haproxy_duration("3s").unwrap(), Duration::from_secs(3));
-        assert_eq!(haproxy_duration("30m").unwrap(), Duration::from_secs(1800));
-        assert_eq!(haproxy_duration("4000").unwrap(), Duration::from_secs(4));
-        assert!(haproxy_duration("3x").is_err());
-        assert!(haproxy_duration("0s").is_err());
-    }
 
     #[test]
     fn unsupported_directives_name_their_line() {

@@ -123,6 +123,15 @@ fn summary(c: &Config, path: &std::path::Path) -> String {
             "off"
         }
     ));
+    let on_off = |b: bool| if b { "on" } else { "off" };
+    s.push_str(&format!(
+        "tcp keepalive: client {}, server {} (idle {}, probe every {}, {} probes)\n",
+        on_off(c.listen.client_keepalive),
+        on_off(c.listen.server_keepalive),
+        d(c.listen.keepalive_idle),
+        d(c.listen.keepalive_interval),
+        c.listen.keepalive_count,
+    ));
     if let Some(e) = &c.etcd {
         s.push_str(&format!(
             "etcd watch on {}{{leader,failover}} via {:?}\n",
