@@ -135,3 +135,49 @@ async fn a_rejected_login_reaches_the_client_as_the_server_sent_it() {
     assert_eq!(c.shared().frontend.replays.load(Relaxed), 0);
     assert_eq!(c.primary(), Some(0));
 }
+
+/// The keepalive timer `ss` shows on the proxy's socket of a connection, by its local port.
+fn keepalive_timer(port: u16) -> Option<String> {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-tnoH",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.contains("keepalive").then_some(text)
+}
+
+#[tokio::test]
+async fn client_and_server_sockets_have_tcp_keepalive() {
+    // Issue 11, "Also": TCP keepalive on client and server sockets (HAProxy's `option clitcpka` /
+    // `srvtcpka`), on by default here: a peer that vanished without a FIN is found in minutes.
+    let (c, pgs) = Cluster::start_pg(vec![(PRIMARY, PgMode::Primary)], "").await;
+    c.wait_for(Duration::from_secs(10), "node0 routed", |c| {
+        c.primary() == Some(0)
+    })
+    .await;
+    let mut s = TcpStream::connect(c.addr).await.unwrap();
+    s.write_all(&startup_message("app")).await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    // The proxy's side of the client connection: local port = the proxy's listening port.
+    let client_side = keepalive_timer(c.addr.port());
+    assert!(client_side.is_some(), "no keepalive on the client socket");
+    // The proxy's side of the server connection: `ss` filtered by the fake PostgreSQL's port as the
+    // destination.
+    let out = std::process::Command::new("ss")
+        .args([
+            "-tnoH",
+            "state",
+            "established",
+            &format!("( dport = :{} )", pgs[0].addr.port()),
+        ])
+        .output()
+        .unwrap();
+    let server_side = String::from_utf8_lossy(&out.stdout);
+    assert!(server_side.contains("keepalive"), "{server_side}");
+}

@@ -1,11 +1,13 @@
 //! The primary port: the accept loops ([`serve`]), one per relay thread, and which thread runs a
-//! client ([`balance`]); one session per client ([`session`]), the byte relay ([`relay`]) and each
+//! client ([`balance`]); one session per client ([`session`]) and its startup inspection ([`startup`]), the byte relay ([`relay`]) and each
 //! server's registry of relaying sessions that `shutdown-sessions` goes through ([`relaying`]).
 
 pub mod balance;
 pub mod relay;
 pub mod relaying;
 pub mod session;
+mod startup;
+pub mod termination;
 
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;

@@ -19,78 +19,14 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
 
 use super::balance::Admission;
-use super::relay::{self, End, Meters, Relay, Side};
+use super::relay::{End, Meters, Relay, Side};
 use super::relaying::Registered;
+use super::startup::{startup, write_all, Pending, Startup};
+use super::termination::Termination;
 use crate::backend::{Counters, GaugeGuard, Ticket};
 use crate::pgwire::{self, FirstMessage};
 use crate::routing::Claim;
 use crate::state::Shared;
-
-/// HAProxy's two-letter termination states (`haproxy-semantics.md` §2.8), plus ours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Termination {
-    /// Normal close by either end.
-    Normal,
-    /// Retries exhausted after refusals (`SC`) or timeouts (`sC`).
-    ConnectRefused,
-    ConnectTimeout,
-    /// `timeout queue` while waiting for a server slot.
-    QueueTimeout,
-    /// Closed because the server was marked DOWN or lost the primary role (`D-`), or forced shutdown.
-    Killed,
-    /// No primary within `hold_timeout`: answered with 57P03 (`SH`).
-    HoldTimeout,
-    /// The backend reported `in_hot_standby = on`: answered with 57P03 (`SS`).
-    Standby,
-    /// Idle timeouts (`cD`, `sD`).
-    ClientIdle,
-    ServerIdle,
-    /// Aborted by an error or close on that side (`CD`, `SD`).
-    ClientError,
-    ServerError,
-    /// The proxy ran out of a local resource connecting to the server (`RC`), answered with 53000.
-    LocalResource,
-}
-
-impl Termination {
-    pub fn code(self) -> &'static str {
-        match self {
-            Termination::Normal => "--",
-            Termination::ConnectRefused => "SC",
-            Termination::ConnectTimeout => "sC",
-            Termination::QueueTimeout => "sQ",
-            Termination::Killed => "D-",
-            Termination::HoldTimeout => "SH",
-            Termination::Standby => "SS",
-            Termination::ClientIdle => "cD",
-            Termination::ServerIdle => "sD",
-            Termination::ClientError => "CD",
-            Termination::ServerError => "SD",
-            Termination::LocalResource => "RC",
-        }
-    }
-}
-
-/// The client's bytes that the current server has not acknowledged yet: its first message(s), kept
-/// so they can be forwarded after a hold and replayed on another server.
-#[derive(Debug, Default)]
-struct Pending {
-    buf: Vec<u8>,
-    /// The server answered something other than a negotiation byte: nothing may be replayed.
-    committed: bool,
-}
-
-impl Pending {
-    /// True while the first message is incomplete (worth reading more of during a hold).
-    fn wants_more(&self) -> bool {
-        match pgwire::classify(&self.buf) {
-            FirstMessage::Incomplete => true,
-            FirstMessage::Startup { len } => self.buf.len() < len,
-            FirstMessage::CancelRequest => self.buf.len() < 16,
-            _ => false,
-        }
-    }
-}
 
 const FAILOVER_MESSAGE: &str =
     "failover in progress: no primary is available right now (patroni-proxy), retry";
@@ -240,6 +176,9 @@ impl Future for RelayTask {
 async fn establish(client: TcpStream, shared: &Shared, start: Instant) -> Setup<'_> {
     // Small PostgreSQL messages must not wait for Nagle.
     let _ = client.set_nodelay(true);
+    // A client that vanished without a FIN (host down, cable cut) would keep its maxconn place
+    // until `timeout client` (30 min): keepalive finds it within idle + interval x count.
+    tune(&client, shared.config.client_keepalive());
     let deadline = crate::time::deadline(start, shared.config.listen.hold_timeout);
     let mut pending = Pending::default();
     let mut avoid: Option<(usize, u64)> = None;
@@ -429,18 +368,6 @@ async fn refuse(client: &TcpStream, pending: &mut Pending, code: &str, message: 
     let _ = write_all(client, &pgwire::error_response(code, message)).await;
 }
 
-async fn write_all(s: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        s.writable().await?;
-        match s.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 enum Step<'s> {
     Done(Termination),
     /// Connected and past the startup inspection: relay from here on.
@@ -535,6 +462,7 @@ async fn connect_and_start<'s>(
         },
     };
     let _ = server.set_nodelay(true);
+    tune(&server, cfg.server_keepalive());
 
     let fe = &shared.frontend;
     let meters = Meters {
@@ -585,209 +513,6 @@ async fn connect_and_start<'s>(
     }
 
     Step::Ready { server, slot, open }
-}
-
-/// How the startup phase ended.
-enum Startup {
-    /// ReadyForQuery passed, TLS was negotiated, or this is not PostgreSQL: relay the rest as bytes.
-    Relay,
-    /// The server answered 57P01/57P02/57P03 before authentication: replay elsewhere.
-    Leaving(String),
-    /// The server reported `in_hot_standby = on`.
-    Standby,
-    /// The server closed or reset the connection before any reply to the StartupMessage: replay
-    /// elsewhere.
-    Vanished,
-    Done(Termination),
-}
-
-/// Where the startup conversation is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for (the rest of) the client's first message.
-    ClientFirst,
-    /// SSLRequest/GSSENCRequest sent; the server answers one byte.
-    Negotiation,
-    /// StartupMessage sent; no server reply yet: still replayable.
-    Sent,
-    /// Authentication under way; watch for ParameterStatus and ReadyForQuery.
-    Authenticating,
-}
-
-/// Passes the startup conversation through, reading the server's replies until ReadyForQuery.
-async fn startup(
-    client: &TcpStream,
-    server: &TcpStream,
-    pending: &mut Pending,
-    meters: &Meters<'_>,
-) -> Startup {
-    let up = |n: usize| {
-        for m in meters.up {
-            m.fetch_add(n as u64, Relaxed);
-        }
-    };
-    let down = |n: usize| {
-        for m in meters.down {
-            m.fetch_add(n as u64, Relaxed);
-        }
-    };
-    // What was read during the hold (or a previous attempt) goes first.
-    if !pending.buf.is_empty() {
-        if write_all(server, &pending.buf).await.is_err() {
-            return Startup::Done(Termination::ServerError);
-        }
-        up(pending.buf.len());
-    }
-    let mut phase = Phase::ClientFirst;
-    let mut from_server: Vec<u8> = Vec::new();
-    // Any byte of an answer to the StartupMessage: after it, a close is an answer to this client
-    // (a FATAL it was already sent), not a server going away.
-    let mut answered = false;
-    loop {
-        // Re-derive the phase from what the client has sent so far.
-        if phase == Phase::ClientFirst {
-            match pgwire::classify(&pending.buf) {
-                FirstMessage::Incomplete => {}
-                FirstMessage::SslRequest | FirstMessage::GssEncRequest => {
-                    phase = Phase::Negotiation
-                }
-                FirstMessage::Startup { len } if pending.buf.len() >= len => phase = Phase::Sent,
-                FirstMessage::Startup { .. } => {}
-                FirstMessage::CancelRequest | FirstMessage::Other => return Startup::Relay,
-            }
-        }
-        tokio::select! {
-            r = client.readable() => {
-                if r.is_err() {
-                    return Startup::Done(Termination::ClientError);
-                }
-                let mut chunk = [0u8; 4096];
-                // A short read clears readiness: no `recv` that only says `EAGAIN` (relay.rs).
-                let n = match relay::try_read_drained(client, &mut chunk) {
-                    Ok(Some(0)) | Err(_) => return Startup::Done(Termination::ClientError),
-                    Ok(Some(n)) => n,
-                    Ok(None) => continue,
-                };
-                if write_all(server, &chunk[..n]).await.is_err() {
-                    return Startup::Done(Termination::ServerError);
-                }
-                up(n);
-                if !pending.committed {
-                    pending.buf.extend_from_slice(&chunk[..n]);
-                }
-            }
-            r = server.readable() => {
-                // Closed or reset after our StartupMessage and before any reply (a postmaster
-                // exiting with connections in its backlog): nothing reached the client, replay.
-                let vanished = || match phase == Phase::Sent && !answered {
-                    true => Startup::Vanished,
-                    false => Startup::Done(Termination::ServerError),
-                };
-                if r.is_err() {
-                    return vanished();
-                }
-                let mut chunk = [0u8; 4096];
-                let n = match relay::try_read_drained(server, &mut chunk) {
-                    Ok(Some(0)) | Err(_) => return vanished(),
-                    Ok(Some(n)) => n,
-                    Ok(None) => continue,
-                };
-                from_server.extend_from_slice(chunk.get(..n).unwrap_or_default());
-                answered |= matches!(phase, Phase::Sent | Phase::Authenticating);
-                match phase {
-                    // The server spoke first: not PostgreSQL.
-                    Phase::ClientFirst => {
-                        return forward_rest(client, &from_server, &down, pending).await;
-                    }
-                    Phase::Negotiation => {
-                        if from_server[0] == b'N' && from_server.len() == 1 {
-                            // TLS declined: the StartupMessage follows in clear.
-                            if write_all(client, b"N").await.is_err() {
-                                return Startup::Done(Termination::ClientError);
-                            }
-                            down(1);
-                            from_server.clear();
-                            pending.buf.clear();
-                            phase = Phase::ClientFirst;
-                        } else {
-                            // TLS (or something unexpected): opaque from here on.
-                            return forward_rest(client, &from_server, &down, pending).await;
-                        }
-                    }
-                    Phase::Sent | Phase::Authenticating => {
-                        // Inspect every complete message read, then pass them on in one write: a
-                        // server's answer to the StartupMessage is a dozen and a half messages in one
-                        // packet, and a `send` each cost 22 `sendto` per connection (HAProxy: 7).
-                        let mut inspected = 0;
-                        let verdict = loop {
-                            let (kind, len) = match pgwire::frame(from_server.get(inspected..).unwrap_or_default()) {
-                                Ok(Some(f)) => f,
-                                Ok(None) => break None,
-                                Err(pgwire::NotPostgres) => break Some(Startup::Relay),
-                            };
-                            let Some(msg) = inspected.checked_add(len).and_then(|end| from_server.get(inspected..end)) else {
-                                break None;
-                            };
-                            match kind {
-                                b'E' => {
-                                    if let Some(code) = pgwire::sqlstate(msg).filter(|c| phase == Phase::Sent && pgwire::is_server_leaving(c)) {
-                                        break Some(Startup::Leaving(code.to_string()));
-                                    }
-                                    // The server's answer to this client (wrong password, pg_hba
-                                    // reject, too many connections): passed on as it is, never
-                                    // replayed, never held against the server.
-                                    break Some(Startup::Relay);
-                                }
-                                b'S' if pgwire::parameter_status(msg) == Some((b"in_hot_standby", b"on")) => {
-                                    break Some(Startup::Standby);
-                                }
-                                b'R' => {
-                                    phase = Phase::Authenticating;
-                                    pending.committed = true;
-                                    pending.buf = Vec::new();
-                                }
-                                // ReadyForQuery: everything from here on is relayed as bytes.
-                                b'Z' => break Some(Startup::Relay),
-                                _ => {}
-                            }
-                            inspected += len;
-                        };
-                        if let Some(Startup::Relay) = verdict {
-                            return forward_rest(client, &from_server, &down, pending).await;
-                        }
-                        // Pass on the messages inspected: all complete ones, or those before a
-                        // Leaving/Standby verdict, exactly what a write per message would have sent.
-                        if inspected > 0 {
-                            if write_all(client, from_server.get(..inspected).unwrap_or_default()).await.is_err() {
-                                return Startup::Done(Termination::ClientError);
-                            }
-                            down(inspected);
-                            from_server.drain(..inspected.min(from_server.len()));
-                        }
-                        if let Some(v) = verdict {
-                            return v;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Forwards what was read from the server and switches to the plain relay.
-async fn forward_rest(
-    client: &TcpStream,
-    bytes: &[u8],
-    down: &impl Fn(usize),
-    pending: &mut Pending,
-) -> Startup {
-    pending.committed = true;
-    pending.buf = Vec::new();
-    if write_all(client, bytes).await.is_err() {
-        return Startup::Done(Termination::ClientError);
-    }
-    down(bytes.len());
-    Startup::Relay
 }
 
 enum ConnectError {
@@ -842,6 +567,16 @@ async fn connect(shared: &Shared, node: usize) -> Result<TcpStream, ConnectError
         if shared.current().primary != Some(node) {
             shared.frontend.rerouted.fetch_add(1, Relaxed);
             return Err(ConnectError::Rerouted);
+        }
+    }
+}
+
+/// Sets TCP keepalive (HAProxy's `option clitcpka`/`srvtcpka`); best effort: a socket that
+/// refuses it still works.
+fn tune(s: &TcpStream, keepalive: Option<socket2::TcpKeepalive>) {
+    if let Some(ka) = keepalive {
+        if let Err(e) = socket2::SockRef::from(s).set_tcp_keepalive(&ka) {
+            tracing::debug!(error = %e, "setting TCP keepalive failed");
         }
     }
 }
