@@ -2,8 +2,8 @@
 //!
 //! Layout, in the order data flows:
 //! - [`config`]: the TOML file, its defaults and validation; [`import`] converts an HAProxy config.
-//! - [`health`]: HTTP checks against Patroni's REST API and the pure rise/fall state machine.
-//! - [`patroni`]: what a check's answer says about the node's role.
+//! - [`health`]: HTTP checks against Patroni's REST API, what an answer says about the node's role,
+//!   and the pure rise/fall state machine.
 //! - [`state`]: the single owner of backend state; publishes immutable snapshots.
 //! - [`routing`]: the pure choice of the one routed primary.
 //! - [`backend`]: IO-layer counters, server slots and the session kill switch.
@@ -20,7 +20,6 @@ pub mod dcs;
 pub mod health;
 pub mod import;
 pub mod logging;
-pub mod patroni;
 pub mod pgwire;
 pub mod proxy;
 pub mod routing;

@@ -209,6 +209,6 @@ async fn serve(config: Arc<Config>, path: &std::path::Path) -> anyhow::Result<()
     );
     // For the dashboard's process line.
     let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let _ = running.shared.stats.config_path.set(shown);
+    let _ = running.stats.config_path.set(shown);
     patroni_proxy::signals::serve_until_stopped(running, signals).await
 }

@@ -115,7 +115,7 @@ mod tests {
         // Issue 11 item 1: a checker panicked, the supervisor drained and closed the listeners,
         // and `main` went on waiting for a signal: a live process serving nothing, which no
         // service manager restarts. Now the wait ends with the supervisor, as an error.
-        let shared = Shared::new(Arc::new(
+        let shared = Shared::detached(Arc::new(
             Config::from_toml("[[server]]\nname = \"a\"\naddress = \"127.0.0.1:5432\"\n").unwrap(),
         ));
         for done in [

@@ -10,8 +10,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::health::{checker, CheckSpec};
-use crate::state::{self, Shared};
-use crate::{proxy, stats};
+use crate::state::{self, Input, Owner, Shared};
+use crate::{dcs, proxy, stats};
 
 /// The bound sockets the proxy serves on. Binding is the caller's job so tests can use port 0.
 pub struct Listeners {
@@ -19,9 +19,10 @@ pub struct Listeners {
     pub stats: Option<TcpListener>,
 }
 
-/// A running proxy: its shared state (for tests and the stats page) and its stop switches.
+/// A running proxy: its state and stats handles (for tests and the binary) and its stop switches.
 pub struct Running {
     pub shared: Arc<Shared>,
+    pub stats: Arc<stats::Stats>,
     stop: CancellationToken,
     force: CancellationToken,
     done: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -66,6 +67,7 @@ impl Running {
         done: tokio::task::JoinHandle<anyhow::Result<()>>,
     ) -> Self {
         Self {
+            stats: Arc::new(stats::Stats::new(&shared.config)),
             shared,
             stop: CancellationToken::new(),
             force: CancellationToken::new(),
@@ -76,27 +78,50 @@ impl Running {
 
 /// Starts the proxy in the background; see [`run`].
 pub fn start(config: Arc<Config>, listeners: Listeners) -> Running {
-    let shared = Shared::new(config);
+    let stats = Arc::new(stats::Stats::new(&config));
+    let (shared, owner) = state::new(config, stats.clone());
     let stop = CancellationToken::new();
     let force = CancellationToken::new();
-    let done = tokio::spawn(run(shared.clone(), listeners, stop.clone(), force.clone()));
+    let done = tokio::spawn(run(
+        Parts {
+            shared: shared.clone(),
+            owner,
+            stats: stats.clone(),
+        },
+        listeners,
+        stop.clone(),
+        force.clone(),
+    ));
     Running {
         shared,
+        stats,
         stop,
         force,
         done,
     }
 }
 
+/// What [`run`] wires together: the state and its owner, and the stats side.
+pub struct Parts {
+    pub shared: Arc<Shared>,
+    pub owner: Owner,
+    pub stats: Arc<stats::Stats>,
+}
+
 /// Runs until `stop` is cancelled, then drains for up to `shutdown_grace`, or until `force` is
 /// cancelled. An unexpected exit of any long-lived task is an error (and stops the others), never a
 /// silent degradation.
 pub async fn run(
-    shared: Arc<Shared>,
+    parts: Parts,
     listeners: Listeners,
     stop: CancellationToken,
     force: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Parts {
+        shared,
+        owner,
+        stats,
+    } = parts;
     let cfg = shared.config.clone();
     let tasks = TaskTracker::new();
     let sessions = TaskTracker::new();
@@ -112,23 +137,29 @@ pub async fn run(
     );
     let n = cfg.servers.len();
     let mut supervised = tokio::task::JoinSet::new();
-    supervised.spawn(tasks.track_future(state::run(shared.clone(), internal_stop.clone())));
     for i in 0..n {
         supervised.spawn(tasks.track_future(checker::run(
-            i,
             cfg.check_target(i),
             spec.clone(),
             checker::first_delay(i, n, cfg.check.inter),
-            shared.clone(),
+            owner.link(i),
             internal_stop.clone(),
         )));
     }
+    supervised.spawn(tasks.track_future(owner.run(internal_stop.clone())));
     if let Some(etcd) = cfg.etcd.clone() {
-        supervised.spawn(tasks.track_future(crate::dcs::watch(
-            etcd,
-            shared.clone(),
-            internal_stop.clone(),
-        )));
+        let to_owner = shared.clone();
+        let sink = dcs::Sink {
+            signal: Box::new(move |s| {
+                to_owner.send(match s {
+                    dcs::Signal::Leader(leader) => Input::LeaderChanged { leader },
+                    dcs::Signal::SwitchoverRequested => Input::SwitchoverRequested,
+                    dcs::Signal::SwitchoverEnded => Input::SwitchoverEnded,
+                })
+            }),
+            failures: stats.etcd.clone(),
+        };
+        supervised.spawn(tasks.track_future(dcs::watch(etcd, sink, internal_stop.clone())));
     }
     supervised.spawn(tasks.track_future(proxy::serve(
         listeners.proxy,
@@ -140,6 +171,7 @@ pub async fn run(
         supervised.spawn(tasks.track_future(stats::serve(
             l,
             shared.clone(),
+            stats.clone(),
             internal_stop.clone(),
         )));
     }

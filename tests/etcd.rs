@@ -259,11 +259,10 @@ async fn cluster_with_all(etcds: &[&FakeEtcd]) -> Cluster {
 
 /// `patroni_proxy_etcd_watch_failures_total{reason}` as `/metrics` would show it (0 if absent).
 fn failures(c: &Cluster, reason: &str) -> u64 {
-    let shared = c.shared();
-    let text = shared
-        .stats
+    let stats = &c.proxy.as_ref().unwrap().stats;
+    let text = stats
         .metrics
-        .render(&patroni_proxy::stats::export::view(shared));
+        .render(&patroni_proxy::stats::export::view(c.shared()), &stats.etcd);
     let series = format!("patroni_proxy_etcd_watch_failures_total{{reason=\"{reason}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use patroni_proxy::config::Config;
+use patroni_proxy::health::patroni::PatroniInfo;
 use patroni_proxy::import;
-use patroni_proxy::patroni::PatroniInfo;
 use patroni_proxy::pgwire::{self, FirstMessage};
 use proptest::prelude::*;
 

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use patroni_proxy::patroni::PatroniInfo;
+use patroni_proxy::health::patroni::PatroniInfo;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(info) = PatroniInfo::parse(data) {

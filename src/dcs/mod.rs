@@ -45,6 +45,7 @@ pub mod parse;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +62,37 @@ pub use parse::{
 };
 
 use crate::config::Etcd;
-use crate::state::{Input, Shared};
+
+/// Where the watch sends what it sees, and counts its failures: the state owner's input and the
+/// stats side's counters, behind a narrow handle (this module knows neither).
+pub struct Sink {
+    pub signal: Box<dyn Fn(Signal) + Send + Sync>,
+    pub failures: Arc<Failures>,
+}
+
+/// Watches given up, by reason (in the order of [`FAILURE_REASONS`]); read by the metrics.
+#[derive(Debug, Default)]
+pub struct Failures([AtomicU64; FAILURE_REASONS.len()]);
+
+impl Failures {
+    fn count(&self, reason: &str) {
+        if let Some(c) = FAILURE_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.0.get(i))
+        {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// `(reason, count)` for every reason.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        FAILURE_REASONS
+            .iter()
+            .zip(&self.0)
+            .map(|(r, c)| (*r, c.load(Relaxed)))
+    }
+}
 
 /// How often the keys are re-read on the watched endpoint (see the module doc).
 pub const RESYNC: Duration = Duration::from_secs(5);
@@ -73,7 +104,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs until `stop` is cancelled.
-pub async fn watch(cfg: Etcd, shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn watch(cfg: Etcd, sink: Sink, stop: CancellationToken) {
     let watched = Watched::new(&cfg.prefix());
     let client = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
@@ -106,7 +137,7 @@ pub async fn watch(cfg: Etcd, shared: Arc<Shared>, stop: CancellationToken) {
             client: &client,
             endpoint: here,
             watched: &watched,
-            shared: &shared,
+            sink: &sink,
         };
         let e = tokio::select! {
             _ = stop.cancelled() => return,
@@ -115,7 +146,7 @@ pub async fn watch(cfg: Etcd, shared: Arc<Shared>, stop: CancellationToken) {
         if established {
             backoff = MIN_BACKOFF;
         }
-        shared.stats.metrics.etcd_watch_failed(e.reason());
+        sink.failures.count(e.reason());
         let next = endpoint(attempt.wrapping_add(1)).unwrap_or(here);
         tracing::warn!(etcd = %here, error = %e, reason = e.reason(), next = %next,
             retry_in_ms = backoff.as_millis() as u64,
@@ -158,7 +189,7 @@ struct Attempt<'a> {
     client: &'a reqwest::Client,
     endpoint: SocketAddr,
     watched: &'a Watched,
-    shared: &'a Shared,
+    sink: &'a Sink,
 }
 
 impl Attempt<'_> {
@@ -259,11 +290,7 @@ impl Attempt<'_> {
 
     fn signal(&self, signals: Vec<Signal>) {
         for s in signals {
-            self.shared.send(match s {
-                Signal::Leader(leader) => Input::LeaderChanged { leader },
-                Signal::SwitchoverRequested => Input::SwitchoverRequested,
-                Signal::SwitchoverEnded => Input::SwitchoverEnded,
-            });
+            (self.sink.signal)(s);
         }
     }
 }

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use crate::patroni::PatroniInfo;
+use crate::health::patroni::PatroniInfo;
 
 /// HAProxy's check status vocabulary (`check.c check_statuses[]`), restricted to what an HTTP check
 /// can produce, plus `INI` for "no check finished yet".

@@ -2,34 +2,55 @@
 //! check staggered by `i * inter / N` (HAProxy's `start_check_task`), and each next check `interval`
 //! after the previous one *completes* (`process_chk_conn`), the interval chosen by the state owner
 //! from the node's health (`srv_getinter`) and the failover pace. The state owner can cut a wait
-//! short (`Shared::wake`) to re-check at once; it never starts a second check in parallel.
+//! short (`Link::wake`) to re-check at once; it never starts a second check in parallel.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::check::{self, CheckSpec};
-use crate::state::{Input, Shared};
+use super::check::{self, CheckResult, CheckSpec};
 
-/// Runs checks for node `node` until `stop` is cancelled or the state owner is gone.
+/// What a checker sends to the state owner.
+#[derive(Debug)]
+pub enum Report {
+    /// A finished check; the reply carries the delay before the node's next check.
+    Check {
+        node: usize,
+        result: CheckResult,
+        reply: oneshot::Sender<Duration>,
+    },
+    /// A check that could not run for want of a local resource: counted, never held against the
+    /// node.
+    Local,
+}
+
+/// A checker's handle on the state owner: where its reports go, and the wake-up the owner uses to
+/// cut its wait short.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub node: usize,
+    pub reports: mpsc::UnboundedSender<Report>,
+    pub wake: Arc<Notify>,
+}
+
+/// Runs checks for `link.node` until `stop` is cancelled or the state owner is gone.
 pub async fn run(
-    node: usize,
     target: SocketAddr,
     spec: CheckSpec,
     first_delay: Duration,
-    shared: Arc<Shared>,
+    link: Link,
     stop: CancellationToken,
 ) {
+    let node = link.node;
     let mut delay = first_delay;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
-            _ = shared.wake[node].notified() => {}
+            _ = link.wake.notified() => {}
         }
         let result = tokio::select! {
             _ = stop.cancelled() => return,
@@ -38,7 +59,7 @@ pub async fn run(
                 check::Outcome::Local(e) => {
                     // Our own shortage says nothing about the node: no result goes to the state
                     // owner, and the check is tried again after the same delay.
-                    shared.frontend.local_errors.fetch_add(1, Relaxed);
+                    let _ = link.reports.send(Report::Local);
                     tracing::error!(target: "patroni_proxy::health", node, error = %e,
                         "health check not run: the proxy is out of a local resource (file descriptors, memory or ports); not counted against the server");
                     continue;
@@ -46,11 +67,17 @@ pub async fn run(
             },
         };
         let (reply, next) = oneshot::channel();
-        shared.send(Input::Check {
-            node,
-            result,
-            reply,
-        });
+        if link
+            .reports
+            .send(Report::Check {
+                node,
+                result,
+                reply,
+            })
+            .is_err()
+        {
+            return;
+        }
         delay = match next.await {
             Ok(d) => d,
             Err(_) => return,

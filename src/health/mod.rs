@@ -1,9 +1,11 @@
-//! Health checking: the pure rise/fall counter ([`machine`]), one HTTP check ([`check`]) and the
-//! per-node task that runs checks on HAProxy's schedule ([`checker`]).
+//! Health checking: the pure rise/fall counter ([`machine`]), one HTTP check ([`check`]), what its
+//! answer says about the node's role ([`patroni`]) and the per-node task that runs checks on
+//! HAProxy's schedule ([`checker`]).
 
 pub mod check;
 pub mod checker;
 pub mod machine;
+pub mod patroni;
 
 pub use check::{CheckResult, CheckSpec, CheckStatus};
 pub use machine::{HealthCounter, Status, Transition};

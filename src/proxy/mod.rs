@@ -1,10 +1,11 @@
 //! The primary port: the accept loops ([`serve`]), one per relay thread, and which thread runs a
-//! client ([`balance`]); one session per client ([`session`]) and its startup inspection ([`startup`]), the byte relay ([`relay`]) and each
-//! server's registry of relaying sessions that `shutdown-sessions` goes through ([`relaying`]).
+//! client ([`balance`]); one session per client ([`session`]), its startup inspection
+//! ([`startup`]) and termination codes ([`termination`]), and the byte relay ([`relay`]). Each
+//! server's registry of relaying sessions, which `shutdown-sessions` goes through, is the backend's
+//! ([`crate::backend::relaying`]).
 
 pub mod balance;
 pub mod relay;
-pub mod relaying;
 pub mod session;
 mod startup;
 pub mod termination;

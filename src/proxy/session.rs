@@ -20,9 +20,9 @@ use tokio_util::task::TaskTracker;
 
 use super::balance::Admission;
 use super::relay::{End, Meters, Relay, Side};
-use super::relaying::Registered;
 use super::startup::{startup, write_all, Pending, Startup};
 use super::termination::Termination;
+use crate::backend::relaying::Registered;
 use crate::backend::{Counters, GaugeGuard, Ticket};
 use crate::pgwire::{self, FirstMessage};
 use crate::routing::Claim;
@@ -118,7 +118,7 @@ pin_project_lite::pin_project! {
     /// The relay phase of a session, a task of its own: 360 bytes where the `async fn` that set
     /// the session up is several KiB, and tokio sizes a task for the largest state of its future.
     /// Waits only on its two sockets and its idle timer: `shutdown-sessions` reaches it through the
-    /// server's registry ([`super::relaying`]), which shuts its sockets down.
+    /// server's registry ([`crate::backend::relaying`]), which shuts its sockets down.
     struct RelayTask {
         io: Registered,
         shared: Arc<Shared>,
@@ -263,7 +263,7 @@ async fn hold(
     avoid: Option<(usize, u64)>,
 ) -> Result<usize, Termination> {
     let fe = &shared.frontend;
-    let mut rx = shared.snapshot.subscribe();
+    let mut rx = shared.subscribe();
     let mut holding: Option<GaugeGuard<'_>> = None;
     loop {
         let usable = {
@@ -299,7 +299,9 @@ async fn hold(
                 refuse(client, pending, "57P03", SHUTDOWN_MESSAGE).await;
                 return Err(Termination::Killed);
             }
+            // The state owner is gone: the proxy is stopping, no primary will be confirmed.
             r = rx.changed() => if r.is_err() {
+                refuse(client, pending, "57P03", SHUTDOWN_MESSAGE).await;
                 return Err(Termination::Killed);
             },
             r = client.readable(), if pending.wants_more() => {
@@ -604,7 +606,7 @@ mod tests {
         // Allocated for each connection's whole life, and tokio rounds a task up to a multiple of
         // 128 bytes with about 100 bytes of its own: 400 bytes keep it in 512 (docs/benchmarks.md,
         // RSS per idle connection; the setup future it replaced in that role was 816 bytes).
-        let shared = Shared::new(Arc::new(
+        let shared = Shared::detached(Arc::new(
             Config::from_toml("[[server]]\nname = \"a\"\naddress = \"127.0.0.1:5432\"\n").unwrap(),
         ));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

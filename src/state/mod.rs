@@ -1,25 +1,28 @@
 //! The backend state: one immutable [`Snapshot`] of every node (health counter, last check, Patroni
-//! answer, routed primary), replaced as a whole by the single task that applies check results
-//! ([`owner`]). The accept path, the stats page and the metrics only read it. The dashboard's event
-//! list lives in [`events`].
+//! answer, routed primary), replaced as a whole by the one task that owns it ([`owner`]), which
+//! carries out what the pure [`core`] decides. Everyone else holds a narrow handle: the data path
+//! and the stats side read a [`Shared`] (a snapshot receiver, the per-server counters and kill
+//! registries, the events) and report evidence through it; checkers hold a
+//! [`crate::health::checker::Link`]. The dashboard's event list lives in [`events`].
 
+pub mod core;
 mod events;
 pub mod owner;
 
 pub use events::{Event, EventKind, Events};
-pub use owner::{apply, apply_event, run};
+pub use owner::Owner;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Ticket};
 use crate::config::Config;
-use crate::health::{CheckResult, HealthCounter};
-use crate::patroni::Answer;
+use crate::health::patroni::Answer;
+use crate::health::{CheckResult, HealthCounter, Transition};
 use crate::routing::{Candidate, Claim};
 
 /// Everything known about one node at one moment.
@@ -110,73 +113,84 @@ impl Snapshot {
     }
 }
 
-/// Shared, read-mostly handles: config, the snapshot channel, IO counters, events.
+/// What the data path and the stats side read, and how sessions report what they saw. Built with
+/// its [`Owner`] by [`new`]; only the owner changes the snapshot.
 #[derive(Debug)]
 pub struct Shared {
     pub config: Arc<Config>,
-    pub snapshot: watch::Sender<Arc<Snapshot>>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
     pub backends: Vec<Backend>,
     pub frontend: crate::backend::Frontend,
-    pub events: Events,
+    /// Pushed by the owner, read by the stats side.
+    pub events: Arc<Events>,
     pub started: SystemTime,
     pub started_at: Instant,
-    /// The stats side of this instance: its own Prometheus recorder (no global one: tests run many
-    /// proxies in one process) and what the dashboard shows about the process.
-    pub stats: crate::stats::Stats,
-    /// Inputs to the state owner (check results, suspicions, DCS events).
     inputs: mpsc::UnboundedSender<Input>,
-    inputs_rx: Mutex<Option<mpsc::UnboundedReceiver<Input>>>,
-    /// One per node: cuts the wait before its next check short (it never starts a second check).
-    pub wake: Vec<Notify>,
     /// Cancelled when the drain begins: clients still waiting for a primary are answered at once.
     pub draining: CancellationToken,
 }
 
-impl Shared {
-    pub fn new(config: Arc<Config>) -> Arc<Self> {
-        let now = Instant::now();
-        let nodes = config
-            .servers
-            .iter()
-            .map(|_| NodeState::new(config.check.rise.get(), config.check.fall.get(), now))
-            .collect();
-        let backends = config
+/// Told of every finished check (the metrics), by the owner.
+pub trait Observer: Send + Sync {
+    fn check(&self, node: usize, result: &CheckResult, transition: Option<Transition>);
+}
+
+/// An observer that records nothing, for tests and tools that need no metrics.
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    fn check(&self, _: usize, _: &CheckResult, _: Option<Transition>) {}
+}
+
+/// The state of a new proxy: nothing routable until a check confirms the primary.
+pub fn new(config: Arc<Config>, observer: Arc<dyn Observer>) -> (Arc<Shared>, Owner) {
+    let now = Instant::now();
+    let nodes = config
+        .servers
+        .iter()
+        .map(|_| NodeState::new(config.check.rise.get(), config.check.fall.get(), now))
+        .collect();
+    let (publish, snapshot) = watch::channel(Arc::new(Snapshot {
+        seq: 0,
+        nodes,
+        primary: None,
+        last_primary: None,
+        primary_changes: 0,
+        primary_since: now,
+        no_primary_total: Duration::ZERO,
+        // Start-up: find the primary at the fast pace too.
+        fast: true,
+    }));
+    let (inputs, inputs_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        backends: config
             .servers
             .iter()
             .map(|s| Backend::new(s.maxconn.get()))
-            .collect();
-        let (snapshot, _) = watch::channel(Arc::new(Snapshot {
-            seq: 0,
-            nodes,
-            primary: None,
-            last_primary: None,
-            primary_changes: 0,
-            primary_since: now,
-            no_primary_total: Duration::ZERO,
-            // Start-up: find the primary at the fast pace too.
-            fast: true,
-        }));
-        let (inputs, rx) = mpsc::unbounded_channel();
-        Arc::new(Self {
-            stats: crate::stats::Stats::new(&config),
-            wake: config.servers.iter().map(|_| Notify::new()).collect(),
-            config,
-            snapshot,
-            backends,
-            frontend: Default::default(),
-            events: Events::default(),
-            started: SystemTime::now(),
-            started_at: now,
-            inputs,
-            inputs_rx: Mutex::new(Some(rx)),
-            draining: CancellationToken::new(),
-        })
+            .collect(),
+        config,
+        snapshot,
+        frontend: Default::default(),
+        events: Arc::default(),
+        started: SystemTime::now(),
+        started_at: now,
+        inputs,
+        draining: CancellationToken::new(),
+    });
+    let owner = Owner::new(shared.clone(), publish, inputs_rx, observer);
+    (shared, owner)
+}
+
+impl Shared {
+    /// A state whose owner is gone: its snapshot never changes. For tests and tools that only read.
+    pub fn detached(config: Arc<Config>) -> Arc<Self> {
+        new(config, Arc::new(Unobserved)).0
     }
 
     /// A session's admission to `node`: its kill ticket, taken *before* confirming that the
     /// published snapshot still routes there. `None`: no longer routed, pick again. Together with
-    /// [`CommitStep`]'s order (publish, then kill) no session can relay to a server whose sessions
-    /// were shut down after it was chosen.
+    /// the owner's order (publish, then kill: [`core::Effect`]) no session can relay to a server
+    /// whose sessions were shut down after it was chosen.
     pub fn ticket_for(&self, node: usize) -> Option<Ticket> {
         let ticket = self.backends[node].ticket();
         (self.current().primary == Some(node)).then_some(ticket)
@@ -185,6 +199,11 @@ impl Shared {
     /// The current snapshot (cheap: one `Arc` clone).
     pub fn current(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that sees every snapshot published from now on.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
     }
 
     pub fn server_name(&self, i: usize) -> &str {
@@ -213,26 +232,11 @@ impl Shared {
     pub fn recheck(&self, node: usize, reason: String) {
         self.send(Input::Recheck { node, reason });
     }
-
-    /// Cuts every checker's wait short, except `skip`'s.
-    fn wake_all_but(&self, skip: Option<usize>) {
-        for (i, w) in self.wake.iter().enumerate() {
-            if Some(i) != skip {
-                w.notify_one();
-            }
-        }
-    }
 }
 
-/// What the state owner acts on.
-#[derive(Debug)]
+/// What the state owner acts on besides check results.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    /// A finished check; the reply carries the delay before the node's next check.
-    Check {
-        node: usize,
-        result: CheckResult,
-        reply: oneshot::Sender<Duration>,
-    },
     /// `node` must not get new connections until a check confirms it again.
     Suspect {
         node: usize,

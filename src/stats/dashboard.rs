@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn every_placeholder_of_the_template_is_filled() {
-        let shared = crate::state::Shared::new(std::sync::Arc::new(
+        let shared = crate::state::Shared::detached(std::sync::Arc::new(
             crate::config::Config::from_toml(
                 "[[server]]\nname = \"a<b>\"\naddress = \"127.0.0.1:5432\"\n",
             )

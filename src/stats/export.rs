@@ -10,8 +10,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::dashboard::Cells;
+use crate::health::patroni::Answer;
 use crate::health::{CheckResult, Status};
-use crate::patroni::Answer;
 use crate::routing::Claim;
 use crate::state::{Event, NodeState, Shared};
 
@@ -334,11 +334,8 @@ pub fn view(shared: &Shared) -> View {
         proxy: cfg.listen.name.clone(),
         version: env!("CARGO_PKG_VERSION"),
         pid: std::process::id(),
-        config_path: shared
-            .stats
-            .config_path
-            .get()
-            .map(|p| p.display().to_string()),
+        // Known to the stats side only: [`super::view_of`] fills it in.
+        config_path: None,
         listen: cfg.listen.bind.to_string(),
         started_at: epoch(shared.started),
         uptime_s: shared.started_at.elapsed().as_secs(),
@@ -386,8 +383,8 @@ pub fn view(shared: &Shared) -> View {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::patroni::PatroniInfo;
     use crate::health::{CheckStatus, HealthCounter};
-    use crate::patroni::PatroniInfo;
     use std::time::Duration;
 
     fn node(status: CheckStatus, body: Option<&str>, passes: &[bool]) -> NodeState {
@@ -411,7 +408,7 @@ mod tests {
     }
 
     fn fresh() -> NodeState {
-        crate::state::Shared::new(std::sync::Arc::new(
+        crate::state::Shared::detached(std::sync::Arc::new(
             crate::config::Config::from_toml(
                 "[[server]]\nname = \"a\"\naddress = \"127.0.0.1:5432\"\n",
             )

@@ -9,7 +9,8 @@
 //! Values that the data path already counts (sessions, bytes, errors) stay in the IO layer's atomics
 //! (`backend.rs`) and are copied into the registered series just before each render; only what has
 //! no other home is recorded here as it happens: the check-duration histogram, check results by
-//! status and health transitions, all from `state::apply`, and etcd watch failures, from `dcs`.
+//! status and health transitions, all from the state owner (`Observer`), and etcd watch failures,
+//! copied from `dcs::Failures` at each render.
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{
@@ -19,7 +20,7 @@ use metrics_exporter_prometheus::{
 use super::export::{Role, View};
 use super::server::Refusal;
 use crate::config::Config;
-use crate::dcs::FAILURE_REASONS;
+use crate::dcs::{Failures, FAILURE_REASONS};
 use crate::health::{CheckResult, CheckStatus, Transition};
 
 /// Buckets of the check-duration histogram, in seconds: a healthy Patroni answers in milliseconds;
@@ -323,7 +324,7 @@ impl Metrics {
         m
     }
 
-    /// Records one finished check of node `node` (called by `state::apply`, the only place checks
+    /// Records one finished check of node `node` (called by the state owner, the only place checks
     /// are applied).
     pub fn observe_check(&self, node: usize, result: &CheckResult, transition: Option<Transition>) {
         let Some(n) = self.nodes.get(node) else {
@@ -342,16 +343,6 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    /// Counts an etcd watch given up; `reason` is one of [`FAILURE_REASONS`] (others are not
-    /// counted, so the label set stays the registered one).
-    pub fn etcd_watch_failed(&self, reason: &str) {
-        if let Some(i) = FAILURE_REASONS.iter().position(|r| *r == reason) {
-            if let Some(c) = self.etcd_failures.get(i) {
-                c.increment(1);
-            }
-        }
-    }
-
     /// Counts a stats connection closed at once by the listener's limits.
     pub fn stats_refused(&self, why: Refusal) {
         if let Some(c) = Refusal::ALL
@@ -364,7 +355,10 @@ impl Metrics {
     }
 
     /// Copies a view (snapshot + IO counters) into the series and renders the exposition text.
-    pub fn render(&self, view: &View) -> String {
+    pub fn render(&self, view: &View, etcd: &Failures) -> String {
+        for ((_, n), c) in etcd.counts().zip(&self.etcd_failures) {
+            c.absolute(n);
+        }
         self.uptime.set(view.uptime_s as f64);
         self.primary_routable
             .set(if view.primary.is_some() { 1.0 } else { 0.0 });

@@ -20,7 +20,9 @@ use axum::Router;
 use base64::Engine as _;
 
 use crate::config::Config;
-use crate::state::Shared;
+use crate::dcs::Failures;
+use crate::health::{CheckResult, Transition};
+use crate::state::{Observer, Shared};
 
 pub mod csv;
 pub mod dashboard;
@@ -33,13 +35,16 @@ pub use server::{serve, Limits, Refusal};
 /// The realm of the Basic-auth challenge.
 pub const REALM: &str = "patroni-proxy";
 
-/// What the stats side keeps per proxy instance (in `Shared`).
+/// What the stats side keeps per proxy instance.
 #[derive(Debug)]
 pub struct Stats {
-    /// The Prometheus recorder of this instance and its series.
+    /// The Prometheus recorder of this instance and its series (no global one: tests run many
+    /// proxies in one process).
     pub metrics: metrics::Metrics,
     /// The configuration file, when the binary loaded one (shown on the dashboard).
     pub config_path: OnceLock<PathBuf>,
+    /// The etcd watch's failures, counted by `dcs`.
+    pub etcd: Arc<Failures>,
 }
 
 impl Stats {
@@ -47,7 +52,15 @@ impl Stats {
         Self {
             metrics: metrics::Metrics::new(config),
             config_path: OnceLock::new(),
+            etcd: Arc::default(),
         }
+    }
+}
+
+/// The state owner tells the metrics of every finished check.
+impl Observer for Stats {
+    fn check(&self, node: usize, result: &CheckResult, transition: Option<Transition>) {
+        self.metrics.observe_check(node, result, transition);
     }
 }
 
@@ -55,14 +68,16 @@ impl Stats {
 #[derive(Clone)]
 struct App {
     shared: Arc<Shared>,
+    stats: Arc<Stats>,
     /// `user:password` from `[stats] auth`, if set.
     credentials: Option<Arc<[u8]>>,
     limits: Limits,
 }
 
 /// The stats endpoints.
-pub fn router(shared: Arc<Shared>, limits: Limits) -> Router {
+pub fn router(shared: Arc<Shared>, stats: Arc<Stats>, limits: Limits) -> Router {
     let app = App {
+        stats,
         credentials: shared
             .config
             .stats
@@ -223,7 +238,7 @@ impl Modifiers {
 
 async fn root(State(app): State<App>, uri: Uri) -> Response {
     let m = Modifiers::parse(uri.query().unwrap_or(""), false).unwrap_or_default();
-    stats_page(&app.shared, m)
+    stats_page(&app, m)
 }
 
 /// `/;csv`, `/;up`, `/;csv;norefresh`...; anything else is 404.
@@ -233,7 +248,7 @@ async fn modifiers(State(app): State<App>, uri: Uri) -> Response {
         .strip_prefix("/;")
         .and_then(|t| Modifiers::parse(t, true))
     {
-        Some(m) => stats_page(&app.shared, m),
+        Some(m) => stats_page(&app, m),
         None => not_found().await,
     }
 }
@@ -245,8 +260,15 @@ async fn not_found() -> Response {
     )
 }
 
-fn stats_page(shared: &Shared, m: Modifiers) -> Response {
-    let mut view = export::view(shared);
+/// The export model of this instance, with what only the stats side knows.
+fn view_of(app: &App) -> export::View {
+    let mut view = export::view(&app.shared);
+    view.config_path = app.stats.config_path.get().map(|p| p.display().to_string());
+    view
+}
+
+fn stats_page(app: &App, m: Modifiers) -> Response {
+    let mut view = view_of(app);
     if m.csv {
         // HAProxy answers `text/plain` too; spreadsheets and scripts do not need `text/csv`.
         return (
@@ -266,12 +288,12 @@ fn stats_page(shared: &Shared, m: Modifiers) -> Response {
 }
 
 async fn stats_json(State(app): State<App>) -> Response {
-    Json(export::view(&app.shared)).into_response()
+    Json(view_of(&app)).into_response()
 }
 
 async fn prometheus(State(app): State<App>) -> Response {
-    let view = export::view(&app.shared);
-    let text = app.shared.stats.metrics.render(&view);
+    let view = view_of(&app);
+    let text = app.stats.metrics.render(&view, &app.stats.etcd);
     (
         [(
             header::CONTENT_TYPE,

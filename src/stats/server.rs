@@ -181,18 +181,24 @@ impl Drop for Slot {
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves the stats endpoints on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    serve_with(listener, shared, Limits::default(), stop).await
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stats: Arc<super::Stats>,
+    stop: CancellationToken,
+) {
+    serve_with(listener, shared, stats, Limits::default(), stop).await
 }
 
 /// [`serve`] with explicit limits.
 pub async fn serve_with(
     listener: TcpListener,
     shared: Arc<Shared>,
+    stats: Arc<super::Stats>,
     limits: Limits,
     stop: CancellationToken,
 ) {
-    let app = super::router(shared.clone(), limits);
+    let app = super::router(shared, stats.clone(), limits);
     let clients = Arc::new(Mutex::new(Clients::default()));
     let connections = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
@@ -225,7 +231,7 @@ pub async fn serve_with(
             Err(why) => {
                 // Debug only: a flood would otherwise flood the log too; the metric counts it.
                 tracing::debug!(client = %peer, reason = why.as_str(), "stats connection refused");
-                shared.stats.metrics.stats_refused(why);
+                stats.metrics.stats_refused(why);
                 drop(stream);
                 continue;
             }

@@ -1,6 +1,7 @@
 //! Per-server and frontend runtime state that lives at the IO layer: session and byte counters
 //! (atomics, updated by the data path), the per-server connection slots (`maxconn` + FIFO queue), and
-//! the kill switch that closes every session of a server at once (`on-marked-down shutdown-sessions`).
+//! the kill switch that closes every session of a server at once (`on-marked-down shutdown-sessions`),
+//! through the registry of its relaying sessions ([`relaying`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
@@ -8,7 +9,9 @@ use std::time::SystemTime;
 
 use tokio::sync::{Notify, Semaphore};
 
-use crate::proxy::relaying::Relaying;
+pub mod relaying;
+
+use relaying::Relaying;
 
 /// Monotonic counters and gauges of one server (HAProxy's CSV columns of the same names).
 #[derive(Debug, Default)]

@@ -1,0 +1,443 @@
+//! The pure core of the state owner: from (the configuration, the current snapshot, what the IO
+//! layer counts, one input, the time) to the next snapshot and the effects to carry out, as values.
+//! HAProxy's transitions happen here (the rise/fall step, `on-marked-down shutdown-sessions`, the
+//! log lines in its wording), and so do our deliberate differences (one routed primary, fail
+//! closed, a 503 or a non-primary body stops new connections at once, the higher timeline wins, a
+//! switchover request or PostgreSQL's own word takes a node out of routing, the failover pace).
+//! [`super::owner`] only carries the effects out, in the order given.
+
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::{EventKind, Input, NodeState, Snapshot};
+use crate::config::{Config, OnMarkedDown};
+use crate::health::patroni::Answer;
+use crate::health::{CheckResult, Transition};
+use crate::routing::{self, Candidate, Claim};
+
+/// Longest a node stays "leaving" after a switchover request, in case the end is never seen.
+const LEAVING_LIMIT: Duration = Duration::from_secs(60);
+
+/// What the IO layer counts that decisions quote in their messages (read just before deciding).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Io {
+    /// Sessions open or being set up, per server.
+    pub sessions: Vec<u64>,
+    /// Sessions waiting for a slot, per server.
+    pub queued: Vec<u64>,
+    /// Clients held for a primary now, and hold timeouts so far.
+    pub holding: u64,
+    pub hold_timeouts: u64,
+}
+
+/// Where a log line of an effect goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// Something to do once decided, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Record a finished check in the metrics.
+    Observe {
+        node: usize,
+        result: Box<CheckResult>,
+        transition: Option<Transition>,
+    },
+    /// Log a line (`target` is the log target's last part) and, with `event`, record it on the
+    /// dashboard's timeline at `at`.
+    Say {
+        level: Level,
+        target: &'static str,
+        event: Option<(EventKind, Option<usize>)>,
+        at: SystemTime,
+        message: String,
+    },
+    /// Publish the new snapshot. Always before any [`Effect::Kill`]: a session takes its kill
+    /// ticket and then reads the snapshot ([`super::Shared::ticket_for`]), so one that took its
+    /// ticket after a kill reads a snapshot that no longer routes to that server, and one that took
+    /// it before is reached by the kill. Killing first left a window in which a session read the
+    /// old snapshot with a fresh ticket and relayed to a server just marked DOWN (issue 11 item 3).
+    Publish,
+    /// Shut down every session of this server.
+    Kill(usize),
+    /// Cut the wait before the next check of every node but `except`.
+    WakeAll { except: Option<usize> },
+}
+
+/// A decision: the next snapshot and what to do about it.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub snapshot: Snapshot,
+    pub effects: Vec<Effect>,
+}
+
+/// The outcome of a check of `node`: the decision, and the interval before its next check.
+pub fn on_check(
+    cfg: &Config,
+    current: &Snapshot,
+    io: &Io,
+    node: usize,
+    result: CheckResult,
+    now: Instant,
+    wall: SystemTime,
+) -> (Step, Duration) {
+    let px = &cfg.listen.name;
+    let name = &cfg.servers[node].name;
+    let mut snap = current.clone();
+    snap.seq += 1;
+    let mut effects = Vec::new();
+
+    let answer = Answer::of(&result);
+    let seq = snap.seq;
+    let n = &mut snap.nodes[node];
+    match &answer {
+        Answer::Primary { timeline } => {
+            n.claim = Claim::Primary {
+                timeline: *timeline,
+                seq,
+            }
+        }
+        Answer::NotPrimary { reason } => {
+            n.claim = Claim::Denied {
+                reason: reason.clone(),
+            }
+        }
+        Answer::Unknown => {}
+    }
+    if n.leaving_since
+        .is_some_and(|t| now.saturating_duration_since(t) > LEAVING_LIMIT)
+    {
+        n.leaving_since = None;
+    }
+    let step = n.counter.observe(result.status.passed());
+    if step.counted_failure {
+        n.chkfail += 1;
+    }
+    let reason = describe(&result);
+    effects.push(Effect::Observe {
+        node,
+        result: Box::new(result.clone()),
+        transition: step.transition,
+    });
+    n.last_check = Some(result);
+    n.last_answer = Some(answer);
+    match step.transition {
+        Some(Transition::WentDown) => {
+            n.chkdown += 1;
+            n.last_change = now;
+            n.last_change_wall = wall;
+        }
+        Some(Transition::WentUp) => {
+            n.downtime += now.saturating_duration_since(n.last_change);
+            n.last_change = now;
+            n.last_change_wall = wall;
+        }
+        None => {}
+    }
+    let normal = cfg.interval_for(n.counter.is_fully_up(), n.counter.is_fully_down());
+    let active = snap.nodes.iter().filter(|n| n.counter.is_up()).count();
+    let mut kills = Vec::new();
+    match step.transition {
+        Some(Transition::WentDown) => {
+            if cfg.listen.on_marked_down == OnMarkedDown::ShutdownSessions {
+                kills.push(node);
+            }
+            let sessions = io.sessions.get(node).copied().unwrap_or(0);
+            let queued = io.queued.get(node).copied().unwrap_or(0);
+            // Stamped with the moment the node was marked DOWN, before its sessions are shut down:
+            // a client on another relay thread must never see its session end before the DOWN.
+            effects.push(say(
+                Level::Warn,
+                "health",
+                Some((EventKind::Down, Some(node))),
+                wall,
+                format!(
+                    "Server {px}/{name} is DOWN, {reason}. {active} active and 0 backup servers left. \
+                     {sessions} sessions active, 0 requeued, {queued} remaining in queue."
+                ),
+            ));
+            if active == 0 {
+                effects.push(say(
+                    Level::Error,
+                    "health",
+                    None,
+                    wall,
+                    format!("proxy '{px}' has no server available!"),
+                ));
+            }
+        }
+        Some(Transition::WentUp) => effects.push(say(
+            Level::Info,
+            "health",
+            Some((EventKind::Up, Some(node))),
+            wall,
+            format!(
+                "Server {px}/{name} is UP, {reason}. {active} active and 0 backup servers online. \
+                 0 sessions requeued, 0 total in queue."
+            ),
+        )),
+        None => {}
+    }
+
+    reroute(
+        cfg,
+        &mut snap,
+        io,
+        now,
+        wall,
+        &reason,
+        &mut effects,
+        &mut kills,
+    );
+
+    // Fast pace while the primary is unknown or in doubt: every node, until one is confirmed.
+    let was_fast = snap.fast;
+    snap.fast = match snap.primary {
+        None => true,
+        Some(p) => {
+            let n = &snap.nodes[p];
+            let confirmed = n.last_check.as_ref().is_some_and(|r| r.status.passed())
+                && matches!(n.last_answer, Some(Answer::Primary { .. }));
+            !confirmed
+        }
+    };
+    // The routed primary itself keeps HAProxy's pace even in doubt: an unanswered check says
+    // nothing about its role, and counting `fall` at the fast pace would cut its sessions within a
+    // second of a Patroni restart (issue 3: DOWN after fall x inter).
+    let next = if snap.fast && snap.primary != Some(node) {
+        normal.min(cfg.check.failover_inter)
+    } else {
+        normal
+    };
+    effects.push(Effect::Publish);
+    effects.extend(kills.into_iter().map(Effect::Kill));
+    if snap.fast && !was_fast {
+        // Everyone else is checked now; `node` has just been, and goes on at `next`.
+        effects.push(Effect::WakeAll { except: Some(node) });
+    }
+    (
+        Step {
+            snapshot: snap,
+            effects,
+        },
+        next,
+    )
+}
+
+/// The outcome of a suspicion or DCS event; `None` when it changes nothing. (`Input::Recheck` is
+/// not a state change: the owner handles it.)
+pub fn on_input(
+    cfg: &Config,
+    current: &Snapshot,
+    io: &Io,
+    input: Input,
+    now: Instant,
+    wall: SystemTime,
+) -> Option<Step> {
+    let mut snap = current.clone();
+    snap.seq += 1;
+    // The suspected node itself is re-checked at the failover pace, not at once: a leader whose
+    // PostgreSQL restarts under a held lock answers 200 while refusing clients, and re-checking it
+    // on every refusal would spin.
+    let mut except = None;
+    let name = |i: usize| cfg.servers[i].name.as_str();
+    let message = match input {
+        Input::Recheck { .. } => return None,
+        Input::Suspect {
+            node,
+            reason,
+            recheck_now,
+        } => {
+            except = (!recheck_now).then_some(node);
+            let n = snap.nodes.get_mut(node)?;
+            n.claim = Claim::Denied {
+                reason: reason.clone(),
+            };
+            format!(
+                "Server {}/{} is not routable: {reason}; re-checking every node now.",
+                cfg.listen.name,
+                name(node)
+            )
+        }
+        Input::LeaderChanged { leader } => {
+            // Every "primary" answer predates the change: the REST check must confirm the new
+            // state before anything is routed again.
+            for n in &mut snap.nodes {
+                if matches!(n.claim, Claim::Primary { .. }) {
+                    n.claim = Claim::Unconfirmed;
+                }
+            }
+            format!(
+                "Leader key changed to {}; re-checking every node now.",
+                leader.as_deref().unwrap_or("(none)")
+            )
+        }
+        Input::SwitchoverRequested => {
+            let p = snap.primary?;
+            snap.nodes[p].leaving_since = Some(now);
+            format!(
+                "Switchover requested: {} is leaving; new clients are held for the next primary.",
+                name(p)
+            )
+        }
+        Input::SwitchoverEnded => {
+            if snap.nodes.iter().all(|n| n.leaving_since.is_none()) {
+                return None;
+            }
+            for n in &mut snap.nodes {
+                if n.leaving_since.take().is_some() {
+                    // Whatever it answered before the switchover, ask again.
+                    n.claim = Claim::Unconfirmed;
+                }
+            }
+            "Switchover request cleared.".to_string()
+        }
+    };
+    let mut effects = vec![say(
+        Level::Warn,
+        "routing",
+        Some((EventKind::Suspect, None)),
+        wall,
+        message,
+    )];
+    let mut kills = Vec::new();
+    reroute(
+        cfg,
+        &mut snap,
+        io,
+        now,
+        wall,
+        "primary in doubt",
+        &mut effects,
+        &mut kills,
+    );
+    snap.fast = true;
+    effects.push(Effect::Publish);
+    effects.extend(kills.into_iter().map(Effect::Kill));
+    effects.push(Effect::WakeAll { except });
+    Some(Step {
+        snapshot: snap,
+        effects,
+    })
+}
+
+fn say(
+    level: Level,
+    target: &'static str,
+    event: Option<(EventKind, Option<usize>)>,
+    at: SystemTime,
+    message: String,
+) -> Effect {
+    Effect::Say {
+        level,
+        target,
+        event,
+        at,
+        message,
+    }
+}
+
+/// Recomputes the routed primary; on a change, says so and, when another node takes over, adds the
+/// previous primary to `kills` (never two primaries: its sessions are closed once published).
+#[allow(clippy::too_many_arguments)]
+fn reroute(
+    cfg: &Config,
+    snap: &mut Snapshot,
+    io: &Io,
+    now: Instant,
+    wall: SystemTime,
+    reason: &str,
+    effects: &mut Vec<Effect>,
+    kills: &mut Vec<usize>,
+) {
+    let px = &cfg.listen.name;
+    let name = |i: usize| cfg.servers[i].name.as_str();
+    let candidates: Vec<Candidate<'_>> = snap.nodes.iter().map(NodeState::candidate).collect();
+    let chosen = routing::choose(snap.primary, &candidates);
+    if chosen == snap.primary {
+        return;
+    }
+    let old = snap.primary;
+    if old.is_none() {
+        snap.no_primary_total += now.saturating_duration_since(snap.primary_since);
+    }
+    snap.primary = chosen;
+    // How long the previous state (a primary, or none) lasted.
+    let gap = now.saturating_duration_since(snap.primary_since);
+    snap.primary_since = now;
+    let message = match chosen {
+        Some(new) => {
+            snap.primary_changes += u64::from(snap.last_primary.is_some_and(|l| l != new));
+            snap.last_primary = Some(new);
+            let timeline = match &snap.nodes[new].claim {
+                Claim::Primary {
+                    timeline: Some(t), ..
+                } => format!(" (timeline {t})"),
+                _ => String::new(),
+            };
+            let text = match old {
+                Some(old) => {
+                    kills.push(old);
+                    let closed = io.sessions.get(old).copied().unwrap_or(0);
+                    format!(
+                        "Routed primary of {px} is now {}{timeline}, was {}; \
+                         {closed} sessions to {} closed.",
+                        name(new),
+                        name(old),
+                        name(old)
+                    )
+                }
+                // The end of a failover as clients saw it: how long there was no primary, and how
+                // many clients are being released to the new one.
+                None => format!(
+                    "Routed primary of {px} is now {}{timeline}, after {:.3} s without one; \
+                     {} held clients released ({} hold timeouts so far).",
+                    name(new),
+                    gap.as_secs_f64(),
+                    io.holding,
+                    io.hold_timeouts
+                ),
+            };
+            (EventKind::PrimaryChanged, Some(new), text)
+        }
+        None => (
+            EventKind::PrimaryLost,
+            old,
+            format!(
+                "Routed primary of {px} lost: {} is no longer routable ({reason}); \
+                 new clients are held until a primary is confirmed.",
+                old.map_or("?", name)
+            ),
+        ),
+    };
+    let (kind, server, text) = message;
+    effects.push(say(
+        Level::Warn,
+        "routing",
+        Some((kind, server)),
+        wall,
+        text,
+    ));
+}
+
+/// HAProxy's `reason: ..., code: ..., info: "...", check duration: Nms` fragment.
+fn describe(r: &CheckResult) -> String {
+    let mut s = format!("reason: {}", r.status.description());
+    if let (Some(code), true) = (r.code, r.status.is_layer7()) {
+        s.push_str(&format!(", code: {code}"));
+    }
+    if let Some(info) = &r.info {
+        s.push_str(&format!(", info: \"{info}\""));
+    }
+    s.push_str(&format!(", check duration: {}ms", r.duration.as_millis()));
+    s
+}
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

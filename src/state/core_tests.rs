@@ -1,0 +1,333 @@
+//! The product's routing rules, one test each, on the pure core: each quotes the line of
+//! `../shared/reference/haproxy-semantics.md` it keeps, or names the deliberate difference (README,
+//! "How it differs from HAProxy").
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::config::Config;
+use crate::health::patroni::PatroniInfo;
+use crate::health::{CheckResult, CheckStatus};
+use crate::state::{EventKind, Input, Snapshot, Unobserved};
+
+/// A run of the pure core over a configuration, with a clock of its own.
+struct Run {
+    cfg: Config,
+    snap: Snapshot,
+    io: Io,
+    now: Instant,
+}
+
+impl Run {
+    fn new(extra: &str) -> Self {
+        let cfg = Config::from_toml(&format!(
+            "{extra}\n[[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n\
+             [[server]]\nname = \"b\"\naddress = \"127.0.0.12:5432\"\n\
+             [[server]]\nname = \"c\"\naddress = \"127.0.0.13:5432\"\n"
+        ))
+        .unwrap();
+        let snap = (*crate::state::new(Arc::new(cfg.clone()), Arc::new(Unobserved))
+            .0
+            .current())
+        .clone();
+        Self {
+            cfg,
+            snap,
+            io: Io {
+                sessions: vec![0; 3],
+                queued: vec![0; 3],
+                ..Io::default()
+            },
+            now: Instant::now(),
+        }
+    }
+
+    fn check(&mut self, node: usize, result: CheckResult) -> (Vec<Effect>, Duration) {
+        self.now += Duration::from_millis(10);
+        let (step, next) = on_check(
+            &self.cfg,
+            &self.snap,
+            &self.io,
+            node,
+            result,
+            self.now,
+            SystemTime::now(),
+        );
+        self.snap = step.snapshot;
+        (step.effects, next)
+    }
+
+    fn input(&mut self, input: Input) -> Option<Vec<Effect>> {
+        let step = on_input(
+            &self.cfg,
+            &self.snap,
+            &self.io,
+            input,
+            self.now,
+            SystemTime::now(),
+        )?;
+        self.snap = step.snapshot;
+        Some(step.effects)
+    }
+}
+
+fn result(status: CheckStatus, code: Option<u16>, role: &str, timeline: u64) -> CheckResult {
+    CheckResult {
+        status,
+        code,
+        duration: Duration::from_millis(2),
+        info: None,
+        patroni: code.map(|_| PatroniInfo {
+            role: Some(role.into()),
+            state: Some("running".into()),
+            timeline: Some(timeline),
+        }),
+        finished_at: SystemTime::now(),
+    }
+}
+
+fn primary(timeline: u64) -> CheckResult {
+    result(CheckStatus::L7OK, Some(200), "primary", timeline)
+}
+
+fn replica() -> CheckResult {
+    result(CheckStatus::L7STS, Some(503), "replica", 1)
+}
+
+fn timeout() -> CheckResult {
+    result(CheckStatus::L7TOUT, None, "", 0)
+}
+
+fn kills(effects: &[Effect]) -> Vec<usize> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Kill(n) => Some(*n),
+            _ => None,
+        })
+        .collect()
+}
+
+fn position(effects: &[Effect], f: impl Fn(&Effect) -> bool) -> Option<usize> {
+    effects.iter().position(f)
+}
+
+#[test]
+fn nothing_is_routed_before_a_check_confirms_the_primary() {
+    // haproxy-semantics.md §1.4: "servers start UP ... health = rise"; the deliberate difference:
+    // fail closed, nothing is routable until a check confirms the primary.
+    let mut r = Run::new("");
+    assert!(r.snap.nodes.iter().all(|n| n.counter.is_up()));
+    assert_eq!(r.snap.primary, None);
+    r.check(1, replica());
+    r.check(2, timeout());
+    assert_eq!(r.snap.primary, None, "a 503 or a timeout confirms nothing");
+    r.check(0, primary(1));
+    assert_eq!(r.snap.primary, Some(0));
+}
+
+#[test]
+fn a_503_stops_new_connections_at_once_and_fall_still_decides_down() {
+    // Deliberate difference: "A 503 ... stops new connections at once; `fall` still decides DOWN
+    // and the session kill" (HAProxy needs fall 3, 6-9 s, before the node stops getting
+    // connections; haproxy-semantics.md §1.3).
+    let mut r = Run::new("");
+    r.check(0, primary(1));
+    let (effects, _) = r.check(0, replica());
+    assert_eq!(r.snap.primary, None);
+    assert!(r.snap.nodes[0].counter.is_up(), "UP 2/3: fall not reached");
+    assert!(kills(&effects).is_empty(), "its sessions stay until DOWN");
+    r.check(0, replica());
+    let (effects, _) = r.check(0, replica());
+    assert!(!r.snap.nodes[0].counter.is_up());
+    assert_eq!(
+        kills(&effects),
+        [0],
+        "on-marked-down shutdown-sessions at DOWN"
+    );
+}
+
+#[test]
+fn down_is_published_before_its_sessions_are_cut() {
+    // haproxy-semantics.md §2.2 on-marked-down shutdown-sessions, and issue 11 item 3: the
+    // snapshot that says DOWN is out before the kill, and the DOWN is said before both.
+    let mut r = Run::new("");
+    r.check(0, primary(1));
+    r.check(0, timeout());
+    r.check(0, timeout());
+    let (effects, _) = r.check(0, timeout());
+    let down = position(&effects, |e| {
+        matches!(
+            e,
+            Effect::Say {
+                event: Some((EventKind::Down, Some(0))),
+                ..
+            }
+        )
+    })
+    .expect("the DOWN is said");
+    let publish = position(&effects, |e| *e == Effect::Publish).unwrap();
+    let kill = position(&effects, |e| *e == Effect::Kill(0)).unwrap();
+    assert!(down < publish && publish < kill, "{effects:?}");
+}
+
+#[test]
+fn on_marked_down_none_keeps_the_sessions() {
+    // haproxy-semantics.md §2.2: without `on-marked-down shutdown-sessions` sessions outlive DOWN.
+    let mut r = Run::new("[listen]\non_marked_down = \"none\"");
+    r.check(0, primary(1));
+    let mut all = Vec::new();
+    for _ in 0..3 {
+        all.extend(r.check(0, timeout()).0);
+    }
+    assert!(!r.snap.nodes[0].counter.is_up());
+    assert!(kills(&all).is_empty(), "{all:?}");
+}
+
+#[test]
+fn the_higher_timeline_wins_and_the_old_primarys_sessions_go() {
+    // Deliberate difference: "Exactly one routed primary; if two claim it, the higher timeline
+    // wins; a change of primary closes the old one's sessions" (HAProxy round-robins over both,
+    // haproxy-semantics.md §2.1).
+    let mut r = Run::new("");
+    r.check(0, primary(1));
+    let (effects, _) = r.check(1, primary(1));
+    assert_eq!(
+        r.snap.primary,
+        Some(0),
+        "the same timeline keeps the current one"
+    );
+    assert!(kills(&effects).is_empty());
+    let (effects, _) = r.check(1, primary(2));
+    assert_eq!(r.snap.primary, Some(1));
+    assert_eq!(kills(&effects), [0]);
+    assert_eq!(r.snap.primary_changes, 1);
+}
+
+#[test]
+fn a_switchover_request_takes_the_routed_primary_out_until_it_ends() {
+    // Deliberate difference: the DCS `failover` key stops new connections to the outgoing primary
+    // (HAProxy keeps sending them until its checks see the demotion).
+    let mut r = Run::new("");
+    r.check(0, primary(1));
+    let effects = r.input(Input::SwitchoverRequested).unwrap();
+    assert_eq!(r.snap.primary, None);
+    assert!(r.snap.fast);
+    assert!(effects.contains(&Effect::WakeAll { except: None }));
+    r.check(0, primary(1));
+    assert_eq!(
+        r.snap.primary, None,
+        "its own 200 does not bring it back while leaving"
+    );
+    r.input(Input::SwitchoverEnded).unwrap();
+    assert_eq!(r.snap.primary, None, "asked again after the switchover");
+    r.check(0, primary(1));
+    assert_eq!(r.snap.primary, Some(0));
+    assert!(r.input(Input::SwitchoverEnded).is_none(), "nothing to end");
+}
+
+#[test]
+fn postgresqls_own_word_denies_a_node_until_a_check_confirms_it() {
+    // Deliberate difference: a 57P0x before authentication or `in_hot_standby = on` takes the
+    // node out of routing at once (issue 11 item 2: only what a client cannot provoke).
+    let mut r = Run::new("");
+    r.check(0, primary(1));
+    let effects = r
+        .input(Input::Suspect {
+            node: 0,
+            reason: "PostgreSQL answered 57P03".into(),
+            recheck_now: false,
+        })
+        .unwrap();
+    assert_eq!(r.snap.primary, None);
+    assert!(
+        effects.contains(&Effect::WakeAll { except: Some(0) }),
+        "the suspect keeps its pace: re-checking it on every refusal would spin"
+    );
+    r.check(0, primary(1));
+    assert_eq!(r.snap.primary, Some(0));
+    // A re-check asked for by a session is not a state change at all.
+    assert!(r
+        .input(Input::Recheck {
+            node: 0,
+            reason: "closed before answering".into()
+        })
+        .is_none());
+}
+
+#[test]
+fn a_leader_key_change_puts_every_primary_claim_in_doubt() {
+    // Deliberate difference: the etcd watch re-checks at once; the REST check must confirm before
+    // anything is routed again.
+    let mut r = Run::new("");
+    r.check(0, primary(1));
+    r.input(Input::LeaderChanged {
+        leader: Some("b".into()),
+    })
+    .unwrap();
+    assert_eq!(r.snap.primary, None);
+    r.check(1, primary(2));
+    assert_eq!(r.snap.primary, Some(1));
+}
+
+#[test]
+fn the_failover_pace_checks_others_fast_and_the_routed_primary_at_inter() {
+    // haproxy-semantics.md §1.5 (`srv_getinter`: inter while fully UP) for the routed primary;
+    // the deliberate difference: while no primary is confirmed every other node is checked every
+    // `failover_inter`.
+    let mut r = Run::new("");
+    let (_, next) = r.check(1, replica());
+    assert_eq!(next, Duration::from_millis(200), "no primary yet: fast");
+    let (effects, next) = r.check(0, primary(1));
+    assert_eq!(next, Duration::from_secs(3));
+    assert!(!r.snap.fast);
+    assert!(!effects.iter().any(|e| matches!(e, Effect::WakeAll { .. })));
+    let (_, next) = r.check(1, replica());
+    assert_eq!(next, Duration::from_secs(3), "primary confirmed: inter");
+    // The routed primary's check times out: in doubt, fast pace for the others, waking them...
+    let (effects, next) = r.check(0, timeout());
+    assert!(r.snap.fast);
+    assert!(effects.contains(&Effect::WakeAll { except: Some(0) }));
+    // ...while the routed primary keeps HAProxy's pace (fastinter = inter in the seed).
+    assert_eq!(next, Duration::from_secs(3));
+    assert_eq!(
+        r.snap.primary,
+        Some(0),
+        "a timeout says nothing about the role"
+    );
+    let (_, next) = r.check(2, replica());
+    assert_eq!(next, Duration::from_millis(200));
+}
+
+#[test]
+fn messages_quote_the_io_counts() {
+    // haproxy-semantics.md §4.4: "Server postgres/a is DOWN, ... N sessions active, 0 requeued,
+    // M remaining in queue."
+    let mut r = Run::new("");
+    r.check(0, primary(1));
+    r.io.sessions[0] = 7;
+    r.io.queued[0] = 2;
+    for _ in 0..2 {
+        r.check(0, timeout());
+    }
+    let (effects, _) = r.check(0, timeout());
+    let said = effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Say {
+                event: Some((EventKind::Down, _)),
+                message,
+                ..
+            } => Some(message.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        said.starts_with("Server postgres/a is DOWN, reason: Layer7 timeout")
+            && said.ends_with("7 sessions active, 0 requeued, 2 remaining in queue."),
+        "{said}"
+    );
+}
