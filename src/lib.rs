@@ -7,7 +7,7 @@
 //! - [`state`]: the single owner of backend state; publishes immutable snapshots.
 //! - [`routing`]: the pure choice of the one routed primary.
 //! - [`backend`]: IO-layer counters, server slots and the session kill switch.
-//! - [`proxy`]: accept loop, sessions, byte relay.
+//! - [`proxy`]: accept loop, sessions, byte relay; [`net`]: the accept-with-backoff both listeners use.
 //! - [`stats`]: the stats listener (dashboard, exports, metrics).
 //! - [`logging`]: non-blocking, lossy stderr logging.
 //! - [`signals`]: SIGTERM/SIGINT drain (twice: close now), SIGHUP ignored.
@@ -20,6 +20,7 @@ pub mod dcs;
 pub mod health;
 pub mod import;
 pub mod logging;
+pub mod net;
 pub mod pgwire;
 pub mod proxy;
 pub mod routing;

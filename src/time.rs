@@ -1,8 +1,9 @@
-//! Deadline arithmetic that cannot overflow. Config validation bounds every duration, but a
-//! deadline is `now + duration`, and `Instant + Duration` panics on overflow: a deadline too far
-//! away to represent is simply "never" (tokio's own timers treat it the same way).
+//! Time conversions in one place: deadline arithmetic that cannot overflow, and wall-clock times as
+//! Unix seconds (JSON, CSV, metrics). Config validation bounds every duration, but a deadline is
+//! `now + duration`, and `Instant + Duration` panics on overflow: a deadline too far away to
+//! represent is simply "never" (tokio's own timers treat it the same way).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -14,6 +15,18 @@ pub fn deadline(from: Instant, d: Duration) -> Instant {
     from.checked_add(d)
         .or_else(|| from.checked_add(FAR))
         .unwrap_or(from)
+}
+
+/// Seconds since the Unix epoch (0 for a time before it).
+pub fn epoch_secs(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// `#[serde(serialize_with = "crate::time::ser_epoch")]`: a wall-clock time as Unix seconds.
+pub fn ser_epoch<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(epoch_secs(*t))
 }
 
 #[cfg(test)]

@@ -31,7 +31,8 @@ fn world() -> &'static World {
             .expect("a current-thread runtime");
         let router = |toml: &str| {
             let cfg = Config::from_toml(toml).expect("the fixed config is valid");
-            stats::router(Shared::detached(Arc::new(cfg)), Limits::default())
+            let stats = Arc::new(stats::Stats::new(&cfg));
+            stats::router(Shared::detached(Arc::new(cfg)), stats, Limits::default())
         };
         let with_auth = format!("{SERVER}[stats]\nauth = \"admin:secret\"\n");
         World {

@@ -157,10 +157,7 @@ impl Backend {
 
     /// Records the start of a session for `lastsess`.
     pub fn touch_last_session(&self) {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = crate::time::epoch_secs(SystemTime::now()) as u64;
         self.counters.last_session.store(now, Relaxed);
     }
 }

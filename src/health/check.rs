@@ -106,20 +106,12 @@ pub struct CheckResult {
     pub info: Option<String>,
     /// What the body said, when it was a Patroni JSON document.
     pub patroni: Option<PatroniInfo>,
-    #[serde(serialize_with = "ser_epoch")]
+    #[serde(serialize_with = "crate::time::ser_epoch")]
     pub finished_at: SystemTime,
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_millis() as u64)
-}
-
-fn ser_epoch<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64(),
-    )
 }
 
 impl CheckResult {

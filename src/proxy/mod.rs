@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::net::Acceptor;
 use crate::state::Shared;
 use balance::{Admission, Job, Threads};
 
@@ -45,7 +46,7 @@ pub async fn serve(
         // event loop: a client is accepted by a thread that is free to take it.
         match socket2::SockRef::from(&listener).try_clone() {
             Ok(dup) => {
-                let acceptor = Acceptor {
+                let acceptor = AcceptLoop {
                     me: i,
                     listener: dup.into(),
                     threads: balance.clone(),
@@ -64,7 +65,7 @@ pub async fn serve(
     balance.enter(0);
     let inbox = inboxes.pop().expect("one inbox per thread");
     let taking = take_handed(inbox, shared.clone(), sessions.clone());
-    let work = accept_loop(Acceptor {
+    let work = accept_loop(AcceptLoop {
         me: 0,
         listener,
         threads: balance,
@@ -95,7 +96,7 @@ async fn timer_tick() {
 }
 
 /// One thread's accept loop and what it needs.
-struct Acceptor<L> {
+struct AcceptLoop<L> {
     /// This thread's number among the relay threads.
     me: usize,
     listener: L,
@@ -108,57 +109,40 @@ struct Acceptor<L> {
 
 /// Takes a slot of `global.maxconn`, then a client, and runs its session on this thread or hands it
 /// to a thread with fewer sessions.
-async fn accept_loop(a: Acceptor<TcpListener>) {
-    let mut backoff = Duration::from_millis(5);
+async fn accept_loop(a: AcceptLoop<TcpListener>) {
+    let mut acceptor = Acceptor::default();
     loop {
         let permit = tokio::select! {
             _ = a.stop.cancelled() => return,
             p = a.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
-        let accepted = tokio::select! {
-            _ = a.stop.cancelled() => return,
-            r = a.listener.accept() => r,
+        let on_error = |e: &io::Error, backoff: Duration| {
+            a.shared.frontend.accept_errors.fetch_add(1, Relaxed);
+            tracing::error!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = Duration::from_millis(5);
-                let (to, admission) = a.threads.admit(a.me, permit);
-                if to == a.me {
-                    a.sessions.spawn(session::run(
-                        stream,
-                        peer,
-                        a.shared.clone(),
-                        admission,
-                        a.sessions.clone(),
-                    ));
-                    continue;
+        let Some((stream, peer)) = acceptor.accept(&a.listener, &a.stop, on_error).await else {
+            return;
+        };
+        let (to, admission) = a.threads.admit(a.me, permit);
+        if to == a.me {
+            a.sessions.spawn(session::run(
+                stream,
+                peer,
+                a.shared.clone(),
+                admission,
+                a.sessions.clone(),
+            ));
+            continue;
+        }
+        match stream.into_std() {
+            Ok(s) => {
+                if let Err((s, peer, admission)) = a.threads.hand(to, (s, peer, admission)) {
+                    // That thread has stopped (shutdown): run the session here after all.
+                    start(s, peer, &a.shared, admission, &a.sessions);
                 }
-                match stream.into_std() {
-                    Ok(s) => {
-                        if let Err((s, peer, admission)) = a.threads.hand(to, (s, peer, admission))
-                        {
-                            // That thread has stopped (shutdown): run the session here after all.
-                            start(s, peer, &a.shared, admission, &a.sessions);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "handing a client to relay thread {to} failed")
-                    }
-                }
-            }
-            Err(e) if is_transient_accept_error(&e) => {
-                // Connection aborted before we took it: nothing to back off from.
-                tracing::debug!(error = %e, "accept: connection gone before accept");
             }
             Err(e) => {
-                // EMFILE/ENFILE/ENOBUFS and the like: retrying at once would spin. Back off, up to 1 s.
-                a.shared.frontend.accept_errors.fetch_add(1, Relaxed);
-                tracing::error!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
-                tokio::select! {
-                    _ = a.stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                tracing::warn!(error = %e, "handing a client to relay thread {to} failed")
             }
         }
     }
@@ -202,7 +186,7 @@ fn start(
 /// Starts a relay thread with its own current-thread runtime (its own `epoll` and timers): a
 /// session is registered with one thread's event loop for its life, so no socket is ever polled
 /// from two CPUs and no work is stolen. The thread accepts until `stop`, then drains its sessions.
-fn relay_thread(a: Acceptor<std::net::TcpListener>, inbox: UnboundedReceiver<Job>) {
+fn relay_thread(a: AcceptLoop<std::net::TcpListener>, inbox: UnboundedReceiver<Job>) {
     let i = a.me;
     let spawned = std::thread::Builder::new()
         .name(format!("pp-relay-{i}"))
@@ -218,7 +202,7 @@ fn relay_thread(a: Acceptor<std::net::TcpListener>, inbox: UnboundedReceiver<Job
                 let work = async {
                     match TcpListener::from_std(a.listener) {
                         Ok(listener) => {
-                            accept_loop(Acceptor {
+                            accept_loop(AcceptLoop {
                                 me: i,
                                 listener,
                                 threads: a.threads,
@@ -245,13 +229,4 @@ fn relay_thread(a: Acceptor<std::net::TcpListener>, inbox: UnboundedReceiver<Job
     if let Err(e) = spawned {
         tracing::error!(error = %e, "spawning relay thread {i} failed");
     }
-}
-
-fn is_transient_accept_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    )
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 /// A line of the dashboard's event timeline.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
-    #[serde(serialize_with = "ser_epoch")]
+    #[serde(serialize_with = "crate::time::ser_epoch")]
     pub at: SystemTime,
     pub kind: EventKind,
     pub server: Option<String>,
@@ -25,14 +25,6 @@ pub enum EventKind {
     PrimaryLost,
     /// Something outside the checks (a backend's startup reply, the DCS) put the primary in doubt.
     Suspect,
-}
-
-fn ser_epoch<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64(),
-    )
 }
 
 /// The recent events, newest last, bounded.

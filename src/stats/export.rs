@@ -14,6 +14,7 @@ use crate::health::patroni::Answer;
 use crate::health::{CheckResult, Status};
 use crate::routing::Claim;
 use crate::state::{Event, NodeState, Shared};
+use crate::time::epoch_secs as epoch;
 
 /// Events carried by one view: enough for the page's timeline, small enough to poll every second.
 pub const EVENTS_IN_VIEW: usize = 50;
@@ -250,12 +251,6 @@ pub fn tone_of(n: &NodeState, routed: bool) -> Tone {
             }
         }
     }
-}
-
-fn epoch(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
 }
 
 pub fn view(shared: &Shared) -> View {

@@ -9,7 +9,7 @@
 //! snapshot, so whatever happens here, clients of :5000 are not slowed down.
 
 use std::collections::HashMap;
-use std::io;
+
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::net::Acceptor;
 use crate::state::Shared;
 
 /// Resource bounds of the stats listener.
@@ -201,31 +202,15 @@ pub async fn serve_with(
     let app = super::router(shared, stats.clone(), limits);
     let clients = Arc::new(Mutex::new(Clients::default()));
     let connections = TaskTracker::new();
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        // Always accept: a connection over a limit is closed here at once rather than left in the
-        // kernel's queue, where it would hold up the clients queued behind it.
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => {
-                backoff = Duration::from_millis(5);
-                a
-            }
-            Err(e) if transient(&e) => continue,
-            Err(e) => {
-                // EMFILE and the like: retrying at once would spin.
-                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "stats accept failed; backing off");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    let mut acceptor = Acceptor::default();
+    // Always accept: a connection over a limit is closed here at once rather than left in the
+    // kernel's queue, where it would hold up the clients queued behind it.
+    while let Some((stream, peer)) = acceptor
+        .accept(&listener, &stop, |e, backoff| {
+            tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "stats accept failed; backing off")
+        })
+        .await
+    {
         let slot = match Slot::take(&clients, &limits, peer.ip()) {
             Ok(slot) => slot,
             Err(why) => {
@@ -266,15 +251,6 @@ pub async fn serve_with(
     connections.close();
     // Every connection task closes itself within CLOSE_GRACE of `stop`.
     connections.wait().await;
-}
-
-fn transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,86 @@
+//! Accepting on a listener, for both listeners: a connection gone before it was taken is skipped,
+//! and an error such as EMFILE is backed off from (5 ms doubling to 1 s) instead of retried at once,
+//! so an accept loop never spins and never dies.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// One accept loop's state: its current backoff.
+#[derive(Debug)]
+pub struct Acceptor {
+    backoff: Duration,
+}
+
+impl Default for Acceptor {
+    fn default() -> Self {
+        Self {
+            backoff: FIRST_BACKOFF,
+        }
+    }
+}
+
+impl Acceptor {
+    /// The next connection, or `None` once `stop` is cancelled. `on_error` is told of every error
+    /// backed off from (to log and count it) with the backoff about to be waited.
+    pub async fn accept(
+        &mut self,
+        listener: &TcpListener,
+        stop: &CancellationToken,
+        on_error: impl Fn(&io::Error, Duration),
+    ) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return None,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok(a) => {
+                    self.backoff = FIRST_BACKOFF;
+                    return Some(a);
+                }
+                Err(e) if is_transient(&e) => {}
+                Err(e) => {
+                    on_error(&e, self.backoff);
+                    tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        _ = tokio::time::sleep(self.backoff) => {}
+                    }
+                    self.backoff = self.backoff.saturating_mul(2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// The connection was aborted before we took it: nothing to back off from.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_vanished_connection_is_transient() {
+        assert!(is_transient(&io::Error::from(
+            io::ErrorKind::ConnectionAborted
+        )));
+        assert!(
+            !is_transient(&io::Error::from_raw_os_error(24)),
+            "EMFILE backs off"
+        );
+    }
+}
