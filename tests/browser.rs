@@ -220,6 +220,7 @@ async fn poll_js(browser: &Browser, script: &str, limit: Duration, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium and chromedriver: scripts/test installs them and runs it"]
 async fn the_dashboard_in_chromium_shows_roles_colours_and_a_live_primary_flip() {
     let chromedriver = require("chromedriver");
     require("chromium");

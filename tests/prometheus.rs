@@ -111,6 +111,7 @@ fn by_server(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Prometheus: scripts/test installs it and runs it"]
 async fn prometheus_scrapes_the_node_series() {
     let binary = require("prometheus");
     let c = Cluster::start(
