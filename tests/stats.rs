@@ -431,7 +431,7 @@ async fn every_series_exists_from_start_up() {
     let slow = |m| Mode::Delayed(Duration::from_secs(30), Box::new(m));
     let c = Cluster::start(vec![slow(PRIMARY), slow(Mode::Replica)], "").await;
     let m = scrape(&c).await;
-    for (name, kind, _) in patroni_proxy::stats::metrics::families() {
+    for (name, kind, _) in patroni_proxy::stats::families::families() {
         assert_eq!(m.types.get(name).map(String::as_str), Some(kind), "{name}");
     }
     assert_eq!(m.get("patroni_proxy_primary_routable"), 0.0);
@@ -750,7 +750,7 @@ async fn read_only_and_unknown_paths_are_refused() {
 fn docs_metrics_md_describes_every_metric() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
-    for (name, kind, _) in patroni_proxy::stats::metrics::families() {
+    for (name, kind, _) in patroni_proxy::stats::families::families() {
         let row = doc
             .lines()
             .find(|l| l.starts_with(&format!("| `{name}` |")))

@@ -12,6 +12,7 @@
 //! status and health transitions, all from the state owner (`Observer`), and etcd watch failures,
 //! copied from `dcs::Failures` at each render.
 
+use super::families::*;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -33,71 +34,6 @@ const CHECK_BUCKETS: [f64; 14] = [
 pub const REFUSAL_REASONS: [&str; 4] = ["no_primary", "queue_timeout", "connect_failed", "standby"];
 
 const ROLES: [Role; 3] = [Role::Primary, Role::Replica, Role::Unknown];
-
-/// Every family: name, kind, help. The single list `docs/metrics.md` documents.
-#[derive(Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-const FAMILIES: &[(&str, Kind, &str)] = &[
-    ("patroni_proxy_build_info", Kind::Gauge, "Always 1; the version label says which build runs."),
-    ("patroni_proxy_uptime_seconds", Kind::Gauge, "Seconds since this proxy started."),
-    ("patroni_proxy_primary_routable", Kind::Gauge, "1 while a primary is routable (new connections are accepted and forwarded), else 0."),
-    ("patroni_proxy_primary_changes_total", Kind::Counter, "Times the routed primary moved from one node to another."),
-    ("patroni_proxy_no_primary_seconds", Kind::Gauge, "Cumulative seconds without a routable primary since start-up, including the current period (monotonic)."),
-    ("patroni_proxy_frontend_connections_total", Kind::Counter, "Client connections accepted on the primary port."),
-    ("patroni_proxy_frontend_sessions_current", Kind::Gauge, "Client sessions open now."),
-    ("patroni_proxy_frontend_sessions_max", Kind::Gauge, "Most client sessions open at once since start-up."),
-    ("patroni_proxy_frontend_sessions_limit", Kind::Gauge, "global.maxconn: client sessions beyond it wait in the kernel's accept queue."),
-    ("patroni_proxy_frontend_bytes_in_total", Kind::Counter, "Bytes received from clients."),
-    ("patroni_proxy_frontend_bytes_out_total", Kind::Counter, "Bytes sent to clients."),
-    ("patroni_proxy_frontend_queue_current", Kind::Gauge, "Client sessions waiting for a server slot now (all servers)."),
-    ("patroni_proxy_frontend_refusals_total", Kind::Counter, "Clients closed without reaching a server, by reason."),
-    ("patroni_proxy_frontend_held_total", Kind::Counter, "Clients that found no routable primary and were held (failover)."),
-    ("patroni_proxy_frontend_holding_current", Kind::Gauge, "Clients held now, waiting for a primary."),
-    ("patroni_proxy_frontend_hold_released_total", Kind::Counter, "Held clients connected to a primary once one was confirmed."),
-    ("patroni_proxy_frontend_startup_replays_total", Kind::Counter, "Startups replayed on the next primary after a 57P01/57P02/57P03 answer before authentication."),
-    ("patroni_proxy_frontend_accept_errors_total", Kind::Counter, "Accept errors (EMFILE and the like) the accept loop backed off from."),
-    ("patroni_proxy_local_resource_errors_total", Kind::Counter, "Health checks and server connections that failed for want of a local resource (file descriptors, memory, ports): the proxy's fault, never counted against a server."),
-    ("patroni_proxy_log_lines_dropped_total", Kind::Counter, "Log lines dropped because stderr did not keep up (logging never blocks the proxy)."),
-    ("patroni_proxy_server_up", Kind::Gauge, "1 while the rise/fall health counter says UP (HAProxy's view: a Patroni replica is DOWN), else 0."),
-    ("patroni_proxy_server_check_health", Kind::Gauge, "The rise/fall health counter, 0 ..= rise+fall-1 (HAProxy's check_health)."),
-    ("patroni_proxy_server_routed_primary", Kind::Gauge, "1 for the node new connections go to, else 0."),
-    ("patroni_proxy_server_role", Kind::Gauge, "1 for the Patroni role the last check reported (primary, replica, unknown), 0 for the others."),
-    ("patroni_proxy_server_sessions_current", Kind::Gauge, "Sessions to this server open or being set up now."),
-    ("patroni_proxy_server_sessions_max", Kind::Gauge, "Most sessions to this server at once since start-up."),
-    ("patroni_proxy_server_sessions_limit", Kind::Gauge, "The server's maxconn."),
-    ("patroni_proxy_server_sessions_total", Kind::Counter, "Sessions ever sent to this server."),
-    ("patroni_proxy_server_queue_current", Kind::Gauge, "Sessions waiting for a slot on this server now."),
-    ("patroni_proxy_server_bytes_in_total", Kind::Counter, "Bytes from clients to this server."),
-    ("patroni_proxy_server_bytes_out_total", Kind::Counter, "Bytes from this server to clients."),
-    ("patroni_proxy_server_connection_errors_total", Kind::Counter, "Sessions that gave up connecting to this server after all retries (HAProxy's econ)."),
-    ("patroni_proxy_server_retries_total", Kind::Counter, "Connection retries to this server (HAProxy's wretr)."),
-    ("patroni_proxy_server_sessions_killed_total", Kind::Counter, "Sessions closed because this server was marked DOWN or lost the primary role."),
-    ("patroni_proxy_server_check_failures_total", Kind::Counter, "Failed checks that moved the health counter (HAProxy's chkfail)."),
-    ("patroni_proxy_server_checks_total", Kind::Counter, "Finished health checks by result (HAProxy's check status: L7OK, L7STS, L4CON, ...)."),
-    ("patroni_proxy_server_check_duration_seconds", Kind::Histogram, "Duration of finished health checks."),
-    ("patroni_proxy_server_transitions_total", Kind::Counter, "Health state transitions, by the state reached (up, down); to=\"down\" is HAProxy's chkdown."),
-    ("patroni_proxy_server_downtime_seconds", Kind::Gauge, "Total seconds this server was DOWN since start-up, including the current period (monotonic)."),
-    ("patroni_proxy_server_last_change_seconds", Kind::Gauge, "Seconds since the server's last UP/DOWN change (or start-up)."),
-    ("patroni_proxy_etcd_watch_failures_total", Kind::Counter, "etcd watches given up (the next endpoint is tried), by reason: unreachable, silent (no answer within the timeout, or a change the watch did not show), oversized, invalid, canceled (by etcd), closed."),
-    ("patroni_proxy_stats_connections_refused_total", Kind::Counter, "Connections to the stats listener closed at once, by reason: the client's limit (client_limit) or all slots taken (full)."),
-];
-
-/// Every family with its kind and help text, for documentation tests.
-pub fn families() -> impl Iterator<Item = (&'static str, &'static str, &'static str)> {
-    FAMILIES.iter().map(|(n, k, h)| {
-        let kind = match k {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        };
-        (*n, kind, *h)
-    })
-}
 
 /// The recorder of one proxy and the handles of all its series.
 #[derive(Debug)]
@@ -171,21 +107,26 @@ struct Registrar<'a>(&'a PrometheusRecorder);
 const META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
 
 impl Registrar<'_> {
-    fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    fn key(family: &Family, kind: Kind, labels: &[(&'static str, &str)]) -> Key {
+        // A family registered as another kind than declared is a bug of this file.
+        debug_assert_eq!(family.kind, kind, "{}", family.name);
         let labels: Vec<Label> = labels
             .iter()
             .map(|(k, v)| Label::new(*k, v.to_string()))
             .collect();
-        Key::from_parts(name, labels)
+        Key::from_parts(family.name, labels)
     }
-    fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
-        self.0.register_counter(&Self::key(name, labels), &META)
+    fn counter(&self, family: &Family, labels: &[(&'static str, &str)]) -> Counter {
+        self.0
+            .register_counter(&Self::key(family, Kind::Counter, labels), &META)
     }
-    fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
-        self.0.register_gauge(&Self::key(name, labels), &META)
+    fn gauge(&self, family: &Family, labels: &[(&'static str, &str)]) -> Gauge {
+        self.0
+            .register_gauge(&Self::key(family, Kind::Gauge, labels), &META)
     }
-    fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.0.register_histogram(&Self::key(name, labels), &META)
+    fn histogram(&self, family: &Family, labels: &[(&'static str, &str)]) -> Histogram {
+        self.0
+            .register_histogram(&Self::key(family, Kind::Histogram, labels), &META)
     }
 }
 
@@ -194,49 +135,41 @@ impl Metrics {
     pub fn new(config: &Config) -> Self {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(
-                Matcher::Full("patroni_proxy_server_check_duration_seconds".into()),
+                Matcher::Full(SERVER_CHECK_DURATION_SECONDS.name.into()),
                 &CHECK_BUCKETS,
             )
             .expect("the bucket list is not empty")
             .build_recorder();
-        for (name, kind, help) in FAMILIES {
-            let (name, help) = (KeyName::from(*name), SharedString::from(*help));
-            match kind {
+        for family in FAMILIES {
+            let (name, help) = (KeyName::from(family.name), SharedString::from(family.help));
+            match family.kind {
                 Kind::Counter => recorder.describe_counter(name, None, help),
                 Kind::Gauge => recorder.describe_gauge(name, None, help),
                 Kind::Histogram => recorder.describe_histogram(name, None, help),
             }
         }
         let r = Registrar(&recorder);
-        r.gauge(
-            "patroni_proxy_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-        )
-        .set(1.0);
+        r.gauge(&BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1.0);
         let fe = FrontendSeries {
-            connections: r.counter("patroni_proxy_frontend_connections_total", &[]),
-            scur: r.gauge("patroni_proxy_frontend_sessions_current", &[]),
-            smax: r.gauge("patroni_proxy_frontend_sessions_max", &[]),
-            slim: r.gauge("patroni_proxy_frontend_sessions_limit", &[]),
-            bin: r.counter("patroni_proxy_frontend_bytes_in_total", &[]),
-            bout: r.counter("patroni_proxy_frontend_bytes_out_total", &[]),
-            queue: r.gauge("patroni_proxy_frontend_queue_current", &[]),
+            connections: r.counter(&FRONTEND_CONNECTIONS_TOTAL, &[]),
+            scur: r.gauge(&FRONTEND_SESSIONS_CURRENT, &[]),
+            smax: r.gauge(&FRONTEND_SESSIONS_MAX, &[]),
+            slim: r.gauge(&FRONTEND_SESSIONS_LIMIT, &[]),
+            bin: r.counter(&FRONTEND_BYTES_IN_TOTAL, &[]),
+            bout: r.counter(&FRONTEND_BYTES_OUT_TOTAL, &[]),
+            queue: r.gauge(&FRONTEND_QUEUE_CURRENT, &[]),
             refusals: REFUSAL_REASONS
                 .iter()
-                .map(|reason| {
-                    r.counter(
-                        "patroni_proxy_frontend_refusals_total",
-                        &[("reason", reason)],
-                    )
-                })
+                .map(|reason| r.counter(&FRONTEND_REFUSALS_TOTAL, &[("reason", reason)]))
                 .collect(),
-            held: r.counter("patroni_proxy_frontend_held_total", &[]),
-            holding: r.gauge("patroni_proxy_frontend_holding_current", &[]),
-            released: r.counter("patroni_proxy_frontend_hold_released_total", &[]),
-            replays: r.counter("patroni_proxy_frontend_startup_replays_total", &[]),
-            accept_errors: r.counter("patroni_proxy_frontend_accept_errors_total", &[]),
-            local_errors: r.counter("patroni_proxy_local_resource_errors_total", &[]),
-            log_lines_dropped: r.counter("patroni_proxy_log_lines_dropped_total", &[]),
+            held: r.counter(&FRONTEND_HELD_TOTAL, &[]),
+            holding: r.gauge(&FRONTEND_HOLDING_CURRENT, &[]),
+            released: r.counter(&FRONTEND_HOLD_RELEASED_TOTAL, &[]),
+            replays: r.counter(&FRONTEND_STARTUP_REPLAYS_TOTAL, &[]),
+            accept_errors: r.counter(&FRONTEND_ACCEPT_ERRORS_TOTAL, &[]),
+            local_errors: r.counter(&LOCAL_RESOURCE_ERRORS_TOTAL, &[]),
+            log_lines_dropped: r.counter(&LOG_LINES_DROPPED_TOTAL, &[]),
         };
         let nodes = config
             .servers
@@ -245,74 +178,64 @@ impl Metrics {
                 let l: &[(&'static str, &str)] = &[("server", &s.name)];
                 let name = s.name.as_str();
                 NodeSeries {
-                    up: r.gauge("patroni_proxy_server_up", l),
-                    health: r.gauge("patroni_proxy_server_check_health", l),
-                    routed: r.gauge("patroni_proxy_server_routed_primary", l),
+                    up: r.gauge(&SERVER_UP, l),
+                    health: r.gauge(&SERVER_CHECK_HEALTH, l),
+                    routed: r.gauge(&SERVER_ROUTED_PRIMARY, l),
                     roles: ROLES
                         .iter()
                         .map(|role| {
-                            r.gauge(
-                                "patroni_proxy_server_role",
-                                &[("server", name), ("role", role.as_str())],
-                            )
+                            r.gauge(&SERVER_ROLE, &[("server", name), ("role", role.as_str())])
                         })
                         .collect(),
-                    scur: r.gauge("patroni_proxy_server_sessions_current", l),
-                    smax: r.gauge("patroni_proxy_server_sessions_max", l),
-                    slim: r.gauge("patroni_proxy_server_sessions_limit", l),
-                    stot: r.counter("patroni_proxy_server_sessions_total", l),
-                    qcur: r.gauge("patroni_proxy_server_queue_current", l),
-                    bin: r.counter("patroni_proxy_server_bytes_in_total", l),
-                    bout: r.counter("patroni_proxy_server_bytes_out_total", l),
-                    econ: r.counter("patroni_proxy_server_connection_errors_total", l),
-                    wretr: r.counter("patroni_proxy_server_retries_total", l),
-                    killed: r.counter("patroni_proxy_server_sessions_killed_total", l),
-                    chkfail: r.counter("patroni_proxy_server_check_failures_total", l),
+                    scur: r.gauge(&SERVER_SESSIONS_CURRENT, l),
+                    smax: r.gauge(&SERVER_SESSIONS_MAX, l),
+                    slim: r.gauge(&SERVER_SESSIONS_LIMIT, l),
+                    stot: r.counter(&SERVER_SESSIONS_TOTAL, l),
+                    qcur: r.gauge(&SERVER_QUEUE_CURRENT, l),
+                    bin: r.counter(&SERVER_BYTES_IN_TOTAL, l),
+                    bout: r.counter(&SERVER_BYTES_OUT_TOTAL, l),
+                    econ: r.counter(&SERVER_CONNECTION_ERRORS_TOTAL, l),
+                    wretr: r.counter(&SERVER_RETRIES_TOTAL, l),
+                    killed: r.counter(&SERVER_SESSIONS_KILLED_TOTAL, l),
+                    chkfail: r.counter(&SERVER_CHECK_FAILURES_TOTAL, l),
                     checks: CheckStatus::FINISHED
                         .iter()
                         .map(|st| {
                             let c = r.counter(
-                                "patroni_proxy_server_checks_total",
+                                &SERVER_CHECKS_TOTAL,
                                 &[("server", name), ("result", st.as_str())],
                             );
                             (*st, c)
                         })
                         .collect(),
-                    duration: r.histogram("patroni_proxy_server_check_duration_seconds", l),
-                    went_up: r.counter(
-                        "patroni_proxy_server_transitions_total",
-                        &[("server", name), ("to", "up")],
-                    ),
+                    duration: r.histogram(&SERVER_CHECK_DURATION_SECONDS, l),
+                    went_up: r
+                        .counter(&SERVER_TRANSITIONS_TOTAL, &[("server", name), ("to", "up")]),
                     went_down: r.counter(
-                        "patroni_proxy_server_transitions_total",
+                        &SERVER_TRANSITIONS_TOTAL,
                         &[("server", name), ("to", "down")],
                     ),
-                    downtime: r.gauge("patroni_proxy_server_downtime_seconds", l),
-                    lastchg: r.gauge("patroni_proxy_server_last_change_seconds", l),
+                    downtime: r.gauge(&SERVER_DOWNTIME_SECONDS, l),
+                    lastchg: r.gauge(&SERVER_LAST_CHANGE_SECONDS, l),
                 }
             })
             .collect();
         let m = Self {
-            uptime: r.gauge("patroni_proxy_uptime_seconds", &[]),
-            primary_routable: r.gauge("patroni_proxy_primary_routable", &[]),
-            primary_changes: r.counter("patroni_proxy_primary_changes_total", &[]),
-            no_primary: r.gauge("patroni_proxy_no_primary_seconds", &[]),
+            uptime: r.gauge(&UPTIME_SECONDS, &[]),
+            primary_routable: r.gauge(&PRIMARY_ROUTABLE, &[]),
+            primary_changes: r.counter(&PRIMARY_CHANGES_TOTAL, &[]),
+            no_primary: r.gauge(&NO_PRIMARY_SECONDS, &[]),
             fe,
             nodes,
             etcd_failures: FAILURE_REASONS
                 .iter()
-                .map(|reason| {
-                    r.counter(
-                        "patroni_proxy_etcd_watch_failures_total",
-                        &[("reason", reason)],
-                    )
-                })
+                .map(|reason| r.counter(&ETCD_WATCH_FAILURES_TOTAL, &[("reason", reason)]))
                 .collect(),
             stats_refused: Refusal::ALL
                 .iter()
                 .map(|why| {
                     r.counter(
-                        "patroni_proxy_stats_connections_refused_total",
+                        &STATS_CONNECTIONS_REFUSED_TOTAL,
                         &[("reason", why.as_str())],
                     )
                 })

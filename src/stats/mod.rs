@@ -27,6 +27,7 @@ use crate::state::{Observer, Shared};
 pub mod csv;
 pub mod dashboard;
 pub mod export;
+pub mod families;
 pub mod metrics;
 mod server;
 
