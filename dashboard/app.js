@@ -1,4 +1,5 @@
-// Keeps the dashboard current without reloading: every second it fetches /stats.json and copies the
+// Keeps the dashboard current without reloading: every second it fetches /dashboard/data.json (the
+// view of /stats.json with the display text of every cell) and copies the
 // preformatted cell texts (`display`) into the server-rendered page. All formatting happens on the
 // server, so this file only moves strings and class names around.
 "use strict";
@@ -84,7 +85,7 @@
 
   async function tick() {
     try {
-      const r = await fetch("/stats.json", { cache: "no-store", credentials: "same-origin" });
+      const r = await fetch("/dashboard/data.json", { cache: "no-store", credentials: "same-origin" });
       if (!r.ok) throw new Error("HTTP " + r.status);
       apply(await r.json());
       failures = 0;

@@ -9,7 +9,6 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::dashboard::Cells;
 use crate::health::patroni::Answer;
 use crate::health::{CheckResult, Status};
 use crate::routing::Claim;
@@ -44,8 +43,6 @@ pub struct View {
     pub servers: Vec<ServerView>,
     /// The most recent events, oldest first.
     pub events: Vec<Event>,
-    /// Preformatted text of the page's process and primary lines (what the dashboard shows).
-    pub display: Cells,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,8 +64,6 @@ pub struct FrontendView {
     pub local_errors: u64,
     /// Log lines dropped because stderr did not keep up.
     pub log_lines_dropped: u64,
-    /// Preformatted text of the dashboard's FRONTEND row, by column.
-    pub display: Cells,
 }
 
 #[derive(Debug, Serialize)]
@@ -190,8 +185,6 @@ pub struct ServerView {
     pub srv_abrt: u64,
     /// Seconds since the last session to this server started; `None` = never.
     pub lastsess_s: Option<u64>,
-    /// Preformatted text of the dashboard's row for this server, by column.
-    pub display: Cells,
 }
 
 /// HAProxy's status string, or `INI` while no check has finished: the counter starts at `UP 1/3`
@@ -315,7 +308,6 @@ pub fn view(shared: &Shared) -> View {
                 srv_abrt: c.srv_abrt.load(Relaxed),
                 lastsess_s: (last_session > 0)
                     .then(|| (epoch(wall) as u64).saturating_sub(last_session)),
-                display: Cells::new(),
             }
         })
         .collect();
@@ -325,7 +317,7 @@ pub fn view(shared: &Shared) -> View {
         Claim::Primary { timeline, .. } => *timeline,
         _ => None,
     });
-    let mut v = View {
+    let v = View {
         proxy: cfg.listen.name.clone(),
         version: env!("CARGO_PKG_VERSION"),
         pid: std::process::id(),
@@ -365,13 +357,10 @@ pub fn view(shared: &Shared) -> View {
             accept_errors: fe.accept_errors.load(Relaxed),
             local_errors: fe.local_errors.load(Relaxed),
             log_lines_dropped: crate::logging::dropped_lines(),
-            display: Cells::new(),
         },
         servers,
         events,
-        display: Cells::new(),
     };
-    super::dashboard::decorate(&mut v);
     v
 }
 

@@ -24,6 +24,7 @@ use crate::dcs::Failures;
 use crate::health::{CheckResult, Transition};
 use crate::state::{Observer, Shared};
 
+pub mod cells;
 pub mod csv;
 pub mod dashboard;
 pub mod export;
@@ -92,6 +93,7 @@ pub fn router(shared: Arc<Shared>, stats: Arc<Stats>, limits: Limits) -> Router 
         .route("/", get(root))
         .route("/stats.json", get(stats_json))
         .route("/metrics", get(prometheus))
+        .route("/dashboard/data.json", get(dashboard_data))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route(
@@ -290,6 +292,10 @@ fn stats_page(app: &App, m: Modifiers) -> Response {
 
 async fn stats_json(State(app): State<App>) -> Response {
     Json(view_of(&app)).into_response()
+}
+
+async fn dashboard_data(State(app): State<App>) -> Response {
+    Json(dashboard::data(&view_of(&app))).into_response()
 }
 
 async fn prometheus(State(app): State<App>) -> Response {
