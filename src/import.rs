@@ -616,7 +616,7 @@ fn parse_server(
     let maxconn = own
         .maxconn
         .or(sd.maxconn)
-        .unwrap_or_else(|| NonZeroU32::new(100).expect("non-zero"));
+        .unwrap_or(config::DEFAULT_MAXCONN);
     Ok((
         Server {
             name,

@@ -106,8 +106,10 @@ fn importing_the_seed_haproxy_cfg_gives_proxy_toml_but_the_addresses() {
     // Issue 2: "import of ../shared/reference/haproxy.cfg gives the same settings as proxy.toml except
     // the addresses" (tests/config/seed-haproxy.cfg is a verbatim copy of it).
     let seed = std::fs::read_to_string(dir("seed-haproxy.cfg")).unwrap();
-    let mut imported = import::import(&seed).unwrap();
-    let ours = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml")).unwrap();
+    let mut imported = import::import(&seed).unwrap().into_file();
+    let ours = Config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.toml"))
+        .unwrap()
+        .into_file();
     for s in &mut imported.servers {
         // 192.0.2.x in the guide, 127.0.0.x on one machine.
         let loopback = s.address.to_string().replace("192.0.2.", "127.0.0.");

@@ -18,11 +18,13 @@ mod validate;
 mod values;
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::Path;
 use std::time::Duration;
 
 pub use sections::{
-    Check, Etcd, FileConfig, Global, Listen, OnMarkedDown, Server, Stats, MAX_THREADS,
+    Check, Etcd, FileConfig, Global, Listen, OnMarkedDown, Server, Stats, DEFAULT_MAXCONN,
+    MAX_THREADS,
 };
 pub use validate::KeyError;
 pub use values::{format_duration, parse_bind, parse_duration};
@@ -40,16 +42,19 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// The validated configuration the program runs with. Built only by [`Config::from_toml`] /
-/// [`Config::load`] (or [`Config::validate`]), so every value in it has passed the checks.
+/// The validated configuration the program runs with: a [`FileConfig`] that passed
+/// [`FileConfig::validate`], which is the only way to make one ([`Config::from_toml`] and
+/// [`Config::load`] call it). Its sections are read through `Deref` (`config.check.inter`) and cannot
+/// be changed afterwards, so every value in it stays checked.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    pub global: Global,
-    pub listen: Listen,
-    pub check: Check,
-    pub servers: Vec<Server>,
-    pub stats: Stats,
-    pub etcd: Option<Etcd>,
+pub struct Config(FileConfig);
+
+impl Deref for Config {
+    type Target = FileConfig;
+
+    fn deref(&self) -> &FileConfig {
+        &self.0
+    }
 }
 
 impl Config {
@@ -74,14 +79,12 @@ impl Config {
 
     /// The file form of this config, e.g. to print it as TOML.
     pub fn to_file(&self) -> FileConfig {
-        FileConfig {
-            global: self.global.clone(),
-            listen: self.listen.clone(),
-            check: self.check.clone(),
-            servers: self.servers.clone(),
-            stats: self.stats.clone(),
-            etcd: self.etcd.clone(),
-        }
+        self.0.clone()
+    }
+
+    /// The file form, to change and validate again.
+    pub fn into_file(self) -> FileConfig {
+        self.0
     }
 
     /// The effective check interval for a health counter (HAProxy `srv_getinter`): `inter` when fully

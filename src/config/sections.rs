@@ -9,22 +9,18 @@ use serde::{Deserialize, Serialize};
 use super::values::{bind_addr, duration, opt_duration};
 
 /// The whole file as written. Optional keys fall back to the defaults documented on each field.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
-    #[serde(default)]
     pub global: Global,
-    #[serde(default)]
     pub listen: Listen,
-    #[serde(default)]
     pub check: Check,
     /// The PostgreSQL nodes, in order. HAProxy's `server` lines. At least one.
-    #[serde(default, rename = "server")]
+    #[serde(rename = "server")]
     pub servers: Vec<Server>,
-    #[serde(default)]
     pub stats: Stats,
     /// Optional: watch Patroni's leader and failover keys in etcd to re-check at once on a change.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd: Option<Etcd>,
 }
 
@@ -36,7 +32,7 @@ pub struct Etcd {
     /// `etcd3` backend does.
     pub endpoints: Vec<SocketAddr>,
     /// Patroni's `namespace`. Default `/service/` (Patroni's default; the seed uses `/db/`).
-    #[serde(default = "defaults::namespace")]
+    #[serde(default = "default_namespace")]
     pub namespace: String,
     /// Patroni's `scope` (the cluster name).
     pub scope: String,
@@ -56,21 +52,22 @@ impl Etcd {
 
 /// Process-wide settings (HAProxy's `global` section).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Global {
     /// Maximum concurrent client sessions on the primary port. Beyond it new connections wait in the
     /// kernel's accept queue, without a timeout, as in HAProxy. Default 100. Unlike HAProxy, stats
     /// connections do not count against it (they have their own small limit).
-    #[serde(default = "defaults::maxconn")]
     pub maxconn: NonZeroU32,
     /// How long a SIGTERM/SIGINT waits for sessions to finish before closing them. Default `30s`.
-    #[serde(default = "defaults::shutdown_grace", with = "duration")]
+    #[serde(with = "duration")]
     pub shutdown_grace: Duration,
     /// Threads that relay sessions (HAProxy's `nbthread`), each with its own event loop; each
     /// accepts from the one listening socket and a client stays on the thread that accepted it. Default: one per CPU the process may run on.
-    #[serde(default)]
     pub threads: Option<NonZeroU32>,
 }
+
+/// The default of `global.maxconn` and of each server's `maxconn`: the seed's `maxconn 100`.
+pub const DEFAULT_MAXCONN: NonZeroU32 = NonZeroU32::new(100).expect("non-zero");
 
 /// The most `global.threads` accepts.
 pub const MAX_THREADS: u32 = 64;
@@ -89,87 +86,85 @@ impl Global {
 
 /// The client-facing listener and how sessions are handled (HAProxy's `defaults` + `listen postgres`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Listen {
     /// Name shown in logs, stats and metrics (HAProxy's proxy name). Default `postgres`.
-    #[serde(default = "defaults::listen_name")]
     pub name: String,
     /// Address clients connect to. `*:PORT` means `0.0.0.0:PORT`, as in HAProxy. Default `*:5000`.
-    #[serde(default = "defaults::listen_bind", with = "bind_addr")]
+    #[serde(with = "bind_addr")]
     pub bind: SocketAddr,
     /// Extra connection attempts to a server after the first one fails (HAProxy `retries`). Default 2.
-    #[serde(default = "defaults::retries")]
     pub retries: u32,
     /// Time allowed for each TCP connection attempt to a server. Default `4s`.
-    #[serde(default = "defaults::timeout_connect", with = "duration")]
+    #[serde(with = "duration")]
     pub timeout_connect: Duration,
     /// Session closed after this long with no byte from either side (HAProxy `timeout client`).
     /// Default `30m`.
-    #[serde(default = "defaults::timeout_idle", with = "duration")]
+    #[serde(with = "duration")]
     pub timeout_client: Duration,
     /// Session closed after this long with no byte from either side (HAProxy `timeout server`).
     /// Default `30m`.
-    #[serde(default = "defaults::timeout_idle", with = "duration")]
+    #[serde(with = "duration")]
     pub timeout_server: Duration,
     /// How long a session may wait for a free slot on a server at its `maxconn`. Default: the value of
     /// `timeout_connect`, as in HAProxy.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub timeout_queue: Option<Duration>,
     /// What to do with established sessions when their server is marked DOWN:
     /// `shutdown-sessions` (close them at once, the seed's setting) or `none`. Default `shutdown-sessions`.
-    #[serde(default)]
     pub on_marked_down: OnMarkedDown,
     /// While no primary is routable (during a failover), how long a new client waits for one before
     /// it gets a PostgreSQL error (SQLSTATE 57P03) instead of a connection. Default `10s`.
-    #[serde(default = "defaults::hold_timeout", with = "duration")]
+    #[serde(with = "duration")]
     pub hold_timeout: Duration,
     /// Read PostgreSQL's startup replies as they pass, until the first ReadyForQuery: replay the
     /// startup on the new primary if the old one answers "shutting down" (57P01/57P02/57P03) before
     /// authentication, and refuse a backend that reports `in_hot_standby = on`. Clients that
     /// negotiate TLS are relayed untouched after the SSLRequest. Default `true`.
-    #[serde(default = "defaults::yes")]
     pub inspect_startup: bool,
     /// TCP keepalive on client sockets (HAProxy `option clitcpka`). Default `true`, unlike HAProxy:
     /// a client that vanished without a FIN (a crashed host, a dropped NAT mapping) would otherwise
     /// hold its `maxconn` slot until `timeout_client` (30 min). Not written when it is the default,
     /// so an imported HAProxy file reads as before.
-    #[serde(default = "defaults::yes", skip_serializing_if = "is_true")]
+    #[serde(skip_serializing_if = "is_default_client_keepalive")]
     pub client_keepalive: bool,
     /// TCP keepalive on server sockets (HAProxy `option srvtcpka`). Default `true`: a primary that
     /// lost power leaves no one to send a FIN or RST.
-    #[serde(default = "defaults::yes", skip_serializing_if = "is_true")]
+    #[serde(skip_serializing_if = "is_default_server_keepalive")]
     pub server_keepalive: bool,
     /// Idle time before the first keepalive probe (`TCP_KEEPIDLE`; HAProxy `clitcpka-idle` /
     /// `srvtcpka-idle`). Whole seconds. Default `60s`.
-    #[serde(
-        default = "defaults::keepalive_idle",
-        with = "duration",
-        skip_serializing_if = "defaults::is_keepalive_idle"
-    )]
+    #[serde(with = "duration", skip_serializing_if = "is_default_keepalive_idle")]
     pub keepalive_idle: Duration,
     /// Time between unanswered probes (`TCP_KEEPINTVL`; HAProxy `*tcpka-intvl`). Whole seconds.
     /// Default `10s`.
     #[serde(
-        default = "defaults::keepalive_interval",
         with = "duration",
-        skip_serializing_if = "defaults::is_keepalive_interval"
+        skip_serializing_if = "is_default_keepalive_interval"
     )]
     pub keepalive_interval: Duration,
     /// Unanswered probes before the kernel drops the connection (`TCP_KEEPCNT`; HAProxy
     /// `*tcpka-cnt`). Default 6: a dead peer is found after 60 s + 6 x 10 s = 2 min idle.
-    #[serde(
-        default = "defaults::keepalive_count",
-        skip_serializing_if = "defaults::is_keepalive_count"
-    )]
+    #[serde(skip_serializing_if = "is_default_keepalive_count")]
     pub keepalive_count: u32,
 }
 
-fn is_true(b: &bool) -> bool {
-    *b
+// The keepalive keys came after the import's golden output: at their defaults they are not written,
+// so importing an HAProxy file prints what it printed before they existed.
+fn is_default_client_keepalive(on: &bool) -> bool {
+    *on == Listen::default().client_keepalive
+}
+fn is_default_server_keepalive(on: &bool) -> bool {
+    *on == Listen::default().server_keepalive
+}
+fn is_default_keepalive_idle(d: &Duration) -> bool {
+    *d == Listen::default().keepalive_idle
+}
+fn is_default_keepalive_interval(d: &Duration) -> bool {
+    *d == Listen::default().keepalive_interval
+}
+fn is_default_keepalive_count(n: &u32) -> bool {
+    *n == Listen::default().keepalive_count
 }
 
 /// HAProxy's `on-marked-down` choices.
@@ -184,55 +179,40 @@ pub enum OnMarkedDown {
 /// The HTTP health check against each node's Patroni REST API (HAProxy `option httpchk`,
 /// `http-check expect status`, `default-server inter/fastinter/downinter/rise/fall`, `timeout check`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Check {
     /// HTTP method. Default `GET`: Patroni answers `GET /` exactly like HAProxy's `OPTIONS /` and also
     /// returns a JSON body with `role`, `state` and `timeline`, which routing uses.
-    #[serde(default = "defaults::check_method")]
     pub method: String,
     /// Request path. Default `/` (Patroni rewrites it to `/primary`).
-    #[serde(default = "defaults::check_uri")]
     pub uri: String,
     /// HTTP version in the request line: `HTTP/1.0` or `HTTP/1.1`. Default `HTTP/1.0`.
-    #[serde(default = "defaults::check_version")]
     pub version: String,
     /// The only status that passes. Default 200.
-    #[serde(default = "defaults::expect_status")]
     pub expect_status: u16,
     /// Default REST port of every server (HAProxy `check port`). Default 8008.
-    #[serde(default = "defaults::check_port")]
     pub port: u16,
     /// Time between the end of one check and the start of the next while fully UP. Default `3s`.
-    #[serde(default = "defaults::inter", with = "duration")]
+    #[serde(with = "duration")]
     pub inter: Duration,
     /// Interval in transitional states (`UP 2/3`, `DOWN 1/2`, not yet checked). Default: `inter`.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub fastinter: Option<Duration>,
     /// Interval while fully DOWN. Default: `inter`.
-    #[serde(
-        default,
-        with = "opt_duration",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub downinter: Option<Duration>,
     /// Consecutive passed checks that mark a DOWN server UP. Default 2.
-    #[serde(default = "defaults::rise")]
     pub rise: NonZeroU32,
     /// Consecutive failed checks that mark an UP server DOWN. Default 3.
-    #[serde(default = "defaults::fall")]
     pub fall: NonZeroU32,
     /// Time allowed for the answer once the TCP connection is up (HAProxy `timeout check`). The connect
     /// itself is bounded by min(`inter`, `listen.timeout_connect`). Default `5s`.
-    #[serde(default = "defaults::timeout_check", with = "duration")]
+    #[serde(with = "duration")]
     pub timeout: Duration,
     /// Interval for every node while no primary is confirmed, or while the routed primary's last
     /// check failed or denied the role: how fast a new primary is found. Set it to `inter` for
     /// HAProxy's pace. Default `200ms`.
-    #[serde(default = "defaults::failover_inter", with = "duration")]
+    #[serde(with = "duration")]
     pub failover_inter: Duration,
 }
 
@@ -246,7 +226,7 @@ pub struct Server {
     pub address: SocketAddr,
     /// Maximum concurrent sessions to this server; more wait in a FIFO queue for `timeout_queue`.
     /// Default 100.
-    #[serde(default = "defaults::maxconn")]
+    #[serde(default = "default_server_maxconn")]
     pub maxconn: NonZeroU32,
     /// REST port for the health check. Default: `check.port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,107 +238,24 @@ pub struct Server {
 
 /// The stats listener: dashboard, CSV/JSON exports and Prometheus metrics.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Stats {
     /// Address of the stats listener. `*:PORT` means `0.0.0.0:PORT`. Default `*:7000`.
-    #[serde(default = "defaults::stats_bind", with = "bind_addr")]
+    #[serde(with = "bind_addr")]
     pub bind: SocketAddr,
     /// Optional HTTP Basic credentials, `user:password` (HAProxy `stats auth`). Default: none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
 }
 
-mod defaults {
-    use super::*;
-
-    pub fn maxconn() -> NonZeroU32 {
-        NonZeroU32::new(100).expect("non-zero")
-    }
-    pub fn shutdown_grace() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn listen_name() -> String {
-        "postgres".into()
-    }
-    pub fn listen_bind() -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5000)
-    }
-    pub fn stats_bind() -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7000)
-    }
-    pub fn retries() -> u32 {
-        2
-    }
-    pub fn timeout_connect() -> Duration {
-        Duration::from_secs(4)
-    }
-    pub fn timeout_idle() -> Duration {
-        Duration::from_secs(30 * 60)
-    }
-    pub fn check_method() -> String {
-        "GET".into()
-    }
-    pub fn check_uri() -> String {
-        "/".into()
-    }
-    pub fn check_version() -> String {
-        "HTTP/1.0".into()
-    }
-    pub fn expect_status() -> u16 {
-        200
-    }
-    pub fn check_port() -> u16 {
-        8008
-    }
-    pub fn inter() -> Duration {
-        Duration::from_secs(3)
-    }
-    pub fn rise() -> NonZeroU32 {
-        NonZeroU32::new(2).expect("non-zero")
-    }
-    pub fn fall() -> NonZeroU32 {
-        NonZeroU32::new(3).expect("non-zero")
-    }
-    pub fn timeout_check() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub fn failover_inter() -> Duration {
-        Duration::from_millis(200)
-    }
-    pub fn hold_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn yes() -> bool {
-        true
-    }
-    pub fn namespace() -> String {
-        "/service/".into()
-    }
-    pub fn keepalive_idle() -> Duration {
-        Duration::from_secs(60)
-    }
-    pub fn keepalive_interval() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn keepalive_count() -> u32 {
-        6
-    }
-    pub fn is_keepalive_idle(d: &Duration) -> bool {
-        *d == keepalive_idle()
-    }
-    pub fn is_keepalive_interval(d: &Duration) -> bool {
-        *d == keepalive_interval()
-    }
-    pub fn is_keepalive_count(n: &u32) -> bool {
-        *n == keepalive_count()
-    }
-}
+// Every default, once. serde's container-level `#[serde(default)]` fills a missing key from these
+// same impls, and `import-haproxy` starts from them.
 
 impl Default for Global {
     fn default() -> Self {
         Self {
-            maxconn: defaults::maxconn(),
-            shutdown_grace: defaults::shutdown_grace(),
+            maxconn: DEFAULT_MAXCONN,
+            shutdown_grace: Duration::from_secs(30),
             threads: None,
         }
     }
@@ -366,22 +263,23 @@ impl Default for Global {
 
 impl Default for Listen {
     fn default() -> Self {
+        let idle = Duration::from_secs(30 * 60);
         Self {
-            name: defaults::listen_name(),
-            bind: defaults::listen_bind(),
-            retries: defaults::retries(),
-            timeout_connect: defaults::timeout_connect(),
-            timeout_client: defaults::timeout_idle(),
-            timeout_server: defaults::timeout_idle(),
+            name: "postgres".into(),
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5000),
+            retries: 2,
+            timeout_connect: Duration::from_secs(4),
+            timeout_client: idle,
+            timeout_server: idle,
             timeout_queue: None,
             on_marked_down: OnMarkedDown::default(),
-            hold_timeout: defaults::hold_timeout(),
+            hold_timeout: Duration::from_secs(10),
             inspect_startup: true,
             client_keepalive: true,
             server_keepalive: true,
-            keepalive_idle: defaults::keepalive_idle(),
-            keepalive_interval: defaults::keepalive_interval(),
-            keepalive_count: defaults::keepalive_count(),
+            keepalive_idle: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_count: 6,
         }
     }
 }
@@ -389,18 +287,18 @@ impl Default for Listen {
 impl Default for Check {
     fn default() -> Self {
         Self {
-            method: defaults::check_method(),
-            uri: defaults::check_uri(),
-            version: defaults::check_version(),
-            expect_status: defaults::expect_status(),
-            port: defaults::check_port(),
-            inter: defaults::inter(),
+            method: "GET".into(),
+            uri: "/".into(),
+            version: "HTTP/1.0".into(),
+            expect_status: 200,
+            port: 8008,
+            inter: Duration::from_secs(3),
             fastinter: None,
             downinter: None,
-            rise: defaults::rise(),
-            fall: defaults::fall(),
-            timeout: defaults::timeout_check(),
-            failover_inter: defaults::failover_inter(),
+            rise: NonZeroU32::new(2).expect("non-zero"),
+            fall: NonZeroU32::new(3).expect("non-zero"),
+            timeout: Duration::from_secs(5),
+            failover_inter: Duration::from_millis(200),
         }
     }
 }
@@ -408,8 +306,19 @@ impl Default for Check {
 impl Default for Stats {
     fn default() -> Self {
         Self {
-            bind: defaults::stats_bind(),
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7000),
             auth: None,
         }
     }
+}
+
+// `Server` and `Etcd` have required keys, so no `Default`: their optional keys default here.
+
+fn default_server_maxconn() -> NonZeroU32 {
+    DEFAULT_MAXCONN
+}
+
+fn default_namespace() -> String {
+    // Patroni's own default namespace.
+    "/service/".into()
 }

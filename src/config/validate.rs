@@ -59,7 +59,8 @@ impl FileConfig {
         v
     }
 
-    /// Cross-field checks that serde cannot express; returns the typed config.
+    /// Checks every range and what serde cannot express (unique names, ports, paths); the one way
+    /// to a [`Config`].
     pub fn validate(self) -> Result<Config, KeyError> {
         let err = |key: &str, message: String| KeyError {
             key: key.to_string(),
@@ -184,13 +185,6 @@ impl FileConfig {
                 ));
             }
         }
-        Ok(Config {
-            global: self.global,
-            listen: self.listen,
-            check: self.check,
-            servers: self.servers,
-            stats: self.stats,
-            etcd: self.etcd,
-        })
+        Ok(Config(self))
     }
 }
