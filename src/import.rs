@@ -380,10 +380,25 @@ fn parse_proxy(body: &[(usize, Vec<String>)], p: &mut Proxy<'_>) -> Result<(), I
                     0 => {}
                     1 => check.uri = args[0].clone(),
                     2 | 3 => {
-                        check.method = args[0].clone();
+                        // Refused with the message `proxy.toml` would give, at this line.
+                        let refused = |key: &str, m: String| {
+                            err(
+                                line,
+                                "option httpchk",
+                                &format!("{m} (`{key}` in proxy.toml)"),
+                            )
+                        };
+                        check.method = args[0].parse().map_err(|m| refused("check.method", m))?;
                         check.uri = args[1].clone();
                         if let Some(v) = args.get(2) {
-                            check.version = v.clone();
+                            if v.contains("\\r") {
+                                return Err(err(
+                                    line,
+                                    "option httpchk",
+                                    "headers smuggled in the version field are not supported",
+                                ));
+                            }
+                            check.version = v.parse().map_err(|m| refused("check.version", m))?;
                         }
                     }
                     _ => {
@@ -393,13 +408,6 @@ fn parse_proxy(body: &[(usize, Vec<String>)], p: &mut Proxy<'_>) -> Result<(), I
                             "expected at most METHOD URI VERSION",
                         ))
                     }
-                }
-                if check.version.contains("\\r") {
-                    return Err(err(
-                        line,
-                        "option httpchk",
-                        "headers smuggled in the version field are not supported",
-                    ));
                 }
                 for key in ["check.method", "check.uri", "check.version"] {
                     note(p.origins, key, line, "option httpchk");

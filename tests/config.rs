@@ -132,6 +132,82 @@ fn importing_the_seed_haproxy_cfg_gives_proxy_toml_but_the_addresses() {
 }
 
 #[test]
+fn check_method_and_version_are_closed_sets() {
+    // Issue 12: validation accepted POST while its message said "use GET, HEAD or OPTIONS".
+    for method in ["POST", "get", "BREW"] {
+        let e = Config::from_toml(&with_server(&format!("[check]\nmethod = \"{method}\"")))
+            .expect_err(method)
+            .to_string();
+        assert!(
+            e.contains("key `check.method`")
+                && e.contains("line 2")
+                && e.contains(&format!(
+                    "unsupported method \"{method}\": use GET, HEAD or OPTIONS"
+                )),
+            "{e}"
+        );
+    }
+    let e = Config::from_toml(&with_server("[check]\nversion = \"HTTP/2\""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("key `check.version`")
+            && e.contains("line 2")
+            && e.contains("unsupported version \"HTTP/2\": use HTTP/1.0 or HTTP/1.1"),
+        "{e}"
+    );
+    for method in ["GET", "HEAD", "OPTIONS"] {
+        for version in ["HTTP/1.0", "HTTP/1.1"] {
+            let c = Config::from_toml(&with_server(&format!(
+                "[check]\nmethod = \"{method}\"\nversion = \"{version}\""
+            )))
+            .unwrap();
+            assert_eq!(
+                (c.check.method.as_str(), c.check.version.as_str()),
+                (method, version)
+            );
+            let text = toml::to_string(&c.to_file()).unwrap();
+            assert!(text.contains(&format!("method = \"{method}\"")), "{text}");
+            assert_eq!(Config::from_toml(&text).unwrap(), c);
+        }
+    }
+
+    // The import refuses them at the `option httpchk` line, with the same message.
+    let seed = std::fs::read_to_string(dir("seed-haproxy.cfg")).unwrap();
+    for (args, says) in [
+        (
+            "POST / HTTP/1.1",
+            "unsupported method \"POST\": use GET, HEAD or OPTIONS",
+        ),
+        (
+            "GET / HTTP/2",
+            "unsupported version \"HTTP/2\": use HTTP/1.0 or HTTP/1.1",
+        ),
+    ] {
+        let text = seed.replacen(
+            "    option httpchk\n",
+            &format!("    option httpchk {args}\n"),
+            1,
+        );
+        let e = import::import(&text).expect_err(args);
+        let line = text.lines().nth(e.line.saturating_sub(1)).unwrap_or("");
+        assert_eq!(e.directive, "option httpchk", "{e}");
+        assert!(line.contains(args), "{e} points at {line:?}");
+        assert!(e.message.contains(says), "{e}");
+    }
+    let text = seed.replacen(
+        "    option httpchk\n",
+        "    option httpchk HEAD / HTTP/1.1\n",
+        1,
+    );
+    let c = import::import(&text).unwrap();
+    assert_eq!(
+        (c.check.method.as_str(), c.check.version.as_str()),
+        ("HEAD", "HTTP/1.1")
+    );
+}
+
+#[test]
 fn import_rejects_what_it_cannot_carry_over_by_line_and_directive() {
     let seed = std::fs::read_to_string(dir("seed-haproxy.cfg")).unwrap();
     let cases = [

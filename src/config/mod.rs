@@ -23,8 +23,8 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use sections::{
-    Check, Etcd, FileConfig, Global, Listen, OnMarkedDown, Server, Stats, DEFAULT_MAXCONN,
-    MAX_THREADS,
+    Check, CheckMethod, Etcd, FileConfig, Global, HttpVersion, Listen, OnMarkedDown, Server, Stats,
+    DEFAULT_MAXCONN, MAX_THREADS,
 };
 pub use validate::KeyError;
 pub use values::{format_duration, parse_bind, parse_duration};

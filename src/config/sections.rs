@@ -1,7 +1,9 @@
 //! The file format: one struct per TOML section, each field with its doc comment and default.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -168,10 +170,9 @@ fn is_default_keepalive_count(n: &u32) -> bool {
 }
 
 /// HAProxy's `on-marked-down` choices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnMarkedDown {
-    #[default]
     ShutdownSessions,
     None,
 }
@@ -183,11 +184,11 @@ pub enum OnMarkedDown {
 pub struct Check {
     /// HTTP method. Default `GET`: Patroni answers `GET /` exactly like HAProxy's `OPTIONS /` and also
     /// returns a JSON body with `role`, `state` and `timeline`, which routing uses.
-    pub method: String,
+    pub method: CheckMethod,
     /// Request path. Default `/` (Patroni rewrites it to `/primary`).
     pub uri: String,
     /// HTTP version in the request line: `HTTP/1.0` or `HTTP/1.1`. Default `HTTP/1.0`.
-    pub version: String,
+    pub version: HttpVersion,
     /// The only status that passes. Default 200.
     pub expect_status: u16,
     /// Default REST port of every server (HAProxy `check port`). Default 8008.
@@ -215,6 +216,88 @@ pub struct Check {
     #[serde(with = "duration")]
     pub failover_inter: Duration,
 }
+
+/// The health check's HTTP method: one Patroni's REST API answers with the role in the status code.
+/// Written `GET`, `HEAD` or `OPTIONS`; anything else (`POST` included) is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum CheckMethod {
+    Get,
+    Head,
+    Options,
+}
+
+impl CheckMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckMethod::Get => "GET",
+            CheckMethod::Head => "HEAD",
+            CheckMethod::Options => "OPTIONS",
+        }
+    }
+}
+
+impl FromStr for CheckMethod {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [CheckMethod::Get, CheckMethod::Head, CheckMethod::Options]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unsupported method {s:?}: use GET, HEAD or OPTIONS"))
+    }
+}
+
+/// The HTTP version in the check's request line, written `HTTP/1.0` or `HTTP/1.1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum HttpVersion {
+    Http10,
+    Http11,
+}
+
+impl HttpVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpVersion::Http10 => "HTTP/1.0",
+            HttpVersion::Http11 => "HTTP/1.1",
+        }
+    }
+}
+
+impl FromStr for HttpVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [HttpVersion::Http10, HttpVersion::Http11]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unsupported version {s:?}: use HTTP/1.0 or HTTP/1.1"))
+    }
+}
+
+// serde's `try_from`/`into` go through these; the file holds the same words `as_str` gives.
+macro_rules! words {
+    ($($t:ty),*) => {$(
+        impl TryFrom<String> for $t {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                s.parse()
+            }
+        }
+        impl From<$t> for &'static str {
+            fn from(v: $t) -> &'static str {
+                v.as_str()
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+words!(CheckMethod, HttpVersion);
 
 /// One PostgreSQL node (HAProxy `server NAME ADDR maxconn N check port P`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -272,7 +355,7 @@ impl Default for Listen {
             timeout_client: idle,
             timeout_server: idle,
             timeout_queue: None,
-            on_marked_down: OnMarkedDown::default(),
+            on_marked_down: OnMarkedDown::ShutdownSessions,
             hold_timeout: Duration::from_secs(10),
             inspect_startup: true,
             client_keepalive: true,
@@ -287,9 +370,9 @@ impl Default for Listen {
 impl Default for Check {
     fn default() -> Self {
         Self {
-            method: "GET".into(),
+            method: CheckMethod::Get,
             uri: "/".into(),
-            version: "HTTP/1.0".into(),
+            version: HttpVersion::Http10,
             expect_status: 200,
             port: 8008,
             inter: Duration::from_secs(3),

@@ -118,33 +118,12 @@ impl FileConfig {
                 "port 0 is not a REST port: use Patroni's, e.g. 8008".into(),
             ));
         }
-        if !matches!(
-            self.check.method.as_str(),
-            "GET" | "HEAD" | "OPTIONS" | "POST"
-        ) {
-            return Err(err(
-                "check.method",
-                format!(
-                    "unsupported method {:?}: use GET, HEAD or OPTIONS",
-                    self.check.method
-                ),
-            ));
-        }
         if !self.check.uri.starts_with('/') || self.check.uri.contains(char::is_whitespace) {
             return Err(err(
                 "check.uri",
                 format!(
                     "invalid path {:?}: it must start with `/` and contain no spaces",
                     self.check.uri
-                ),
-            ));
-        }
-        if !matches!(self.check.version.as_str(), "HTTP/1.0" | "HTTP/1.1") {
-            return Err(err(
-                "check.version",
-                format!(
-                    "unsupported version {:?}: use HTTP/1.0 or HTTP/1.1",
-                    self.check.version
                 ),
             ));
         }
