@@ -367,6 +367,54 @@ fn values_outside_their_range_are_refused_naming_key_value_range_and_line() {
 }
 
 #[test]
+fn errors_locate_keys_however_they_are_written() {
+    // Issue 12: keys are found from the parser's spans. The hand-written locator read
+    // `[check] # comment` as a table named `check] # comment`, and found no position for dotted
+    // keys, inline tables or entries of an inline array.
+    let inline_servers = "server = [{ name = \"a\", address = \"127.0.0.11:5432\" },\n  \
+                          { name = \"a\", address = \"127.0.0.12:5432\" }]\n";
+    let cases = [
+        (
+            with_server("[check] # the health check\ninter = \"0s\""),
+            "key `check.inter`: TOML parse error at line 2, column 9",
+            "allowed: 10ms to 1h",
+        ),
+        (
+            with_server("check = { inter = \"0s\" }"),
+            "key `check.inter`: TOML parse error at line 1, column 19",
+            "allowed: 10ms to 1h",
+        ),
+        (
+            with_server("check.uri = \"primary\""),
+            "key `check.uri` (line 1, column 7): ",
+            "it must start with `/`",
+        ),
+        (
+            with_server("[check]\n  uri   =   \"primary\""),
+            "key `check.uri` (line 2, column 3): ",
+            "it must start with `/`",
+        ),
+        (
+            inline_servers.to_string(),
+            "key `server[1].name` (line 2, column 5): ",
+            "duplicate server name",
+        ),
+        (
+            format!(
+                "{}[[server]]\nname = \"b\"\naddress = \"db1:5432\"\n",
+                with_server("")
+            ),
+            "key `server[1].address`: TOML parse error at line 7, column 11",
+            "db1:5432",
+        ),
+    ];
+    for (text, at, says) in cases {
+        let e = Config::from_toml(&text).expect_err(&text).to_string();
+        assert!(e.starts_with(at) && e.contains(says), "{text}\n->\n{e}");
+    }
+}
+
+#[test]
 fn duration_strings_that_overflow_are_errors_not_panics() {
     // humantime 2.4 panics on the first two (chronotope/humantime#66); the rest overflow u64.
     for value in [

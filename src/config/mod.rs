@@ -22,6 +22,8 @@ use std::ops::Deref;
 use std::path::Path;
 use std::time::Duration;
 
+use serde::Deserialize;
+
 pub use sections::{
     Check, CheckMethod, Etcd, FileConfig, Global, HttpVersion, Listen, OnMarkedDown, Server, Stats,
     DEFAULT_MAXCONN, MAX_THREADS,
@@ -72,9 +74,12 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let file: FileConfig =
-            toml::from_str(text).map_err(|e| position::describe_toml_error(text, &e))?;
-        file.validate().map_err(|e| position::locate(text, e))
+        // Parsed once: the same document gives the values and, for an error, where its key is.
+        let doc = position::Document::parse(text)
+            .map_err(|e| ConfigError::Invalid(e.to_string().trim_end().to_string()))?;
+        let file = FileConfig::deserialize(toml_edit::de::Deserializer::from(doc.clone()))
+            .map_err(|e| position::describe_serde_error(&doc, &e))?;
+        file.validate().map_err(|e| position::locate(&doc, e))
     }
 
     /// The file form of this config, e.g. to print it as TOML.
