@@ -5,15 +5,17 @@
 //! file. Every default reproduces the seed HAProxy configuration (`haproxy-semantics.md` §0), except
 //! TCP keepalive, which is on (see [`Listen::client_keepalive`]).
 //!
-//! - [`sections`]: one struct per TOML section, with its defaults.
-//! - [`values`]: how durations and addresses are written.
+//! - `sections`: one struct per TOML section, with its defaults.
+//! - `values`: how durations and addresses are written.
 //! - [`limits`]: the range of every duration and count.
-//! - [`validate`]: the checks that turn a [`FileConfig`] into a [`Config`].
-//! - [`position`]: where an error is in the text.
+//! - `validate`: the checks that turn a [`FileConfig`] into a [`Config`].
+//! - `position`: where an error is in the text.
+//! - `summary`: the effective settings, as `patroni-proxy check` prints them (`Display`).
 
 pub mod limits;
 mod position;
 mod sections;
+mod summary;
 mod validate;
 mod values;
 
