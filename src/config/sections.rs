@@ -217,8 +217,10 @@ pub struct Check {
     pub failover_inter: Duration,
 }
 
-/// The health check's HTTP method: one Patroni's REST API answers with the role in the status code.
-/// Written `GET`, `HEAD` or `OPTIONS`; anything else (`POST` included) is refused.
+/// The health check's HTTP method, written `GET`, `HEAD` or `OPTIONS`: Patroni's REST API answers
+/// these three with the role in the status code. Anything else is refused, `POST` included: its
+/// handlers are actions (restart, switchover), never a health check
+/// (`patroni-and-peers.md`, REST API).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "String", into = "&'static str")]
 pub enum CheckMethod {
