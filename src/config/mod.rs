@@ -6,7 +6,7 @@
 //! TCP keepalive, which is on (see [`Listen::client_keepalive`]).
 //!
 //! - `sections`: one struct per TOML section, with its defaults.
-//! - `values`: how durations and addresses are written.
+//! - `values`: how durations, addresses and the closed sets of words are written.
 //! - [`limits`]: the range of every duration and count.
 //! - `validate`: the checks that turn a [`FileConfig`] into a [`Config`].
 //! - `position`: where an error is in the text.
@@ -27,11 +27,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use sections::{
-    Check, CheckMethod, Etcd, FileConfig, Global, HttpVersion, Listen, OnMarkedDown, Server, Stats,
-    DEFAULT_MAXCONN, MAX_THREADS,
+    Check, Etcd, FileConfig, Global, Listen, Server, Stats, DEFAULT_MAXCONN, MAX_THREADS,
 };
 pub use validate::KeyError;
-pub use values::{format_duration, parse_bind, parse_duration};
+pub use values::{
+    format_duration, parse_bind, parse_duration, CheckMethod, HttpVersion, OnMarkedDown,
+};
 
 /// A configuration error, ready to print: it names the key and, when known, the line and column.
 #[derive(Debug, thiserror::Error)]
@@ -181,6 +182,26 @@ mod tests {
         assert_eq!(c.check_connect_timeout(), Duration::from_secs(3));
         // "timeout queue | unset, so = timeout connect = 4 s"
         assert_eq!(c.timeout_queue(), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_missing_key_takes_the_default_of_its_section() {
+        // One source of defaults: serde fills every missing key from the section's `impl Default`,
+        // the same values `import-haproxy` starts from.
+        let empty: FileConfig = toml::from_str("[global]\n[listen]\n[check]\n[stats]\n").unwrap();
+        assert_eq!(empty, FileConfig::default());
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(
+            (&c.global, &c.listen, &c.check, &c.stats),
+            (
+                &Global::default(),
+                &Listen::default(),
+                &Check::default(),
+                &Stats::default()
+            )
+        );
+        assert_eq!(c.servers[0].maxconn, DEFAULT_MAXCONN);
+        assert_eq!(c.global.maxconn, DEFAULT_MAXCONN);
     }
 
     #[test]

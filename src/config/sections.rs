@@ -1,16 +1,15 @@
 //! The file format: one struct per TOML section, each field with its doc comment and default.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{bind_addr, duration, opt_duration};
+use super::values::{bind_addr, duration, opt_duration, CheckMethod, HttpVersion, OnMarkedDown};
 
 /// The whole file as written. Optional keys fall back to the defaults documented on each field.
+/// [`FileConfig::validate`] turns it into the [`Config`](super::Config) the program runs with.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
@@ -169,14 +168,6 @@ fn is_default_keepalive_count(n: &u32) -> bool {
     *n == Listen::default().keepalive_count
 }
 
-/// HAProxy's `on-marked-down` choices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnMarkedDown {
-    ShutdownSessions,
-    None,
-}
-
 /// The HTTP health check against each node's Patroni REST API (HAProxy `option httpchk`,
 /// `http-check expect status`, `default-server inter/fastinter/downinter/rise/fall`, `timeout check`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -216,90 +207,6 @@ pub struct Check {
     #[serde(with = "duration")]
     pub failover_inter: Duration,
 }
-
-/// The health check's HTTP method, written `GET`, `HEAD` or `OPTIONS`: Patroni's REST API answers
-/// these three with the role in the status code. Anything else is refused, `POST` included: its
-/// handlers are actions (restart, switchover), never a health check
-/// (`patroni-and-peers.md`, REST API).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "String", into = "&'static str")]
-pub enum CheckMethod {
-    Get,
-    Head,
-    Options,
-}
-
-impl CheckMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CheckMethod::Get => "GET",
-            CheckMethod::Head => "HEAD",
-            CheckMethod::Options => "OPTIONS",
-        }
-    }
-}
-
-impl FromStr for CheckMethod {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        [CheckMethod::Get, CheckMethod::Head, CheckMethod::Options]
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| format!("unsupported method {s:?}: use GET, HEAD or OPTIONS"))
-    }
-}
-
-/// The HTTP version in the check's request line, written `HTTP/1.0` or `HTTP/1.1`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "String", into = "&'static str")]
-pub enum HttpVersion {
-    Http10,
-    Http11,
-}
-
-impl HttpVersion {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HttpVersion::Http10 => "HTTP/1.0",
-            HttpVersion::Http11 => "HTTP/1.1",
-        }
-    }
-}
-
-impl FromStr for HttpVersion {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        [HttpVersion::Http10, HttpVersion::Http11]
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| format!("unsupported version {s:?}: use HTTP/1.0 or HTTP/1.1"))
-    }
-}
-
-// serde's `try_from`/`into` go through these; the file holds the same words `as_str` gives.
-macro_rules! words {
-    ($($t:ty),*) => {$(
-        impl TryFrom<String> for $t {
-            type Error = String;
-            fn try_from(s: String) -> Result<Self, String> {
-                s.parse()
-            }
-        }
-        impl From<$t> for &'static str {
-            fn from(v: $t) -> &'static str {
-                v.as_str()
-            }
-        }
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    )*};
-}
-words!(CheckMethod, HttpVersion);
 
 /// One PostgreSQL node (HAProxy `server NAME ADDR maxconn N check port P`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
