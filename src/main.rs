@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use patroni_proxy::config::{format_duration, Config};
+use patroni_proxy::config::Config;
 use patroni_proxy::supervisor::{self, Listeners};
 
 /// An L4 proxy that sends every PostgreSQL connection to the current Patroni primary.
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         Some(Command::ImportHaproxy { file }) => import(&file),
         Some(Command::Check) => match Config::load(&cli.config) {
             Ok(c) => {
-                print!("{}", summary(&c, &cli.config));
+                print!("{}: OK\n{c}", cli.config.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -75,80 +75,6 @@ fn import(file: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
-}
-
-fn summary(c: &Config, path: &std::path::Path) -> String {
-    let d = format_duration;
-    let mut s = format!(
-        "{}: OK\nlisten {} on {} (maxconn {}, retries {}, timeout connect {} / client {} / server {} / queue {}, on-marked-down {:?})\n\
-         check {} {} {} expect {} every {} (fastinter {}, downinter {}), rise {} fall {}, timeout {}\n",
-        path.display(),
-        c.listen.name,
-        c.listen.bind,
-        c.global.maxconn,
-        c.listen.retries,
-        d(c.listen.timeout_connect),
-        d(c.listen.timeout_client),
-        d(c.listen.timeout_server),
-        d(c.timeout_queue()),
-        c.listen.on_marked_down,
-        c.check.method,
-        c.check.uri,
-        c.check.version,
-        c.check.expect_status,
-        d(c.check.inter),
-        d(c.interval_for(false, false)),
-        d(c.interval_for(false, true)),
-        c.check.rise,
-        c.check.fall,
-        d(c.check.timeout),
-    );
-    for (i, srv) in c.servers.iter().enumerate() {
-        s.push_str(&format!(
-            "server {} {} maxconn {} check {}\n",
-            srv.name,
-            srv.address,
-            srv.maxconn,
-            c.check_target(i)
-        ));
-    }
-    s.push_str(&format!(
-        "failover: re-check every {} while the primary is unknown; hold clients up to {}; \
-         inspect startup {}\n",
-        d(c.check.failover_inter),
-        d(c.listen.hold_timeout),
-        if c.listen.inspect_startup {
-            "on"
-        } else {
-            "off"
-        }
-    ));
-    let on_off = |b: bool| if b { "on" } else { "off" };
-    s.push_str(&format!(
-        "tcp keepalive: client {}, server {} (idle {}, probe every {}, {} probes)\n",
-        on_off(c.listen.client_keepalive),
-        on_off(c.listen.server_keepalive),
-        d(c.listen.keepalive_idle),
-        d(c.listen.keepalive_interval),
-        c.listen.keepalive_count,
-    ));
-    if let Some(e) = &c.etcd {
-        s.push_str(&format!(
-            "etcd watch on {}{{leader,failover}} via {:?}\n",
-            e.prefix(),
-            e.endpoints
-        ));
-    }
-    s.push_str(&format!(
-        "stats on {}{}\n",
-        c.stats.bind,
-        if c.stats.auth.is_some() {
-            " (basic auth)"
-        } else {
-            ""
-        }
-    ));
-    s
 }
 
 fn run(path: &std::path::Path) -> ExitCode {

@@ -128,9 +128,9 @@ pub async fn run(
     let internal_stop = stop.child_token();
 
     let spec = CheckSpec::new(
-        &cfg.check.method,
+        cfg.check.method.as_str(),
         &cfg.check.uri,
-        &cfg.check.version,
+        cfg.check.version.as_str(),
         cfg.check.expect_status,
         cfg.check_connect_timeout(),
         cfg.check.timeout,

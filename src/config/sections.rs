@@ -1,0 +1,316 @@
+//! The file format: one struct per TOML section, each field with its doc comment and default.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::values::{bind_addr, duration, opt_duration, CheckMethod, HttpVersion, OnMarkedDown};
+
+/// The whole file as written. Optional keys fall back to the defaults documented on each field.
+/// [`FileConfig::validate`] turns it into the [`Config`](super::Config) the program runs with.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub global: Global,
+    pub listen: Listen,
+    pub check: Check,
+    /// The PostgreSQL nodes, in order. HAProxy's `server` lines. At least one.
+    #[serde(rename = "server")]
+    pub servers: Vec<Server>,
+    pub stats: Stats,
+    /// Optional: watch Patroni's leader and failover keys in etcd to re-check at once on a change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<Etcd>,
+}
+
+/// Where Patroni keeps its keys (Patroni's `etcd3.hosts`, `namespace`, `scope`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Etcd {
+    /// etcd client addresses, `IP:PORT`. The v3 JSON gateway (`/v3/watch`) is used, as Patroni's
+    /// `etcd3` backend does.
+    pub endpoints: Vec<SocketAddr>,
+    /// Patroni's `namespace`. Default `/service/` (Patroni's default; the seed uses `/db/`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Patroni's `scope` (the cluster name).
+    pub scope: String,
+}
+
+impl Etcd {
+    /// The key prefix of this cluster, e.g. `/db/postgres/`.
+    pub fn prefix(&self) -> String {
+        format!(
+            "/{}/{}/",
+            self.namespace.trim_matches('/'),
+            self.scope.trim_matches('/')
+        )
+        .replace("//", "/")
+    }
+}
+
+/// Process-wide settings (HAProxy's `global` section).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Global {
+    /// Maximum concurrent client sessions on the primary port. Beyond it new connections wait in the
+    /// kernel's accept queue, without a timeout, as in HAProxy. Default 100. Unlike HAProxy, stats
+    /// connections do not count against it (they have their own small limit).
+    pub maxconn: NonZeroU32,
+    /// How long a SIGTERM/SIGINT waits for sessions to finish before closing them. Default `30s`.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Threads that relay sessions (HAProxy's `nbthread`), each with its own event loop; each
+    /// accepts from the one listening socket and a client stays on the thread that accepted it. Default: one per CPU the process may run on.
+    pub threads: Option<NonZeroU32>,
+}
+
+/// The default of `global.maxconn` and of each server's `maxconn`: the seed's `maxconn 100`.
+pub const DEFAULT_MAXCONN: NonZeroU32 = NonZeroU32::new(100).expect("non-zero");
+
+/// The most `global.threads` accepts.
+pub const MAX_THREADS: u32 = 64;
+
+impl Global {
+    /// `threads`, or one per CPU the process may use (at most [`MAX_THREADS`]).
+    pub fn threads(&self) -> usize {
+        match self.threads {
+            Some(n) => n.get() as usize,
+            None => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_THREADS as usize),
+        }
+    }
+}
+
+/// The client-facing listener and how sessions are handled (HAProxy's `defaults` + `listen postgres`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    /// Name shown in logs, stats and metrics (HAProxy's proxy name). Default `postgres`.
+    pub name: String,
+    /// Address clients connect to. `*:PORT` means `0.0.0.0:PORT`, as in HAProxy. Default `*:5000`.
+    #[serde(with = "bind_addr")]
+    pub bind: SocketAddr,
+    /// Extra connection attempts to a server after the first one fails (HAProxy `retries`). Default 2.
+    pub retries: u32,
+    /// Time allowed for each TCP connection attempt to a server. Default `4s`.
+    #[serde(with = "duration")]
+    pub timeout_connect: Duration,
+    /// Session closed after this long with no byte from either side (HAProxy `timeout client`).
+    /// Default `30m`.
+    #[serde(with = "duration")]
+    pub timeout_client: Duration,
+    /// Session closed after this long with no byte from either side (HAProxy `timeout server`).
+    /// Default `30m`.
+    #[serde(with = "duration")]
+    pub timeout_server: Duration,
+    /// How long a session may wait for a free slot on a server at its `maxconn`. Default: the value of
+    /// `timeout_connect`, as in HAProxy.
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub timeout_queue: Option<Duration>,
+    /// What to do with established sessions when their server is marked DOWN:
+    /// `shutdown-sessions` (close them at once, the seed's setting) or `none`. Default `shutdown-sessions`.
+    pub on_marked_down: OnMarkedDown,
+    /// While no primary is routable (during a failover), how long a new client waits for one before
+    /// it gets a PostgreSQL error (SQLSTATE 57P03) instead of a connection. Default `10s`.
+    #[serde(with = "duration")]
+    pub hold_timeout: Duration,
+    /// Read PostgreSQL's startup replies as they pass, until the first ReadyForQuery: replay the
+    /// startup on the new primary if the old one answers "shutting down" (57P01/57P02/57P03) before
+    /// authentication, and refuse a backend that reports `in_hot_standby = on`. Clients that
+    /// negotiate TLS are relayed untouched after the SSLRequest. Default `true`.
+    pub inspect_startup: bool,
+    /// TCP keepalive on client sockets (HAProxy `option clitcpka`). Default `true`, unlike HAProxy:
+    /// a client that vanished without a FIN (a crashed host, a dropped NAT mapping) would otherwise
+    /// hold its `maxconn` slot until `timeout_client` (30 min). Not written when it is the default,
+    /// so an imported HAProxy file reads as before.
+    #[serde(skip_serializing_if = "is_default_client_keepalive")]
+    pub client_keepalive: bool,
+    /// TCP keepalive on server sockets (HAProxy `option srvtcpka`). Default `true`: a primary that
+    /// lost power leaves no one to send a FIN or RST.
+    #[serde(skip_serializing_if = "is_default_server_keepalive")]
+    pub server_keepalive: bool,
+    /// Idle time before the first keepalive probe (`TCP_KEEPIDLE`; HAProxy `clitcpka-idle` /
+    /// `srvtcpka-idle`). Whole seconds. Default `60s`.
+    #[serde(with = "duration", skip_serializing_if = "is_default_keepalive_idle")]
+    pub keepalive_idle: Duration,
+    /// Time between unanswered probes (`TCP_KEEPINTVL`; HAProxy `*tcpka-intvl`). Whole seconds.
+    /// Default `10s`.
+    #[serde(
+        with = "duration",
+        skip_serializing_if = "is_default_keepalive_interval"
+    )]
+    pub keepalive_interval: Duration,
+    /// Unanswered probes before the kernel drops the connection (`TCP_KEEPCNT`; HAProxy
+    /// `*tcpka-cnt`). Default 6: a dead peer is found after 60 s + 6 x 10 s = 2 min idle.
+    #[serde(skip_serializing_if = "is_default_keepalive_count")]
+    pub keepalive_count: u32,
+}
+
+// The keepalive keys came after the import's golden output: at their defaults they are not written,
+// so importing an HAProxy file prints what it printed before they existed.
+fn is_default_client_keepalive(on: &bool) -> bool {
+    *on == Listen::default().client_keepalive
+}
+fn is_default_server_keepalive(on: &bool) -> bool {
+    *on == Listen::default().server_keepalive
+}
+fn is_default_keepalive_idle(d: &Duration) -> bool {
+    *d == Listen::default().keepalive_idle
+}
+fn is_default_keepalive_interval(d: &Duration) -> bool {
+    *d == Listen::default().keepalive_interval
+}
+fn is_default_keepalive_count(n: &u32) -> bool {
+    *n == Listen::default().keepalive_count
+}
+
+/// The HTTP health check against each node's Patroni REST API (HAProxy `option httpchk`,
+/// `http-check expect status`, `default-server inter/fastinter/downinter/rise/fall`, `timeout check`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Check {
+    /// HTTP method. Default `GET`: Patroni answers `GET /` exactly like HAProxy's `OPTIONS /` and also
+    /// returns a JSON body with `role`, `state` and `timeline`, which routing uses.
+    pub method: CheckMethod,
+    /// Request path. Default `/` (Patroni rewrites it to `/primary`).
+    pub uri: String,
+    /// HTTP version in the request line: `HTTP/1.0` or `HTTP/1.1`. Default `HTTP/1.0`.
+    pub version: HttpVersion,
+    /// The only status that passes. Default 200.
+    pub expect_status: u16,
+    /// Default REST port of every server (HAProxy `check port`). Default 8008.
+    pub port: u16,
+    /// Time between the end of one check and the start of the next while fully UP. Default `3s`.
+    #[serde(with = "duration")]
+    pub inter: Duration,
+    /// Interval in transitional states (`UP 2/3`, `DOWN 1/2`, not yet checked). Default: `inter`.
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub fastinter: Option<Duration>,
+    /// Interval while fully DOWN. Default: `inter`.
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub downinter: Option<Duration>,
+    /// Consecutive passed checks that mark a DOWN server UP. Default 2.
+    pub rise: NonZeroU32,
+    /// Consecutive failed checks that mark an UP server DOWN. Default 3.
+    pub fall: NonZeroU32,
+    /// Time allowed for the answer once the TCP connection is up (HAProxy `timeout check`). The connect
+    /// itself is bounded by min(`inter`, `listen.timeout_connect`). Default `5s`.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Interval for every node while no primary is confirmed, or while the routed primary's last
+    /// check failed or denied the role: how fast a new primary is found. Set it to `inter` for
+    /// HAProxy's pace. Default `200ms`.
+    #[serde(with = "duration")]
+    pub failover_inter: Duration,
+}
+
+/// One PostgreSQL node (HAProxy `server NAME ADDR maxconn N check port P`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Unique name, used in logs, stats and metrics labels.
+    pub name: String,
+    /// PostgreSQL address, `IP:PORT`.
+    pub address: SocketAddr,
+    /// Maximum concurrent sessions to this server; more wait in a FIFO queue for `timeout_queue`.
+    /// Default 100.
+    #[serde(default = "default_server_maxconn")]
+    pub maxconn: NonZeroU32,
+    /// REST port for the health check. Default: `check.port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_port: Option<u16>,
+    /// REST address for the health check (HAProxy `addr`). Default: the server's IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_addr: Option<IpAddr>,
+}
+
+/// The stats listener: dashboard, CSV/JSON exports and Prometheus metrics.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Stats {
+    /// Address of the stats listener. `*:PORT` means `0.0.0.0:PORT`. Default `*:7000`.
+    #[serde(with = "bind_addr")]
+    pub bind: SocketAddr,
+    /// Optional HTTP Basic credentials, `user:password` (HAProxy `stats auth`). Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+}
+
+// Every default, once. serde's container-level `#[serde(default)]` fills a missing key from these
+// same impls, and `import-haproxy` starts from them.
+
+impl Default for Global {
+    fn default() -> Self {
+        Self {
+            maxconn: DEFAULT_MAXCONN,
+            shutdown_grace: Duration::from_secs(30),
+            threads: None,
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        let idle = Duration::from_secs(30 * 60);
+        Self {
+            name: "postgres".into(),
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5000),
+            retries: 2,
+            timeout_connect: Duration::from_secs(4),
+            timeout_client: idle,
+            timeout_server: idle,
+            timeout_queue: None,
+            on_marked_down: OnMarkedDown::ShutdownSessions,
+            hold_timeout: Duration::from_secs(10),
+            inspect_startup: true,
+            client_keepalive: true,
+            server_keepalive: true,
+            keepalive_idle: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_count: 6,
+        }
+    }
+}
+
+impl Default for Check {
+    fn default() -> Self {
+        Self {
+            method: CheckMethod::Get,
+            uri: "/".into(),
+            version: HttpVersion::Http10,
+            expect_status: 200,
+            port: 8008,
+            inter: Duration::from_secs(3),
+            fastinter: None,
+            downinter: None,
+            rise: NonZeroU32::new(2).expect("non-zero"),
+            fall: NonZeroU32::new(3).expect("non-zero"),
+            timeout: Duration::from_secs(5),
+            failover_inter: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7000),
+            auth: None,
+        }
+    }
+}
+
+// `Server` and `Etcd` have required keys, so no `Default`: their optional keys default here.
+
+fn default_server_maxconn() -> NonZeroU32 {
+    DEFAULT_MAXCONN
+}
+
+fn default_namespace() -> String {
+    // Patroni's own default namespace.
+    "/service/".into()
+}
