@@ -464,3 +464,40 @@ proptest! {
         prop_assert_eq!(c.servers.len(), usize::from(servers));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Crashes found by the fuzz targets, with their exact (minimised) bytes
+// ---------------------------------------------------------------------------------------------
+
+/// `import` target, 10-minute run (after 3.1 M executions): a time in minutes above `u64::MAX / 60`
+/// overflowed `n * 60` in `haproxy_duration` (a panic with overflow checks, a silently wrapped
+/// timeout without: hardening issue item 12). It must be an error naming the line.
+#[test]
+fn fuzz_import_a_time_in_minutes_past_u64_is_an_error() {
+    let text = "global\n  \n\ndefaults\n    log global\n   mode tcp\n    timeout t 4888888888888888888m 888\0rver";
+    let e = import::import(text).expect_err("an impossible duration");
+    assert_eq!(e.line, 7, "{e}");
+    assert!(e.directive.starts_with("timeout"), "{e}");
+}
+
+proptest! {
+    #![proptest_config(bounded())]
+
+    /// The same class as the crash above, over every unit and the whole `u64` range.
+    #[test]
+    fn import_times_of_any_size_are_a_duration_or_an_error(
+        n in any::<u64>(),
+        unit in prop::sample::select(vec!["", "us", "ms", "s", "m", "h", "d"]),
+        directive in prop::sample::select(vec!["timeout connect", "timeout check", "default-server inter"]),
+    ) {
+        let text = match directive {
+            "default-server inter" => TEMPLATE.replacen(
+                "default-server inter 3s",
+                &format!("default-server inter {n}{unit}"),
+                1,
+            ),
+            _ => TEMPLATE.replacen("timeout check 5s", &format!("{directive} {n}{unit}"), 1),
+        };
+        let _ = import::import(&text);
+    }
+}
