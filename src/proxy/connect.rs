@@ -3,7 +3,8 @@
 //! ([`super::startup`]), and what the attempt's end says about the server ([`Evidence`]).
 
 use std::io;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -13,7 +14,7 @@ use super::hold::refuse;
 use super::relay::Meters;
 use super::startup::{startup, write_all, Startup};
 use super::termination::Termination;
-use crate::backend::{GaugeGuard, Ticket};
+use crate::backend::{Gauge, GaugeGuard, Ticket};
 use crate::pgwire::{self, startup::Pending};
 use crate::state::Shared;
 
@@ -22,13 +23,30 @@ const STANDBY_MESSAGE: &str =
 const LOCAL_MESSAGE: &str =
     "patroni-proxy is out of a local resource (file descriptors, memory or ports), retry";
 
-pub(super) enum Step<'s> {
+/// A session's place in its server's `scur`, from the slot to the end of the session: the guard
+/// owns its handle, so the relay task that outlives the attempt takes it over as it is.
+pub(super) struct ServerSession {
+    pub(super) shared: Arc<Shared>,
+    pub(super) node: usize,
+}
+
+impl Gauge for ServerSession {
+    fn gauge(&self) -> &AtomicU64 {
+        &self.shared.backends[self.node].counters.scur
+    }
+
+    fn max(&self) -> Option<&AtomicU64> {
+        Some(&self.shared.backends[self.node].counters.smax)
+    }
+}
+
+pub(super) enum Step {
     Done(Termination),
     /// Connected and past the startup inspection: relay from here on.
     Ready {
         server: TcpStream,
         slot: OwnedSemaphorePermit,
-        open: GaugeGuard<'s>,
+        open: GaugeGuard<ServerSession>,
     },
     /// Go back to holding and try the (next) primary, replaying `Pending`.
     Retry(Evidence),
@@ -48,13 +66,13 @@ pub(super) enum Evidence {
     Unreachable(String),
 }
 
-pub(super) async fn connect_and_start<'s>(
+pub(super) async fn connect_and_start(
     client: &TcpStream,
-    shared: &'s Shared,
+    shared: &Arc<Shared>,
     node: usize,
     ticket: Ticket,
     pending: &mut Pending,
-) -> Step<'s> {
+) -> Step {
     let cfg = &shared.config;
     let backend = &shared.backends[node];
     let c = &backend.counters;
@@ -84,7 +102,10 @@ pub(super) async fn connect_and_start<'s>(
     }
     c.stot.fetch_add(1, Relaxed);
     backend.touch_last_session();
-    let open = GaugeGuard::new(&c.scur, Some(&c.smax));
+    let open = GaugeGuard::hold(ServerSession {
+        shared: shared.clone(),
+        node,
+    });
 
     let server = tokio::select! {
         // Marked DOWN while we were still connecting (e.g. retrying a crashed primary's refused

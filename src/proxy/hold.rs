@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::startup::write_all;
 use super::termination::Termination;
-use crate::backend::GaugeGuard;
+use crate::backend::{Borrowed, GaugeGuard};
 use crate::pgwire::{
     self,
     startup::{Pending, Refusal},
@@ -34,7 +34,7 @@ pub(super) async fn hold(
 ) -> Result<usize, Termination> {
     let fe = &shared.frontend;
     let mut rx = shared.snapshot.subscribe();
-    let mut holding: Option<GaugeGuard<'_>> = None;
+    let mut holding: Option<GaugeGuard<Borrowed<'_>>> = None;
     loop {
         let usable = {
             let snap = rx.borrow_and_update();

@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -17,14 +17,28 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
 
 use super::balance::Admission;
-use super::connect::{connect_and_start, tune, Evidence, Step};
+use super::connect::{connect_and_start, tune, Evidence, ServerSession, Step};
 use super::hold::hold;
 use super::relay::{End, Meters, Relay, Side};
 use super::relaying::Registered;
 use super::termination::Termination;
-use crate::backend::{Counters, GaugeGuard, Ticket};
+use crate::backend::{Counters, Gauge, GaugeGuard, Ticket};
 use crate::pgwire::startup::Pending;
 use crate::state::Shared;
+
+/// A session's place in the frontend's `scur`, from accept to the end of the session: the guard
+/// owns its handle, so the relay task that outlives [`run`] takes it over as it is.
+struct ClientSession(Arc<Shared>);
+
+impl Gauge for ClientSession {
+    fn gauge(&self) -> &AtomicU64 {
+        &self.0.frontend.scur
+    }
+
+    fn max(&self) -> Option<&AtomicU64> {
+        Some(&self.0.frontend.smax)
+    }
+}
 
 /// Runs one client's session: spawned once per accepted client, holding its place under
 /// `global.maxconn` (`admission`) until the session ends. Dropping the client socket closes it (FIN),
@@ -43,13 +57,18 @@ pub async fn run(
     sessions: TaskTracker,
 ) {
     let start = Instant::now();
-    let fe = &shared.frontend;
-    fe.stot.fetch_add(1, Relaxed);
-    let fe_open = GaugeGuard::new(&fe.scur, Some(&fe.smax));
-    let (t, node) = match establish(client, &shared, start).await {
+    shared.frontend.stot.fetch_add(1, Relaxed);
+    let open = GaugeGuard::hold(ClientSession(shared));
+    let shared = &open.handle().0;
+    let (t, node) = match establish(client, shared, start).await {
         Setup::Done(t, node) => (t, node),
         Setup::Relay(s) => {
-            let backend = &shared.backends[s.node];
+            let node = s.open.handle().node;
+            let backend = &shared.backends[node];
+            let idle = (
+                shared.config.listen.timeout_client,
+                shared.config.listen.timeout_server,
+            );
             // Joins the server's kill registry unless a kill came after the ticket was taken.
             match backend
                 .relaying
@@ -57,15 +76,11 @@ pub async fn run(
             {
                 Ok(io) => {
                     // The relay task takes over both gauges, the slots and the log line.
-                    s.open.disarm();
-                    fe_open.disarm();
-                    let (relay, deadline) = Relay::new(
-                        shared.config.listen.timeout_client,
-                        shared.config.listen.timeout_server,
-                    );
+                    let (relay, deadline) = Relay::new(idle.0, idle.1);
                     sessions.spawn(RelayTask {
+                        _frontend: open,
+                        server: s.open,
                         io,
-                        node: s.node,
                         ticket: s.ticket,
                         _slot: s.slot,
                         _admission: admission,
@@ -73,46 +88,47 @@ pub async fn run(
                         start,
                         relay,
                         sleep: tokio::time::sleep_until(deadline),
-                        shared: shared.clone(),
                     });
                     return;
                 }
                 Err(_) => {
                     backend.counters.killed.fetch_add(1, Relaxed);
-                    (Termination::Killed, Some(s.node))
+                    (Termination::Killed, Some(node))
                 }
             }
         }
     };
-    log_end(&shared, peer, node, start, t);
+    log_end(shared, peer, node, start, t);
 }
 
 /// How the setup phase ended: with the session, or with a relay to run.
-enum Setup<'s> {
+enum Setup {
     Done(Termination, Option<usize>),
-    Relay(Established<'s>),
+    Relay(Established),
 }
 
 /// A client connected to the primary, startup inspected.
-struct Established<'s> {
+struct Established {
     client: TcpStream,
     server: TcpStream,
-    node: usize,
     ticket: Ticket,
-    /// The server slot (`maxconn`) and the server's `scur`.
+    /// The server slot (`maxconn`).
     slot: OwnedSemaphorePermit,
-    open: GaugeGuard<'s>,
+    /// The server's `scur`, and which server.
+    open: GaugeGuard<ServerSession>,
 }
 
 pin_project_lite::pin_project! {
-    /// The relay phase of a session, a task of its own: 360 bytes where the `async fn` that set
-    /// the session up is several KiB, and tokio sizes a task for the largest state of its future.
-    /// Waits only on its two sockets and its idle timer: `shutdown-sessions` reaches it through the
-    /// server's registry ([`super::relaying`]), which shuts its sockets down.
+    /// The relay phase of a session, a task of its own: under 400 bytes where the `async fn` that
+    /// set the session up is several KiB, and tokio sizes a task for the largest state of its
+    /// future. Waits only on its two sockets and its idle timer: `shutdown-sessions` reaches it
+    /// through the server's registry ([`super::relaying`]), which shuts its sockets down.
     struct RelayTask {
+        // The session's places in the frontend's and its server's `scur`, given back however the
+        // task ends (including a forced runtime shutdown), before its sockets close.
+        _frontend: GaugeGuard<ClientSession>,
+        server: GaugeGuard<ServerSession>,
         io: Registered,
-        shared: Arc<Shared>,
-        node: usize,
         ticket: Ticket,
         _slot: OwnedSemaphorePermit,
         _admission: Admission,
@@ -122,16 +138,6 @@ pin_project_lite::pin_project! {
         #[pin]
         sleep: Sleep,
     }
-
-    impl PinnedDrop for RelayTask {
-        fn drop(this: Pin<&mut Self>) {
-            // The gauges the setup task disarmed; every way a task ends (including a forced
-            // runtime shutdown) goes through here.
-            let this = this.project();
-            this.shared.frontend.scur.fetch_sub(1, Relaxed);
-            this.shared.backends[*this.node].counters.scur.fetch_sub(1, Relaxed);
-        }
-    }
 }
 
 impl Future for RelayTask {
@@ -139,8 +145,9 @@ impl Future for RelayTask {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
-        let fe = &this.shared.frontend;
-        let backend = &this.shared.backends[*this.node];
+        let ServerSession { shared, node } = this.server.handle();
+        let fe = &shared.frontend;
+        let backend = &shared.backends[*node];
         let meters = Meters {
             up: [&fe.bin, &backend.counters.bin],
             down: [&fe.bout, &backend.counters.bout],
@@ -156,14 +163,14 @@ impl Future for RelayTask {
         } else {
             relay_end(&backend.counters, end)
         };
-        log_end(this.shared, *this.peer, Some(*this.node), *this.start, t);
+        log_end(shared, *this.peer, Some(*node), *this.start, t);
         Poll::Ready(())
     }
 }
 
 /// Routes the client to the primary (holding it while there is none), retrying on the next primary
 /// when the chosen one turns out to be leaving before any server byte reached the client.
-async fn establish(client: TcpStream, shared: &Shared, start: Instant) -> Setup<'_> {
+async fn establish(client: TcpStream, shared: &Arc<Shared>, start: Instant) -> Setup {
     // Small PostgreSQL messages must not wait for Nagle.
     let _ = client.set_nodelay(true);
     // A client that vanished without a FIN (host down, cable cut) would keep its maxconn place
@@ -192,7 +199,6 @@ async fn establish(client: TcpStream, shared: &Shared, start: Instant) -> Setup<
                 return Setup::Relay(Established {
                     client,
                     server,
-                    node,
                     ticket,
                     slot,
                     open,
@@ -278,12 +284,15 @@ mod tests {
         let slots = Arc::new(Semaphore::new(2));
         let (relay, deadline) = Relay::new(Duration::from_secs(1), Duration::from_secs(1));
         let task = RelayTask {
+            _frontend: GaugeGuard::hold(ClientSession(shared.clone())),
+            server: GaugeGuard::hold(ServerSession {
+                shared: shared.clone(),
+                node: 0,
+            }),
             io: shared.backends[0]
                 .relaying
                 .insert(client, server, || true)
                 .unwrap(),
-            shared: shared.clone(),
-            node: 0,
             ticket: shared.backends[0].ticket(),
             _slot: slots.clone().try_acquire_owned().unwrap(),
             _admission: Admission::slot_only(slots.try_acquire_owned().unwrap()),
@@ -295,12 +304,16 @@ mod tests {
         let tracked = TaskTracker::new().track_future(task);
         let size = std::mem::size_of_val(&tracked);
         assert!(size <= 400, "relay task is {size} bytes");
-        // Dropping it gives back the gauges the setup task handed over.
-        shared.frontend.scur.fetch_add(1, Relaxed);
-        shared.backends[0].counters.scur.fetch_add(1, Relaxed);
+        let open = |s: &Shared| {
+            (
+                s.frontend.scur.load(Relaxed),
+                s.backends[0].counters.scur.load(Relaxed),
+            )
+        };
+        assert_eq!(open(&shared), (1, 1));
+        // Dropping it gives back the gauges it holds, and leaves the server's registry.
         drop(tracked);
-        assert_eq!(shared.frontend.scur.load(Relaxed), 0);
-        assert_eq!(shared.backends[0].counters.scur.load(Relaxed), 0);
+        assert_eq!(open(&shared), (0, 0));
         assert!(shared.backends[0].relaying.is_empty());
     }
 }
