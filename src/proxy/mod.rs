@@ -1,6 +1,6 @@
 //! The primary port: the accept loops ([`serve`]), one per relay thread, and which thread runs a
 //! client ([`balance`]); one session per client ([`session`]) in its phases: the hold for a primary
-//! ([`hold`]), a slot and a connection ([`connect`]), the startup ([`startup`]), then the byte relay
+//! (`hold`), a slot and a connection (`connect`), the startup (`startup`), then the byte relay
 //! ([`relay`]) and each server's registry of relaying sessions that `shutdown-sessions` goes through
 //! ([`relaying`]).
 

@@ -1,6 +1,6 @@
 //! One client session: route to the current primary (holding the client while there is none,
-//! [`super::hold`]), wait for a server slot and connect ([`super::connect`]), watch PostgreSQL's
-//! startup replies ([`super::startup`]: replay on the next primary when the chosen one is leaving,
+//! `proxy::hold`), wait for a server slot and connect (`proxy::connect`), watch PostgreSQL's
+//! startup replies (`proxy::startup`: replay on the next primary when the chosen one is leaving,
 //! refuse a standby), then relay in a task of its own until either side closes, the session idles
 //! out, or the server's sessions are shut down.
 

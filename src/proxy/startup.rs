@@ -1,4 +1,4 @@
-//! The startup phase of a session: the IO around [`pgwire::startup::Inspector`], which decides. The
+//! The startup phase of a session: the IO around [`crate::pgwire::startup::Inspector`], which decides. The
 //! PostgreSQL startup conversation is passed through, each side's bytes shown to the inspector,
 //! until it says to relay, replay the client's startup elsewhere, or refuse a standby.
 
