@@ -51,29 +51,61 @@ impl Counters {
     }
 }
 
-/// A gauge increment undone on drop, so every exit path of a session decrements it.
-pub struct GaugeGuard<'a>(&'a AtomicU64);
+/// What a [`GaugeGuard`] counts on: a gauge and, if it keeps one, its high-water mark, either
+/// borrowed ([`Borrowed`]) or reached through a handle the guard owns, so that the guard can live as
+/// long as a session's task and no decrement is ever handed over by hand.
+pub trait Gauge {
+    fn gauge(&self) -> &AtomicU64;
+    fn max(&self) -> Option<&AtomicU64>;
+}
 
-impl<'a> GaugeGuard<'a> {
-    pub fn new(gauge: &'a AtomicU64, max: Option<&AtomicU64>) -> Self {
-        let now = gauge.fetch_add(1, Relaxed) + 1;
-        if let Some(max) = max {
+/// A gauge borrowed for a scope shorter than the state that holds it (a hold, a wait in a queue).
+#[derive(Debug, Clone, Copy)]
+pub struct Borrowed<'a> {
+    gauge: &'a AtomicU64,
+    max: Option<&'a AtomicU64>,
+}
+
+impl Gauge for Borrowed<'_> {
+    fn gauge(&self) -> &AtomicU64 {
+        self.gauge
+    }
+
+    fn max(&self) -> Option<&AtomicU64> {
+        self.max
+    }
+}
+
+/// One increment of a gauge, undone when the guard is dropped: whoever holds the guard holds the
+/// increment, so every exit path of a session decrements it exactly once.
+#[derive(Debug)]
+pub struct GaugeGuard<G: Gauge>(G);
+
+impl<'a> GaugeGuard<Borrowed<'a>> {
+    pub fn new(gauge: &'a AtomicU64, max: Option<&'a AtomicU64>) -> Self {
+        Self::hold(Borrowed { gauge, max })
+    }
+}
+
+impl<G: Gauge> GaugeGuard<G> {
+    /// Counts one more on `handle`'s gauge (raising its high-water mark) until the guard drops.
+    pub fn hold(handle: G) -> Self {
+        let now = handle.gauge().fetch_add(1, Relaxed).saturating_add(1);
+        if let Some(max) = handle.max() {
             Counters::raise_max(max, now);
         }
-        Self(gauge)
+        Self(handle)
+    }
+
+    /// The handle the guard counts through.
+    pub fn handle(&self) -> &G {
+        &self.0
     }
 }
 
-impl GaugeGuard<'_> {
-    /// Hands the decrement over to the caller (a task that outlives the borrow).
-    pub fn disarm(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for GaugeGuard<'_> {
+impl<G: Gauge> Drop for GaugeGuard<G> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        self.0.gauge().fetch_sub(1, Relaxed);
     }
 }
 
@@ -233,5 +265,26 @@ mod tests {
             assert_eq!(g.load(Relaxed), 2);
         }
         assert_eq!((g.load(Relaxed), m.load(Relaxed)), (0, 2));
+    }
+
+    #[test]
+    fn an_owned_gauge_lives_as_long_as_its_guard() {
+        // A session moves its guards into the task that outlives the function that took them.
+        struct Sessions(Arc<(AtomicU64, AtomicU64)>);
+        impl Gauge for Sessions {
+            fn gauge(&self) -> &AtomicU64 {
+                &self.0 .0
+            }
+            fn max(&self) -> Option<&AtomicU64> {
+                Some(&self.0 .1)
+            }
+        }
+        let counters = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let guard = GaugeGuard::hold(Sessions(counters.clone()));
+        let task = std::thread::spawn(move || {
+            let _guard = guard;
+        });
+        task.join().unwrap();
+        assert_eq!((counters.0.load(Relaxed), counters.1.load(Relaxed)), (0, 1));
     }
 }

@@ -1,10 +1,12 @@
 //! The primary port: the accept loops ([`serve`]), one per relay thread, and which thread runs a
-//! client ([`balance`]); one session per client ([`session`]), its startup inspection
-//! ([`startup`]) and termination codes ([`termination`]), and the byte relay ([`relay`]). Each
-//! server's registry of relaying sessions, which `shutdown-sessions` goes through, is the backend's
-//! ([`crate::backend::relaying`]).
+//! client ([`balance`]); one session per client ([`session`]) in its phases: the hold for a primary
+//! (`hold`), a slot and a connection (`connect`), the startup (`startup`), then the byte relay
+//! ([`relay`]); how a session ended ([`termination`]). Each server's registry of relaying sessions,
+//! which `shutdown-sessions` goes through, is the backend's ([`crate::backend::relaying`]).
 
 pub mod balance;
+mod connect;
+mod hold;
 pub mod relay;
 pub mod session;
 mod startup;

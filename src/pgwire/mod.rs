@@ -1,7 +1,15 @@
 //! Just enough of the PostgreSQL wire protocol (v3) to fail nicely and to see a standby: classifying a
 //! client's first message, framing backend messages during startup, reading an ErrorResponse's
-//! SQLSTATE and a ParameterStatus, and writing an ErrorResponse of our own. Nothing here allocates
-//! per message on the steady-state path: it is only used until the backend's first ReadyForQuery.
+//! SQLSTATE and a ParameterStatus, and writing an ErrorResponse of our own; [`startup`] is the
+//! startup inspector built on them. Nothing here allocates per message on the steady-state path: it
+//! is only used until the backend's first ReadyForQuery.
+//!
+//! Why not the `postgres-protocol` crate: its backend parser consumes a `BytesMut` into owned,
+//! decoded messages, where the proxy must pass the server's bytes on exactly as they came, in one
+//! write, and only needs a message's type, length, SQLSTATE and one ParameterStatus. Framing in
+//! place is a dozen lines; the crate would bring its authentication dependencies for nothing.
+
+pub mod startup;
 
 /// Request codes of the untyped first messages (protocol.html "Message Formats").
 const SSL_REQUEST: u32 = 80_877_103;
@@ -115,7 +123,43 @@ pub fn error_response(code: &str, message: &str) -> Vec<u8> {
 /// SQLSTATEs meaning "this server cannot take connections now": `57P01` admin_shutdown,
 /// `57P02` crash_shutdown, `57P03` cannot_connect_now (starting up or shutting down).
 pub fn is_server_leaving(code: &str) -> bool {
-    matches!(code, "57P01" | "57P02" | "57P03")
+    Leaving::from_sqlstate(code).is_some()
+}
+
+/// Why a server cannot take connections now, as its SQLSTATE says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaving {
+    /// `57P01` admin_shutdown.
+    AdminShutdown,
+    /// `57P02` crash_shutdown.
+    CrashShutdown,
+    /// `57P03` cannot_connect_now: starting up, shutting down, or in recovery.
+    CannotConnectNow,
+}
+
+impl Leaving {
+    pub fn from_sqlstate(code: &str) -> Option<Self> {
+        match code {
+            "57P01" => Some(Leaving::AdminShutdown),
+            "57P02" => Some(Leaving::CrashShutdown),
+            "57P03" => Some(Leaving::CannotConnectNow),
+            _ => None,
+        }
+    }
+
+    pub fn sqlstate(self) -> &'static str {
+        match self {
+            Leaving::AdminShutdown => "57P01",
+            Leaving::CrashShutdown => "57P02",
+            Leaving::CannotConnectNow => "57P03",
+        }
+    }
+}
+
+impl std::fmt::Display for Leaving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.sqlstate())
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +206,12 @@ mod tests {
         assert_eq!(frame(&buf).unwrap(), Some((b'E', e.len())));
         assert_eq!(sqlstate(&e), Some("57P03"));
         assert!(is_server_leaving("57P03") && !is_server_leaving("28P01"));
+        for code in ["57P01", "57P02", "57P03"] {
+            assert_eq!(
+                Leaving::from_sqlstate(code).map(Leaving::sqlstate),
+                Some(code)
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,257 @@
+//! One attempt of a session at a server: a slot under the server's `maxconn` (FIFO queue with
+//! `timeout queue`), the connection with `timeout connect` and `retries`, then the startup phase
+//! ([`super::startup`]), and what the attempt's end says about the server ([`Evidence`]).
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::hold::refuse;
+use super::relay::Meters;
+use super::startup::{startup, write_all, Startup};
+use super::termination::Termination;
+use crate::backend::{Gauge, GaugeGuard, Ticket};
+use crate::pgwire::{self, startup::Pending};
+use crate::state::Shared;
+
+const STANDBY_MESSAGE: &str =
+    "failover in progress: the server is a standby (patroni-proxy), retry";
+const LOCAL_MESSAGE: &str =
+    "patroni-proxy is out of a local resource (file descriptors, memory or ports), retry";
+
+/// A session's place in its server's `scur`, from the slot to the end of the session: the guard
+/// owns its handle, so the relay task that outlives the attempt takes it over as it is.
+pub(super) struct ServerSession {
+    pub(super) shared: Arc<Shared>,
+    pub(super) node: usize,
+}
+
+impl Gauge for ServerSession {
+    fn gauge(&self) -> &AtomicU64 {
+        &self.shared.backends[self.node].counters.scur
+    }
+
+    fn max(&self) -> Option<&AtomicU64> {
+        Some(&self.shared.backends[self.node].counters.smax)
+    }
+}
+
+pub(super) enum Step {
+    Done(Termination),
+    /// Connected and past the startup inspection: relay from here on.
+    Ready {
+        server: TcpStream,
+        slot: OwnedSemaphorePermit,
+        open: GaugeGuard<ServerSession>,
+    },
+    /// Go back to holding and try the (next) primary, replaying `Pending`.
+    Retry(Evidence),
+}
+
+/// What a failed attempt says about the server. Only the server's own word may take it out of
+/// routing; what a client can provoke, or a single failure, only hastens a re-check (issue 11
+/// item 2: one client rejected every 3 s kept the cluster without a primary for 20 of 26 s).
+pub(super) enum Evidence {
+    None,
+    /// PostgreSQL itself said it cannot take connections (57P01/57P02/57P03).
+    Authoritative(String),
+    /// Closed or reset before any byte of an answer to the StartupMessage: a postmaster going
+    /// away, or a startup it dropped silently.
+    Vanished(String),
+    /// Connecting failed after every retry.
+    Unreachable(String),
+}
+
+pub(super) async fn connect_and_start(
+    client: &TcpStream,
+    shared: &Arc<Shared>,
+    node: usize,
+    ticket: Ticket,
+    pending: &mut Pending,
+) -> Step {
+    let cfg = &shared.config;
+    let backend = &shared.backends[node];
+    let c = &backend.counters;
+
+    // A slot on the server: at once if free, else FIFO behind earlier waiters for `timeout queue`.
+    let slot = match backend.slots.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            let _queued = GaugeGuard::new(&c.qcur, Some(&c.qmax));
+            tokio::select! {
+                // Marked DOWN while we queued: nothing reached the client yet, wait for the next.
+                _ = backend.killed(ticket) => return Step::Retry(Evidence::None),
+                r = tokio::time::timeout(cfg.timeout_queue(), backend.slots.clone().acquire_owned()) => match r {
+                    Ok(p) => p.expect("the semaphore is never closed"),
+                    Err(_) => {
+                        c.qtimeouts.fetch_add(1, Relaxed);
+                        shared.frontend.queue_timeout.fetch_add(1, Relaxed);
+                        return Step::Done(Termination::QueueTimeout);
+                    }
+                },
+            }
+        }
+    };
+    if shared.current().primary != Some(node) {
+        // The primary changed while we queued: never connect to the node that lost the role.
+        return Step::Retry(Evidence::None);
+    }
+    c.stot.fetch_add(1, Relaxed);
+    backend.touch_last_session();
+    let open = GaugeGuard::hold(ServerSession {
+        shared: shared.clone(),
+        node,
+    });
+
+    let server = tokio::select! {
+        // Marked DOWN while we were still connecting (e.g. retrying a crashed primary's refused
+        // port): no server byte reached the client, so it is held for the next primary like any
+        // client that finds none, instead of being reset by shutdown-sessions.
+        _ = backend.killed(ticket) => return Step::Retry(Evidence::None),
+        r = Box::pin(connect(shared, node)) => match r {
+            Ok(s) => s,
+            Err(ConnectError::Rerouted) => return Step::Retry(Evidence::None),
+            // Retries exhausted before any server byte reached the client: rather than a bare
+            // close (HAProxy's `SC`), hold it for the next primary -- the node may be restarting
+            // PostgreSQL under a held leader lock -- and answer 57P03 if none comes in time.
+            Err(ConnectError::Failed(t)) => {
+                return Step::Retry(Evidence::Unreachable(format!(
+                    "PostgreSQL refused or timed out {} connection attempts ({})",
+                    cfg.listen.retries.saturating_add(1),
+                    t.code()
+                )))
+            }
+            // Our own shortage says nothing about the server: not counted against it, not retried
+            // (it would fail the same way), and the client is told why.
+            Err(ConnectError::Local(e)) => {
+                shared.frontend.local_errors.fetch_add(1, Relaxed);
+                tracing::error!(server = %cfg.servers[node].address, error = %e,
+                    "cannot connect a client: the proxy is out of a local resource; not counted against the server");
+                refuse(client, pending, "53000", LOCAL_MESSAGE).await;
+                return Step::Done(Termination::LocalResource);
+            }
+        },
+    };
+    let _ = server.set_nodelay(true);
+    tune(&server, cfg.server_keepalive());
+
+    let fe = &shared.frontend;
+    let meters = Meters {
+        up: [&fe.bin, &c.bin],
+        down: [&fe.bout, &c.bout],
+    };
+    if cfg.listen.inspect_startup {
+        let startup = tokio::select! {
+            _ = backend.killed(ticket) => {
+                // Marked DOWN before the server said anything to the client: held for the next
+                // primary and its startup replayed there, like a client still connecting.
+                if !pending.is_committed() {
+                    return Step::Retry(Evidence::None);
+                }
+                c.killed.fetch_add(1, Relaxed);
+                return Step::Done(Termination::Killed);
+            }
+            r = tokio::time::timeout(cfg.listen.timeout_client, Box::pin(startup(client, &server, pending, &meters))) => r,
+        };
+        match startup {
+            Err(_) => return Step::Done(Termination::ClientIdle),
+            Ok(Startup::Relay) => {}
+            Ok(Startup::Done(t)) => return Step::Done(t),
+            Ok(Startup::Leaving(code)) => {
+                shared.frontend.replays.fetch_add(1, Relaxed);
+                return Step::Retry(Evidence::Authoritative(format!(
+                    "PostgreSQL answered {code} (shutting down or starting up)"
+                )));
+            }
+            Ok(Startup::Vanished) => {
+                shared.frontend.replays.fetch_add(1, Relaxed);
+                return Step::Retry(Evidence::Vanished(
+                    "PostgreSQL closed a new connection before answering".into(),
+                ));
+            }
+            Ok(Startup::Standby) => {
+                shared.frontend.standby_refusals.fetch_add(1, Relaxed);
+                shared.suspect(node, "PostgreSQL reports in_hot_standby = on".into(), true);
+                let _ = write_all(client, &pgwire::error_response("57P03", STANDBY_MESSAGE)).await;
+                return Step::Done(Termination::Standby);
+            }
+        }
+    } else if !pending.bytes().is_empty() {
+        if write_all(&server, pending.bytes()).await.is_err() {
+            return Step::Done(Termination::ServerError);
+        }
+        pending.clear();
+    }
+
+    Step::Ready { server, slot, open }
+}
+
+enum ConnectError {
+    /// The node stopped being the routed primary between attempts.
+    Rerouted,
+    Failed(Termination),
+    /// The proxy could not create the socket (EMFILE, ENOBUFS, no local port, ...).
+    Local(io::Error),
+}
+
+/// Connects to the server with `timeout connect` per attempt and up to `retries` more attempts on the
+/// same server: 1 s turn-around (min(1 s, timeout connect)) after a refusal, none after a timeout
+/// (`haproxy-semantics.md` §2.5). Unlike HAProxy, a retry is abandoned if the node stopped being the
+/// routed primary in the meantime: the session goes back to waiting for the new one.
+async fn connect(shared: &Shared, node: usize) -> Result<TcpStream, ConnectError> {
+    let cfg = &shared.config;
+    let addr = cfg.servers[node].address;
+    let c = &shared.backends[node].counters;
+    let turn_around = Duration::from_secs(1).min(cfg.listen.timeout_connect);
+    let mut attempt = 0;
+    loop {
+        let refused = match tokio::time::timeout(
+            cfg.listen.timeout_connect,
+            TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) if crate::health::check::is_local_resource_error(&e) => {
+                return Err(ConnectError::Local(e))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(server = %addr, error = %e, attempt, "connect failed");
+                true
+            }
+            Err(_) => false,
+        };
+        if attempt == cfg.listen.retries {
+            c.econ.fetch_add(1, Relaxed);
+            shared.frontend.connect_failed.fetch_add(1, Relaxed);
+            return Err(ConnectError::Failed(if refused {
+                Termination::ConnectRefused
+            } else {
+                Termination::ConnectTimeout
+            }));
+        }
+        attempt += 1;
+        c.wretr.fetch_add(1, Relaxed);
+        if refused {
+            tokio::time::sleep(turn_around).await;
+        }
+        if shared.current().primary != Some(node) {
+            shared.frontend.rerouted.fetch_add(1, Relaxed);
+            return Err(ConnectError::Rerouted);
+        }
+    }
+}
+
+/// Sets TCP keepalive (HAProxy's `option clitcpka`/`srvtcpka`); best effort: a socket that
+/// refuses it still works.
+pub(super) fn tune(s: &TcpStream, keepalive: Option<socket2::TcpKeepalive>) {
+    if let Some(ka) = keepalive {
+        if let Err(e) = socket2::SockRef::from(s).set_tcp_keepalive(&ka) {
+            tracing::debug!(error = %e, "setting TCP keepalive failed");
+        }
+    }
+}
