@@ -1,12 +1,14 @@
 //! patroni-proxy: an L4 proxy that sends every PostgreSQL connection to the current Patroni primary.
 //!
-//! Layout, in the order data flows:
+//! Layout, in the order data flows (docs/architecture.md follows the paths through them):
 //! - [`config`]: the TOML file, its defaults and validation; [`import`] converts an HAProxy config.
 //! - [`health`]: HTTP checks against Patroni's REST API, what an answer says about the node's role,
 //!   and the pure rise/fall state machine.
-//! - [`state`]: the single owner of backend state; publishes immutable snapshots.
+//! - [`state`]: the snapshot, its pure core (input -> next snapshot + effects) and its one owner.
+//! - [`dcs`]: the optional etcd watch of Patroni's leader and failover keys.
 //! - [`routing`]: the pure choice of the one routed primary.
 //! - [`backend`]: IO-layer counters, server slots and the session kill switch.
+//! - [`pgwire`]: the PostgreSQL messages the proxy reads and writes, and the startup inspector.
 //! - [`proxy`]: accept loop, sessions, byte relay; [`net`]: the accept-with-backoff both listeners use.
 //! - [`stats`]: the stats listener (dashboard, exports, metrics).
 //! - [`logging`]: non-blocking, lossy stderr logging.
