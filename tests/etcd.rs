@@ -287,7 +287,7 @@ async fn a_leader_key_change_rechecks_every_node_at_once() {
     etcd.put(LEADER, "postgresql0");
     let c = cluster_with(&etcd).await;
     c.wait_for(SECS(10), "node0 confirmed, watch open", |c| {
-        c.primary() == Some(0) && !c.shared().current().fast && etcd.watches() == 1
+        c.primary() == Some(0) && !c.shared().current().failover_pace && etcd.watches() == 1
     })
     .await;
     // Let the nodes settle into their 3 s `inter` sleeps.

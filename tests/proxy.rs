@@ -571,7 +571,7 @@ async fn a_new_primary_is_routed_within_failover_inter_of_its_first_200() {
     // `failover_inter` (200 ms) until a primary is confirmed.
     let c = Cluster::start(vec![PRIMARY, Mode::Replica, Mode::Replica], "").await;
     c.wait_for(SECS(10), "node0 confirmed", |c| {
-        c.primary() == Some(0) && !c.shared().current().fast
+        c.primary() == Some(0) && !c.shared().current().failover_pace
     })
     .await;
     c.nodes[0].rest.set(Mode::Replica);
@@ -587,8 +587,10 @@ async fn a_new_primary_is_routed_within_failover_inter_of_its_first_200() {
         "routed {gap:?} after node1's first 200"
     );
     // Confirmed: back to `inter`.
-    c.wait_for(SECS(1), "back to inter", |c| !c.shared().current().fast)
-        .await;
+    c.wait_for(SECS(1), "back to inter", |c| {
+        !c.shared().current().failover_pace
+    })
+    .await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -40,7 +40,7 @@ impl Gauge for ServerSession {
     }
 }
 
-pub(super) enum Step {
+pub(super) enum Attempt {
     Done(Termination),
     /// Connected and past the startup inspection: relay from here on.
     Ready {
@@ -72,7 +72,7 @@ pub(super) async fn connect_and_start(
     node: usize,
     ticket: Ticket,
     pending: &mut Pending,
-) -> Step {
+) -> Attempt {
     let cfg = &shared.config;
     let backend = &shared.backends[node];
     let c = &backend.counters;
@@ -84,13 +84,13 @@ pub(super) async fn connect_and_start(
             let _queued = GaugeGuard::new(&c.qcur, Some(&c.qmax));
             tokio::select! {
                 // Marked DOWN while we queued: nothing reached the client yet, wait for the next.
-                _ = backend.killed(ticket) => return Step::Retry(Evidence::None),
+                _ = backend.killed(ticket) => return Attempt::Retry(Evidence::None),
                 r = tokio::time::timeout(cfg.timeout_queue(), backend.slots.clone().acquire_owned()) => match r {
                     Ok(p) => p.expect("the semaphore is never closed"),
                     Err(_) => {
                         c.qtimeouts.fetch_add(1, Relaxed);
                         shared.frontend.queue_timeout.fetch_add(1, Relaxed);
-                        return Step::Done(Termination::QueueTimeout);
+                        return Attempt::Done(Termination::QueueTimeout);
                     }
                 },
             }
@@ -98,7 +98,7 @@ pub(super) async fn connect_and_start(
     };
     if shared.current().primary != Some(node) {
         // The primary changed while we queued: never connect to the node that lost the role.
-        return Step::Retry(Evidence::None);
+        return Attempt::Retry(Evidence::None);
     }
     c.stot.fetch_add(1, Relaxed);
     backend.touch_last_session();
@@ -111,15 +111,15 @@ pub(super) async fn connect_and_start(
         // Marked DOWN while we were still connecting (e.g. retrying a crashed primary's refused
         // port): no server byte reached the client, so it is held for the next primary like any
         // client that finds none, instead of being reset by shutdown-sessions.
-        _ = backend.killed(ticket) => return Step::Retry(Evidence::None),
+        _ = backend.killed(ticket) => return Attempt::Retry(Evidence::None),
         r = Box::pin(connect(shared, node)) => match r {
             Ok(s) => s,
-            Err(ConnectError::Rerouted) => return Step::Retry(Evidence::None),
+            Err(ConnectError::Rerouted) => return Attempt::Retry(Evidence::None),
             // Retries exhausted before any server byte reached the client: rather than a bare
             // close (HAProxy's `SC`), hold it for the next primary -- the node may be restarting
             // PostgreSQL under a held leader lock -- and answer 57P03 if none comes in time.
             Err(ConnectError::Failed(t)) => {
-                return Step::Retry(Evidence::Unreachable(format!(
+                return Attempt::Retry(Evidence::Unreachable(format!(
                     "PostgreSQL refused or timed out {} connection attempts ({})",
                     cfg.listen.retries.saturating_add(1),
                     t.code()
@@ -132,7 +132,7 @@ pub(super) async fn connect_and_start(
                 tracing::error!(server = %cfg.servers[node].address, error = %e,
                     "cannot connect a client: the proxy is out of a local resource; not counted against the server");
                 refuse(client, pending, "53000", LOCAL_MESSAGE).await;
-                return Step::Done(Termination::LocalResource);
+                return Attempt::Done(Termination::LocalResource);
             }
         },
     };
@@ -150,26 +150,26 @@ pub(super) async fn connect_and_start(
                 // Marked DOWN before the server said anything to the client: held for the next
                 // primary and its startup replayed there, like a client still connecting.
                 if !pending.is_committed() {
-                    return Step::Retry(Evidence::None);
+                    return Attempt::Retry(Evidence::None);
                 }
                 c.killed.fetch_add(1, Relaxed);
-                return Step::Done(Termination::Killed);
+                return Attempt::Done(Termination::Killed);
             }
             r = tokio::time::timeout(cfg.listen.timeout_client, Box::pin(startup(client, &server, pending, &meters))) => r,
         };
         match startup {
-            Err(_) => return Step::Done(Termination::ClientIdle),
+            Err(_) => return Attempt::Done(Termination::ClientIdle),
             Ok(Startup::Relay) => {}
-            Ok(Startup::Done(t)) => return Step::Done(t),
+            Ok(Startup::Done(t)) => return Attempt::Done(t),
             Ok(Startup::Leaving(code)) => {
                 shared.frontend.replays.fetch_add(1, Relaxed);
-                return Step::Retry(Evidence::Authoritative(format!(
+                return Attempt::Retry(Evidence::Authoritative(format!(
                     "PostgreSQL answered {code} (shutting down or starting up)"
                 )));
             }
             Ok(Startup::Vanished) => {
                 shared.frontend.replays.fetch_add(1, Relaxed);
-                return Step::Retry(Evidence::Vanished(
+                return Attempt::Retry(Evidence::Vanished(
                     "PostgreSQL closed a new connection before answering".into(),
                 ));
             }
@@ -177,17 +177,17 @@ pub(super) async fn connect_and_start(
                 shared.frontend.standby_refusals.fetch_add(1, Relaxed);
                 shared.suspect(node, "PostgreSQL reports in_hot_standby = on".into(), true);
                 let _ = write_all(client, &pgwire::error_response("57P03", STANDBY_MESSAGE)).await;
-                return Step::Done(Termination::Standby);
+                return Attempt::Done(Termination::Standby);
             }
         }
     } else if !pending.bytes().is_empty() {
         if write_all(&server, pending.bytes()).await.is_err() {
-            return Step::Done(Termination::ServerError);
+            return Attempt::Done(Termination::ServerError);
         }
         pending.clear();
     }
 
-    Step::Ready { server, slot, open }
+    Attempt::Ready { server, slot, open }
 }
 
 enum ConnectError {

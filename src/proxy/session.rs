@@ -17,7 +17,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
 
 use super::balance::Admission;
-use super::connect::{connect_and_start, tune, Evidence, ServerSession, Step};
+use super::connect::{connect_and_start, tune, Attempt, Evidence, ServerSession};
 use super::hold::hold;
 use super::relay::{End, Meters, Relay, Side};
 use super::termination::Termination;
@@ -194,8 +194,8 @@ async fn establish(client: TcpStream, shared: &Arc<Shared>, start: Instant) -> S
             continue;
         };
         match connect_and_start(&client, shared, node, ticket, &mut pending).await {
-            Step::Done(t) => return Setup::Done(t, last_node),
-            Step::Ready { server, slot, open } => {
+            Attempt::Done(t) => return Setup::Done(t, last_node),
+            Attempt::Ready { server, slot, open } => {
                 return Setup::Relay(Established {
                     client,
                     server,
@@ -204,7 +204,7 @@ async fn establish(client: TcpStream, shared: &Arc<Shared>, start: Instant) -> S
                     open,
                 })
             }
-            Step::Retry(evidence) => {
+            Attempt::Retry(evidence) => {
                 match evidence {
                     Evidence::None => {}
                     Evidence::Authoritative(reason) => shared.suspect(node, reason, false),

@@ -71,7 +71,7 @@ pub enum Effect {
 
 /// A decision: the next snapshot and what to do about it.
 #[derive(Debug, Clone)]
-pub struct Step {
+pub struct Decision {
     pub snapshot: Snapshot,
     pub effects: Vec<Effect>,
 }
@@ -85,7 +85,7 @@ pub fn on_check(
     result: CheckResult,
     now: Instant,
     wall: SystemTime,
-) -> (Step, Duration) {
+) -> (Decision, Duration) {
     let px = &cfg.listen.name;
     let name = &cfg.servers[node].name;
     let mut snap = current.clone();
@@ -196,8 +196,8 @@ pub fn on_check(
     );
 
     // Fast pace while the primary is unknown or in doubt: every node, until one is confirmed.
-    let was_fast = snap.fast;
-    snap.fast = match snap.primary {
+    let was_fast = snap.failover_pace;
+    snap.failover_pace = match snap.primary {
         None => true,
         Some(p) => {
             let n = &snap.nodes[p];
@@ -209,19 +209,19 @@ pub fn on_check(
     // The routed primary itself keeps HAProxy's pace even in doubt: an unanswered check says
     // nothing about its role, and counting `fall` at the fast pace would cut its sessions within a
     // second of a Patroni restart (issue 3: DOWN after fall x inter).
-    let next = if snap.fast && snap.primary != Some(node) {
+    let next = if snap.failover_pace && snap.primary != Some(node) {
         normal.min(cfg.check.failover_inter)
     } else {
         normal
     };
     effects.push(Effect::Publish);
     effects.extend(kills.into_iter().map(Effect::Kill));
-    if snap.fast && !was_fast {
+    if snap.failover_pace && !was_fast {
         // Everyone else is checked now; `node` has just been, and goes on at `next`.
         effects.push(Effect::WakeAll { except: Some(node) });
     }
     (
-        Step {
+        Decision {
             snapshot: snap,
             effects,
         },
@@ -238,7 +238,7 @@ pub fn on_input(
     input: Input,
     now: Instant,
     wall: SystemTime,
-) -> Option<Step> {
+) -> Option<Decision> {
     let mut snap = current.clone();
     snap.seq += 1;
     // The suspected node itself is re-checked at the failover pace, not at once: a leader whose
@@ -316,11 +316,11 @@ pub fn on_input(
         &mut effects,
         &mut kills,
     );
-    snap.fast = true;
+    snap.failover_pace = true;
     effects.push(Effect::Publish);
     effects.extend(kills.into_iter().map(Effect::Kill));
     effects.push(Effect::WakeAll { except });
-    Some(Step {
+    Some(Decision {
         snapshot: snap,
         effects,
     })

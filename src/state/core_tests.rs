@@ -215,7 +215,7 @@ fn a_switchover_request_takes_the_routed_primary_out_until_it_ends() {
     r.check(0, primary(1));
     let effects = r.input(Input::SwitchoverRequested).unwrap();
     assert_eq!(r.snap.primary, None);
-    assert!(r.snap.fast);
+    assert!(r.snap.failover_pace);
     assert!(effects.contains(&Effect::WakeAll { except: None }));
     r.check(0, primary(1));
     assert_eq!(
@@ -283,13 +283,13 @@ fn the_failover_pace_checks_others_fast_and_the_routed_primary_at_inter() {
     assert_eq!(next, Duration::from_millis(200), "no primary yet: fast");
     let (effects, next) = r.check(0, primary(1));
     assert_eq!(next, Duration::from_secs(3));
-    assert!(!r.snap.fast);
+    assert!(!r.snap.failover_pace);
     assert!(!effects.iter().any(|e| matches!(e, Effect::WakeAll { .. })));
     let (_, next) = r.check(1, replica());
     assert_eq!(next, Duration::from_secs(3), "primary confirmed: inter");
     // The routed primary's check times out: in doubt, fast pace for the others, waking them...
     let (effects, next) = r.check(0, timeout());
-    assert!(r.snap.fast);
+    assert!(r.snap.failover_pace);
     assert!(effects.contains(&Effect::WakeAll { except: Some(0) }));
     // ...while the routed primary keeps HAProxy's pace (fastinter = inter in the seed).
     assert_eq!(next, Duration::from_secs(3));

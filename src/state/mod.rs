@@ -101,7 +101,7 @@ pub struct Snapshot {
     pub no_primary_total: Duration,
     /// Every node is checked at `failover_inter`: no primary is routable, or the routed one's last
     /// check did not confirm it.
-    pub fast: bool,
+    pub failover_pace: bool,
 }
 
 impl Snapshot {
@@ -159,7 +159,7 @@ pub fn new(config: Arc<Config>, observer: Arc<dyn Observer>) -> (Arc<Shared>, Ow
         primary_since: now,
         no_primary_total: Duration::ZERO,
         // Start-up: find the primary at the fast pace too.
-        fast: true,
+        failover_pace: true,
     }));
     let (inputs, inputs_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {

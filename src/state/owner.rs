@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::core::{self, Effect, Io, Level, Step};
+use super::core::{self, Decision, Effect, Io, Level};
 use super::{Input, Observer, Shared, Snapshot};
 use crate::health::checker::{Link, Report};
 
@@ -150,7 +150,7 @@ impl Owner {
         }
     }
 
-    fn carry_out(&self, step: Step) {
+    fn carry_out(&self, step: Decision) {
         let snapshot = Arc::new(step.snapshot);
         for effect in step.effects {
             self.effect(&snapshot, effect);
@@ -258,7 +258,7 @@ mod tests {
         }
     }
 
-    fn decide(owner: &Owner, node: usize, result: CheckResult) -> Step {
+    fn decide(owner: &Owner, node: usize, result: CheckResult) -> Decision {
         core::on_check(
             &owner.shared.config,
             &owner.shared.current(),
