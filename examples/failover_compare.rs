@@ -11,10 +11,7 @@
 //! failover_compare [--switchovers N] [--freeze SECS] [--only crash,switchover,kill-patroni,hung-rest,restart]
 //! ```
 
-#[path = "../tests/e2e/harness.rs"]
-mod harness;
-#[path = "../tests/e2e/scenarios.rs"]
-mod scenarios;
+use patroni_proxy_e2e::{harness, scenarios};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -8,10 +8,7 @@
 //! strictly; timings only as generous upper bounds, and printed and written to `target/e2e/*.json`.
 //! The scenario and probe code is shared with `examples/failover_compare.rs` (HAProxy side by side).
 
-#[path = "e2e/harness.rs"]
-mod harness;
-#[path = "e2e/scenarios.rs"]
-mod scenarios;
+use patroni_proxy_e2e::{harness, scenarios};
 
 use std::path::Path;
 use std::time::Duration;

@@ -4,11 +4,10 @@
 //! every 200 ms to count replica routings. Prints a Markdown table and a verdict; writes JSON.
 //!
 //! Run it with `scripts/soak` (builds, starts the cluster, cleans up); see its `--help`. The cluster
-//! and probe code is the end-to-end tests' (`tests/e2e/harness.rs`); the plan, the verdict and the
+//! and probe code is the end-to-end tests' (`e2e/src/harness.rs`, the `patroni-proxy-e2e` crate); the plan, the verdict and the
 //! table are pure functions in `report.rs`. Not part of the test suite.
 
-#[path = "../../tests/e2e/harness.rs"]
-mod harness;
+use patroni_proxy_e2e::harness;
 mod report;
 
 use std::net::SocketAddr;

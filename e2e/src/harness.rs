@@ -1,4 +1,4 @@
-//! The real-cluster harness shared by `tests/e2e.rs` and `examples/failover_compare.rs`: drives
+//! The real-cluster harness shared by `tests/e2e.rs` and the examples: drives
 //! `scripts/cluster`, runs patroni-proxy or HAProxy in front of the cluster, and records what clients
 //! see: a probe opening a new connection every 100 ms, one long-lived session, a direct watcher of
 //! every node, and the proxy's own view of its servers. Times are Unix seconds (`f64`), the unit of
@@ -38,8 +38,10 @@ pub fn now() -> f64 {
         .as_secs_f64()
 }
 
+/// The repository's top (this crate lives in its `e2e/`).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map_or(here.clone(), Path::to_path_buf)
 }
 
 /// `target/e2e`, where every scenario writes its JSON.
