@@ -72,49 +72,6 @@ pub struct Meters<'a> {
     pub down: [&'a AtomicU64; 2],
 }
 
-/// Relays until both directions close, an error, or idleness. `idle_client`/`idle_server` are
-/// HAProxy's `timeout client`/`timeout server`: inactivity timeouts where a byte in either direction
-/// counts as activity for both (writing to a side refreshes its read timer, `haproxy-semantics.md`
-/// §2.6), so the session goes at the smaller of the two.
-pub fn relay<'a>(
-    client: &'a TcpStream,
-    server: &'a TcpStream,
-    meters: Meters<'a>,
-    idle_client: Duration,
-    idle_server: Duration,
-) -> impl Future<Output = End> + 'a {
-    let (state, deadline) = Relay::new(idle_client, idle_server);
-    RelayFuture {
-        client,
-        server,
-        meters,
-        state,
-        sleep: tokio::time::sleep_until(deadline),
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// [`Relay`] over borrowed sockets. Sessions own theirs instead (`session::RelayTask`).
-    struct RelayFuture<'a> {
-        client: &'a TcpStream,
-        server: &'a TcpStream,
-        meters: Meters<'a>,
-        state: Relay,
-        #[pin]
-        sleep: Sleep,
-    }
-}
-
-impl Future for RelayFuture<'_> {
-    type Output = End;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
-        let this = self.project();
-        this.state
-            .poll(cx, this.client, this.server, this.meters, this.sleep)
-    }
-}
-
 /// A session's relay state, polled by hand rather than as two `async` pumps joined and raced with
 /// a timer: the compiler's state machine for that was 1.9 KiB per session, this is 56 bytes (plus
 /// the timer), and a session's task is most of the memory an idle connection costs
@@ -133,6 +90,9 @@ pub struct Relay {
 
 impl Relay {
     /// A relay whose idle timer (a [`Sleep`] the caller keeps pinned) starts at the returned deadline.
+    /// `idle_client`/`idle_server` are HAProxy's `timeout client`/`timeout server`: inactivity
+    /// timeouts where a byte in either direction counts as activity for both (writing to a side
+    /// refreshes its read timer, `haproxy-semantics.md` §2.6), so the session goes at the smaller.
     pub fn new(idle_client: Duration, idle_server: Duration) -> (Self, Instant) {
         let (limit, idle_side) = if idle_client <= idle_server {
             (idle_client, Side::Client)
@@ -422,6 +382,50 @@ impl Pipe {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// Relays until both directions close, an error, or idleness. `idle_client`/`idle_server` are
+    /// HAProxy's `timeout client`/`timeout server`: inactivity timeouts where a byte in either direction
+    /// counts as activity for both (writing to a side refreshes its read timer, `haproxy-semantics.md`
+    /// §2.6), so the session goes at the smaller of the two.
+    pub(crate) fn relay<'a>(
+        client: &'a TcpStream,
+        server: &'a TcpStream,
+        meters: Meters<'a>,
+        idle_client: Duration,
+        idle_server: Duration,
+    ) -> impl Future<Output = End> + 'a {
+        let (state, deadline) = Relay::new(idle_client, idle_server);
+        RelayFuture {
+            client,
+            server,
+            meters,
+            state,
+            sleep: tokio::time::sleep_until(deadline),
+        }
+    }
+
+    pin_project_lite::pin_project! {
+        /// [`Relay`] over borrowed sockets, for these tests. Sessions own theirs
+        /// (`session::RelayTask`).
+        struct RelayFuture<'a> {
+            client: &'a TcpStream,
+            server: &'a TcpStream,
+            meters: Meters<'a>,
+            state: Relay,
+            #[pin]
+            sleep: Sleep,
+        }
+    }
+
+    impl Future for RelayFuture<'_> {
+        type Output = End;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+            let this = self.project();
+            this.state
+                .poll(cx, this.client, this.server, this.meters, this.sleep)
+        }
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
