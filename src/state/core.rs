@@ -31,6 +31,15 @@ pub struct Io {
     pub hold_timeouts: u64,
 }
 
+/// What a log line of an effect is about: its log target (`patroni_proxy::health` or `::routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    /// UP/DOWN transitions, in HAProxy's wording.
+    Health,
+    /// The routed primary and what puts it in doubt.
+    Routing,
+}
+
 /// Where a log line of an effect goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -48,11 +57,10 @@ pub enum Effect {
         result: Box<CheckResult>,
         transition: Option<Transition>,
     },
-    /// Log a line (`target` is the log target's last part) and, with `event`, record it on the
-    /// dashboard's timeline at `at`.
+    /// Log a line and, with `event`, record it on the dashboard's timeline at `at`.
     Say {
         level: Level,
-        target: &'static str,
+        topic: Topic,
         event: Option<(EventKind, Option<usize>)>,
         at: SystemTime,
         message: String,
@@ -153,7 +161,7 @@ pub fn on_check(
             // a client on another relay thread must never see its session end before the DOWN.
             effects.push(say(
                 Level::Warn,
-                "health",
+                Topic::Health,
                 Some((EventKind::Down, Some(node))),
                 wall,
                 format!(
@@ -164,7 +172,7 @@ pub fn on_check(
             if active == 0 {
                 effects.push(say(
                     Level::Error,
-                    "health",
+                    Topic::Health,
                     None,
                     wall,
                     format!("proxy '{px}' has no server available!"),
@@ -173,7 +181,7 @@ pub fn on_check(
         }
         Some(Transition::WentUp) => effects.push(say(
             Level::Info,
-            "health",
+            Topic::Health,
             Some((EventKind::Up, Some(node))),
             wall,
             format!(
@@ -300,7 +308,7 @@ pub fn on_input(
     };
     let mut effects = vec![say(
         Level::Warn,
-        "routing",
+        Topic::Routing,
         Some((EventKind::Suspect, None)),
         wall,
         message,
@@ -328,14 +336,14 @@ pub fn on_input(
 
 fn say(
     level: Level,
-    target: &'static str,
+    topic: Topic,
     event: Option<(EventKind, Option<usize>)>,
     at: SystemTime,
     message: String,
 ) -> Effect {
     Effect::Say {
         level,
-        target,
+        topic,
         event,
         at,
         message,
@@ -418,7 +426,7 @@ fn reroute(
     let (kind, server, text) = message;
     effects.push(say(
         Level::Warn,
-        "routing",
+        Topic::Routing,
         Some((kind, server)),
         wall,
         text,

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::core::{self, Decision, Effect, Io, Level};
+use super::core::{self, Decision, Effect, Io, Level, Topic};
 use super::{Input, Observer, Shared, Snapshot};
 use crate::health::checker::{Link, Report};
 
@@ -168,13 +168,13 @@ impl Owner {
             } => self.observer.check(node, &result, transition),
             Effect::Say {
                 level,
-                target,
+                topic,
                 event,
                 at,
                 message,
             } => {
                 let server = event.and_then(|(_, n)| n).map(|n| s.server_name(n));
-                log(level, target, server, &message);
+                log(level, topic, server, &message);
                 if let Some((kind, _)) = event {
                     s.events.push_at(at, kind, server, message);
                 }
@@ -196,22 +196,26 @@ impl Owner {
     }
 }
 
-fn log(level: Level, target: &str, server: Option<&str>, message: &str) {
+fn log(level: Level, topic: Topic, server: Option<&str>, message: &str) {
     let server = server.unwrap_or("");
     // `tracing` wants literal targets.
-    match (level, target) {
-        (Level::Info, "health") => {
+    match (level, topic) {
+        (Level::Info, Topic::Health) => {
             tracing::info!(target: "patroni_proxy::health", server, "{message}")
         }
-        (Level::Warn, "health") => {
+        (Level::Warn, Topic::Health) => {
             tracing::warn!(target: "patroni_proxy::health", server, "{message}")
         }
-        (Level::Error, "health") => {
+        (Level::Error, Topic::Health) => {
             tracing::error!(target: "patroni_proxy::health", server, "{message}")
         }
-        (Level::Info, _) => tracing::info!(target: "patroni_proxy::routing", server, "{message}"),
-        (Level::Warn, _) => tracing::warn!(target: "patroni_proxy::routing", server, "{message}"),
-        (Level::Error, _) => {
+        (Level::Info, Topic::Routing) => {
+            tracing::info!(target: "patroni_proxy::routing", server, "{message}")
+        }
+        (Level::Warn, Topic::Routing) => {
+            tracing::warn!(target: "patroni_proxy::routing", server, "{message}")
+        }
+        (Level::Error, Topic::Routing) => {
             tracing::error!(target: "patroni_proxy::routing", server, "{message}")
         }
     }
