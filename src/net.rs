@@ -1,6 +1,7 @@
 //! Accepting on a listener, for both listeners: a connection gone before it was taken is skipped,
 //! and an error such as EMFILE is backed off from (5 ms doubling to 1 s) instead of retried at once,
-//! so an accept loop never spins and never dies.
+//! so an accept loop never spins and never dies. Also which socket errors are the proxy's own
+//! shortage rather than the peer's doing.
 
 use std::io;
 use std::net::SocketAddr;
@@ -69,9 +70,33 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
+/// Errors that come from this process or host running out of something, not from the node: the
+/// socket could not even be created or bound.
+pub fn is_local_resource_error(e: &io::Error) -> bool {
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOMEM: i32 = 12;
+    const ENOBUFS: i32 = 105;
+    // No free local port for the connection (ephemeral range exhausted).
+    const EADDRNOTAVAIL: i32 = 99;
+    matches!(
+        e.raw_os_error(),
+        Some(EMFILE | ENFILE | ENOMEM | ENOBUFS | EADDRNOTAVAIL)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_resource_errors_are_told_apart() {
+        // Issue 11 item 6: EMFILE is the proxy's shortage, not the node's refusal.
+        assert!(is_local_resource_error(&io::Error::from_raw_os_error(24)));
+        assert!(is_local_resource_error(&io::Error::from_raw_os_error(105)));
+        assert!(!is_local_resource_error(&io::Error::from_raw_os_error(111)));
+        assert!(!is_local_resource_error(&io::Error::other("x")));
+    }
 
     #[test]
     fn only_a_vanished_connection_is_transient() {

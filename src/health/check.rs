@@ -194,7 +194,7 @@ pub async fn run(target: SocketAddr, spec: &CheckSpec) -> Outcome {
     let connect_by = crate::time::deadline(start, spec.connect_timeout);
     let mut stream = match timeout_at(connect_by, TcpStream::connect(target)).await {
         Err(_) => return finish(Verdict::bare(CheckStatus::L4TOUT, None)),
-        Ok(Err(e)) if is_local_resource_error(&e) => return Outcome::Local(e),
+        Ok(Err(e)) if crate::net::is_local_resource_error(&e) => return Outcome::Local(e),
         Ok(Err(e)) => return finish(Verdict::bare(CheckStatus::L4CON, Some(os_error_text(&e)))),
         Ok(Ok(s)) => s,
     };
@@ -230,21 +230,6 @@ async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usiz
     let n = stream.read(&mut chunk).await?;
     buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
     Ok(n)
-}
-
-/// Errors that come from this process or host running out of something, not from the node: the
-/// socket could not even be created or bound.
-pub fn is_local_resource_error(e: &io::Error) -> bool {
-    const EMFILE: i32 = 24;
-    const ENFILE: i32 = 23;
-    const ENOMEM: i32 = 12;
-    const ENOBUFS: i32 = 105;
-    // No free local port for the connection (ephemeral range exhausted).
-    const EADDRNOTAVAIL: i32 = 99;
-    matches!(
-        e.raw_os_error(),
-        Some(EMFILE | ENFILE | ENOMEM | ENOBUFS | EADDRNOTAVAIL)
-    )
 }
 
 /// What a check's answer says, before timing is added.

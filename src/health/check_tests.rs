@@ -161,15 +161,6 @@ fn a_wrong_status_stays_a_wrong_status_whatever_the_body() {
 }
 
 #[test]
-fn local_resource_errors_are_told_apart() {
-    // Issue 11 item 6: EMFILE is the proxy's shortage, not the node's refusal.
-    assert!(is_local_resource_error(&io::Error::from_raw_os_error(24)));
-    assert!(is_local_resource_error(&io::Error::from_raw_os_error(105)));
-    assert!(!is_local_resource_error(&io::Error::from_raw_os_error(111)));
-    assert!(!is_local_resource_error(&io::Error::other("x")));
-}
-
-#[test]
 fn summary_matches_haproxy_lastchk() {
     let r = CheckResult {
         status: CheckStatus::L7STS,

@@ -216,7 +216,7 @@ async fn connect(shared: &Shared, node: usize) -> Result<TcpStream, ConnectError
         .await
         {
             Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) if crate::health::check::is_local_resource_error(&e) => {
+            Ok(Err(e)) if crate::net::is_local_resource_error(&e) => {
                 return Err(ConnectError::Local(e))
             }
             Ok(Err(e)) => {
