@@ -5,24 +5,55 @@
 //! child `CancellationToken` and its heap node) was 120 bytes of every idle connection's task
 //! (docs/benchmarks.md, RSS per idle connection).
 //!
-//! This is the crate's only `unsafe`, and it is confined to [`Relaying::shutdown_all`]: the registry
-//! keeps raw descriptors, since a borrow cannot outlive the session task that owns the sockets. They
-//! are valid there because the sockets can only be reached through [`Registered`], whose `Drop`
-//! removes the entry, under the registry's lock, before the sockets close; so a descriptor number in
-//! the registry is never one that was closed (and possibly reused for another file).
+//! The same registry lets the sessions view (`/sessions.json`) see each relaying session without
+//! touching the data path: [`Relaying::visit`] asks the kernel for the addresses and the byte counts
+//! of the sockets (`TCP_INFO`), so the relay keeps no per-session counter.
+//!
+//! This is the crate's only `unsafe`, and it is confined to [`Relaying::shutdown_all`] and
+//! [`Relaying::visit`] (with [`tcp_bytes`]): the registry keeps raw descriptors, since a borrow
+//! cannot outlive the session task that owns the sockets. They are valid there because the sockets
+//! can only be reached through [`Registered`], whose `Drop` removes the entry, under the registry's
+//! lock, before the sockets close; so a descriptor number in the registry is never one that was
+//! closed (and possibly reused for another file).
 #![allow(unsafe_code)]
 
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use slab::Slab;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// The registry of one server.
 #[derive(Debug, Default)]
 pub struct Relaying {
-    sessions: Mutex<Slab<[RawFd; 2]>>,
+    sessions: Mutex<Slab<Entry>>,
+}
+
+/// One registered session: 24 bytes, a 32-byte slot of the registry's slab (16 before the sessions
+/// view needed `since`), in the registry's heap, not in the relay task.
+#[derive(Debug)]
+struct Entry {
+    /// The client's and the server's socket.
+    fds: [RawFd; 2],
+    /// When the client was accepted.
+    since: Instant,
+}
+
+/// A relaying session as the kernel sees its sockets, for the sessions view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The client's address (`None` if the socket no longer has a peer).
+    pub client: Option<SocketAddr>,
+    /// The local port of the proxy's connection to PostgreSQL (`pg_stat_activity.client_port`).
+    pub backend_port: Option<u16>,
+    pub age: Duration,
+    /// Bytes received from the client and bytes the client acknowledged (`TCP_INFO`'s
+    /// `tcpi_bytes_received` / `tcpi_bytes_acked`, Linux 4.2+; `None` where the kernel has not them).
+    pub bytes_in: Option<u64>,
+    pub bytes_out: Option<u64>,
 }
 
 /// A session's client and server sockets while they are in the registry.
@@ -38,17 +69,22 @@ impl Relaying {
     /// Adds a session's sockets if `admit` (evaluated under the registry's lock, so no
     /// [`Relaying::shutdown_all`] runs between the check and the insertion) says so; otherwise gives
     /// them back.
+    /// `since` is when the client was accepted (the session's age in the sessions view).
     pub fn insert(
         self: &Arc<Self>,
         client: TcpStream,
         server: TcpStream,
+        since: Instant,
         admit: impl FnOnce() -> bool,
     ) -> Result<Registered, (TcpStream, TcpStream)> {
         let mut sessions = self.sessions.lock().expect("registry lock");
         if !admit() {
             return Err((client, server));
         }
-        let key = sessions.insert([client.as_raw_fd(), server.as_raw_fd()]);
+        let key = sessions.insert(Entry {
+            fds: [client.as_raw_fd(), server.as_raw_fd()],
+            since,
+        });
         drop(sessions);
         Ok(Registered {
             client,
@@ -63,8 +99,8 @@ impl Relaying {
     pub fn shutdown_all(&self, first: impl FnOnce()) -> usize {
         let sessions = self.sessions.lock().expect("registry lock");
         first();
-        for (_, fds) in sessions.iter() {
-            for &fd in fds {
+        for (_, entry) in sessions.iter() {
+            for &fd in &entry.fds {
                 // SAFETY: `fd` belongs to a live `Registered`: its entry is removed under this lock
                 // before its sockets can be closed (see `Drop for Registered`), and we hold the lock.
                 let fd = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -72,6 +108,33 @@ impl Relaying {
                 // ending anyway.
                 let _ = socket2::SockRef::from(&fd).shutdown(Shutdown::Both);
             }
+        }
+        sessions.len()
+    }
+
+    /// Shows `f` at most `limit` registered sessions (four system calls each, under the lock, so
+    /// sessions of this server starting or ending wait that long: the caller bounds `limit`).
+    /// Returns how many sessions are registered in all.
+    pub fn visit(&self, now: Instant, limit: usize, mut f: impl FnMut(Seen)) -> usize {
+        let sessions = self.sessions.lock().expect("registry lock");
+        for (_, entry) in sessions.iter().take(limit) {
+            // SAFETY: as in `shutdown_all`: the entry's sockets are open while we hold the lock.
+            let [client, server] = entry.fds.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+            let (bytes_in, bytes_out) = tcp_bytes(client);
+            f(Seen {
+                client: socket2::SockRef::from(&client)
+                    .peer_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket()),
+                backend_port: socket2::SockRef::from(&server)
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .map(|a| a.port()),
+                age: now.saturating_duration_since(entry.since),
+                bytes_in,
+                bytes_out,
+            });
         }
         sessions.len()
     }
@@ -84,6 +147,37 @@ impl Relaying {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// `tcpi_bytes_received` and `tcpi_bytes_acked` of a TCP socket. The offsets are the kernel's ABI
+/// (`struct tcp_info` only ever grows at its end); the kernel says how much of it it filled, and a
+/// field it did not fill is `None`. The `libc` crate's `tcp_info` for glibc stops before these.
+fn tcp_bytes(fd: BorrowedFd<'_>) -> (Option<u64>, Option<u64>) {
+    const BYTES_ACKED: usize = 120;
+    const BYTES_RECEIVED: usize = 128;
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `fd` is open (see the callers); the kernel writes at most `len` bytes into `buf`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return (None, None);
+    }
+    let filled = buf.get(..len as usize).unwrap_or_default();
+    let field = |at: usize| {
+        filled
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_ne_bytes)
+    };
+    (field(BYTES_RECEIVED), field(BYTES_ACKED))
 }
 
 impl Registered {
@@ -118,7 +212,9 @@ mod tests {
         let registry = Arc::new(Relaying::default());
         let (mut app, client) = pair().await;
         let (server, mut db) = pair().await;
-        let r = registry.insert(client, server, || true).unwrap();
+        let r = registry
+            .insert(client, server, Instant::now(), || true)
+            .unwrap();
         assert_eq!(registry.len(), 1);
         let mut ran = false;
         assert_eq!(registry.shutdown_all(|| ran = true), 1);
@@ -134,8 +230,42 @@ mod tests {
         // A later session is not touched by the earlier shutdown.
         let (mut app, client) = pair().await;
         let (server, _db) = pair().await;
-        let _r = registry.insert(client, server, || true).unwrap();
+        let _r = registry
+            .insert(client, server, Instant::now(), || true)
+            .unwrap();
         app.write_all(b"x").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn visit_reports_the_peers_the_backend_port_and_the_kernels_byte_counts() {
+        let registry = Arc::new(Relaying::default());
+        let (mut app, client) = pair().await;
+        let (server, db) = pair().await;
+        let since = Instant::now();
+        let r = registry
+            .insert(client, server, since, || true)
+            .map_err(|_| ())
+            .unwrap();
+        app.write_all(b"hello").await.unwrap();
+        r.client().writable().await.unwrap();
+        assert_eq!(r.client().try_write(b"abc").unwrap(), 3);
+        let mut got = [0u8; 3];
+        app.read_exact(&mut got).await.unwrap();
+        // The kernel counts the 5 bytes on arrival and the 3 once the app's ACK is back.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let seen = loop {
+            let mut seen = Vec::new();
+            assert_eq!(registry.visit(Instant::now(), 10, |s| seen.push(s)), 1);
+            if seen[0].bytes_in == Some(5) && seen[0].bytes_out == Some(3) {
+                break seen.remove(0);
+            }
+            assert!(Instant::now() < deadline, "bytes never counted: {seen:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+        assert_eq!(seen.client, Some(app.local_addr().unwrap()));
+        assert_eq!(seen.backend_port, Some(db.peer_addr().unwrap().port()));
+        // A limit of zero shows nothing but still counts.
+        assert_eq!(registry.visit(Instant::now(), 0, |_| panic!("shown")), 1);
     }
 
     #[tokio::test]
@@ -143,7 +273,9 @@ mod tests {
         let registry = Arc::new(Relaying::default());
         let (_app, client) = pair().await;
         let (server, _db) = pair().await;
-        assert!(registry.insert(client, server, || false).is_err());
+        assert!(registry
+            .insert(client, server, Instant::now(), || false)
+            .is_err());
         assert!(registry.is_empty());
     }
 }

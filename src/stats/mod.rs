@@ -31,6 +31,7 @@ pub mod export;
 pub mod families;
 pub mod metrics;
 mod server;
+pub mod sessions;
 
 pub use server::{serve, Limits, Refusal};
 
@@ -94,6 +95,8 @@ pub fn router(shared: Arc<Shared>, stats: Arc<Stats>, limits: Limits) -> Router 
         .route("/stats.json", get(stats_json))
         .route("/metrics", get(prometheus))
         .route("/dashboard/data.json", get(dashboard_data))
+        .route("/sessions.json", get(sessions_json))
+        .route("/sessions", get(sessions_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route(
@@ -296,6 +299,20 @@ async fn stats_json(State(app): State<App>) -> Response {
 
 async fn dashboard_data(State(app): State<App>) -> Response {
     Json(dashboard::data(&view_of(&app))).into_response()
+}
+
+async fn sessions_json(State(app): State<App>, uri: Uri) -> Response {
+    let limit = sessions::limit_of(uri.query());
+    Json(sessions::collect(&app.shared, limit)).into_response()
+}
+
+async fn sessions_page(State(app): State<App>, uri: Uri) -> Response {
+    let s = sessions::collect(&app.shared, sessions::limit_of(uri.query()));
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        sessions::html(&s),
+    )
+        .into_response()
 }
 
 async fn prometheus(State(app): State<App>) -> Response {
