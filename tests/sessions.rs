@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client_of, Client, Cluster, Mode};
+use common::{client_of, startup_message, Client, Cluster, Mode, PgMode};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -197,4 +197,38 @@ async fn the_list_is_bounded_and_reports_the_total() {
         page.contains("3 open sessions; the first 1 are listed."),
         "{page}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_for_a_server_slot_is_listed_as_queued() {
+    let c = Cluster::start_custom(vec![PRIMARY], FAST, "maxconn = 1", &[]).await;
+    c.wait_for(LIMIT, "node0 routed", |c| c.primary() == Some(0))
+        .await;
+    let (_first_port, _first) = open(&c, "node0").await;
+    let s = TcpStream::connect(c.addr).await.unwrap();
+    let port = s.local_addr().unwrap().port();
+    let listed = until(&c, port, "the second client queued", |e| {
+        e.is_some_and(|e| e["state"] == "queued")
+    })
+    .await;
+    let e = entry(&listed, port).unwrap();
+    assert_eq!(e["server"], "node0");
+    assert_eq!(e["backend_port"], Value::Null);
+    assert_eq!(listed["total"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_startup_gets_no_answer_is_listed_as_starting() {
+    // PostgreSQL accepts and never answers the startup: the session stays in the inspection.
+    let (c, _pgs) = Cluster::start_pg(vec![(PRIMARY, PgMode::Silent)], FAST).await;
+    c.wait_for(LIMIT, "node0 routed", |c| c.primary() == Some(0))
+        .await;
+    let mut s = TcpStream::connect(c.addr).await.unwrap();
+    let port = s.local_addr().unwrap().port();
+    s.write_all(&startup_message("app")).await.unwrap();
+    let listed = until(&c, port, "the client starting", |e| {
+        e.is_some_and(|e| e["state"] == "starting")
+    })
+    .await;
+    assert_eq!(entry(&listed, port).unwrap()["server"], "node0");
 }

@@ -112,31 +112,32 @@ impl Relaying {
         sessions.len()
     }
 
-    /// Shows `f` at most `limit` registered sessions (four system calls each, under the lock, so
-    /// sessions of this server starting or ending wait that long: the caller bounds `limit`).
-    /// Returns how many sessions are registered in all.
+    /// Shows `f` at most `limit` registered sessions; returns how many are registered in all. Four
+    /// system calls per session are made under the lock (the descriptors are valid only there), so
+    /// it is taken for [`VISIT_BATCH`] slots at a time: sessions of this server starting or ending
+    /// wait for at most one batch (a few hundred microseconds), not for the whole list. A session
+    /// that starts during the visit may be missed; none is shown twice.
     pub fn visit(&self, now: Instant, limit: usize, mut f: impl FnMut(Seen)) -> usize {
-        let sessions = self.sessions.lock().expect("registry lock");
-        for (_, entry) in sessions.iter().take(limit) {
-            // SAFETY: as in `shutdown_all`: the entry's sockets are open while we hold the lock.
-            let [client, server] = entry.fds.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
-            let (bytes_in, bytes_out) = tcp_bytes(client);
-            f(Seen {
-                client: socket2::SockRef::from(&client)
-                    .peer_addr()
-                    .ok()
-                    .and_then(|a| a.as_socket()),
-                backend_port: socket2::SockRef::from(&server)
-                    .local_addr()
-                    .ok()
-                    .and_then(|a| a.as_socket())
-                    .map(|a| a.port()),
-                age: now.saturating_duration_since(entry.since),
-                bytes_in,
-                bytes_out,
-            });
+        let mut shown = 0;
+        let mut from = 0usize;
+        loop {
+            let sessions = self.sessions.lock().expect("registry lock");
+            let end = from.saturating_add(VISIT_BATCH).min(sessions.capacity());
+            if from >= end || shown >= limit {
+                return sessions.len();
+            }
+            for key in from..end {
+                let Some(entry) = sessions.get(key) else {
+                    continue;
+                };
+                if shown >= limit {
+                    break;
+                }
+                shown += 1;
+                f(seen(entry, now));
+            }
+            from = end;
         }
-        sessions.len()
     }
 
     /// Sessions registered now.
@@ -146,6 +147,31 @@ impl Relaying {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Slots of the registry [`Relaying::visit`] goes through per taking of the lock.
+const VISIT_BATCH: usize = 64;
+
+/// What the sessions view shows of a registered session. Call only under the registry's lock.
+fn seen(entry: &Entry, now: Instant) -> Seen {
+    // SAFETY: as in `shutdown_all`: the entry's sockets are open while its registry is locked,
+    // which the caller does.
+    let [client, server] = entry.fds.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+    let (bytes_in, bytes_out) = tcp_bytes(client);
+    Seen {
+        client: socket2::SockRef::from(&client)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket()),
+        backend_port: socket2::SockRef::from(&server)
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.port()),
+        age: now.saturating_duration_since(entry.since),
+        bytes_in,
+        bytes_out,
     }
 }
 
@@ -266,6 +292,37 @@ mod tests {
         assert_eq!(seen.backend_port, Some(db.peer_addr().unwrap().port()));
         // A limit of zero shows nothing but still counts.
         assert_eq!(registry.visit(Instant::now(), 0, |_| panic!("shown")), 1);
+    }
+
+    #[tokio::test]
+    async fn visit_goes_through_every_batch_and_stops_at_the_limit() {
+        let registry = Arc::new(Relaying::default());
+        let mut held = Vec::new();
+        let n = VISIT_BATCH * 2 + 3;
+        // Each session is told apart by its age (ports may repeat across destinations).
+        let now = Instant::now() + std::time::Duration::from_secs(1000);
+        for i in 0..n {
+            let (app, client) = pair().await;
+            let (server, db) = pair().await;
+            let since = now - std::time::Duration::from_secs(i as u64);
+            let r = registry
+                .insert(client, server, since, || true)
+                .map_err(|_| ())
+                .unwrap();
+            held.push((i as u64, app, db, r));
+        }
+        // A hole in the slab is skipped, not shown.
+        held.remove(5);
+        let mut ages = std::collections::BTreeSet::new();
+        let total = registry.visit(now, usize::MAX, |s| {
+            assert!(ages.insert(s.age.as_secs()), "shown twice");
+        });
+        let expected: std::collections::BTreeSet<u64> = held.iter().map(|h| h.0).collect();
+        assert_eq!(total, n - 1);
+        assert_eq!(ages, expected);
+        let mut shown = 0;
+        assert_eq!(registry.visit(now, VISIT_BATCH + 1, |_| shown += 1), n - 1);
+        assert_eq!(shown, VISIT_BATCH + 1);
     }
 
     #[tokio::test]

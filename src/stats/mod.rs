@@ -1,5 +1,6 @@
 //! The stats listener (HAProxy's `listen stats` on :7000): the live dashboard, the exports of the one
-//! snapshot (`/;csv` in HAProxy's layout, `/stats.json`, `/metrics`), and `/healthz` / `/ready`.
+//! snapshot (`/;csv` in HAProxy's layout, `/stats.json`, `/metrics`), the open sessions
+//! (`/sessions`, `/sessions.json`), and `/healthz` / `/ready`.
 //!
 //! It is read-only and deliberately small: GET and HEAD only, unknown paths are 404 (HAProxy's
 //! `stats uri /` answers every path, which hides typos in monitoring URLs), optional Basic auth
@@ -262,7 +263,7 @@ async fn modifiers(State(app): State<App>, uri: Uri) -> Response {
 async fn not_found() -> Response {
     plain(
         StatusCode::NOT_FOUND,
-        "not found; the stats listener serves /, /;csv, /stats.json, /metrics, /healthz and /ready\n",
+        "not found; the stats listener serves /, /;csv, /stats.json, /metrics, /sessions, /sessions.json, /healthz and /ready\n",
     )
 }
 

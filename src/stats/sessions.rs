@@ -5,8 +5,10 @@
 //! `/sessions.json` serves the [`Sessions`] value and `/sessions` its server-side HTML ([`html`]).
 //!
 //! Bounded: at most [`MAX_SESSIONS`] entries per answer (`?limit=` may ask for fewer), with the
-//! total and a `truncated` flag, so a proxy with 10 000 clients answers in a few milliseconds and
-//! ~200 KiB, and holds a server's registry lock for at most that many sessions' system calls.
+//! total and a `truncated` flag, so a proxy with 10 000 clients answers with ~180 KB of JSON; a
+//! server's registry lock is taken for one batch of sessions at a time
+//! ([`crate::backend::relaying::Relaying::visit`]). Reading 1 000 relaying sessions takes about
+//! 4 ms of the stats thread in a debug build (four system calls each), 100 about 0.2 ms.
 
 use std::fmt::Write as _;
 
