@@ -232,3 +232,18 @@ async fn a_client_whose_startup_gets_no_answer_is_listed_as_starting() {
     .await;
     assert_eq!(entry(&listed, port).unwrap()["server"], "node0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_server_refuses_the_connection_is_listed_as_connecting() {
+    // node0's PostgreSQL port refuses: the session retries (1 s apart) while listed as connecting.
+    let c = Cluster::start_custom(vec![PRIMARY], FAST, "", &[0]).await;
+    c.wait_for(LIMIT, "node0 routed", |c| c.primary() == Some(0))
+        .await;
+    let s = TcpStream::connect(c.addr).await.unwrap();
+    let port = s.local_addr().unwrap().port();
+    let listed = until(&c, port, "the client connecting", |e| {
+        e.is_some_and(|e| e["state"] == "connecting" && e["server"] == "node0")
+    })
+    .await;
+    assert_eq!(entry(&listed, port).unwrap()["backend_port"], Value::Null);
+}
