@@ -1,7 +1,7 @@
 //! `dashboard/grafana/patroni-proxy.json` (issue 16 item 3) checked against the code, without
 //! Grafana: it parses, every panel has the importable datasource and at least one query, and every
-//! metric a query or a template variable names is one this proxy exports (so renaming a metric fails
-//! here, not on the user's dashboard). The role timeline's colours are the dashboard's tones. That
+//! metric a query or a template variable names is one this proxy exports (so renaming a metric
+//! fails here, not on the user's dashboard). The role timeline's colours are the dashboard's tones. That
 //! every query runs against a real Prometheus scraping a real proxy is `tests/prometheus.rs`.
 
 use std::collections::BTreeSet;

@@ -1,8 +1,8 @@
-//! `/sessions.json` and `/sessions` (issue 16, client attribution) over real HTTP against in-process
-//! fakes: sessions opened through the proxy are listed with the client's own port, their server, the
-//! proxy's local port towards PostgreSQL (the port the fake database saw as its peer), bytes and
-//! state; a client held for want of a primary is listed as holding; the list is bounded and says
-//! so; an ended session leaves it. Real time.
+//! `/sessions.json` and `/sessions` (issue 16, client attribution) over real HTTP against
+//! in-process fakes: sessions opened through the proxy are listed with the client's own port, their
+//! server, the proxy's local port towards PostgreSQL (the port the fake database saw as its peer),
+//! bytes and state; clients held for want of a primary, queued, connecting or starting are listed
+//! as such; the list is bounded and says so; an ended session leaves it. Real time.
 
 mod common;
 
@@ -37,7 +37,7 @@ fn entry(s: &Value, port: u16) -> Option<Value> {
         .cloned()
 }
 
-/// Polls `/sessions.json` until `ok` holds for the entry of client port `port` (`None`: not listed).
+/// Polls `/sessions.json` until `ok` holds for the entry of client port `port` (`None`: absent).
 async fn until(c: &Cluster, port: u16, what: &str, ok: impl Fn(Option<&Value>) -> bool) -> Value {
     let deadline = Instant::now() + LIMIT;
     loop {

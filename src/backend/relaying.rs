@@ -6,8 +6,8 @@
 //! (docs/benchmarks.md, RSS per idle connection).
 //!
 //! The same registry lets the sessions view (`/sessions.json`) see each relaying session without
-//! touching the data path: [`Relaying::visit`] asks the kernel for the addresses and the byte counts
-//! of the sockets (`TCP_INFO`), so the relay keeps no per-session counter.
+//! touching the data path: [`Relaying::visit`] asks the kernel for the addresses and the byte
+//! counts of the sockets (`TCP_INFO`), so the relay keeps no per-session counter.
 //!
 //! This is the crate's only `unsafe`, and it is confined to [`Relaying::shutdown_all`] and
 //! [`Relaying::visit`] (with [`tcp_bytes`]): the registry keeps raw descriptors, since a borrow
@@ -44,8 +44,8 @@ impl Default for Relaying {
 }
 
 /// One registered session: 12 bytes, so a slot of the registry's slab stays 16 bytes as it was
-/// before the sessions view needed `since` (a unit test keeps it so; per idle connection memory is a
-/// benchmark row).
+/// before the sessions view needed `since` (a unit test keeps it so; per idle connection memory is
+/// a benchmark row).
 #[derive(Debug)]
 struct Entry {
     /// The client's and the server's socket.
@@ -69,7 +69,7 @@ pub struct Seen {
     pub backend_port: Option<u16>,
     pub age: Duration,
     /// Bytes received from the client and bytes the client acknowledged (`TCP_INFO`'s
-    /// `tcpi_bytes_received` / `tcpi_bytes_acked`, Linux 4.2+; `None` where the kernel has not them).
+    /// `tcpi_bytes_received` / `tcpi_bytes_acked`, Linux 4.2+; `None` on an older kernel).
     pub bytes_in: Option<u64>,
     pub bytes_out: Option<u64>,
 }

@@ -4,8 +4,8 @@
 //!
 //! A session joins when its setup starts and leaves when the setup ends (its [`SetupGuard`] drops),
 //! taking this lock three to five times in its life, never per byte. The setup future is several
-//! KiB anyway; an entry here is under 100 bytes of a slab while the session sets up, nothing once it
-//! relays.
+//! KiB anyway; an entry here is under 100 bytes of a slab while the session sets up, nothing once
+//! it relays.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;

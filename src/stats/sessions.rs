@@ -122,8 +122,8 @@ pub fn html(s: &Sessions) -> String {
         let opt = |v: Option<u64>| v.map_or_else(dash, |v| v.to_string());
         let _ = writeln!(
             rows,
-            "<tr class=\"st-{state}\"><td>{addr}</td><td>{port}</td><td>{listener}</td><td>{server}</td>\
-             <td>{bport}</td><td>{age:.1}</td><td>{bin}</td><td>{bout}</td><td>{state}</td></tr>",
+            "<tr class=\"st-{state}\"><td>{addr}</td><td>{port}</td><td>{listener}</td>\
+             <td>{server}</td><td>{bport}</td><td>{age:.1}</td><td>{bin}</td><td>{bout}</td><td>{state}</td></tr>",
             addr = esc(x.client_addr.as_deref().unwrap_or("-")),
             port = x.client_port.map_or_else(dash, |p| p.to_string()),
             listener = esc(&x.listener),
