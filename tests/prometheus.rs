@@ -2,7 +2,9 @@
 //! `scripts/install-test-deps`; without it this test fails, it does not skip). The test starts
 //! Prometheus on a free loopback port with a generated config (1 s scrape interval, Basic auth as
 //! the proxy's `[stats] auth` requires) and checks through its HTTP API that the target is up and
-//! the node series say what the proxy knows, before and after a primary flip. Real time.
+//! the node series say what the proxy knows, before and after a primary flip; then that every query
+//! of the Grafana dashboard (`dashboard/grafana/patroni-proxy.json`), its template variables given
+//! concrete values, runs and returns data. Real time.
 
 mod common;
 
@@ -60,6 +62,19 @@ struct Prometheus {
 impl Prometheus {
     /// Instant query; `server` label (or "" when absent) -> value.
     async fn query(&self, promql: &str) -> BTreeMap<String, f64> {
+        self.query_raw(promql)
+            .await
+            .iter()
+            .map(|s| {
+                let server = s["metric"]["server"].as_str().unwrap_or("").to_string();
+                let value = s["value"][1].as_str().unwrap().parse().unwrap();
+                (server, value)
+            })
+            .collect()
+    }
+
+    /// Instant query: the result's series, after asserting that Prometheus says `success`.
+    async fn query_raw(&self, promql: &str) -> Vec<Value> {
         let r: Value = self
             .http
             .get(format!("{}/api/v1/query", self.api))
@@ -71,16 +86,7 @@ impl Prometheus {
             .await
             .unwrap();
         assert_eq!(r["status"], "success", "{promql}: {r}");
-        r["data"]["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                let server = s["metric"]["server"].as_str().unwrap_or("").to_string();
-                let value = s["value"][1].as_str().unwrap().parse().unwrap();
-                (server, value)
-            })
-            .collect()
+        r["data"]["result"].as_array().unwrap().clone()
     }
 
     /// Polls a query until `ok` holds for its result.
@@ -229,4 +235,90 @@ async fn prometheus_scrapes_the_node_series() {
         |r| r.get("node1") == Some(&1.0),
     )
     .await;
+
+    // The Grafana dashboard: every query runs and returns data, and the role timeline's values
+    // say what the proxy knows (2 routed primary, 1 replica, 0 down or unknown).
+    let instance = c.stats.to_string();
+    dashboard_queries_return_data(&prom, &instance, limit).await;
+    let queries = grafana_queries(&instance);
+    let mut timeline = queries.iter().filter(|(title, _)| title == "Role timeline");
+    let (_, role) = timeline.next().unwrap();
+    prom.until(role, limit, |r| {
+        *r == by_server(&[("node0", 1.0), ("node1", 2.0), ("node2", 0.0)])
+    })
+    .await;
+    // Its last band: 5 while a primary is routable (4 while none is).
+    let (_, routable) = timeline.next().unwrap();
+    prom.until(routable, limit, |r| r.get("") == Some(&5.0))
+        .await;
+}
+
+/// Every query of the Grafana dashboard (its panels' `expr`), with Grafana's variables replaced
+/// as Grafana would for this proxy (`instance`) and all its servers.
+fn grafana_queries(instance: &str) -> Vec<(String, String)> {
+    let d: Value =
+        serde_json::from_str(include_str!("../dashboard/grafana/patroni-proxy.json")).unwrap();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "1h")
+                .replace("$instance", instance)
+                .replace("$server", "(node0|node1|node2)");
+            assert!(!expr.contains('$'), "a variable left: {expr}");
+            out.push((p["title"].as_str().unwrap().to_string(), expr));
+        }
+    }
+    out
+}
+
+/// Runs every dashboard query until it returns data (a `rate` needs two scrapes in its window).
+async fn dashboard_queries_return_data(prom: &Prometheus, instance: &str, limit: Duration) {
+    let queries = grafana_queries(instance);
+    assert!(queries.len() >= 20, "{} queries", queries.len());
+    for (title, expr) in &queries {
+        let deadline = Instant::now() + limit;
+        loop {
+            if !prom.query_raw(expr).await.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "panel {title:?}: no data for {expr}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // The template variables' `label_values(SELECTOR, LABEL)`: the selector finds the label.
+    let d: Value =
+        serde_json::from_str(include_str!("../dashboard/grafana/patroni-proxy.json")).unwrap();
+    for v in d["templating"]["list"].as_array().unwrap() {
+        let q = v["query"]["query"].as_str().unwrap();
+        let inner = q
+            .strip_prefix("label_values(")
+            .and_then(|q| q.strip_suffix(')'))
+            .unwrap();
+        let (selector, label) = inner.rsplit_once(',').unwrap();
+        let selector = selector.replace("$instance", instance);
+        let values: std::collections::BTreeSet<String> = prom
+            .query_raw(&selector)
+            .await
+            .iter()
+            .filter_map(|s| s["metric"][label.trim()].as_str().map(String::from))
+            .collect();
+        let expect: &[&str] = match v["name"].as_str().unwrap() {
+            "instance" => &[instance],
+            "server" => &["node0", "node1", "node2"],
+            other => panic!("unexpected variable {other}"),
+        };
+        assert_eq!(
+            values.iter().map(String::as_str).collect::<Vec<_>>(),
+            expect,
+            "variable {}",
+            v["name"]
+        );
+    }
 }

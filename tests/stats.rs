@@ -677,6 +677,8 @@ async fn basic_auth_guards_everything_but_the_probes() {
         "/;csv",
         "/stats.json",
         "/metrics",
+        "/sessions.json",
+        "/sessions",
         "/dashboard/app.js",
         "/nope",
     ] {
@@ -694,7 +696,14 @@ async fn basic_auth_guards_everything_but_the_probes() {
             .unwrap();
         assert_eq!(r.status(), 401, "{path}");
     }
-    for path in ["/", "/;csv", "/stats.json", "/metrics"] {
+    for path in [
+        "/",
+        "/;csv",
+        "/stats.json",
+        "/metrics",
+        "/sessions.json",
+        "/sessions",
+    ] {
         let r = client
             .get(url(&c, path))
             .basic_auth("admin", Some("s3cret"))

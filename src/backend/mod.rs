@@ -1,7 +1,8 @@
 //! Per-server and frontend runtime state that lives at the IO layer: session and byte counters
 //! (atomics, updated by the data path), the per-server connection slots (`maxconn` + FIFO queue), and
 //! the kill switch that closes every session of a server at once (`on-marked-down shutdown-sessions`),
-//! through the registry of its relaying sessions ([`relaying`]).
+//! through the registry of its relaying sessions ([`relaying`]); the sessions still in their setup
+//! ([`setup`]), for the sessions view.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::SystemTime;
 use tokio::sync::{Notify, Semaphore};
 
 pub mod relaying;
+pub mod setup;
 
 use relaying::Relaying;
 
@@ -226,6 +228,8 @@ pub struct Frontend {
     pub replays: AtomicU64,
     /// Clients refused because the backend reported `in_hot_standby = on`.
     pub standby_refusals: AtomicU64,
+    /// The sessions not relaying yet, and their phase (the sessions view).
+    pub setups: setup::Setups,
 }
 
 #[cfg(test)]

@@ -5,24 +5,73 @@
 //! child `CancellationToken` and its heap node) was 120 bytes of every idle connection's task
 //! (docs/benchmarks.md, RSS per idle connection).
 //!
-//! This is the crate's only `unsafe`, and it is confined to [`Relaying::shutdown_all`]: the registry
-//! keeps raw descriptors, since a borrow cannot outlive the session task that owns the sockets. They
-//! are valid there because the sockets can only be reached through [`Registered`], whose `Drop`
-//! removes the entry, under the registry's lock, before the sockets close; so a descriptor number in
-//! the registry is never one that was closed (and possibly reused for another file).
+//! The same registry lets the sessions view (`/sessions.json`) see each relaying session without
+//! touching the data path: [`Relaying::visit`] asks the kernel for the addresses and the byte
+//! counts of the sockets (`TCP_INFO`), so the relay keeps no per-session counter.
+//!
+//! This is the crate's only `unsafe`, and it is confined to [`Relaying::shutdown_all`] and
+//! [`Relaying::visit`] (with [`tcp_bytes`]): the registry keeps raw descriptors, since a borrow
+//! cannot outlive the session task that owns the sockets. They are valid there because the sockets
+//! can only be reached through [`Registered`], whose `Drop` removes the entry, under the registry's
+//! lock, before the sockets close; so a descriptor number in the registry is never one that was
+//! closed (and possibly reused for another file).
 #![allow(unsafe_code)]
 
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use slab::Slab;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// The registry of one server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Relaying {
-    sessions: Mutex<Slab<[RawFd; 2]>>,
+    sessions: Mutex<Slab<Entry>>,
+    /// What the entries' `since` counts from.
+    epoch: Instant,
+}
+
+impl Default for Relaying {
+    fn default() -> Self {
+        Self {
+            sessions: Mutex::default(),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// One registered session: 12 bytes, so a slot of the registry's slab stays 16 bytes as it was
+/// before the sessions view needed `since` (a unit test keeps it so; per idle connection memory is
+/// a benchmark row).
+#[derive(Debug)]
+struct Entry {
+    /// The client's and the server's socket.
+    fds: [RawFd; 2],
+    /// When the client was accepted, in tenths of a second since the registry's epoch, modulo 2^32:
+    /// ages are taken with wrapping arithmetic, right for sessions younger than 13 years.
+    since: u32,
+}
+
+/// Tenths of a second from `epoch` to `t`, modulo 2^32 (see [`Entry::since`]).
+fn ticks(epoch: Instant, t: Instant) -> u32 {
+    (t.saturating_duration_since(epoch).as_millis() / 100) as u32
+}
+
+/// A relaying session as the kernel sees its sockets, for the sessions view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The client's address (`None` if the socket no longer has a peer).
+    pub client: Option<SocketAddr>,
+    /// The local port of the proxy's connection to PostgreSQL (`pg_stat_activity.client_port`).
+    pub backend_port: Option<u16>,
+    pub age: Duration,
+    /// Bytes received from the client and bytes the client acknowledged (`TCP_INFO`'s
+    /// `tcpi_bytes_received` / `tcpi_bytes_acked`, Linux 4.2+; `None` on an older kernel).
+    pub bytes_in: Option<u64>,
+    pub bytes_out: Option<u64>,
 }
 
 /// A session's client and server sockets while they are in the registry.
@@ -38,17 +87,22 @@ impl Relaying {
     /// Adds a session's sockets if `admit` (evaluated under the registry's lock, so no
     /// [`Relaying::shutdown_all`] runs between the check and the insertion) says so; otherwise gives
     /// them back.
+    /// `since` is when the client was accepted (the session's age in the sessions view).
     pub fn insert(
         self: &Arc<Self>,
         client: TcpStream,
         server: TcpStream,
+        since: Instant,
         admit: impl FnOnce() -> bool,
     ) -> Result<Registered, (TcpStream, TcpStream)> {
         let mut sessions = self.sessions.lock().expect("registry lock");
         if !admit() {
             return Err((client, server));
         }
-        let key = sessions.insert([client.as_raw_fd(), server.as_raw_fd()]);
+        let key = sessions.insert(Entry {
+            fds: [client.as_raw_fd(), server.as_raw_fd()],
+            since: ticks(self.epoch, since),
+        });
         drop(sessions);
         Ok(Registered {
             client,
@@ -63,8 +117,8 @@ impl Relaying {
     pub fn shutdown_all(&self, first: impl FnOnce()) -> usize {
         let sessions = self.sessions.lock().expect("registry lock");
         first();
-        for (_, fds) in sessions.iter() {
-            for &fd in fds {
+        for (_, entry) in sessions.iter() {
+            for &fd in &entry.fds {
                 // SAFETY: `fd` belongs to a live `Registered`: its entry is removed under this lock
                 // before its sockets can be closed (see `Drop for Registered`), and we hold the lock.
                 let fd = unsafe { BorrowedFd::borrow_raw(fd) };
@@ -76,6 +130,35 @@ impl Relaying {
         sessions.len()
     }
 
+    /// Shows `f` at most `limit` registered sessions; returns how many are registered in all. Four
+    /// system calls per session are made under the lock (the descriptors are valid only there), so
+    /// it is taken for [`VISIT_BATCH`] slots at a time: sessions of this server starting or ending
+    /// wait for at most one batch (a few hundred microseconds), not for the whole list. A session
+    /// that starts during the visit may be missed; none is shown twice.
+    pub fn visit(&self, now: Instant, limit: usize, mut f: impl FnMut(Seen)) -> usize {
+        let mut shown = 0;
+        let mut from = 0usize;
+        let now = ticks(self.epoch, now);
+        loop {
+            let sessions = self.sessions.lock().expect("registry lock");
+            let end = from.saturating_add(VISIT_BATCH).min(sessions.capacity());
+            if from >= end || shown >= limit {
+                return sessions.len();
+            }
+            for key in from..end {
+                let Some(entry) = sessions.get(key) else {
+                    continue;
+                };
+                if shown >= limit {
+                    break;
+                }
+                shown += 1;
+                f(seen(entry, now));
+            }
+            from = end;
+        }
+    }
+
     /// Sessions registered now.
     pub fn len(&self) -> usize {
         self.sessions.lock().expect("registry lock").len()
@@ -84,6 +167,68 @@ impl Relaying {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Slots of the registry [`Relaying::visit`] goes through per taking of the lock.
+const VISIT_BATCH: usize = 64;
+
+/// The time from `since` to `now` (both [`ticks`]), right across a wrap of the counter.
+fn age(now: u32, since: u32) -> Duration {
+    Duration::from_millis(u64::from(now.wrapping_sub(since)) * 100)
+}
+
+/// What the sessions view shows of a registered session (`now` in [`ticks`]). Call only under the
+/// registry's lock.
+fn seen(entry: &Entry, now: u32) -> Seen {
+    // SAFETY: as in `shutdown_all`: the entry's sockets are open while its registry is locked,
+    // which the caller does.
+    let [client, server] = entry.fds.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+    let (bytes_in, bytes_out) = tcp_bytes(client);
+    Seen {
+        client: socket2::SockRef::from(&client)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket()),
+        backend_port: socket2::SockRef::from(&server)
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.port()),
+        age: age(now, entry.since),
+        bytes_in,
+        bytes_out,
+    }
+}
+
+/// `tcpi_bytes_received` and `tcpi_bytes_acked` of a TCP socket. The offsets are the kernel's ABI
+/// (`struct tcp_info` only ever grows at its end); the kernel says how much of it it filled, and a
+/// field it did not fill is `None`. The `libc` crate's `tcp_info` for glibc stops before these.
+fn tcp_bytes(fd: BorrowedFd<'_>) -> (Option<u64>, Option<u64>) {
+    const BYTES_ACKED: usize = 120;
+    const BYTES_RECEIVED: usize = 128;
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `fd` is open (see the callers); the kernel writes at most `len` bytes into `buf`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return (None, None);
+    }
+    let filled = buf.get(..len as usize).unwrap_or_default();
+    let field = |at: usize| {
+        filled
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_ne_bytes)
+    };
+    (field(BYTES_RECEIVED), field(BYTES_ACKED))
 }
 
 impl Registered {
@@ -118,7 +263,9 @@ mod tests {
         let registry = Arc::new(Relaying::default());
         let (mut app, client) = pair().await;
         let (server, mut db) = pair().await;
-        let r = registry.insert(client, server, || true).unwrap();
+        let r = registry
+            .insert(client, server, Instant::now(), || true)
+            .unwrap();
         assert_eq!(registry.len(), 1);
         let mut ran = false;
         assert_eq!(registry.shutdown_all(|| ran = true), 1);
@@ -134,8 +281,86 @@ mod tests {
         // A later session is not touched by the earlier shutdown.
         let (mut app, client) = pair().await;
         let (server, _db) = pair().await;
-        let _r = registry.insert(client, server, || true).unwrap();
+        let _r = registry
+            .insert(client, server, Instant::now(), || true)
+            .unwrap();
         app.write_all(b"x").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn visit_reports_the_peers_the_backend_port_and_the_kernels_byte_counts() {
+        let registry = Arc::new(Relaying::default());
+        let (mut app, client) = pair().await;
+        let (server, db) = pair().await;
+        let since = Instant::now();
+        let r = registry
+            .insert(client, server, since, || true)
+            .map_err(|_| ())
+            .unwrap();
+        app.write_all(b"hello").await.unwrap();
+        r.client().writable().await.unwrap();
+        assert_eq!(r.client().try_write(b"abc").unwrap(), 3);
+        let mut got = [0u8; 3];
+        app.read_exact(&mut got).await.unwrap();
+        // The kernel counts the 5 bytes on arrival and the 3 once the app's ACK is back.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let seen = loop {
+            let mut seen = Vec::new();
+            assert_eq!(registry.visit(Instant::now(), 10, |s| seen.push(s)), 1);
+            if seen[0].bytes_in == Some(5) && seen[0].bytes_out == Some(3) {
+                break seen.remove(0);
+            }
+            assert!(Instant::now() < deadline, "bytes never counted: {seen:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+        assert_eq!(seen.client, Some(app.local_addr().unwrap()));
+        assert_eq!(seen.backend_port, Some(db.peer_addr().unwrap().port()));
+        // A limit of zero shows nothing but still counts.
+        assert_eq!(registry.visit(Instant::now(), 0, |_| panic!("shown")), 1);
+    }
+
+    #[test]
+    fn an_entry_keeps_the_slab_slot_at_16_bytes_and_ages_wrap_correctly() {
+        // A slab slot is an enum of the entry and a `usize` (the free list's next index).
+        assert!(std::mem::size_of::<Entry>() <= std::mem::size_of::<usize>() + 4);
+        let epoch = Instant::now();
+        let t = epoch + Duration::from_millis(1234);
+        assert_eq!(ticks(epoch, t), 12);
+        assert_eq!(ticks(t, epoch), 0, "before the epoch saturates");
+        assert_eq!(age(17, 5), Duration::from_millis(1200));
+        // Across the wrap of the counter, the age is still the difference.
+        assert_eq!(age(5, u32::MAX - 4), Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn visit_goes_through_every_batch_and_stops_at_the_limit() {
+        let registry = Arc::new(Relaying::default());
+        let mut held = Vec::new();
+        let n = VISIT_BATCH * 2 + 3;
+        // Each session is told apart by its age (ports may repeat across destinations).
+        let now = Instant::now() + std::time::Duration::from_secs(1000);
+        for i in 0..n {
+            let (app, client) = pair().await;
+            let (server, db) = pair().await;
+            let since = now - std::time::Duration::from_secs(i as u64);
+            let r = registry
+                .insert(client, server, since, || true)
+                .map_err(|_| ())
+                .unwrap();
+            held.push((i as u64, app, db, r));
+        }
+        // A hole in the slab is skipped, not shown.
+        held.remove(5);
+        let mut ages = std::collections::BTreeSet::new();
+        let total = registry.visit(now, usize::MAX, |s| {
+            assert!(ages.insert(s.age.as_secs()), "shown twice");
+        });
+        let expected: std::collections::BTreeSet<u64> = held.iter().map(|h| h.0).collect();
+        assert_eq!(total, n - 1);
+        assert_eq!(ages, expected);
+        let mut shown = 0;
+        assert_eq!(registry.visit(now, VISIT_BATCH + 1, |_| shown += 1), n - 1);
+        assert_eq!(shown, VISIT_BATCH + 1);
     }
 
     #[tokio::test]
@@ -143,7 +368,9 @@ mod tests {
         let registry = Arc::new(Relaying::default());
         let (_app, client) = pair().await;
         let (server, _db) = pair().await;
-        assert!(registry.insert(client, server, || false).is_err());
+        assert!(registry
+            .insert(client, server, Instant::now(), || false)
+            .is_err());
         assert!(registry.is_empty());
     }
 }

@@ -14,6 +14,7 @@ use super::hold::refuse;
 use super::relay::Meters;
 use super::startup::{startup, write_all, Startup};
 use super::termination::Termination;
+use crate::backend::setup::{Phase, SetupGuard};
 use crate::backend::{Gauge, GaugeGuard, Ticket};
 use crate::pgwire::{self, startup::Pending};
 use crate::state::Shared;
@@ -72,6 +73,7 @@ pub(super) async fn connect_and_start(
     node: usize,
     ticket: Ticket,
     pending: &mut Pending,
+    phase: &SetupGuard<'_>,
 ) -> Attempt {
     let cfg = &shared.config;
     let backend = &shared.backends[node];
@@ -82,6 +84,7 @@ pub(super) async fn connect_and_start(
         Ok(p) => p,
         Err(_) => {
             let _queued = GaugeGuard::new(&c.qcur, Some(&c.qmax));
+            phase.set(Phase::Queued, Some(node));
             tokio::select! {
                 // Marked DOWN while we queued: nothing reached the client yet, wait for the next.
                 _ = backend.killed(ticket) => return Attempt::Retry(Evidence::None),
@@ -100,6 +103,7 @@ pub(super) async fn connect_and_start(
         // The primary changed while we queued: never connect to the node that lost the role.
         return Attempt::Retry(Evidence::None);
     }
+    phase.set(Phase::Connecting, Some(node));
     c.stot.fetch_add(1, Relaxed);
     backend.touch_last_session();
     let open = GaugeGuard::hold(ServerSession {
@@ -145,6 +149,7 @@ pub(super) async fn connect_and_start(
         down: [&fe.bout, &c.bout],
     };
     if cfg.listen.inspect_startup {
+        phase.set(Phase::Starting, Some(node));
         let startup = tokio::select! {
             _ = backend.killed(ticket) => {
                 // Marked DOWN before the server said anything to the client: held for the next

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::startup::write_all;
 use super::termination::Termination;
+use crate::backend::setup::{Phase, SetupGuard};
 use crate::backend::{Borrowed, GaugeGuard};
 use crate::pgwire::{
     self,
@@ -31,6 +32,7 @@ pub(super) async fn hold(
     deadline: Instant,
     pending: &mut Pending,
     avoid: Option<(usize, u64)>,
+    phase: &SetupGuard<'_>,
 ) -> Result<usize, Termination> {
     let fe = &shared.frontend;
     let mut rx = shared.subscribe();
@@ -57,6 +59,7 @@ pub(super) async fn hold(
             }
             fe.held.fetch_add(1, Relaxed);
             holding = Some(GaugeGuard::new(&fe.holding, None));
+            phase.set(Phase::Holding, None);
         }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {

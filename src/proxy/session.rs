@@ -60,7 +60,7 @@ pub async fn run(
     shared.frontend.stot.fetch_add(1, Relaxed);
     let open = GaugeGuard::hold(ClientSession(shared));
     let shared = &open.handle().0;
-    let (t, node) = match establish(client, shared, start).await {
+    let (t, node) = match establish(client, peer, shared, start).await {
         Setup::Done(t, node) => (t, node),
         Setup::Relay(s) => {
             let node = s.open.handle().node;
@@ -72,7 +72,7 @@ pub async fn run(
             // Joins the server's kill registry unless a kill came after the ticket was taken.
             match backend
                 .relaying
-                .insert(s.client, s.server, || !backend.is_killed(s.ticket))
+                .insert(s.client, s.server, start, || !backend.is_killed(s.ticket))
             {
                 Ok(io) => {
                     // The relay task takes over both gauges, the slots and the log line.
@@ -170,7 +170,14 @@ impl Future for RelayTask {
 
 /// Routes the client to the primary (holding it while there is none), retrying on the next primary
 /// when the chosen one turns out to be leaving before any server byte reached the client.
-async fn establish(client: TcpStream, shared: &Arc<Shared>, start: Instant) -> Setup {
+async fn establish(
+    client: TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    start: Instant,
+) -> Setup {
+    // Listed in the sessions view until the setup ends; then, if it relays, in its server's registry.
+    let phase = shared.frontend.setups.join(peer, start);
     // Small PostgreSQL messages must not wait for Nagle.
     let _ = client.set_nodelay(true);
     // A client that vanished without a FIN (host down, cable cut) would keep its maxconn place
@@ -184,7 +191,7 @@ async fn establish(client: TcpStream, shared: &Arc<Shared>, start: Instant) -> S
     // same node is this client's startup (PostgreSQL drops malformed ones silently).
     let mut vanished_on = None;
     loop {
-        let node = match hold(shared, &client, deadline, &mut pending, avoid).await {
+        let node = match hold(shared, &client, deadline, &mut pending, avoid, &phase).await {
             Ok(n) => n,
             Err(t) => return Setup::Done(t, last_node),
         };
@@ -193,7 +200,7 @@ async fn establish(client: TcpStream, shared: &Arc<Shared>, start: Instant) -> S
         let Some(ticket) = shared.ticket_for(node) else {
             continue;
         };
-        match connect_and_start(&client, shared, node, ticket, &mut pending).await {
+        match connect_and_start(&client, shared, node, ticket, &mut pending, &phase).await {
             Attempt::Done(t) => return Setup::Done(t, last_node),
             Attempt::Ready { server, slot, open } => {
                 return Setup::Relay(Established {
@@ -291,7 +298,7 @@ mod tests {
             }),
             io: shared.backends[0]
                 .relaying
-                .insert(client, server, || true)
+                .insert(client, server, Instant::now(), || true)
                 .unwrap(),
             ticket: shared.backends[0].ticket(),
             _slot: slots.clone().try_acquire_owned().unwrap(),

@@ -65,7 +65,7 @@ fn header_rows() -> String {
 }
 
 /// Minimal HTML escaping for text and attribute values.
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         match ch {

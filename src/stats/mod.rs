@@ -1,5 +1,6 @@
 //! The stats listener (HAProxy's `listen stats` on :7000): the live dashboard, the exports of the one
-//! snapshot (`/;csv` in HAProxy's layout, `/stats.json`, `/metrics`), and `/healthz` / `/ready`.
+//! snapshot (`/;csv` in HAProxy's layout, `/stats.json`, `/metrics`), the open sessions
+//! (`/sessions`, `/sessions.json`), and `/healthz` / `/ready`.
 //!
 //! It is read-only and deliberately small: GET and HEAD only, unknown paths are 404 (HAProxy's
 //! `stats uri /` answers every path, which hides typos in monitoring URLs), optional Basic auth
@@ -31,6 +32,7 @@ pub mod export;
 pub mod families;
 pub mod metrics;
 mod server;
+pub mod sessions;
 
 pub use server::{serve, Limits, Refusal};
 
@@ -94,6 +96,8 @@ pub fn router(shared: Arc<Shared>, stats: Arc<Stats>, limits: Limits) -> Router 
         .route("/stats.json", get(stats_json))
         .route("/metrics", get(prometheus))
         .route("/dashboard/data.json", get(dashboard_data))
+        .route("/sessions.json", get(sessions_json))
+        .route("/sessions", get(sessions_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route(
@@ -259,7 +263,7 @@ async fn modifiers(State(app): State<App>, uri: Uri) -> Response {
 async fn not_found() -> Response {
     plain(
         StatusCode::NOT_FOUND,
-        "not found; the stats listener serves /, /;csv, /stats.json, /metrics, /healthz and /ready\n",
+        "not found; the stats listener serves /, /;csv, /stats.json, /metrics, /sessions, /sessions.json, /healthz and /ready\n",
     )
 }
 
@@ -296,6 +300,20 @@ async fn stats_json(State(app): State<App>) -> Response {
 
 async fn dashboard_data(State(app): State<App>) -> Response {
     Json(dashboard::data(&view_of(&app))).into_response()
+}
+
+async fn sessions_json(State(app): State<App>, uri: Uri) -> Response {
+    let limit = sessions::limit_of(uri.query());
+    Json(sessions::collect(&app.shared, limit)).into_response()
+}
+
+async fn sessions_page(State(app): State<App>, uri: Uri) -> Response {
+    let s = sessions::collect(&app.shared, sessions::limit_of(uri.query()));
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        sessions::html(&s),
+    )
+        .into_response()
 }
 
 async fn prometheus(State(app): State<App>) -> Response {

@@ -148,6 +148,8 @@ pub struct FakeDb {
     pub addr: SocketAddr,
     pub name: String,
     pub accepted: Arc<AtomicUsize>,
+    /// The address of every connection accepted (the proxy's side of it), in order.
+    pub peers: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl FakeDb {
@@ -155,10 +157,13 @@ impl FakeDb {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
+        let peers = Arc::new(Mutex::new(Vec::new()));
         let (count, greeting) = (accepted.clone(), format!("NODE {name}\n"));
+        let seen = peers.clone();
         tokio::spawn(async move {
             loop {
-                let (mut s, _) = listener.accept().await.unwrap();
+                let (mut s, peer) = listener.accept().await.unwrap();
+                seen.lock().unwrap().push(peer);
                 count.fetch_add(1, SeqCst);
                 let greeting = greeting.clone();
                 tokio::spawn(async move {
@@ -174,6 +179,7 @@ impl FakeDb {
             addr,
             name: name.to_string(),
             accepted,
+            peers,
         }
     }
 }
