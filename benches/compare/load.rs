@@ -1,5 +1,6 @@
 //! The load: pgbench and iperf3 runs (parsed), and our own generators for what they do not measure:
-//! connection rate, idle connections, 64-byte ping-pong. Plus the echo server they talk to.
+//! connection rate, idle connections, 64-byte ping-pong, the stats listener's cost. Plus the echo
+//! server they talk to.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::setup::PG_BIN;
+use crate::{setup, sys};
 
 /// The echo backend: returns every byte, closes after the client's FIN. Run as `__echo ADDR`.
 pub fn echo_server(addr: SocketAddr) {
@@ -183,4 +185,44 @@ pub fn open_idle(addr: SocketAddr, n: usize, into: &mut Vec<TcpStream>) {
         s.read_exact(&mut b).expect("read idle probe");
         into.push(s);
     }
+}
+
+/// What the stats listener costs with 100 sessions open: bytes and proxy CPU per request of the
+/// dashboard page, a Prometheus scrape and the sessions list, each requested one after another for
+/// `secs` (CPU time is read in clock ticks, so it takes thousands of requests to be exact). A page
+/// the build does not serve (an older build) gives no figure.
+pub fn stats_cost(
+    pid: u32,
+    addr: SocketAddr,
+    stats: SocketAddr,
+    secs: f64,
+) -> Vec<(&'static str, f64)> {
+    let mut conns: Vec<TcpStream> = Vec::new();
+    open_idle(addr, 100, &mut conns);
+    let mut v = Vec::new();
+    for (path, kib, us) in [
+        ("/", "page_kib", "page_cpu_us"),
+        ("/metrics", "metrics_kib", "metrics_cpu_us"),
+        ("/sessions.json", "sessions_kib", "sessions_cpu_us"),
+    ] {
+        let c0 = sys::cpu_secs(pid);
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        let (mut bytes, mut n) = (None, 0u64);
+        while Instant::now() < until {
+            let answer = setup::http_get(stats, path).unwrap_or_default();
+            let ok = answer.lines().next().is_some_and(|l| l.contains(" 200 "));
+            bytes = ok.then(|| answer.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len()));
+            if bytes.is_none() {
+                break;
+            }
+            n += 1;
+        }
+        if let Some(b) = bytes {
+            let c1 = sys::cpu_secs(pid);
+            v.push((kib, b as f64 / 1024.0));
+            v.push((us, (c1 - c0) * 1e6 / n.max(1) as f64));
+        }
+    }
+    drop(conns);
+    v
 }

@@ -6,13 +6,14 @@
 //! asserted anywhere: this reports, the reader judges.
 
 mod load;
+mod metrics;
 mod perf;
+mod report;
 mod setup;
 mod sys;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
@@ -23,9 +24,9 @@ const USAGE: &str = "usage: bash benches/run.sh [--quick] [--rounds N] [--secs S
 --perf: count syscalls and context switches of HAProxy and the proxies per unit of work (perf stat;
         the tracepoint slows syscalls a little, so keep it out of runs whose timings you report)
 --perf-record: write a CPU profile per proxy measurement (perf record -g) next to the JSON
-rows: pgbench1 pgbench16 pgbenchC iperf1 iperf8 connrate memory pingpong";
+rows: pgbench1 pgbench16 pgbenchC iperf1 iperf8 connrate memory stats pingpong";
 
-const ROWS: [&str; 8] = [
+const ROWS: [&str; 9] = [
     "pgbench1",
     "pgbench16",
     "pgbenchC",
@@ -33,8 +34,12 @@ const ROWS: [&str; 8] = [
     "iperf8",
     "connrate",
     "memory",
+    "stats",
     "pingpong",
 ];
+
+/// Starts a fresh instance: its process, its listener and (patroni-proxy only) its stats listener.
+type Fresh = dyn Fn() -> (Proc, SocketAddr, Option<SocketAddr>);
 
 /// A proxy binary to measure: label, path, extra environment.
 type ProxyBuild = (String, PathBuf, Vec<(String, String)>);
@@ -140,10 +145,10 @@ struct Target {
     kind: Kind,
     addrs: [SocketAddr; 3],
     pids: [Option<u32>; 3],
-    /// Starts a fresh instance in front of the echo server, for the memory row: memory per idle
-    /// connection is measured from a fresh start, since allocators and HAProxy's pools keep what
-    /// an earlier peak took.
-    fresh: Option<Box<dyn Fn() -> (Proc, SocketAddr)>>,
+    /// Starts a fresh instance in front of the echo server, for the memory and stats rows: memory
+    /// per idle connection is measured from a fresh start, since allocators and HAProxy's pools keep
+    /// what an earlier peak took. The second address is the stats listener (patroni-proxy only).
+    fresh: Option<Box<Fresh>>,
 }
 
 impl Target {
@@ -152,157 +157,6 @@ impl Target {
     }
     fn pid(&self, s: Service) -> Option<u32> {
         self.pids[s as usize]
-    }
-}
-
-/// A figure the table shows: which row measures it, how it reads, and its target if any.
-struct Metric {
-    row: &'static str,
-    key: &'static str,
-    label: &'static str,
-    goal: Goal,
-}
-
-#[derive(Clone, Copy)]
-enum Goal {
-    None,
-    /// proxy / HAProxy at least this.
-    RatioAtLeast(f64),
-    /// proxy / HAProxy at most this.
-    RatioAtMost(f64),
-    /// The proxy's own value at most this.
-    AtMost(f64),
-}
-
-const METRICS: &[Metric] = &[
-    m(
-        "pgbench1",
-        "tps",
-        "pgbench -S -M prepared -c1 -j1, TPS (↑)",
-        Goal::RatioAtLeast(1.05),
-    ),
-    m(
-        "pgbench1",
-        "lat_ms",
-        "  … average latency, ms (↓)",
-        Goal::None,
-    ),
-    m(
-        "pgbench1",
-        "cpu_us_per_txn",
-        "  … proxy CPU µs per transaction (↓)",
-        Goal::None,
-    ),
-    m(
-        "pgbench16",
-        "tps",
-        "pgbench -S -M prepared -c16 -j2, TPS (↑)",
-        Goal::RatioAtLeast(1.15),
-    ),
-    m(
-        "pgbench16",
-        "lat_ms",
-        "  … average latency, ms (↓)",
-        Goal::None,
-    ),
-    m(
-        "pgbench16",
-        "cpu_us_per_txn",
-        "  … proxy CPU µs per transaction (↓)",
-        Goal::RatioAtMost(0.7),
-    ),
-    m(
-        "pgbenchC",
-        "tps",
-        "pgbench -S -C -c4 (connect per txn), TPS (↑)",
-        Goal::None,
-    ),
-    m(
-        "pgbenchC",
-        "lat_ms",
-        "  … average latency, ms (↓)",
-        Goal::None,
-    ),
-    m(
-        "pgbenchC",
-        "cpu_us_per_txn",
-        "  … proxy CPU µs per transaction (↓)",
-        Goal::None,
-    ),
-    m(
-        "iperf1",
-        "gbps",
-        "iperf3 1 stream, Gbit/s (↑)",
-        Goal::RatioAtLeast(1.5),
-    ),
-    m(
-        "iperf1",
-        "cpu_s_per_gb",
-        "  … proxy CPU s per GB (↓)",
-        Goal::RatioAtMost(0.5),
-    ),
-    m(
-        "iperf8",
-        "gbps",
-        "iperf3 8 streams, Gbit/s (↑)",
-        Goal::RatioAtLeast(1.5),
-    ),
-    m(
-        "iperf8",
-        "cpu_s_per_gb",
-        "  … proxy CPU s per GB (↓)",
-        Goal::RatioAtMost(0.5),
-    ),
-    m(
-        "connrate",
-        "conn_per_s",
-        "connect + 64 B echo + close, conn/s (↑)",
-        Goal::RatioAtLeast(1.1),
-    ),
-    m(
-        "connrate",
-        "cpu_us_per_conn",
-        "  … proxy CPU µs per connection (↓)",
-        Goal::None,
-    ),
-    m(
-        "memory",
-        "rss_idle_mib",
-        "RSS idle, MiB (↓)",
-        Goal::AtMost(8.0),
-    ),
-    m(
-        "memory",
-        "kib_per_conn_1000",
-        "RSS KiB per idle connection @1 000 (↓)",
-        Goal::AtMost(2.0),
-    ),
-    m(
-        "memory",
-        "kib_per_conn_max",
-        "RSS KiB per idle connection @9 900 (↓)",
-        Goal::AtMost(2.0),
-    ),
-    m(
-        "pingpong",
-        "p50_us",
-        "64 B ping-pong p50 µs, all on CPU 0 (↓)",
-        Goal::None,
-    ),
-    m(
-        "pingpong",
-        "p99_us",
-        "64 B ping-pong p99 µs, all on CPU 0 (↓)",
-        Goal::RatioAtMost(0.9),
-    ),
-];
-
-const fn m(row: &'static str, key: &'static str, label: &'static str, goal: Goal) -> Metric {
-    Metric {
-        row,
-        key,
-        label,
-        goal,
     }
 }
 
@@ -374,7 +228,7 @@ fn main() {
             let logs = logs.clone();
             Box::new(move || {
                 let (p, a, _) = setup::start_haproxy("echo-fresh", echo_addr, &logs, &logs);
-                (p, a)
+                (p, a, None)
             })
         }),
     };
@@ -403,7 +257,7 @@ fn main() {
                 let (logs, label, bin, env) =
                     (logs.clone(), label.clone(), bin.clone(), env.clone());
                 Box::new(move || {
-                    let (p, a, _) = setup::start_proxy(
+                    let (p, a, stats, _) = setup::start_proxy(
                         &label,
                         &bin,
                         &env,
@@ -413,12 +267,12 @@ fn main() {
                         &logs,
                         &logs,
                     );
-                    (p, a)
+                    (p, a, Some(stats))
                 })
             }),
         };
         for s in SERVICES {
-            let (p, addr, cfg) = setup::start_proxy(
+            let (p, addr, _, cfg) = setup::start_proxy(
                 label,
                 bin,
                 env,
@@ -485,10 +339,10 @@ fn main() {
     drop(echo);
     drop(pg);
 
-    let table = report(&targets, &results, &o);
+    let table = report::report(&targets, &results, &o);
     println!("{table}");
     let doc = json!({
-        "meta": meta(&o, &targets),
+        "meta": report::meta(&o, &targets),
         "configs": configs,
         "rss_after_start_kib": started_rss,
         "table_markdown": table,
@@ -510,7 +364,7 @@ fn measure(row: &str, t: &Target, o: &Opts, echo_pid: u32, round: usize) -> Meas
         "connrate" | "pingpong" => Service::Echo,
         _ => Service::Pg,
     };
-    let watched = t.pid(service).filter(|_| row != "memory");
+    let watched = t.pid(service).filter(|_| row != "memory" && row != "stats");
     let out_dir = o.json.parent().map(PathBuf::from).unwrap_or_default();
     let stat_file = out_dir.join(format!("perf-stat-{}-{row}-r{}.csv", t.label, round + 1));
     let stat = watched
@@ -566,7 +420,7 @@ fn measure(row: &str, t: &Target, o: &Opts, echo_pid: u32, round: usize) -> Meas
         "memory" => match &t.fresh {
             None => vec![],
             Some(fresh) => {
-                let (proc, addr) = fresh();
+                let (proc, addr, _) = fresh();
                 let pid = proc.pid();
                 let settle = || std::thread::sleep(Duration::from_millis(500));
                 settle();
@@ -586,6 +440,16 @@ fn measure(row: &str, t: &Target, o: &Opts, echo_pid: u32, round: usize) -> Meas
                     ("kib_per_conn_1000", (rss1 - rss0) / first as f64),
                     ("kib_per_conn_max", (rss2 - rss0) / o.idle_conns as f64),
                 ]
+            }
+        },
+        "stats" => match &t.fresh {
+            None => vec![],
+            Some(fresh) => {
+                let (proc, addr, stats) = fresh();
+                match stats {
+                    None => vec![],
+                    Some(stats) => load::stats_cost(proc.pid(), addr, stats, secs as f64 / 3.0),
+                }
             }
         },
         "pingpong" => {
@@ -632,163 +496,4 @@ fn measure(row: &str, t: &Target, o: &Opts, echo_pid: u32, round: usize) -> Meas
         other_pct,
         steal_pct,
     }
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
-}
-
-fn fmt(v: Option<f64>) -> String {
-    match v {
-        None => "-".into(),
-        Some(x) if x.abs() >= 1000.0 => {
-            // Thousands separated by a thin space, as in baseline.md.
-            let s = format!("{:.0}", x);
-            let mut out = String::new();
-            for (i, c) in s.chars().enumerate() {
-                if i > 0 && (s.len() - i) % 3 == 0 {
-                    out.push(' ');
-                }
-                out.push(c);
-            }
-            out
-        }
-        Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
-        Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
-        Some(x) => format!("{x:.2}"),
-    }
-}
-
-fn report(targets: &[Target], results: &[Measurement], o: &Opts) -> String {
-    let value = |label: &str, row: &str, key: &str| {
-        median(
-            results
-                .iter()
-                .filter(|m| m.target == label && m.row == row)
-                .filter_map(|m| m.values.iter().find(|(k, _)| *k == key).map(|(_, v)| *v))
-                .collect(),
-        )
-    };
-    let proxies: Vec<&Target> = targets.iter().filter(|t| t.kind == Kind::Proxy).collect();
-    let mut s = String::new();
-    s.push_str(&format!(
-        "\n## patroni-proxy vs HAProxy vs direct: median of {} rounds, {} s per measurement\n\n| metric |",
-        o.rounds, o.secs
-    ));
-    for t in targets {
-        s.push_str(&format!(" {} |", t.label));
-    }
-    for p in &proxies {
-        s.push_str(&format!(" {} / HAProxy |", p.label));
-    }
-    s.push_str(" proxy / direct | target | met | other CPU % |\n|---|");
-    for _ in 0..(targets.len() + proxies.len() + 1) {
-        s.push_str("---:|");
-    }
-    s.push_str("---|---|---:|\n");
-    let mut met_all = Vec::new();
-    for m in METRICS.iter().filter(|m| o.rows.iter().any(|r| r == m.row)) {
-        s.push_str(&format!("| {} |", m.label));
-        for t in targets {
-            s.push_str(&format!(" {} |", fmt(value(&t.label, m.row, m.key))));
-        }
-        let hap = value("HAProxy", m.row, m.key);
-        let ratio = |label: &str| match (value(label, m.row, m.key), hap) {
-            (Some(p), Some(h)) if h != 0.0 => Some(p / h),
-            _ => None,
-        };
-        for p in &proxies {
-            s.push_str(&format!(
-                " {} |",
-                ratio(&p.label).map_or("-".into(), |r| format!("{r:.2}x"))
-            ));
-        }
-        let main = value("patroni-proxy", m.row, m.key);
-        let direct = value("direct", m.row, m.key);
-        s.push_str(&format!(
-            " {} |",
-            match (main, direct) {
-                (Some(p), Some(d)) if d != 0.0 => format!("{:.2}x", p / d),
-                _ => "-".into(),
-            }
-        ));
-        let (goal, met) = match m.goal {
-            Goal::None => (String::new(), None),
-            Goal::RatioAtLeast(x) => (
-                format!("≥ {x}x HAProxy"),
-                ratio("patroni-proxy").map(|r| r >= x),
-            ),
-            Goal::RatioAtMost(x) => (
-                format!("≤ {x}x HAProxy"),
-                ratio("patroni-proxy").map(|r| r <= x),
-            ),
-            Goal::AtMost(x) => (format!("≤ {x}"), main.map(|v| v <= x)),
-        };
-        if let Some(ok) = met {
-            met_all.push((format!("{} {}", m.row, m.key), ok));
-        }
-        let noise = results
-            .iter()
-            .filter(|r| r.row == m.row)
-            .map(|r| r.other_pct)
-            .fold(0.0, f64::max);
-        s.push_str(&format!(
-            " {goal} | {} | {noise:.0} |\n",
-            match met {
-                None => "",
-                Some(true) => "yes",
-                Some(false) => "**no**",
-            }
-        ));
-    }
-    let met = met_all.iter().filter(|(_, ok)| *ok).count();
-    s.push_str(&format!(
-        "\nTargets met: {met} of {}.{}\n\"other CPU %\": the most CPU (share of all {} CPUs) that processes this benchmark did not start used during any one measurement of the row; above a few % the row is suspect.\n",
-        met_all.len(),
-        met_all
-            .iter()
-            .filter(|(_, ok)| !*ok)
-            .map(|(l, _)| format!(" Not met: {l}."))
-            .collect::<String>(),
-        sys::ncpu()
-    ));
-    s
-}
-
-fn meta(o: &Opts, targets: &[Target]) -> serde_json::Value {
-    let cmd = |c: &str, args: &[&str]| {
-        Command::new(c)
-            .args(args)
-            .output()
-            .map(|out| {
-                let t = String::from_utf8_lossy(&out.stdout).to_string()
-                    + &String::from_utf8_lossy(&out.stderr);
-                t.lines().next().unwrap_or("").to_string()
-            })
-            .unwrap_or_default()
-    };
-    json!({
-        "rounds": o.rounds,
-        "secs": o.secs,
-        "rows": o.rows,
-        "targets": targets.iter().map(|t| &t.label).collect::<Vec<_>>(),
-        "cpus": sys::ncpu(),
-        "kernel": cmd("uname", &["-r"]),
-        "haproxy": cmd("haproxy", &["-v"]),
-        "postgres": cmd(&format!("{}/postgres", setup::PG_BIN), &["--version"]),
-        "iperf3": cmd("iperf3", &["-v"]),
-        "proxy_binary": o.proxy.display().to_string(),
-        "also": o.also.iter().map(|(l, p, env)| json!({"label": l, "binary": p.display().to_string(), "env": env})).collect::<Vec<_>>(),
-        "git": cmd("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"]),
-        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-    })
 }

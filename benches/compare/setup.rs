@@ -357,7 +357,7 @@ pub fn start_haproxy(
 }
 
 /// patroni-proxy with health checks on against the fake Patroni endpoint; returns once `/ready`
-/// says a primary is routable.
+/// says a primary is routable. Returns the process, the listener, the stats listener and the config.
 #[allow(clippy::too_many_arguments)]
 pub fn start_proxy(
     label: &str,
@@ -368,7 +368,7 @@ pub fn start_proxy(
     patroni: SocketAddr,
     logs: &Path,
     cfg_dir: &Path,
-) -> (Proc, SocketAddr, String) {
+) -> (Proc, SocketAddr, SocketAddr, String) {
     let bind = free_addr(IP_PROXY);
     let stats = free_addr(IP_PROXY);
     let cfg = format!(
@@ -403,10 +403,11 @@ pub fn start_proxy(
                 .is_some_and(|r| r.lines().next().is_some_and(|l| l.contains(" 200 ")))
         },
     );
-    (proc, bind, cfg)
+    (proc, bind, stats, cfg)
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+/// One HTTP/1.0 GET; the whole answer, status line and headers included.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
