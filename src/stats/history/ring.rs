@@ -1,0 +1,96 @@
+//! A fixed-size ring of `Copy` samples: allocated once, the oldest overwritten when full.
+
+/// A ring of `capacity` samples (at least one), oldest first when read.
+#[derive(Debug, Clone)]
+pub struct Ring<T> {
+    buf: Box<[T]>,
+    /// Where the next sample goes.
+    next: usize,
+    len: usize,
+}
+
+impl<T: Copy + Default> Ring<T> {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            buf: vec![T::default(); capacity.max(1)].into_boxed_slice(),
+            next: 0,
+            len: 0,
+        }
+    }
+
+    pub fn push(&mut self, v: T) {
+        let cap = self.buf.len();
+        self.buf[self.next] = v;
+        self.next = (self.next + 1) % cap;
+        self.len = (self.len + 1).min(cap);
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The memory the samples take (the ring's whole allocation).
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.buf)
+    }
+
+    /// The samples, oldest first.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = T> + ExactSizeIterator + '_ {
+        let cap = self.buf.len();
+        let start = (self.next + cap - self.len) % cap;
+        (0..self.len).map(move |i| self.buf[(start + i) % cap])
+    }
+
+    /// The newest sample.
+    pub fn last(&self) -> Option<T> {
+        self.iter().next_back()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wraps_around_keeping_the_newest_in_order() {
+        let mut r = Ring::<u32>::new(3);
+        assert!(r.is_empty());
+        assert_eq!(r.last(), None);
+        r.push(1);
+        r.push(2);
+        assert_eq!(r.iter().collect::<Vec<_>>(), [1, 2]);
+        r.push(3);
+        r.push(4);
+        r.push(5);
+        assert_eq!(r.iter().collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!((r.len(), r.capacity(), r.last()), (3, 3, Some(5)));
+        for v in 6..1000 {
+            r.push(v);
+        }
+        assert_eq!(r.iter().collect::<Vec<_>>(), [997, 998, 999]);
+        assert_eq!(r.iter().rev().collect::<Vec<_>>(), [999, 998, 997]);
+    }
+
+    #[test]
+    fn its_memory_is_fixed_at_construction() {
+        let mut r = Ring::<u64>::new(3600);
+        assert_eq!(r.bytes(), 3600 * 8);
+        for v in 0..10_000 {
+            r.push(v);
+        }
+        assert_eq!((r.bytes(), r.len()), (3600 * 8, 3600));
+        // A zero capacity is one sample, not a division by zero.
+        let mut z = Ring::<u8>::new(0);
+        z.push(7);
+        z.push(8);
+        assert_eq!(z.iter().collect::<Vec<_>>(), [8]);
+    }
+}
