@@ -133,6 +133,11 @@
   }
 
   window.addEventListener("hashchange", showTarget);
+  // Show the hour at once on a click (the hash may not change: the same link twice).
+  events.addEventListener("click", (ev) => {
+    const a = ev.target.closest && ev.target.closest('a[href^="#t"]');
+    if (a) setTimeout(showTarget, 0);
+  });
   showTarget();
   live.dataset.state = "live";
   live.textContent = "live";

@@ -30,6 +30,23 @@ return [...document.querySelectorAll('#rows tr.server')].map(tr => ({
 }));
 "#;
 
+/// Clicks the newest primary change's time in the event list.
+const FOLLOW_EVENT_LINK: &str = r##"
+const a = document.querySelector('#events .ev-primary_changed a[href^="#t"]');
+if (!a) return null;
+a.click();
+return a.getAttribute('href').slice(1);
+"##;
+
+/// Where the link led: its mark exists once, on the hour's timeline, shown and highlighted.
+const EVENT_MARK_SHOWN: &str = r##"
+const id = location.hash.slice(1);
+const m = document.getElementById(id);
+const win = m && m.closest('.w1h');
+return document.querySelectorAll('[id="' + id + '"]').length === 1 && win !== null
+  && getComputedStyle(win).display !== 'none' && m.matches('.hit, :target');
+"##;
+
 #[derive(Debug, PartialEq)]
 enum Colour {
     Green,
@@ -202,6 +219,17 @@ async fn the_dashboard_in_chromium_shows_roles_colours_and_a_live_primary_flip()
         .await;
     browser
         .screenshot(&target.join("dashboard-after-flip.png"))
+        .await;
+
+    // The flip's event row links to its mark on the hour's timeline; following it shows the hour.
+    let link = browser.js(FOLLOW_EVENT_LINK).await;
+    assert!(link.as_str().is_some_and(|l| l.starts_with('t')), "{link}");
+    browser
+        .poll_js(
+            EVENT_MARK_SHOWN,
+            Duration::from_secs(3),
+            "the event's mark shown",
+        )
         .await;
 
     // A phone: cards instead of a wide table, nothing wider than the screen.

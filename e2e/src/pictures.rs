@@ -158,17 +158,25 @@ pub async fn switchover(p: &Proxy, dir: &Path) -> Result<Seen> {
         .collect();
     phone_fits &= shots(&b, dir, "after", &mut screenshots).await;
     b.resize(DESKTOP, 900).await;
-    let event_link_resolves = b
+    let link = b
         .js(
             "const a = document.querySelector('#events .ev-primary_changed a[href^=\"#t\"]'); \
-             if (!a) return false; \
-             a.click(); \
-             const m = document.getElementById(a.getAttribute('href').slice(1)); \
-             return m !== null && m.closest('.w1h') !== null \
-               && getComputedStyle(m.closest('.w1h')).display !== 'none';",
+             if (!a) return null; a.click(); return a.getAttribute('href');",
         )
-        .await
-        == true;
+        .await;
+    let mut event_link_resolves = false;
+    if link.is_string() {
+        // The mark exists once, on the hour's timeline, which is now shown.
+        let shown = "const id = location.hash.slice(1); \
+             const m = document.getElementById(id); const w = m && m.closest('.w1h'); \
+             return document.querySelectorAll('[id=\"' + id + '\"]').length === 1 \
+               && w !== null && getComputedStyle(w).display !== 'none';";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while !event_link_resolves && tokio::time::Instant::now() < deadline {
+            event_link_resolves = b.js(shown).await == true;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     probe.finish().await;
     b.quit().await;
     Ok(Seen {

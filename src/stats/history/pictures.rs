@@ -180,6 +180,7 @@ pub fn timeline(h: &History, events: &[Event], now_ms: u64, w: &Window) -> Strin
         gap(&mut s, g, now_ms, w, bands_end, line);
         line = (line + 1) % GAP_LINES;
     }
+    let mut last_id = None;
     for e in events {
         let ms = (crate::time::epoch_secs(e.at) * 1000.0).round() as u64;
         if ms <= start || ms > now_ms {
@@ -190,7 +191,10 @@ pub fn timeline(h: &History, events: &[Event], now_ms: u64, w: &Window) -> Strin
             .ok()
             .and_then(|k| k.as_str().map(str::to_string))
             .unwrap_or_default();
-        let id = if w.anchors {
+        // Events of the same millisecond share one anchor (ids are unique in a page); the events
+        // come oldest first, so equal times are neighbours.
+        let id = if w.anchors && last_id != Some(ms) {
+            last_id = Some(ms);
             format!(r#" id="{}""#, anchor(e.at))
         } else {
             String::new()

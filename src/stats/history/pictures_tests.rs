@@ -145,16 +145,20 @@ fn events_are_marked_and_only_the_hour_carries_their_anchors() {
     let h = History::new(&names("node", 3), &names("l", 1));
     let now = T0 + 3_600_000;
     let at = wall(now - 60_000);
-    let events = [Event {
+    let event = |kind| Event {
         at,
-        kind: EventKind::PrimaryChanged,
+        kind,
         server: Some("node<1>".into()),
         message: "x".into(),
-    }];
+    };
+    // Two events of the same millisecond (a DOWN and the primary change it caused): one anchor.
+    let events = [event(EventKind::Down), event(EventKind::PrimaryChanged)];
     let id = anchor(at);
     assert_eq!(id, format!("t{}", now - 60_000));
     let hour_svg = timeline(&h, &events, now, &ONE_HOUR);
-    assert!(hour_svg.contains(&format!(r#"<g id="{id}" class="mk mk-primary_changed">"#)));
+    assert!(hour_svg.contains(&format!(r#"<g id="{id}" class="mk mk-down">"#)));
+    assert!(hour_svg.contains(r#"<g class="mk mk-primary_changed">"#));
+    assert_eq!(hour_svg.matches(&format!(r#"id="{id}""#)).count(), 1);
     assert!(
         hour_svg.contains("primary changed node&lt;1&gt;"),
         "escaped"

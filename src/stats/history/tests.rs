@@ -23,16 +23,23 @@ fn the_memory_bound_is_the_documented_one() {
     let mut h = History::new(&names("node", 3), &names("l", 1));
     let gaps = GAPS * std::mem::size_of::<Gap>();
     assert_eq!(h.bytes(), 360_000 + gaps);
-    assert!(gaps <= 6 * 1024, "gaps take {gaps} B");
+    assert_eq!(std::mem::size_of::<Gap>(), 88);
+    assert_eq!(gaps, 5_632);
     // Recording more than an hour (and many gaps) never grows it.
     let mut r = reading(0, true, 0, 0);
     r.nodes = vec![NodeReading::default(); 3];
+    let started = std::time::Instant::now();
     for s in 0..(SAMPLES as u64 + 500) {
         r.at_ms = s * 1000;
         r.routed = s % 10 != 0;
         r.primary_since_ms = s / 10 * 10_000 + u64::from(r.routed) * 1000;
         h.record(&r);
     }
+    // The sampler's cost per second (printed, not asserted).
+    println!(
+        "History::record: {:?} per sample (3 nodes, 1 listener)",
+        started.elapsed() / (SAMPLES as u32 + 500)
+    );
     assert_eq!(h.bytes(), 360_000 + gaps);
     assert_eq!(h.times().len(), SAMPLES);
     assert_eq!(h.gaps().count(), GAPS);
