@@ -14,6 +14,8 @@ use crate::scenarios::prepare;
 
 pub const DESKTOP: u32 = 1280;
 pub const PHONE: u32 = 390;
+/// Traffic through the proxy before the switchover.
+pub const WARM_UP: Duration = Duration::from_secs(40);
 
 /// What the scenario saw.
 #[derive(Debug, Serialize)]

@@ -112,8 +112,7 @@ pub struct Gap {
     pub start_ms: u64,
     /// `None` while it lasts.
     pub end_ms: Option<u64>,
-    /// A node was leaving (Patroni announced a switchover) during it; otherwise a failover.
-    pub switchover: bool,
+    pub kind: GapKind,
     /// Clients that started waiting for a primary during it, and what they got: connected to the
     /// new primary, or refused with 57P03 on `hold_timeout`.
     pub held: u64,
@@ -126,6 +125,27 @@ pub struct Gap {
 impl Gap {
     pub fn duration_ms(&self, now_ms: u64) -> u64 {
         self.end_ms.unwrap_or(now_ms).saturating_sub(self.start_ms)
+    }
+}
+
+/// Why there was no primary, as far as the proxy can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapKind {
+    /// From the proxy's start until its first primary was confirmed.
+    StartUp,
+    /// A node was leaving (Patroni announced a switchover in etcd) during it.
+    Switchover,
+    /// Anything else: the primary stopped answering, or said it no longer was one.
+    Failover,
+}
+
+impl GapKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapKind::StartUp => "start-up",
+            GapKind::Switchover => "switchover",
+            GapKind::Failover => "failover",
+        }
     }
 }
 
@@ -276,6 +296,11 @@ impl History {
         let leaving = r.nodes.iter().any(|n| n.band == Band::Leaving)
             || prev.is_some_and(|p| p.nodes.iter().any(|n| n.band == Band::Leaving));
         let open = self.gaps.back().is_some_and(|g| g.end_ms.is_none());
+        let kind = match (prev, leaving) {
+            (None, _) => GapKind::StartUp,
+            (Some(_), true) => GapKind::Switchover,
+            (Some(_), false) => GapKind::Failover,
+        };
         if r.routed {
             if open {
                 if let Some(g) = self.gaps.back_mut() {
@@ -292,7 +317,7 @@ impl History {
                     self.push_gap(Gap {
                         start_ms: end.saturating_sub(missed),
                         end_ms: Some(end),
-                        switchover: leaving,
+                        kind,
                         held: 0,
                         released: 0,
                         refused: 0,
@@ -313,14 +338,16 @@ impl History {
                 self.push_gap(Gap {
                     start_ms: r.primary_since_ms,
                     end_ms: None,
-                    switchover: leaving,
+                    kind,
                     held: 0,
                     released: 0,
                     refused: 0,
                     base: before,
                 });
-            } else if let Some(g) = self.gaps.back_mut() {
-                g.switchover |= leaving;
+            } else if let Some(g) = self.gaps.back_mut().filter(|g| g.kind == GapKind::Failover) {
+                if leaving {
+                    g.kind = GapKind::Switchover;
+                }
             }
         }
         if let Some(g) = self.gaps.back_mut() {

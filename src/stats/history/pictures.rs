@@ -213,11 +213,7 @@ pub fn timeline(h: &History, events: &[Event], now_ms: u64, w: &Window) -> Strin
 
 /// What a gap's label says: its kind, how long, and what its held clients got.
 pub fn gap_label(g: &Gap, now_ms: u64) -> String {
-    let kind = if g.switchover {
-        "switchover"
-    } else {
-        "failover"
-    };
+    let kind = g.kind.as_str();
     let secs = g.duration_ms(now_ms) as f64 / 1000.0;
     let ongoing = if g.end_ms.is_none() { " so far" } else { "" };
     format!(

@@ -105,7 +105,10 @@ fn a_gap_records_the_owners_times_and_what_its_held_clients_got() {
     };
     h.record(&r);
     let g = *h.gaps().last().unwrap();
-    assert_eq!((g.start_ms, g.end_ms, g.switchover), (1_400, None, true));
+    assert_eq!(
+        (g.start_ms, g.end_ms, g.kind),
+        (1_400, None, GapKind::Switchover)
+    );
     assert_eq!(g.duration_ms(2_000), 600);
     assert_eq!(g.held, 2);
     // Still none at 3_000, one more client held, one refused after its hold_timeout.
@@ -151,8 +154,8 @@ fn a_gap_between_two_samples_is_not_lost() {
     h.record(&reading(2_000, true, 1_700, 300));
     let g = *h.gaps().last().unwrap();
     assert_eq!(
-        (g.start_ms, g.end_ms, g.switchover),
-        (1_400, Some(1_700), false)
+        (g.start_ms, g.end_ms, g.kind),
+        (1_400, Some(1_700), GapKind::Failover)
     );
 }
 
@@ -163,12 +166,14 @@ fn start_up_without_a_primary_is_a_gap_from_the_start() {
     h.record(&reading(2_000, true, 1_800, 1_300));
     let g = *h.gaps().last().unwrap();
     assert_eq!((g.start_ms, g.end_ms), (500, Some(1_800)));
+    assert_eq!(g.kind, GapKind::StartUp);
     // Lost again, then again before a sample saw the primary: two gaps, the first closed.
     h.record(&reading(3_000, false, 2_500, 1_300));
     h.record(&reading(4_000, false, 3_600, 2_000));
     let gaps: Vec<_> = h.gaps().copied().collect();
     assert_eq!(gaps.len(), 3);
     assert_eq!((gaps[1].start_ms, gaps[1].end_ms), (2_500, Some(3_600)));
+    assert_eq!(gaps[1].kind, GapKind::Failover);
     assert_eq!((gaps[2].start_ms, gaps[2].end_ms), (3_600, None));
 }
 
