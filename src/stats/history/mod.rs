@@ -307,11 +307,11 @@ impl History {
                     g.end_ms = Some(r.primary_since_ms.max(g.start_ms));
                 }
             } else {
-                // A gap that began and ended between two samples: the snapshot's total still
-                // counted it.
-                let missed = prev.map_or(0, |p| {
-                    r.no_primary_total_ms.saturating_sub(p.no_primary_total_ms)
-                });
+                // A gap that began and ended between two samples (or before the first one: the
+                // start-up): the snapshot's total, counted from the start, still has it.
+                let missed = r
+                    .no_primary_total_ms
+                    .saturating_sub(prev.map_or(0, |p| p.no_primary_total_ms));
                 if missed > 0 {
                     let end = r.primary_since_ms;
                     self.push_gap(Gap {

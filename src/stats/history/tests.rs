@@ -160,6 +160,17 @@ fn a_gap_between_two_samples_is_not_lost() {
 }
 
 #[test]
+fn a_start_up_over_before_the_first_sample_is_still_a_gap() {
+    let mut h = History::new(&names("n", 2), &names("l", 1));
+    h.record(&reading(1_000, true, 800, 300));
+    let g = *h.gaps().last().unwrap();
+    assert_eq!(
+        (g.start_ms, g.end_ms, g.kind),
+        (500, Some(800), GapKind::StartUp)
+    );
+}
+
+#[test]
 fn start_up_without_a_primary_is_a_gap_from_the_start() {
     let mut h = History::new(&names("n", 2), &names("l", 1));
     h.record(&reading(1_000, false, 500, 0));
