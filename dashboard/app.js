@@ -89,16 +89,20 @@
     document.title = view.proxy + (view.primary ? " · " + view.primary : " · no primary") + " · patroni-proxy";
   }
 
-  // The mark an event link points at: shown on the hour's timeline and highlighted, also after the
-  // pictures are redrawn.
-  function showTarget() {
+  // The mark an event link points at, highlighted (again after each redraw of the pictures).
+  function highlight() {
     const id = location.hash.slice(1);
-    if (!/^t\d+$/.test(id)) return;
+    if (!/^t\d+$/.test(id)) return null;
     const mark = document.getElementById(id);
-    if (!mark) return;
+    if (!mark) return null;
     for (const m of document.querySelectorAll(".mk.hit")) m.classList.remove("hit");
-    document.getElementById("w1h").checked = true;
     mark.classList.add("hit");
+    return mark;
+  }
+
+  // Following an event link shows the hour, where the marks with ids are.
+  function showTarget() {
+    if (highlight()) document.getElementById("w1h").checked = true;
   }
 
   async function updatePictures() {
@@ -108,7 +112,7 @@
     if (html === lastPictures) return;
     lastPictures = html;
     pictures.innerHTML = html;
-    showTarget();
+    highlight();
   }
 
   async function tick() {
@@ -132,6 +136,7 @@
     }
   }
 
+  pictures.parentElement.classList.add("js");
   window.addEventListener("hashchange", showTarget);
   // Show the hour at once on a click (the hash may not change: the same link twice).
   events.addEventListener("click", (ev) => {

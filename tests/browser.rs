@@ -231,6 +231,19 @@ async fn the_dashboard_in_chromium_shows_roles_colours_and_a_live_primary_flip()
             "the event's mark shown",
         )
         .await;
+    // The switch still goes back to the last 5 minutes, and stays there across redraws.
+    browser
+        .js("document.querySelector('label[for=w5m]').click(); return true;")
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        browser
+            .js("return getComputedStyle(document.querySelector('#pictures .w5m')).display !== 'none' \
+                 && getComputedStyle(document.querySelector('#pictures .w1h')).display === 'none';")
+            .await,
+        true,
+        "the 5 minutes shown again"
+    );
 
     // A phone: cards instead of a wide table, nothing wider than the screen.
     browser.resize(400, 1800).await;

@@ -242,15 +242,23 @@ fn the_page_with_a_full_hour_stays_under_100_kib() {
         "6 in the hour, 1 in 5 min"
     );
 
-    // The CPU cost of one render of the pictures (printed, not asserted: machines differ).
+    // The CPU cost of a page render, with the pictures and without them as before (printed, not
+    // asserted: machines and builds differ).
     let n = 50;
     let started = std::time::Instant::now();
     for _ in 0..n {
         std::hint::black_box(render(&h, &view.events, now));
     }
+    let pictures = started.elapsed() / n;
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(crate::stats::dashboard::render(&view));
+    }
+    let table = started.elapsed() / n;
+    let before = crate::stats::dashboard::render(&view).len();
     println!(
-        "pictures render: {:?} each (mean of {n})",
-        started.elapsed() / n
+        "page render: {table:?} without pictures ({before} bytes), + {pictures:?} for the \
+         pictures (mean of {n})"
     );
 }
 
