@@ -98,7 +98,6 @@ pub async fn switchover(p: &Proxy, dir: &Path) -> Result<Seen> {
     .await;
     let run = format!("pictures-{}", (now() * 1000.0) as u64);
     let probe = Probe::start(p.listen, run, Duration::from_millis(100), 0);
-    // A few seconds of traffic on the sparklines before the switchover.
     poll(
         Duration::from_secs(20),
         Duration::from_millis(200),
@@ -106,6 +105,9 @@ pub async fn switchover(p: &Proxy, dir: &Path) -> Result<Seen> {
         || async { (probe.ok_on(&old.name, 0.0) >= 20).then_some(()) },
     )
     .await?;
+    // A measurement window, not a wait for readiness: traffic on the pictures (the 5 minutes'
+    // sparklines) before the switchover, so that the screenshots show a before and an after.
+    tokio::time::sleep(WARM_UP).await;
     let mut screenshots = Vec::new();
     let mut phone_fits = shots(&b, dir, "before", &mut screenshots).await;
     b.resize(DESKTOP, 900).await;
