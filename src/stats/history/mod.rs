@@ -237,6 +237,22 @@ impl History {
         self.times.iter()
     }
 
+    /// How many of the oldest samples are at or before `t` (epoch ms): the ones a picture starting
+    /// at `t` skips. Sample times only grow (they are read on the monotonic clock).
+    pub fn samples_until(&self, t: u64) -> usize {
+        let n = self.times.len();
+        // Binary search over the ring's logical order.
+        let (mut lo, mut hi) = (0, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.times.iter_from(mid).next() {
+                Some(v) if v <= t => lo = mid + 1,
+                _ => hi = mid,
+            }
+        }
+        lo
+    }
+
     /// The gaps, oldest first.
     pub fn gaps(&self) -> impl Iterator<Item = &Gap> {
         self.gaps.iter()

@@ -105,7 +105,8 @@ fn columns(h: &History, node: usize, now_ms: u64, w: &Window) -> Vec<Band> {
     let Some((_, ring)) = h.nodes.get(node) else {
         return cols;
     };
-    for (t, s) in h.times().zip(ring.iter()) {
+    let skip = h.samples_until(start);
+    for (t, s) in h.times.iter_from(skip).zip(ring.iter_from(skip)) {
         if t <= start || t > now_ms {
             continue;
         }
@@ -259,6 +260,7 @@ fn points(
 ) -> Vec<Option<u64>> {
     let mut out = vec![None; w.points as usize];
     let start = now_ms.saturating_sub(w.span_ms);
+    // `times` and `values` start at the same sample (the window's first).
     for (t, v) in times.iter().zip(values) {
         if *t <= start || *t > now_ms {
             continue;
@@ -304,7 +306,8 @@ fn per_s(bytes: u64) -> String {
 
 /// The sparklines of one window: per listener, then per node.
 pub fn sparklines(h: &History, now_ms: u64, w: &Window) -> String {
-    let times: Vec<u64> = h.times().collect();
+    let skip = h.samples_until(now_ms.saturating_sub(w.span_ms));
+    let times: Vec<u64> = h.times.iter_from(skip).collect();
     let mut out = String::with_capacity(16 * 1024);
     out.push_str(r#"<div class="sparks">"#);
     for (name, ring) in &h.listeners {
@@ -315,7 +318,12 @@ pub fn sparklines(h: &History, now_ms: u64, w: &Window) -> String {
             esc(name)
         );
         let p = |f: fn(&super::ListenerSample) -> u32| {
-            points(&times, ring.iter().map(|s| u64::from(f(&s))), now_ms, w)
+            points(
+                &times,
+                ring.iter_from(skip).map(|s| u64::from(f(&s))),
+                now_ms,
+                w,
+            )
         };
         spark(
             &mut out,
@@ -351,7 +359,12 @@ pub fn sparklines(h: &History, now_ms: u64, w: &Window) -> String {
         let last = ring.last().unwrap_or_default();
         let _ = write!(out, r#"<div class="spark-group"><h3>{}</h3>"#, esc(name));
         let p = |f: fn(&super::NodeSample) -> u32| {
-            points(&times, ring.iter().map(|s| u64::from(f(&s))), now_ms, w)
+            points(
+                &times,
+                ring.iter_from(skip).map(|s| u64::from(f(&s))),
+                now_ms,
+                w,
+            )
         };
         spark(
             &mut out,

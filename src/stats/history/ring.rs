@@ -44,9 +44,18 @@ impl<T: Copy + Default> Ring<T> {
 
     /// The samples, oldest first.
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = T> + ExactSizeIterator + '_ {
+        self.iter_from(0)
+    }
+
+    /// The samples after the `skip` oldest, oldest first (a picture of the last minutes reads only
+    /// those, not the whole hour).
+    pub fn iter_from(
+        &self,
+        skip: usize,
+    ) -> impl DoubleEndedIterator<Item = T> + ExactSizeIterator + '_ {
         let cap = self.buf.len();
         let start = (self.next + cap - self.len) % cap;
-        (0..self.len).map(move |i| self.buf[(start + i) % cap])
+        (skip.min(self.len)..self.len).map(move |i| self.buf[(start + i) % cap])
     }
 
     /// The newest sample.
@@ -77,6 +86,8 @@ mod tests {
         }
         assert_eq!(r.iter().collect::<Vec<_>>(), [997, 998, 999]);
         assert_eq!(r.iter().rev().collect::<Vec<_>>(), [999, 998, 997]);
+        assert_eq!(r.iter_from(1).collect::<Vec<_>>(), [998, 999]);
+        assert_eq!(r.iter_from(7).count(), 0);
     }
 
     #[test]

@@ -194,3 +194,22 @@ fn bands_order_puts_the_worst_last() {
     assert!(Band::Changing > Band::Primary && Band::Primary > Band::Replica);
     assert!(Band::Replica > Band::None);
 }
+
+#[test]
+fn samples_until_finds_a_windows_first_sample_across_the_wrap() {
+    let mut h = History::with_capacity(&names("n", 2), &names("l", 1), 5);
+    assert_eq!(h.samples_until(0), 0);
+    for s in 1..=8u64 {
+        h.record(&reading(s * 1000, true, 0, 0));
+    }
+    // Kept: 4000..=8000.
+    assert_eq!(
+        h.times().collect::<Vec<_>>(),
+        [4000, 5000, 6000, 7000, 8000]
+    );
+    assert_eq!(h.samples_until(3999), 0);
+    assert_eq!(h.samples_until(4000), 1);
+    assert_eq!(h.samples_until(6500), 3);
+    assert_eq!(h.samples_until(8000), 5);
+    assert_eq!(h.samples_until(u64::MAX), 5);
+}
