@@ -1,45 +1,52 @@
 //! A fixed-size ring of `Copy` samples: allocated once, the oldest overwritten when full.
 
 /// A ring of `capacity` samples (at least one), oldest first when read.
+///
+/// The whole capacity is reserved at construction and never grown, but only written as samples
+/// arrive: the memory counts against the process's resident size as the first hour fills, not at
+/// start-up (idle RSS is a benchmark row).
 #[derive(Debug, Clone)]
 pub struct Ring<T> {
-    buf: Box<[T]>,
-    /// Where the next sample goes.
+    buf: Vec<T>,
+    capacity: usize,
+    /// Where the next sample goes once the ring is full (until then, at the end).
     next: usize,
-    len: usize,
 }
 
-impl<T: Copy + Default> Ring<T> {
+impl<T: Copy> Ring<T> {
     pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
-            buf: vec![T::default(); capacity.max(1)].into_boxed_slice(),
+            buf: Vec::with_capacity(capacity),
+            capacity,
             next: 0,
-            len: 0,
         }
     }
 
     pub fn push(&mut self, v: T) {
-        let cap = self.buf.len();
-        self.buf[self.next] = v;
-        self.next = (self.next + 1) % cap;
-        self.len = (self.len + 1).min(cap);
+        if self.buf.len() < self.capacity {
+            self.buf.push(v);
+        } else {
+            self.buf[self.next] = v;
+        }
+        self.next = (self.next + 1) % self.capacity;
     }
 
     pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn capacity(&self) -> usize {
         self.buf.len()
     }
 
-    /// The memory the samples take (the ring's whole allocation).
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The memory the samples take when full (reserved at construction).
     pub fn bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.buf)
+        self.capacity * std::mem::size_of::<T>()
     }
 
     /// The samples, oldest first.
@@ -53,9 +60,10 @@ impl<T: Copy + Default> Ring<T> {
         &self,
         skip: usize,
     ) -> impl DoubleEndedIterator<Item = T> + ExactSizeIterator + '_ {
-        let cap = self.buf.len();
-        let start = (self.next + cap - self.len) % cap;
-        (skip.min(self.len)..self.len).map(move |i| self.buf[(start + i) % cap])
+        let len = self.buf.len();
+        // Before the ring is full the oldest is at 0; after, it is where the next one goes.
+        let start = if len < self.capacity { 0 } else { self.next };
+        (skip.min(len)..len).map(move |i| self.buf[(start + i) % len])
     }
 
     /// The newest sample.
@@ -94,10 +102,12 @@ mod tests {
     fn its_memory_is_fixed_at_construction() {
         let mut r = Ring::<u64>::new(3600);
         assert_eq!(r.bytes(), 3600 * 8);
+        assert_eq!(r.buf.capacity(), 3600);
         for v in 0..10_000 {
             r.push(v);
         }
         assert_eq!((r.bytes(), r.len()), (3600 * 8, 3600));
+        assert_eq!(r.buf.capacity(), 3600, "reserved once, never grown");
         // A zero capacity is one sample, not a division by zero.
         let mut z = Ring::<u8>::new(0);
         z.push(7);
