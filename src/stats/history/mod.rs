@@ -1,14 +1,14 @@
 //! The proxy's own short memory of what happened, for the dashboard's pictures: one sample per
-//! second for the last hour, per node and per listener, in fixed-size rings allocated once at
+//! second for the last hour, per node and per listener, in fixed-size rings reserved once at
 //! start-up, and the periods without a routable primary ("gaps") with what their held clients got.
 //!
 //! The step ([`History::record`]) is pure: a [`Reading`] of the counters and the snapshot in, the
 //! rings and gaps updated. [`sampler`] takes the readings once a second; [`pictures`] draws them.
 //!
-//! Memory bound, reserved at start-up (written, so resident, as the first hour fills) and never grown ([`History::bytes`], checked by a test):
-//! `SAMPLES` × (8 B of time + 24 B per node + 20 B per listener) + `GAPS` × 88 B; 3600 samples make
-//! 28,800 B of times, 86,400 B per node and 72,000 B per listener: 360,000 B for 3 nodes and the
-//! one listener, plus 5,632 B of gaps.
+//! Memory bound, reserved at start-up (written, so resident, as the first hour fills) and never
+//! grown ([`History::bytes`], checked by a test): `SAMPLES` × (8 B of time + 24 B per node + 20 B
+//! per listener) + `GAPS` × 88 B; 3600 samples make 28,800 B of times, 86,400 B per node and
+//! 72,000 B per listener: 360,000 B for 3 nodes and the one listener, plus 5,632 B of gaps.
 
 pub mod pictures;
 mod ring;
