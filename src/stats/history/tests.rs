@@ -213,3 +213,19 @@ fn samples_until_finds_a_windows_first_sample_across_the_wrap() {
     assert_eq!(h.samples_until(8000), 5);
     assert_eq!(h.samples_until(u64::MAX), 5);
 }
+
+#[test]
+fn a_nodes_band_is_its_tone_unless_it_is_leaving() {
+    let shared = crate::state::Shared::detached(std::sync::Arc::new(
+        crate::config::Config::from_toml(
+            "[[server]]\nname = \"a\"\naddress = \"127.0.0.1:5432\"\n",
+        )
+        .unwrap(),
+    ));
+    let mut n = shared.current().nodes[0].clone();
+    // No check yet: unknown, whatever the routing says.
+    assert_eq!(Band::of(&n, false), Band::Unknown);
+    n.leaving_since = Some(tokio::time::Instant::now());
+    assert_eq!(Band::of(&n, false), Band::Leaving);
+    assert_eq!(Band::Leaving.as_str(), "leaving");
+}
