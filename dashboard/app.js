@@ -11,6 +11,8 @@
   const frontend = document.getElementById("frontend");
   const summary = document.getElementById("summary");
   const events = document.getElementById("events");
+  const pictures = document.getElementById("pictures");
+  let lastPictures = null;
   let lastEventKey = null;
   let failures = 0;
 
@@ -55,15 +57,19 @@
       const [time, full] = clock(e.at);
       const t = document.createElement("time");
       t.dateTime = full;
-      t.title = full;
       t.textContent = time;
+      // The event's mark on the hour's timeline (the server names it the same way).
+      const a = document.createElement("a");
+      a.href = "#t" + Math.round(e.at * 1000);
+      a.title = full + ": see it on the timeline";
+      a.append(t);
       const kind = document.createElement("span");
       kind.className = "kind";
       kind.textContent = e.kind.replace(/_/g, " ");
       const msg = document.createElement("span");
       msg.className = "msg";
       msg.textContent = e.message;
-      li.append(t, " ", kind, " ", msg);
+      li.append(a, " ", kind, " ", msg);
       frag.append(li);
     }
     if (!list.length) {
@@ -83,11 +89,38 @@
     document.title = view.proxy + (view.primary ? " · " + view.primary : " · no primary") + " · patroni-proxy";
   }
 
+  // The mark an event link points at, highlighted (again after each redraw of the pictures).
+  function highlight() {
+    const id = location.hash.slice(1);
+    if (!/^t\d+$/.test(id)) return null;
+    const mark = document.getElementById(id);
+    if (!mark) return null;
+    for (const m of document.querySelectorAll(".mk.hit")) m.classList.remove("hit");
+    mark.classList.add("hit");
+    return mark;
+  }
+
+  // Following an event link shows the hour, where the marks with ids are.
+  function showTarget() {
+    if (highlight()) document.getElementById("w1h").checked = true;
+  }
+
+  async function updatePictures() {
+    const r = await fetch("/dashboard/pictures", { cache: "no-store", credentials: "same-origin" });
+    if (!r.ok) throw new Error("HTTP " + r.status);
+    const html = await r.text();
+    if (html === lastPictures) return;
+    lastPictures = html;
+    pictures.innerHTML = html;
+    highlight();
+  }
+
   async function tick() {
     try {
       const r = await fetch("/dashboard/data.json", { cache: "no-store", credentials: "same-origin" });
       if (!r.ok) throw new Error("HTTP " + r.status);
       apply(await r.json());
+      await updatePictures();
       failures = 0;
       live.dataset.state = "live";
       live.textContent = "live · updated " + clock(Date.now() / 1000)[0] + " UTC";
@@ -103,6 +136,14 @@
     }
   }
 
+  pictures.parentElement.classList.add("js");
+  window.addEventListener("hashchange", showTarget);
+  // Show the hour at once on a click (the hash may not change: the same link twice).
+  events.addEventListener("click", (ev) => {
+    const a = ev.target.closest && ev.target.closest('a[href^="#t"]');
+    if (a) setTimeout(showTarget, 0);
+  });
+  showTarget();
   live.dataset.state = "live";
   live.textContent = "live";
   tick();

@@ -147,6 +147,11 @@ pub async fn run(
         )));
     }
     supervised.spawn(tasks.track_future(owner.run(internal_stop.clone())));
+    supervised.spawn(tasks.track_future(stats::history::sampler::run(
+        shared.clone(),
+        stats.history.clone(),
+        internal_stop.clone(),
+    )));
     if let Some(etcd) = cfg.etcd.clone() {
         let to_owner = shared.clone();
         let sink = dcs::Sink {

@@ -7,153 +7,16 @@
 
 mod common;
 
-use std::net::TcpListener as StdListener;
-use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::{Cluster, Mode};
-use serde_json::{json, Value};
+use patroni_proxy_e2e::browser::launch;
+use serde_json::Value;
 use tokio::time::Instant;
 
 /// Checks every 100 ms (rise 2, fall 3): a flip settles in well under a second.
 const FAST: &str = "[check]\ninter = \"100ms\"\n";
-
-fn require(binary: &str) -> PathBuf {
-    which(binary).unwrap_or_else(|| {
-        panic!(
-            "`{binary}` is not installed: run `scripts/install-test-deps` (Debian packages chromium \
-             and chromium-driver) before `cargo test`"
-        )
-    })
-}
-
-fn which(binary: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(binary))
-        .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// chromedriver and the Chromium it starts, in a process group of their own (its id is
-/// chromedriver's pid): when the test ends, however it ends (a failed assertion never reaches
-/// `quit`), the whole group is killed and no browser is left behind.
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.0.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.0.wait();
-    }
-}
-
-/// The few WebDriver commands the test needs.
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Browser {
-    async fn start(driver: &str, profile: &Path) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": require("chromium"),
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage", "--hide-scrollbars",
-                    format!("--user-data-dir={}", profile.display()),
-                ],
-            },
-        }}});
-        let r: Value = http
-            .post(format!("{driver}/session"))
-            .json(&caps)
-            .send()
-            .await
-            .expect("chromedriver answers")
-            .json()
-            .await
-            .unwrap();
-        let session = r["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no WebDriver session: {r}"))
-            .to_string();
-        Self {
-            http,
-            base: format!("{driver}/session/{session}"),
-        }
-    }
-
-    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let r: Value = req.send().await.unwrap().json().await.unwrap();
-        assert!(
-            r["value"].get("error").is_none(),
-            "WebDriver {path}: {}",
-            r["value"]
-        );
-        r["value"].clone()
-    }
-
-    async fn goto(&self, url: &str) {
-        self.cmd(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
-            .await;
-    }
-
-    async fn js(&self, script: &str) -> Value {
-        self.cmd(
-            reqwest::Method::POST,
-            "/execute/sync",
-            Some(json!({"script": script, "args": []})),
-        )
-        .await
-    }
-
-    async fn resize(&self, width: u32, height: u32) {
-        self.cmd(
-            reqwest::Method::POST,
-            "/window/rect",
-            Some(json!({"width": width, "height": height})),
-        )
-        .await;
-    }
-
-    async fn screenshot(&self, path: &Path) {
-        let b64 = self.cmd(reqwest::Method::GET, "/screenshot", None).await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(b64.as_str().unwrap())
-            .unwrap();
-        assert_eq!(&png[1..4], b"PNG");
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, png).unwrap();
-    }
-
-    /// Ends the session (chromedriver closes Chromium); the driver process goes with its guard.
-    async fn quit(self) {
-        let _ = self.http.delete(&self.base).send().await;
-    }
-}
 
 /// What the page shows, read from the live DOM.
 const READ_ROWS: &str = r#"
@@ -166,6 +29,23 @@ return [...document.querySelectorAll('#rows tr.server')].map(tr => ({
   bg: getComputedStyle(tr).backgroundColor,
 }));
 "#;
+
+/// Clicks the newest primary change's time in the event list.
+const FOLLOW_EVENT_LINK: &str = r##"
+const a = document.querySelector('#events .ev-primary_changed a[href^="#t"]');
+if (!a) return null;
+a.click();
+return a.getAttribute('href').slice(1);
+"##;
+
+/// Where the link led: its mark exists once, on the hour's timeline, shown and highlighted.
+const EVENT_MARK_SHOWN: &str = r##"
+const id = location.hash.slice(1);
+const m = document.getElementById(id);
+const win = m && m.closest('.w1h');
+return document.querySelectorAll('[id="' + id + '"]').length === 1 && win !== null
+  && getComputedStyle(win).display !== 'none' && m.matches('.hit, :target');
+"##;
 
 #[derive(Debug, PartialEq)]
 enum Colour {
@@ -207,23 +87,9 @@ fn row<'a>(rows: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no row {name} in {rows}"))
 }
 
-/// Polls a boolean script on the live page until it is true.
-async fn poll_js(browser: &Browser, script: &str, limit: Duration, what: &str) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if browser.js(script).await == true {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Chromium and chromedriver: scripts/test installs them and runs it"]
 async fn the_dashboard_in_chromium_shows_roles_colours_and_a_live_primary_flip() {
-    let chromedriver = require("chromedriver");
-    require("chromium");
     let dir = tempfile::tempdir().unwrap();
 
     // node0 primary (green), node1 running replica (neutral), node2 unreachable (red), node3 answers
@@ -255,34 +121,18 @@ async fn the_dashboard_in_chromium_shows_roles_colours_and_a_live_primary_flip()
     })
     .await;
 
-    let port = free_port();
-    let _driver = Driver(
-        Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts"),
-    );
-    let driver = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("{driver}/status")).await.is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not come up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let browser = Browser::start(&driver, &dir.path().join("profile")).await;
+    let (_driver, browser) = launch(&dir.path().join("profile")).await;
     browser.resize(1440, 1000).await;
     browser.goto(&format!("http://{}/", c.stats)).await;
     // app.js has run at least once: the live badge says so.
-    poll_js(
-        &browser,
-        "return document.getElementById('live').dataset.state === 'live' \
+    browser
+        .poll_js(
+            "return document.getElementById('live').dataset.state === 'live' \
          && document.getElementById('live').textContent.includes('updated');",
-        Duration::from_secs(10),
-        "the first live update",
-    )
-    .await;
+            Duration::from_secs(10),
+            "the first live update",
+        )
+        .await;
 
     let rows = browser.js(READ_ROWS).await;
     assert_eq!(rows.as_array().unwrap().len(), 4, "{rows}");
@@ -323,15 +173,15 @@ async fn the_dashboard_in_chromium_shows_roles_colours_and_a_live_primary_flip()
     })
     .await;
     let routed = Instant::now();
-    poll_js(
-        &browser,
-        "return document.getElementById('primary').textContent === 'node1' \
+    browser
+        .poll_js(
+            "return document.getElementById('primary').textContent === 'node1' \
          && document.querySelector('tr[data-server=node1]').dataset.tone === 'primary' \
          && document.querySelector('tr[data-server=node0]').dataset.tone !== 'primary';",
-        Duration::from_secs(2),
-        "the page to show node1 as the primary within 2 s",
-    )
-    .await;
+            Duration::from_secs(2),
+            "the page to show node1 as the primary within 2 s",
+        )
+        .await;
     let seen = routed.elapsed();
     assert_eq!(
         browser.js("return window.__noReload").await,
@@ -360,16 +210,40 @@ async fn the_dashboard_in_chromium_shows_roles_colours_and_a_live_primary_flip()
     eprintln!("page showed the new primary {seen:?} after the proxy switched");
 
     // Once node0 is DOWN it is a plain replica again: neutral.
-    poll_js(
-        &browser,
-        "return document.querySelector('tr[data-server=node0]').dataset.tone === 'replica';",
-        Duration::from_secs(5),
-        "node0 to settle as a replica",
-    )
-    .await;
+    browser
+        .poll_js(
+            "return document.querySelector('tr[data-server=node0]').dataset.tone === 'replica';",
+            Duration::from_secs(5),
+            "node0 to settle as a replica",
+        )
+        .await;
     browser
         .screenshot(&target.join("dashboard-after-flip.png"))
         .await;
+
+    // The flip's event row links to its mark on the hour's timeline; following it shows the hour.
+    let link = browser.js(FOLLOW_EVENT_LINK).await;
+    assert!(link.as_str().is_some_and(|l| l.starts_with('t')), "{link}");
+    browser
+        .poll_js(
+            EVENT_MARK_SHOWN,
+            Duration::from_secs(3),
+            "the event's mark shown",
+        )
+        .await;
+    // The switch still goes back to the last 5 minutes, and stays there across redraws.
+    browser
+        .js("document.querySelector('label[for=w5m]').click(); return true;")
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        browser
+            .js("return getComputedStyle(document.querySelector('#pictures .w5m')).display !== 'none' \
+                 && getComputedStyle(document.querySelector('#pictures .w1h')).display === 'none';")
+            .await,
+        true,
+        "the 5 minutes shown again"
+    );
 
     // A phone: cards instead of a wide table, nothing wider than the screen.
     browser.resize(400, 1800).await;

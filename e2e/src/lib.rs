@@ -1,7 +1,10 @@
 //! The real-cluster harness of patroni-proxy, one crate shared by the end-to-end tests
 //! (`tests/e2e.rs`), `scripts/failover-compare` (`examples/failover_compare.rs`) and `scripts/soak`
 //! (`examples/soak`): [`harness`] drives the cluster and the proxies and records what clients see;
-//! [`scenarios`] are the failovers run through them.
+//! [`scenarios`] are the failovers run through them; [`browser`] drives a headless Chromium and
+//! [`pictures`] watches a switchover on the dashboard's pictures.
 
+pub mod browser;
 pub mod harness;
+pub mod pictures;
 pub mod scenarios;

@@ -112,14 +112,20 @@ fn event_item(out: &mut String, e: &Event) {
     let (time, full) = clock(e.at);
     let _ = writeln!(
         out,
-        r#"<li class="ev ev-{kind}"><time datetime="{full}" title="{full}">{time}</time> <span class="kind">{}</span> <span class="msg">{}</span></li>"#,
+        r##"<li class="ev ev-{kind}"><a href="#{anchor}" title="{full}: see it on the timeline"><time datetime="{full}">{time}</time></a> <span class="kind">{}</span> <span class="msg">{}</span></li>"##,
         esc(&kind.replace('_', " ")),
-        esc(&e.message)
+        esc(&e.message),
+        anchor = super::history::pictures::anchor(e.at),
     );
 }
 
-/// The whole page for a view (the first render; `app.js` keeps it current).
+/// The whole page for a view (the first render; `app.js` keeps it current), without pictures.
 pub fn render(v: &View) -> String {
+    render_page(v, "")
+}
+
+/// The whole page with the history's pictures ([`super::history::pictures::render`]).
+pub fn render_page(v: &View, pictures: &str) -> String {
     let d = Display::of(v);
     let mut rows = String::new();
     for (s, cells) in v.servers.iter().zip(&d.servers) {
@@ -175,6 +181,7 @@ pub fn render(v: &View) -> String {
             "rows" => &rows,
             "frontend" => &frontend,
             "events" => &events,
+            "pictures" => pictures,
             _ => return None,
         })
     })

@@ -9,7 +9,7 @@
 //! can never take resources from the primary port.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -30,6 +30,7 @@ pub mod csv;
 pub mod dashboard;
 pub mod export;
 pub mod families;
+pub mod history;
 pub mod metrics;
 mod server;
 pub mod sessions;
@@ -49,6 +50,9 @@ pub struct Stats {
     pub config_path: OnceLock<PathBuf>,
     /// The etcd watch's failures, counted by `dcs`.
     pub etcd: Arc<Failures>,
+    /// The last hour, one sample per second, for the dashboard's pictures (fed by
+    /// [`history::sampler`]).
+    pub history: Arc<Mutex<history::History>>,
 }
 
 impl Stats {
@@ -57,6 +61,10 @@ impl Stats {
             metrics: metrics::Metrics::new(config),
             config_path: OnceLock::new(),
             etcd: Arc::default(),
+            history: {
+                let (nodes, listeners) = history::sampler::names(config);
+                Arc::new(Mutex::new(history::History::new(&nodes, &listeners)))
+            },
         }
     }
 }
@@ -98,6 +106,7 @@ pub fn router(shared: Arc<Shared>, stats: Arc<Stats>, limits: Limits) -> Router 
         .route("/dashboard/data.json", get(dashboard_data))
         .route("/sessions.json", get(sessions_json))
         .route("/sessions", get(sessions_page))
+        .route("/dashboard/pictures", get(dashboard_pictures))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route(
@@ -289,9 +298,22 @@ fn stats_page(app: &App, m: Modifiers) -> Response {
     }
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        dashboard::render(&view),
+        dashboard::render_page(&view, &pictures_of(app, &view)),
     )
         .into_response()
+}
+
+/// The timeline and sparklines of the history, as of now.
+fn pictures_of(app: &App, view: &export::View) -> String {
+    let now = history::sampler::wall_ms(&app.shared, tokio::time::Instant::now());
+    let h = app.stats.history.lock().unwrap_or_else(|p| p.into_inner());
+    history::pictures::render(&h, &view.events, now)
+}
+
+/// `/dashboard/pictures`: the same fragment as on the page, which `app.js` swaps in every second.
+async fn dashboard_pictures(State(app): State<App>) -> Response {
+    let html = pictures_of(&app, &view_of(&app));
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
 
 async fn stats_json(State(app): State<App>) -> Response {
