@@ -11,6 +11,9 @@ use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Lines queued for the writer thread before new ones are dropped: a burst of a busy
 /// `RUST_LOG=debug` (one line per session), about 100-200 KiB at most.
@@ -25,6 +28,7 @@ pub struct Guard(#[allow(dead_code)] WorkerGuard);
 
 /// Installs the subscriber: `RUST_LOG` filter (default `info`), non-blocking lossy stderr.
 pub fn init() -> Guard {
+    let (filter, bad) = filter(std::env::var("RUST_LOG").ok().as_deref());
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(QUEUE_LINES)
@@ -34,16 +38,63 @@ pub fn init() -> Guard {
     tracing_subscriber::fmt()
         .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_max_level(tracing::Level::TRACE)
+        .finish()
+        .with(filter)
         .init();
+    if let Some(e) = bad {
+        tracing::warn!("RUST_LOG ignored, logging at info: {e}");
+    }
     Guard(guard)
+}
+
+/// The log filter `RUST_LOG` says (`LEVEL` and `TARGET=LEVEL` directives, comma-separated), or
+/// `info` and why when it says nothing valid. `Targets`, not `EnvFilter`: `EnvFilter`'s span and
+/// field directives need a regex engine, 0.3 MB of the binary's text for what nobody sets here.
+fn filter(var: Option<&str>) -> (Targets, Option<String>) {
+    let info = || Targets::new().with_default(LevelFilter::INFO);
+    match var.map(str::trim).filter(|v| !v.is_empty()) {
+        None => (info(), None),
+        Some(v) => match v.parse::<Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (info(), Some(format!("{v:?}: {e}"))),
+        },
+    }
 }
 
 /// Log lines dropped because stderr did not keep up (0 when logging was never initialised, as in
 /// tests that run the proxy in-process).
 pub fn dropped_lines() -> u64 {
     DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_sets_the_default_and_per_target_levels() {
+        let (t, bad) = filter(Some("warn,patroni_proxy::session=debug"));
+        assert!(bad.is_none());
+        assert_eq!(t.default_level(), Some(LevelFilter::WARN));
+        assert!(t.would_enable("patroni_proxy::session", &tracing::Level::DEBUG));
+        assert!(!t.would_enable("patroni_proxy::state", &tracing::Level::INFO));
+    }
+
+    #[test]
+    fn no_or_an_empty_rust_log_is_info() {
+        for v in [None, Some(""), Some("  ")] {
+            let (t, bad) = filter(v);
+            assert!(bad.is_none());
+            assert_eq!(t.default_level(), Some(LevelFilter::INFO));
+        }
+    }
+
+    #[test]
+    fn an_invalid_rust_log_is_info_and_says_why() {
+        let (t, bad) = filter(Some("patroni_proxy=loud"));
+        assert_eq!(t.default_level(), Some(LevelFilter::INFO));
+        let bad = bad.expect("a reason");
+        assert!(bad.contains("patroni_proxy=loud"), "{bad}");
+    }
 }
