@@ -254,7 +254,7 @@ impl Modifiers {
 
 async fn root(State(app): State<App>, uri: Uri) -> Response {
     let m = Modifiers::parse(uri.query().unwrap_or(""), false).unwrap_or_default();
-    stats_page(&app, m)
+    stats_page(&app, m).await
 }
 
 /// `/;csv`, `/;up`, `/;csv;norefresh`...; anything else is 404.
@@ -264,7 +264,7 @@ async fn modifiers(State(app): State<App>, uri: Uri) -> Response {
         .strip_prefix("/;")
         .and_then(|t| Modifiers::parse(t, true))
     {
-        Some(m) => stats_page(&app, m),
+        Some(m) => stats_page(&app, m).await,
         None => not_found().await,
     }
 }
@@ -283,7 +283,7 @@ fn view_of(app: &App) -> export::View {
     view
 }
 
-fn stats_page(app: &App, m: Modifiers) -> Response {
+async fn stats_page(app: &App, m: Modifiers) -> Response {
     let mut view = view_of(app);
     if m.csv {
         // HAProxy answers `text/plain` too; spreadsheets and scripts do not need `text/csv`.
@@ -298,21 +298,32 @@ fn stats_page(app: &App, m: Modifiers) -> Response {
     }
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        dashboard::render_page(&view, &pictures_of(app, &view)),
+        dashboard::render_page(&view, &pictures_of(app, &view).await),
     )
         .into_response()
 }
 
-/// The timeline and sparklines of the history, as of now.
-fn pictures_of(app: &App, view: &export::View) -> String {
+/// The timeline and sparklines of the history, as of now. Drawn on the blocking pool from a copy
+/// of the rings (their fixed size, ~0.4 MB for 3 nodes): a full hour takes a few milliseconds to
+/// draw (2.4 ms in the release build, docs/dashboard.md), and this thread also relays sessions,
+/// which must not wait for a dashboard; nor must the sampler wait for the lock.
+async fn pictures_of(app: &App, view: &export::View) -> String {
     let now = history::sampler::wall_ms(&app.shared, tokio::time::Instant::now());
-    let h = app.stats.history.lock().unwrap_or_else(|p| p.into_inner());
-    history::pictures::render(&h, &view.events, now)
+    let h = app
+        .stats
+        .history
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let events = view.events.clone();
+    tokio::task::spawn_blocking(move || history::pictures::render(&h, &events, now))
+        .await
+        .unwrap_or_default()
 }
 
 /// `/dashboard/pictures`: the same fragment as on the page, which `app.js` swaps in every second.
 async fn dashboard_pictures(State(app): State<App>) -> Response {
-    let html = pictures_of(&app, &view_of(&app));
+    let html = pictures_of(&app, &view_of(&app)).await;
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
 

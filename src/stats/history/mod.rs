@@ -192,8 +192,9 @@ pub struct ListenerReading {
     pub holds: Holds,
 }
 
-/// The rings and the gaps. Built once with the node and listener names; never grows.
-#[derive(Debug)]
+/// The rings and the gaps. Built once with the node and listener names; never grows. Cloned for
+/// each drawing (a copy of its fixed size), so the drawing holds no lock.
+#[derive(Debug, Clone)]
 pub struct History {
     /// Wall time of each sample, epoch ms; index `i` of every ring is the same moment.
     times: Ring<u64>,
