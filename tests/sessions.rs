@@ -197,6 +197,15 @@ async fn the_list_is_bounded_and_reports_the_total() {
         page.contains("3 open sessions; the first 1 are listed."),
         "{page}"
     );
+    // A limit that is not a number is said to be wrong, not silently replaced.
+    for path in ["/sessions.json?limit=ten", "/sessions?limit=-1"] {
+        let r = reqwest::get(format!("http://{}{path}", c.stats))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(body.starts_with("limit must be a whole number"), "{body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

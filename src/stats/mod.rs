@@ -204,11 +204,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn plain(status: StatusCode, body: &'static str) -> Response {
+fn plain(status: StatusCode, body: impl Into<String>) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
+        body.into(),
     )
         .into_response()
 }
@@ -336,12 +336,18 @@ async fn dashboard_data(State(app): State<App>) -> Response {
 }
 
 async fn sessions_json(State(app): State<App>, uri: Uri) -> Response {
-    let limit = sessions::limit_of(uri.query());
-    Json(sessions::collect(&app.shared, limit)).into_response()
+    match sessions::limit_of(uri.query()) {
+        Ok(limit) => Json(sessions::collect(&app.shared, limit)).into_response(),
+        Err(e) => plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
 }
 
 async fn sessions_page(State(app): State<App>, uri: Uri) -> Response {
-    let s = sessions::collect(&app.shared, sessions::limit_of(uri.query()));
+    let limit = match sessions::limit_of(uri.query()) {
+        Ok(limit) => limit,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let s = sessions::collect(&app.shared, limit);
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         sessions::html(&s),

@@ -104,14 +104,22 @@ pub fn collect(shared: &Shared, limit: usize) -> Sessions {
     }
 }
 
-/// The `limit` a request asks for (`?limit=N`): [`MAX_SESSIONS`] when absent or unreadable.
-pub fn limit_of(query: Option<&str>) -> usize {
-    query
+/// The `limit` a request asks for (`?limit=N`), at most [`MAX_SESSIONS`] (also when absent); a
+/// value that is not a whole number is an error that says so (the handler answers 400).
+pub fn limit_of(query: Option<&str>) -> Result<usize, String> {
+    match query
         .unwrap_or("")
         .split('&')
         .find_map(|kv| kv.strip_prefix("limit="))
-        .and_then(|v| v.parse::<usize>().ok())
-        .map_or(MAX_SESSIONS, |n| n.min(MAX_SESSIONS))
+    {
+        None => Ok(MAX_SESSIONS),
+        Some(v) => match v.parse::<u128>() {
+            Ok(n) => Ok(usize::try_from(n).map_or(MAX_SESSIONS, |n| n.min(MAX_SESSIONS))),
+            Err(_) => Err(format!(
+                "limit must be a whole number of sessions (at most {MAX_SESSIONS}), not {v:?}"
+            )),
+        },
+    }
 }
 
 /// The `/sessions` page: the same list as a table, complete without JavaScript.
@@ -178,15 +186,18 @@ mod tests {
 
     #[test]
     fn the_limit_is_read_from_the_query_and_capped() {
-        assert_eq!(limit_of(None), MAX_SESSIONS);
-        assert_eq!(limit_of(Some("limit=2")), 2);
-        assert_eq!(limit_of(Some("x=1&limit=0")), 0);
-        assert_eq!(limit_of(Some("limit=99999999")), MAX_SESSIONS);
-        assert_eq!(limit_of(Some("limit=-1")), MAX_SESSIONS);
+        assert_eq!(limit_of(None), Ok(MAX_SESSIONS));
+        assert_eq!(limit_of(Some("limit=2")), Ok(2));
+        assert_eq!(limit_of(Some("x=1&limit=0")), Ok(0));
+        assert_eq!(limit_of(Some("limit=99999999")), Ok(MAX_SESSIONS));
         assert_eq!(
             limit_of(Some("limit=99999999999999999999999")),
-            MAX_SESSIONS
+            Ok(MAX_SESSIONS)
         );
+        for bad in ["limit=-1", "limit=", "limit=ten", "limit=1e3"] {
+            let e = limit_of(Some(bad)).unwrap_err();
+            assert!(e.starts_with("limit must be a whole number"), "{bad}: {e}");
+        }
     }
 
     #[test]
