@@ -78,7 +78,12 @@ impl fmt::Display for Config {
         } else {
             ""
         };
-        writeln!(f, "stats on {}{auth}", self.stats.bind)
+        let admin = if self.stats.admin_user.is_some() {
+            ", admin API on"
+        } else {
+            ""
+        };
+        writeln!(f, "stats on {}{auth}{admin}", self.stats.bind)
     }
 }
 
