@@ -120,6 +120,11 @@ fn event_item(out: &mut String, e: &Event) {
 
 /// The whole page for a view (the first render; `app.js` keeps it current).
 pub fn render(v: &View) -> String {
+    render_with(v, "")
+}
+
+/// [`render`] with the runtime-control section (HTML, built by `admin::forms`; empty when off).
+pub fn render_with(v: &View, admin: &str) -> String {
     let d = Display::of(v);
     let mut rows = String::new();
     for (s, cells) in v.servers.iter().zip(&d.servers) {
@@ -175,6 +180,7 @@ pub fn render(v: &View) -> String {
             "rows" => &rows,
             "frontend" => &frontend,
             "events" => &events,
+            "admin" => admin,
             _ => return None,
         })
     })

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::health::patroni::Answer;
 use crate::health::{CheckResult, Status};
-use crate::routing::Claim;
+use crate::routing::{AdminState, Claim};
 use crate::state::{Event, NodeState, Shared};
 use crate::time::epoch_secs as epoch;
 
@@ -148,6 +148,11 @@ pub struct ServerView {
     /// HAProxy's status string (`UP`, `UP 2/3`, `DOWN 1/2`, `DOWN`), or `INI` before the first check.
     pub status: String,
     pub tone: Tone,
+    /// What an operator said (`ready`, `drain`, `maint`): only `ready` lets the checks route.
+    pub admin: AdminState,
+    /// Who set `admin` last (`user@address via api`) and when (Unix time); `None` until then.
+    pub admin_by: Option<String>,
+    pub admin_at: Option<f64>,
     /// The rise/fall counter says UP.
     pub up: bool,
     pub routed_primary: bool,
@@ -188,11 +193,20 @@ pub struct ServerView {
 }
 
 /// HAProxy's status string, or `INI` while no check has finished: the counter starts at `UP 1/3`
-/// (HAProxy's initial state), which would read as "up" for a node nothing is routed to yet.
+/// (HAProxy's initial state), which would read as "up" for a node nothing is routed to yet. As in
+/// HAProxy, `MAINT` overrides everything and `DRAIN` takes the place of `UP` (`DRAIN 2/3`).
 pub fn status_text(n: &NodeState) -> String {
-    match n.last_check {
+    let checked = match n.last_check {
         None => "INI".to_string(),
         Some(_) => n.counter.status().to_string(),
+    };
+    match n.admin {
+        AdminState::Maint => "MAINT".to_string(),
+        AdminState::Drain if n.counter.is_up() => match checked.strip_prefix("UP") {
+            Some(rest) => format!("DRAIN{rest}"),
+            None => "DRAIN".to_string(),
+        },
+        _ => checked,
     }
 }
 
@@ -268,6 +282,9 @@ pub fn view(shared: &Shared) -> View {
                 check_address: cfg.check_target(i).to_string(),
                 status: status_text(n),
                 tone: tone_of(n, routed),
+                admin: n.admin,
+                admin_by: n.admin_by.as_ref().map(|(who, _)| who.clone()),
+                admin_at: n.admin_by.as_ref().map(|(_, at)| epoch(*at)),
                 up: n.counter.is_up(),
                 routed_primary: routed,
                 role: role_of(n),
