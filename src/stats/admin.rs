@@ -53,7 +53,7 @@ impl Admin {
     pub fn new(user: &str, password: &str) -> Option<Self> {
         let mut random = [0u8; 16];
         let filled = rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty());
-        if filled.map_or(true, |n| n != random.len()) {
+        if filled.ok() != Some(random.len()) {
             tracing::error!(
                 "no random bytes for the admin API's CSRF token; runtime control is off"
             );
