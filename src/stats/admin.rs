@@ -154,7 +154,7 @@ fn off() -> Response {
 fn method_not_allowed(allow: &'static str) -> Response {
     let mut r = text(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("only {allow} is allowed here; nothing was changed\n"),
+        format!("method not allowed here (allowed: {allow}); nothing was changed\n"),
     );
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -297,7 +297,7 @@ pub(super) async fn show(State(app): State<App>, req: Request) -> Response {
         return off();
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return method_not_allowed("GET");
+        return method_not_allowed("GET, HEAD");
     }
     if !admin.authorized(req.headers()) {
         return unauthorized();
