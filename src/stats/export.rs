@@ -126,6 +126,9 @@ pub enum Tone {
     Down,
     /// No check finished yet (amber, like any state not yet settled).
     Init,
+    /// Not routed because an operator drained it or put it in maintenance (HAProxy's MAINT
+    /// colour); the status says which (`DRAIN`, `MAINT`).
+    Admin,
 }
 
 impl Tone {
@@ -136,6 +139,7 @@ impl Tone {
             Tone::Transitional => "transitional",
             Tone::Down => "down",
             Tone::Init => "init",
+            Tone::Admin => "admin",
         }
     }
 }
@@ -229,11 +233,14 @@ pub fn role_of(n: &NodeState) -> Role {
 
 /// See [`Tone`].
 pub fn tone_of(n: &NodeState, routed: bool) -> Tone {
-    if n.last_check.is_none() {
-        return Tone::Init;
-    }
     if routed {
         return Tone::Primary;
+    }
+    if n.admin != AdminState::Ready {
+        return Tone::Admin;
+    }
+    if n.last_check.is_none() {
+        return Tone::Init;
     }
     match n.counter.status() {
         Status::GoingDown { .. } | Status::GoingUp { .. } => return Tone::Transitional,
@@ -458,6 +465,33 @@ mod tests {
         assert_eq!(
             tone_of(&node(CheckStatus::L7STS, Some(starting), &[false]), false),
             Tone::Transitional
+        );
+    }
+
+    #[test]
+    fn an_operators_state_reads_as_haproxy_shows_it() {
+        // haproxy-semantics.md §3.4: "`MAINT` ... `DRAIN` | `DRAIN f/F`"; MAINT overrides all.
+        let mut up = node(CheckStatus::L7OK, None, &[true]);
+        up.admin = AdminState::Drain;
+        assert_eq!(status_text(&up), "DRAIN");
+        assert_eq!(tone_of(&up, false), Tone::Admin);
+        let mut going_down = node(CheckStatus::L7TOUT, None, &[true, false]);
+        going_down.admin = AdminState::Drain;
+        assert_eq!(status_text(&going_down), "DRAIN 2/3");
+        let mut down = node(CheckStatus::L4CON, None, &[false]);
+        down.admin = AdminState::Drain;
+        assert_eq!(
+            status_text(&down),
+            "DOWN",
+            "a drained node that fails is DOWN"
+        );
+        down.admin = AdminState::Maint;
+        assert_eq!(status_text(&down), "MAINT");
+        let mut fresh = fresh();
+        fresh.admin = AdminState::Maint;
+        assert_eq!(
+            (status_text(&fresh), tone_of(&fresh, false)),
+            ("MAINT".into(), Tone::Admin)
         );
     }
 }
