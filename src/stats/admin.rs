@@ -191,6 +191,8 @@ pub(super) async fn action(
         .map_or_else(|| "?".to_string(), |c| c.0.ip().to_string());
     let headers = req.headers();
     if !admin.authorized(headers) {
+        // Debug only: a browser's first request is always a 401 (then it asks for credentials).
+        tracing::debug!(target: "patroni_proxy::admin", client = %peer, "admin request without valid credentials");
         return closing(unauthorized());
     }
     let Some(state) = AdminState::parse(&action) else {
@@ -209,6 +211,9 @@ pub(super) async fn action(
     let caller = caller(headers);
     if caller == Caller::Browser {
         if !same_origin(headers) {
+            // Valid credentials from another origin: a cross-site form, what CSRF looks like.
+            tracing::warn!(target: "patroni_proxy::admin", client = %peer, server = name,
+                action, "admin POST refused: not from this dashboard (Origin/Referer)");
             return closing(text(
                 StatusCode::FORBIDDEN,
                 "refused: a browser's POST must come from this dashboard (Origin or Referer)\n"
@@ -221,6 +226,8 @@ pub(super) async fn action(
         };
         let given = form_token(&body).unwrap_or_default();
         if !super::constant_time_eq(given, admin.token.as_bytes()) {
+            tracing::warn!(target: "patroni_proxy::admin", client = %peer, server = name,
+                action, "admin POST refused: missing or wrong CSRF token");
             return closing(text(
                 StatusCode::FORBIDDEN,
                 "refused: missing or wrong CSRF token; use the dashboard's buttons\n".into(),
