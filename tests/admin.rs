@@ -382,7 +382,7 @@ async fn ctl_calls_the_api_of_a_running_binary() {
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start patroni-proxy"),
     );
@@ -391,6 +391,15 @@ async fn ctl_calls_the_api_of_a_running_binary() {
         let ready = reqwest::get(format!("http://{stats}/ready")).await;
         if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
             break;
+        }
+        // A proxy that ended at once (a bad config, or a binary built from another branch in a
+        // shared target directory) says why.
+        if let Ok(Some(status)) = child.0.try_wait() {
+            let mut err = String::new();
+            if let Some(mut pipe) = child.0.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut err);
+            }
+            panic!("the proxy exited ({status}) before it was ready: {err}");
         }
         assert!(Instant::now() < deadline, "the proxy never became ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
