@@ -10,7 +10,8 @@
 //! - [`backend`]: IO-layer counters, server slots and the session kill switch.
 //! - [`pgwire`]: the PostgreSQL messages the proxy reads and writes, and the startup inspector.
 //! - [`proxy`]: accept loop, sessions, byte relay; [`net`]: the accept-with-backoff both listeners use.
-//! - [`stats`]: the stats listener (dashboard, exports, metrics).
+//! - [`stats`]: the stats listener (dashboard, exports, metrics, runtime control); [`ctl`] is its
+//!   command-line client.
 //! - [`logging`]: non-blocking, lossy stderr logging.
 //! - [`signals`]: SIGTERM/SIGINT drain (twice: close now), SIGHUP ignored.
 //! - [`supervisor`]: starts, supervises and drains all of the above.
@@ -18,6 +19,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod ctl;
 pub mod dcs;
 pub mod health;
 pub mod import;

@@ -31,6 +31,24 @@ enum Command {
         /// The haproxy.cfg to read.
         file: PathBuf,
     },
+    /// Runtime control of a running proxy through its stats listener's admin API ([stats]
+    /// admin_user; the password from PATRONI_PROXY_ADMIN_PASSWORD or the file).
+    Ctl {
+        #[command(subcommand)]
+        action: CtlAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlAction {
+    /// No new sessions to SERVER; open ones continue (HAProxy's DRAIN).
+    Drain { server: String },
+    /// SERVER is treated as down: no new sessions, open ones cut per on_marked_down (MAINT).
+    Maint { server: String },
+    /// SERVER's checks decide again (HAProxy's READY).
+    Ready { server: String },
+    /// Every server's state, the administrative one included, as JSON.
+    Show,
 }
 
 /// sysexits' EX_CONFIG-style code for an unusable configuration, as linkerd2-proxy uses.
@@ -50,7 +68,48 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Some(Command::Ctl { action }) => ctl(&cli.config, action),
         None => run(&cli.config),
+    }
+}
+
+fn ctl(path: &std::path::Path, action: CtlAction) -> ExitCode {
+    use patroni_proxy::ctl::{self, Request};
+    use patroni_proxy::routing::AdminState;
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let set = |server, state| Request::Set { server, state };
+    let request = match action {
+        CtlAction::Drain { server } => set(server, AdminState::Drain),
+        CtlAction::Maint { server } => set(server, AdminState::Maint),
+        CtlAction::Ready { server } => set(server, AdminState::Ready),
+        CtlAction::Show => Request::Show,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let password = std::env::var(ctl::PASSWORD_ENV).ok();
+    match runtime.block_on(ctl::run(&config, &request, password)) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

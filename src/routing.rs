@@ -18,25 +18,69 @@ pub enum Claim {
     Denied { reason: String },
 }
 
+/// What an operator said about a node (HAProxy's administrative state, `set server ... state`),
+/// apart from what its checks say. Only `Ready` lets the checks decide; the others keep the node
+/// out of routing whatever it answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Check-driven (HAProxy's READY).
+    #[default]
+    Ready,
+    /// No new sessions; open ones continue (HAProxy's DRAIN: weight 0).
+    Drain,
+    /// Treated as down: no new sessions, open ones cut per `on-marked-down` (HAProxy's MAINT).
+    Maint,
+}
+
+impl AdminState {
+    /// Every state, in the order of the metric's `state` label values.
+    pub const ALL: [AdminState; 3] = [AdminState::Ready, AdminState::Drain, AdminState::Maint];
+
+    /// The action word of the API and `ctl` (`ready`, `drain`, `maint`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+
+    /// HAProxy's status word for it (`READY`, `DRAIN`, `MAINT`).
+    pub fn word(self) -> &'static str {
+        match self {
+            AdminState::Ready => "READY",
+            AdminState::Drain => "DRAIN",
+            AdminState::Maint => "MAINT",
+        }
+    }
+
+    pub fn parse(action: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == action)
+    }
+}
+
 /// The routing-relevant view of one node.
 #[derive(Debug, Clone, Copy)]
 pub struct Candidate<'a> {
     /// The rise/fall counter says UP.
     pub up: bool,
     pub claim: &'a Claim,
+    pub admin: AdminState,
 }
 
 impl Candidate<'_> {
+    /// Fail closed: only a node an operator left to its checks, UP and claiming the role.
     fn routable(&self) -> Option<(Option<u64>, u64)> {
-        match (self.up, self.claim) {
-            (true, Claim::Primary { timeline, seq }) => Some((*timeline, *seq)),
+        match (self.admin, self.up, self.claim) {
+            (AdminState::Ready, true, Claim::Primary { timeline, seq }) => Some((*timeline, *seq)),
             _ => None,
         }
     }
 }
 
-/// Picks the routed primary. A node is routable when its counter is UP and its last definitive answer
-/// was "primary". The current choice is kept while it stays routable and nobody shows a higher
+/// Picks the routed primary. A node is routable when an operator has not drained it or put it in
+/// maintenance, its counter is UP and its last definitive answer was "primary". The current choice is kept while it stays routable and nobody shows a higher
 /// timeline (stability: no flapping between two claimants); otherwise the routable node with the
 /// highest timeline wins, then the most recently confirmed.
 pub fn choose(current: Option<usize>, nodes: &[Candidate<'_>]) -> Option<usize> {
@@ -77,9 +121,45 @@ mod tests {
     fn pick(current: Option<usize>, nodes: &[(bool, Claim)]) -> Option<usize> {
         let c: Vec<_> = nodes
             .iter()
-            .map(|(up, claim)| Candidate { up: *up, claim })
+            .map(|(up, claim)| Candidate {
+                up: *up,
+                claim,
+                admin: AdminState::Ready,
+            })
             .collect();
         choose(current, &c)
+    }
+
+    #[test]
+    fn a_drained_or_maint_node_is_never_routed() {
+        // Fail closed: whatever its checks say, an operator's drain or maint keeps it out, and the
+        // next routable node takes over (or none).
+        let claims = [primary(2, 1), primary(1, 2)];
+        for admin in [AdminState::Drain, AdminState::Maint] {
+            let c = [
+                Candidate {
+                    up: true,
+                    claim: &claims[0],
+                    admin,
+                },
+                Candidate {
+                    up: true,
+                    claim: &claims[1],
+                    admin: AdminState::Ready,
+                },
+            ];
+            assert_eq!(choose(Some(0), &c), Some(1), "{admin:?}");
+            assert_eq!(choose(None, &c[..1]), None, "{admin:?}");
+        }
+    }
+
+    #[test]
+    fn admin_words_round_trip() {
+        for s in AdminState::ALL {
+            assert_eq!(AdminState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(AdminState::parse("DRAIN"), None);
+        assert_eq!(AdminState::Maint.word(), "MAINT");
     }
 
     #[test]

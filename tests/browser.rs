@@ -1,6 +1,7 @@
 //! The dashboard in a real headless Chromium, driven over WebDriver (chromedriver): rows, roles and
 //! colours as a browser renders them, a primary flip seen on the live page without a reload, and
-//! screenshots under `target/` (`dashboard.png`, `dashboard-phone.png`).
+//! screenshots under `target/` (`dashboard.png`, `dashboard-phone.png`); the runtime-control buttons
+//! as an operator uses them, and another site's form refused (CSRF).
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver` (`scripts/install-test-deps`); without
 //! them this test fails, it does not skip. Real time throughout: the page polls every second.
@@ -258,5 +259,94 @@ async fn the_dashboard_in_chromium_shows_roles_colours_and_a_live_primary_flip()
     browser
         .screenshot(&target.join("dashboard-phone.png"))
         .await;
+    browser.quit().await;
+}
+
+/// Serves one page to every request, from another origin than the stats listener (another port).
+async fn serve_page(html: String) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let html = html.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n",
+                    html.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(html.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium and chromedriver: scripts/test installs them and runs it"]
+async fn the_dashboards_buttons_work_in_chromium_and_another_sites_form_does_not() {
+    // Issue 15 item 2: an operator logged in with the admin credentials drains a node with the
+    // dashboard's button; a page on another origin posting the same form, which the browser sends
+    // with the cached Basic credentials (the CSRF threat), changes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(
+        vec![Mode::Primary { timeline: 1 }, Mode::Replica],
+        "[check]\ninter = \"100ms\"\n[stats]\nauth = \"viewer:view\"\nadmin_user = \"ops\"\n\
+         admin_password = \"s3cret\"\n",
+    )
+    .await;
+    c.wait_for(Duration::from_secs(10), "settled", |c| {
+        c.primary() == Some(0)
+    })
+    .await;
+    let admin = |i: usize| c.shared().current().nodes[i].admin;
+    let (_driver, browser) = launch(&dir.path().join("profile")).await;
+    // The admin credentials open the page (401 for the realm, answered from the URL), and the
+    // browser keeps them for every path of the origin.
+    browser
+        .goto(&format!("http://ops:s3cret@{}/", c.stats))
+        .await;
+    browser
+        .poll_js(
+            "return document.querySelectorAll('form.admin-server').length === 2;",
+            Duration::from_secs(10),
+            "the runtime-control forms",
+        )
+        .await;
+    // Another site's page: the same form, without the token, submitted on load.
+    let evil = serve_page(format!(
+        "<form method=post action=\"http://{}/admin/servers/node1/maint\">\
+         <input type=hidden name=csrf value=guess></form>\
+         <script>document.forms[0].submit()</script>",
+        c.stats
+    ))
+    .await;
+    browser.goto(&format!("http://{evil}/")).await;
+    browser
+        .poll_js(
+            "return document.body.innerText.includes('refused');",
+            Duration::from_secs(10),
+            "the cross-site post refused",
+        )
+        .await;
+    assert_eq!(admin(1), patroni_proxy::routing::AdminState::Ready);
+    // The dashboard's own button: 303 back to the page, which shows DRAIN.
+    browser.goto(&format!("http://{}/", c.stats)).await;
+    browser
+        .js("document.querySelector('form[data-server=node1] button[formaction$=\"/drain\"]').click(); return true;")
+        .await;
+    browser.poll_js("return location.pathname === '/' && document.querySelector('tr[data-server=node1] [data-f=status]') !== null \
+         && document.querySelector('tr[data-server=node1]').dataset.tone === 'admin';",
+        Duration::from_secs(10),
+        "the page back, node1 drained",
+    )
+    .await;
+    assert_eq!(admin(1), patroni_proxy::routing::AdminState::Drain);
+    let who = c.shared().current().nodes[1].admin_by.clone().unwrap().0;
+    assert_eq!(who, "ops@127.0.0.1 via dashboard");
     browser.quit().await;
 }

@@ -469,6 +469,15 @@ async fn every_series_exists_from_start_up() {
                 "patroni_proxy_server_role{{server=\"{server}\",role=\"{role}\"}}"
             ));
         }
+        // Every server starts check-driven (`ready`), with a series for each admin state.
+        for (state, v) in [("ready", 1.0), ("drain", 0.0), ("maint", 0.0)] {
+            assert_eq!(
+                m.get(&format!(
+                    "patroni_proxy_server_admin_state{{server=\"{server}\",state=\"{state}\"}}"
+                )),
+                v
+            );
+        }
         for to in ["up", "down"] {
             m.get(&format!(
                 "patroni_proxy_server_transitions_total{{server=\"{server}\",to=\"{to}\"}}"
@@ -505,7 +514,7 @@ async fn every_series_exists_from_start_up() {
         for pair in labels.trim_end_matches('}').split(',') {
             let (k, v) = pair.split_once('=').unwrap();
             assert!(
-                ["server", "role", "result", "to", "reason", "version", "le"].contains(&k),
+                ["server", "role", "state", "result", "to", "reason", "version", "le"].contains(&k),
                 "{series}"
             );
             if k == "server" {

@@ -134,6 +134,14 @@ impl Config {
         self.stats.auth.as_deref().and_then(|a| a.split_once(':'))
     }
 
+    /// Credentials of the admin API (`[stats] admin_user`, `admin_password`), when it is on.
+    pub fn admin_credentials(&self) -> Option<(&str, &str)> {
+        self.stats
+            .admin_user
+            .as_deref()
+            .zip(self.stats.admin_password.as_deref())
+    }
+
     /// The keepalive to set on accepted client sockets, or `None` when `listen.client_keepalive`
     /// is off.
     pub fn client_keepalive(&self) -> Option<socket2::TcpKeepalive> {

@@ -238,6 +238,16 @@ pub struct Stats {
     /// Optional HTTP Basic credentials, `user:password` (HAProxy `stats auth`). Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
+    /// User name of the runtime control API (`/admin/...`: drain, maint, ready, show), HAProxy's
+    /// `stats admin`. The API is off unless both `admin_user` and `admin_password` are set. These
+    /// credentials also open every read-only page when `auth` is set. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_user: Option<String>,
+    /// Password of `admin_user` (HTTP Basic; use a long random one and keep the file readable
+    /// only by the service). `patroni-proxy ctl` takes it from `PATRONI_PROXY_ADMIN_PASSWORD`
+    /// when set. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_password: Option<String>,
 }
 
 // Every default, once. serde's container-level `#[serde(default)]` fills a missing key from these
@@ -300,6 +310,8 @@ impl Default for Stats {
         Self {
             bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7000),
             auth: None,
+            admin_user: None,
+            admin_password: None,
         }
     }
 }

@@ -78,7 +78,12 @@ impl fmt::Display for Config {
         } else {
             ""
         };
-        writeln!(f, "stats on {}{auth}", self.stats.bind)
+        let admin = if self.stats.admin_user.is_some() {
+            ", admin API on"
+        } else {
+            ""
+        };
+        writeln!(f, "stats on {}{auth}{admin}", self.stats.bind)
     }
 }
 
@@ -90,7 +95,8 @@ mod tests {
     fn every_fallback_is_shown_resolved() {
         let c = Config::from_toml(
             "[check]\nmethod = \"HEAD\"\nversion = \"HTTP/1.1\"\ndowninter = \"10s\"\n\
-             [listen]\nclient_keepalive = false\n[stats]\nauth = \"a:b\"\n\
+             [listen]\nclient_keepalive = false\n[stats]\nauth = \"a:b\"\nadmin_user = \"o\"\n\
+             admin_password = \"p\"\n\
              [[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\ncheck_port = 8009\n",
         )
         .unwrap();
@@ -102,7 +108,7 @@ mod tests {
              fall 3, timeout 5s\n",
             "server a 127.0.0.11:5432 maxconn 100 check 127.0.0.11:8009\n",
             "tcp keepalive: client off, server on (idle 1m, probe every 10s, 6 probes)\n",
-            "stats on 0.0.0.0:7000 (basic auth)\n",
+            "stats on 0.0.0.0:7000 (basic auth), admin API on\n",
         ] {
             assert!(shown.contains(line), "{line:?} not in:\n{shown}");
         }

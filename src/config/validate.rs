@@ -147,6 +147,7 @@ impl FileConfig {
                 }
             }
         }
+        check_admin(&self.stats.admin_user, &self.stats.admin_password)?;
         if let Some(etcd) = &self.etcd {
             if etcd.endpoints.is_empty() {
                 return Err(err(
@@ -165,5 +166,42 @@ impl FileConfig {
             }
         }
         Ok(Config(self))
+    }
+}
+
+/// The admin credentials: both or neither, and usable in HTTP Basic (a user name without `:`).
+fn check_admin(user: &Option<String>, password: &Option<String>) -> Result<(), KeyError> {
+    match (user, password) {
+        (None, None) => Ok(()),
+        (Some(_), None) => Err(key_error(
+            "stats.admin_password",
+            "missing: `stats.admin_user` is set, so the admin API needs a password too".into(),
+        )),
+        (None, Some(_)) => Err(key_error(
+            "stats.admin_user",
+            "missing: `stats.admin_password` is set, so the admin API needs a user name too".into(),
+        )),
+        (Some(u), Some(p)) => {
+            if u.is_empty() || u.contains(':') || u.chars().any(|c| c.is_control()) {
+                return Err(key_error(
+                    "stats.admin_user",
+                    format!("invalid user name {u:?}: use a non-empty name without `:`"),
+                ));
+            }
+            if p.is_empty() || p.chars().any(|c| c.is_control()) {
+                return Err(key_error(
+                    "stats.admin_password",
+                    "invalid password: use a non-empty one without control characters".into(),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn key_error(key: &str, message: String) -> KeyError {
+    KeyError {
+        key: key.into(),
+        message,
     }
 }

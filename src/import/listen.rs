@@ -26,6 +26,7 @@ pub(super) fn parse_stats(
     body: &[(usize, Vec<String>)],
     stats: &mut Stats,
 ) -> Result<(), ImportError> {
+    let mut admin_line = None;
     for (line, w) in body {
         let line = *line;
         match (w[0].as_str(), w.get(1).map(String::as_str)) {
@@ -52,6 +53,20 @@ pub(super) fn parse_stats(
                     .ok_or_else(|| err(line, "stats auth", "expected user:password"))?;
                 stats.auth = Some(cred.clone());
             }
+            // HAProxy's admin level for the `stats auth` users: our runtime control, with those
+            // credentials. Only the unconditional form: we have no ACLs to carry a condition over.
+            ("stats", Some("admin")) => {
+                let words: Vec<&str> = w[2..].iter().map(String::as_str).collect();
+                if words != ["if", "TRUE"] {
+                    return Err(err(
+                        line,
+                        "stats admin",
+                        "only `stats admin if TRUE` can be imported (patroni-proxy has no ACLs); \
+                         it turns on [stats] admin_user / admin_password",
+                    ));
+                }
+                admin_line = Some(line);
+            }
             ("stats", Some(other)) => {
                 return Err(err(
                     line,
@@ -61,6 +76,21 @@ pub(super) fn parse_stats(
             }
             _ => return Err(unknown(line, &w[0], "the stats listen")),
         }
+    }
+    if let Some(line) = admin_line {
+        let (user, password) = stats
+            .auth
+            .as_deref()
+            .and_then(|a| a.split_once(':'))
+            .ok_or_else(|| {
+                err(
+                    line,
+                    "stats admin",
+                    "needs `stats auth user:password`: runtime control is off without credentials",
+                )
+            })?;
+        stats.admin_user = Some(user.to_string());
+        stats.admin_password = Some(password.to_string());
     }
     Ok(())
 }

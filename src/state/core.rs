@@ -10,11 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::{EventKind, Input, NodeState, Snapshot};
+use super::{AdminOrder, EventKind, Input, NodeState, Scope, Snapshot};
 use crate::config::{Config, OnMarkedDown};
 use crate::health::patroni::Answer;
 use crate::health::{CheckResult, Transition};
-use crate::routing::{self, Candidate, Claim};
+use crate::routing::{self, AdminState, Candidate, Claim};
 
 /// Longest a node stays "leaving" after a switchover request, in case the end is never seen.
 const LEAVING_LIMIT: Duration = Duration::from_secs(60);
@@ -38,6 +38,8 @@ pub enum Topic {
     Health,
     /// The routed primary and what puts it in doubt.
     Routing,
+    /// An operator's action (`patroni_proxy::admin`).
+    Admin,
 }
 
 /// Where a log line of an effect goes.
@@ -205,15 +207,7 @@ pub fn on_check(
 
     // Fast pace while the primary is unknown or in doubt: every node, until one is confirmed.
     let was_fast = snap.failover_pace;
-    snap.failover_pace = match snap.primary {
-        None => true,
-        Some(p) => {
-            let n = &snap.nodes[p];
-            let confirmed = n.last_check.as_ref().is_some_and(|r| r.status.passed())
-                && matches!(n.last_answer, Some(Answer::Primary { .. }));
-            !confirmed
-        }
-    };
+    snap.failover_pace = in_doubt(&snap);
     // The routed primary itself keeps HAProxy's pace even in doubt: an unanswered check says
     // nothing about its role, and counting `fall` at the fast pace would cut its sessions within a
     // second of a Patroni restart (issue 3: DOWN after fall x inter).
@@ -256,6 +250,7 @@ pub fn on_input(
     let name = |i: usize| cfg.servers[i].name.as_str();
     let message = match input {
         Input::Recheck { .. } => return None,
+        Input::Admin(order) => return on_admin(cfg, snap, io, order, now, wall),
         Input::Suspect {
             node,
             reason,
@@ -328,6 +323,122 @@ pub fn on_input(
     effects.push(Effect::Publish);
     effects.extend(kills.into_iter().map(Effect::Kill));
     effects.push(Effect::WakeAll { except });
+    Some(Decision {
+        snapshot: snap,
+        effects,
+    })
+}
+
+/// Whether every node must be checked at `failover_inter`: no primary, or the routed one's last
+/// check did not confirm it.
+fn in_doubt(snap: &Snapshot) -> bool {
+    match snap.primary {
+        None => true,
+        Some(p) => {
+            let n = &snap.nodes[p];
+            let confirmed = n.last_check.as_ref().is_some_and(|r| r.status.passed())
+                && matches!(n.last_answer, Some(Answer::Primary { .. }));
+            !confirmed
+        }
+    }
+}
+
+/// An operator's `drain`, `maint` or `ready` (HAProxy's `set server ... state`), on `snap` (the
+/// current snapshot, already numbered). The state is kept through every check until the next
+/// order; only `ready` gives the node back to its checks. The deliberate difference with HAProxy:
+/// its checks go on in MAINT (HAProxy suspends them and, on `ready`, declares the server UP at once,
+/// `haproxy-semantics.md` §1.4, routing a 503-answering replica until its next check), so on
+/// `ready` routing follows the latest check at once and stays fail closed.
+fn on_admin(
+    cfg: &Config,
+    mut snap: Snapshot,
+    io: &Io,
+    order: AdminOrder,
+    now: Instant,
+    wall: SystemTime,
+) -> Option<Decision> {
+    let Scope::Server(node) = order.scope;
+    let px = &cfg.listen.name;
+    let name = &cfg.servers.get(node)?.name;
+    let n = snap.nodes.get_mut(node)?;
+    let (was, state, who) = (n.admin, order.state, order.who);
+    n.admin = state;
+    n.admin_by = Some((who.clone(), wall));
+    let sessions = io.sessions.get(node).copied().unwrap_or(0);
+    let queued = io.queued.get(node).copied().unwrap_or(0);
+    let mut kills = Vec::new();
+    let (level, message) = match (was, state) {
+        (w, s) if w == s => (
+            Level::Info,
+            format!(
+                "Server {px}/{name} is already in {} ({who}): nothing changes.",
+                s.word()
+            ),
+        ),
+        (_, AdminState::Maint) => {
+            // haproxy-semantics.md §2.2: entering MAINT shuts the sessions down like a DOWN.
+            if cfg.listen.on_marked_down == OnMarkedDown::ShutdownSessions {
+                kills.push(node);
+            }
+            let active = snap
+                .nodes
+                .iter()
+                .filter(|n| n.counter.is_up() && n.admin != AdminState::Maint)
+                .count();
+            (
+                Level::Warn,
+                format!(
+                    "Server {px}/{name} is going DOWN for maintenance ({who}). {active} active and \
+                     0 backup servers left. {sessions} sessions active, 0 requeued, {queued} \
+                     remaining in queue."
+                ),
+            )
+        }
+        (_, AdminState::Drain) => (
+            Level::Warn,
+            format!(
+                "Server {px}/{name} enters drain state ({who}): no new sessions, {sessions} \
+                 sessions continue."
+            ),
+        ),
+        (was, AdminState::Ready) => (
+            Level::Info,
+            format!(
+                "Server {px}/{name} is READY, leaving forced {} ({who}): its checks decide again.",
+                if was == AdminState::Maint {
+                    "maintenance"
+                } else {
+                    "drain"
+                }
+            ),
+        ),
+    };
+    let mut effects = vec![say(
+        level,
+        Topic::Admin,
+        Some((EventKind::Admin, Some(node))),
+        wall,
+        message,
+    )];
+    let reason = format!("{} by an operator", state.word());
+    reroute(
+        cfg,
+        &mut snap,
+        io,
+        now,
+        wall,
+        &reason,
+        &mut effects,
+        &mut kills,
+    );
+    let was_fast = snap.failover_pace;
+    snap.failover_pace = in_doubt(&snap);
+    effects.push(Effect::Publish);
+    kills.dedup();
+    effects.extend(kills.into_iter().map(Effect::Kill));
+    if snap.failover_pace && !was_fast {
+        effects.push(Effect::WakeAll { except: None });
+    }
     Some(Decision {
         snapshot: snap,
         effects,

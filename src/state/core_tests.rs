@@ -11,7 +11,8 @@ use super::*;
 use crate::config::Config;
 use crate::health::patroni::PatroniInfo;
 use crate::health::{CheckResult, CheckStatus};
-use crate::state::{EventKind, Input, Snapshot, Unobserved};
+use crate::routing::AdminState;
+use crate::state::{AdminOrder, EventKind, Input, Scope, Snapshot, Unobserved};
 
 /// A run of the pure core over a configuration, with a clock of its own.
 struct Run {
@@ -99,6 +100,29 @@ fn replica() -> CheckResult {
 
 fn timeout() -> CheckResult {
     result(CheckStatus::L7TOUT, None, "", 0)
+}
+
+fn order(node: usize, state: AdminState) -> Input {
+    Input::Admin(AdminOrder {
+        scope: Scope::Server(node),
+        state,
+        who: "admin@127.0.0.1 via api".into(),
+    })
+}
+
+/// The messages said with an event of `kind`.
+fn said(effects: &[Effect], kind: EventKind) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Say {
+                event: Some((k, _)),
+                message,
+                ..
+            } if *k == kind => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn kills(effects: &[Effect]) -> Vec<usize> {
@@ -329,5 +353,109 @@ fn messages_quote_the_io_counts() {
         said.starts_with("Server postgres/a is DOWN, reason: Layer7 timeout")
             && said.ends_with("7 sessions active, 0 requeued, 2 remaining in queue."),
         "{said}"
+    );
+}
+
+#[test]
+fn draining_the_primary_holds_new_clients_and_keeps_its_sessions() {
+    // haproxy-semantics.md §2.1: "A `DRAIN` server (weight 0) is not eligible", and §2.2: "nothing
+    // happens on `drain`". The deliberate difference: a drained primary is not replaced by a
+    // replica (fail closed), so new clients wait in hold exactly as in a failover.
+    let mut r = Run::new("");
+    r.check(0, primary(1));
+    let effects = r.input(order(0, AdminState::Drain)).unwrap();
+    assert_eq!(r.snap.primary, None);
+    assert_eq!(r.snap.nodes[0].admin, AdminState::Drain);
+    assert!(kills(&effects).is_empty(), "its sessions continue");
+    assert_eq!(
+        said(&effects, EventKind::PrimaryLost).len(),
+        1,
+        "{effects:?}"
+    );
+    assert!(r.snap.failover_pace, "held clients wait for a primary");
+}
+
+#[test]
+fn maint_cuts_the_sessions_per_on_marked_down_after_publishing() {
+    // haproxy-semantics.md §2.2: shutdown-sessions applies "when it is **forced into MAINT** from
+    // the CLI or stats page"; as for a DOWN, the snapshot is published before the kill.
+    let mut r = Run::new("");
+    r.check(0, primary(1));
+    let effects = r.input(order(0, AdminState::Maint)).unwrap();
+    assert_eq!(r.snap.primary, None);
+    let publish = position(&effects, |e| *e == Effect::Publish).unwrap();
+    let kill = position(&effects, |e| *e == Effect::Kill(0)).unwrap();
+    assert!(publish < kill, "{effects:?}");
+    assert_eq!(kills(&effects), [0], "killed once");
+    let mut r = Run::new("[listen]\non_marked_down = \"none\"");
+    r.check(0, primary(1));
+    let effects = r.input(order(0, AdminState::Maint)).unwrap();
+    assert!(kills(&effects).is_empty(), "{effects:?}");
+}
+
+#[test]
+fn the_admin_state_survives_checks_which_keep_running() {
+    // Deliberate difference: HAProxy suspends the checks of a server in MAINT; ours go on (the
+    // dashboard keeps showing its role) but no answer brings it back into routing.
+    let mut r = Run::new("");
+    for state in [AdminState::Drain, AdminState::Maint] {
+        r.input(order(0, state)).unwrap();
+        r.check(0, primary(1));
+        assert_eq!(r.snap.primary, None, "{state:?}");
+        assert_eq!(r.snap.nodes[0].admin, state);
+        assert!(r.snap.nodes[0].last_check.is_some(), "checked in {state:?}");
+    }
+}
+
+#[test]
+fn ready_gives_the_node_back_to_its_latest_check() {
+    // haproxy-semantics.md §1.4: "Leaving MAINT ... makes the server **UP at once**". The
+    // deliberate difference: our checks went on, so routing follows the latest one at once, and a
+    // node whose checks fail stays out (fail closed).
+    let mut r = Run::new("");
+    r.input(order(0, AdminState::Maint)).unwrap();
+    r.check(0, primary(1));
+    let effects = r.input(order(0, AdminState::Ready)).unwrap();
+    assert_eq!(r.snap.primary, Some(0));
+    assert_eq!(said(&effects, EventKind::PrimaryChanged).len(), 1);
+    r.input(order(1, AdminState::Maint)).unwrap();
+    r.check(1, timeout());
+    r.input(order(1, AdminState::Ready)).unwrap();
+    assert!(!r.snap.nodes[1].counter.is_up(), "not forced UP");
+    assert_eq!(r.snap.primary, Some(0));
+}
+
+#[test]
+fn every_order_is_said_with_who_gave_it() {
+    // issue 15: "Every action logged with who and what, and shown on the dashboard's event list."
+    let mut r = Run::new("");
+    r.io.sessions[1] = 4;
+    let drain = r.input(order(1, AdminState::Drain)).unwrap();
+    let again = r.input(order(1, AdminState::Drain)).unwrap();
+    let maint = r.input(order(1, AdminState::Maint)).unwrap();
+    let ready = r.input(order(1, AdminState::Ready)).unwrap();
+    let lines: Vec<String> = [drain, again, maint, ready]
+        .iter()
+        .flat_map(|e| said(e, EventKind::Admin))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "Server postgres/b enters drain state (admin@127.0.0.1 via api): no new sessions, 4 \
+             sessions continue.",
+            "Server postgres/b is already in DRAIN (admin@127.0.0.1 via api): nothing changes.",
+            "Server postgres/b is going DOWN for maintenance (admin@127.0.0.1 via api). 2 active \
+             and 0 backup servers left. 4 sessions active, 0 requeued, 0 remaining in queue.",
+            "Server postgres/b is READY, leaving forced maintenance (admin@127.0.0.1 via api): its \
+             checks decide again.",
+        ]
+    );
+    assert_eq!(
+        r.snap.nodes[1].admin_by.as_ref().map(|(w, _)| w.as_str()),
+        Some("admin@127.0.0.1 via api")
+    );
+    assert!(
+        r.input(order(9, AdminState::Drain)).is_none(),
+        "no such server"
     );
 }

@@ -25,6 +25,8 @@ pub enum EventKind {
     PrimaryLost,
     /// Something outside the checks (a backend's startup reply, the DCS) put the primary in doubt.
     Suspect,
+    /// An operator's `drain`, `maint` or `ready`.
+    Admin,
 }
 
 /// The recent events, newest last, bounded.

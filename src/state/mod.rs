@@ -23,7 +23,7 @@ use crate::backend::{Backend, Ticket};
 use crate::config::Config;
 use crate::health::patroni::Answer;
 use crate::health::{CheckResult, HealthCounter, Transition};
-use crate::routing::{Candidate, Claim};
+use crate::routing::{AdminState, Candidate, Claim};
 
 /// Everything known about one node at one moment.
 #[derive(Debug, Clone)]
@@ -46,6 +46,10 @@ pub struct NodeState {
     /// Set when Patroni announced a switchover away from this node (the DCS `failover` key): no
     /// new connections go to it, whatever its checks say, until the switchover ends.
     pub leaving_since: Option<Instant>,
+    /// What an operator said (`drain`, `maint`, `ready`): kept through every check.
+    pub admin: AdminState,
+    /// Who set `admin` last, and when (`None` until an operator acts).
+    pub admin_by: Option<(String, SystemTime)>,
 }
 
 impl NodeState {
@@ -61,14 +65,17 @@ impl NodeState {
             last_change_wall: SystemTime::now(),
             downtime: Duration::ZERO,
             leaving_since: None,
+            admin: AdminState::Ready,
+            admin_by: None,
         }
     }
 
-    /// Routable only if not leaving and the counter and claim allow it.
+    /// Routable only if not leaving, and the operator, the counter and the claim allow it.
     pub fn candidate(&self) -> Candidate<'_> {
         Candidate {
             up: self.counter.is_up() && self.leaving_since.is_none(),
             claim: &self.claim,
+            admin: self.admin,
         }
     }
 
@@ -251,4 +258,23 @@ pub enum Input {
     SwitchoverRequested,
     /// The `failover` key is gone: the switchover finished or was cancelled.
     SwitchoverEnded,
+    /// An operator's `drain`, `maint` or `ready` (the stats listener's admin API).
+    Admin(AdminOrder),
+}
+
+/// What an admin action applies to. Per server today; issue 13's listeners add a variant naming a
+/// listener (and a server within it), so the API's paths and this type grow without changing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One server (by its index in `[[server]]`), on the one listener.
+    Server(usize),
+}
+
+/// An operator's order: the new administrative state of `scope`, and who gave it (for the log
+/// line and the event: `user@address via api`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminOrder {
+    pub scope: Scope,
+    pub state: AdminState,
+    pub who: String,
 }

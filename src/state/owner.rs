@@ -218,6 +218,13 @@ fn log(level: Level, topic: Topic, server: Option<&str>, message: &str) {
         (Level::Error, Topic::Routing) => {
             tracing::error!(target: "patroni_proxy::routing", server, "{message}")
         }
+        // An operator's action is never an error: it is what they asked for.
+        (Level::Info | Level::Error, Topic::Admin) => {
+            tracing::info!(target: "patroni_proxy::admin", server, "{message}")
+        }
+        (Level::Warn, Topic::Admin) => {
+            tracing::warn!(target: "patroni_proxy::admin", server, "{message}")
+        }
     }
 }
 

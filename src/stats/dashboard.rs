@@ -121,11 +121,12 @@ fn event_item(out: &mut String, e: &Event) {
 
 /// The whole page for a view (the first render; `app.js` keeps it current), without pictures.
 pub fn render(v: &View) -> String {
-    render_page(v, "")
+    render_page(v, "", "")
 }
 
-/// The whole page with the history's pictures ([`super::history::pictures::render`]).
-pub fn render_page(v: &View, pictures: &str) -> String {
+/// The whole page with the history's pictures ([`super::history::pictures::render`]) and the
+/// runtime-control section (HTML, built by `admin::forms`; empty when off).
+pub fn render_page(v: &View, pictures: &str, admin: &str) -> String {
     let d = Display::of(v);
     let mut rows = String::new();
     for (s, cells) in v.servers.iter().zip(&d.servers) {
@@ -182,6 +183,7 @@ pub fn render_page(v: &View, pictures: &str) -> String {
             "frontend" => &frontend,
             "events" => &events,
             "pictures" => pictures,
+            "admin" => admin,
             _ => return None,
         })
     })

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::health::patroni::Answer;
 use crate::health::{CheckResult, Status};
-use crate::routing::Claim;
+use crate::routing::{AdminState, Claim};
 use crate::state::{Event, NodeState, Shared};
 use crate::time::epoch_secs as epoch;
 
@@ -126,6 +126,9 @@ pub enum Tone {
     Down,
     /// No check finished yet (amber, like any state not yet settled).
     Init,
+    /// Not routed because an operator drained it or put it in maintenance (HAProxy's MAINT
+    /// colour); the status says which (`DRAIN`, `MAINT`).
+    Admin,
 }
 
 impl Tone {
@@ -136,6 +139,7 @@ impl Tone {
             Tone::Transitional => "transitional",
             Tone::Down => "down",
             Tone::Init => "init",
+            Tone::Admin => "admin",
         }
     }
 }
@@ -148,6 +152,11 @@ pub struct ServerView {
     /// HAProxy's status string (`UP`, `UP 2/3`, `DOWN 1/2`, `DOWN`), or `INI` before the first check.
     pub status: String,
     pub tone: Tone,
+    /// What an operator said (`ready`, `drain`, `maint`): only `ready` lets the checks route.
+    pub admin: AdminState,
+    /// Who set `admin` last (`user@address via api`) and when (Unix time); `None` until then.
+    pub admin_by: Option<String>,
+    pub admin_at: Option<f64>,
     /// The rise/fall counter says UP.
     pub up: bool,
     pub routed_primary: bool,
@@ -188,11 +197,20 @@ pub struct ServerView {
 }
 
 /// HAProxy's status string, or `INI` while no check has finished: the counter starts at `UP 1/3`
-/// (HAProxy's initial state), which would read as "up" for a node nothing is routed to yet.
+/// (HAProxy's initial state), which would read as "up" for a node nothing is routed to yet. As in
+/// HAProxy, `MAINT` overrides everything and `DRAIN` takes the place of `UP` (`DRAIN 2/3`).
 pub fn status_text(n: &NodeState) -> String {
-    match n.last_check {
+    let checked = match n.last_check {
         None => "INI".to_string(),
         Some(_) => n.counter.status().to_string(),
+    };
+    match n.admin {
+        AdminState::Maint => "MAINT".to_string(),
+        AdminState::Drain if n.counter.is_up() => match checked.strip_prefix("UP") {
+            Some(rest) => format!("DRAIN{rest}"),
+            None => "DRAIN".to_string(),
+        },
+        _ => checked,
     }
 }
 
@@ -215,11 +233,14 @@ pub fn role_of(n: &NodeState) -> Role {
 
 /// See [`Tone`].
 pub fn tone_of(n: &NodeState, routed: bool) -> Tone {
-    if n.last_check.is_none() {
-        return Tone::Init;
-    }
     if routed {
         return Tone::Primary;
+    }
+    if n.admin != AdminState::Ready {
+        return Tone::Admin;
+    }
+    if n.last_check.is_none() {
+        return Tone::Init;
     }
     match n.counter.status() {
         Status::GoingDown { .. } | Status::GoingUp { .. } => return Tone::Transitional,
@@ -268,6 +289,9 @@ pub fn view(shared: &Shared) -> View {
                 check_address: cfg.check_target(i).to_string(),
                 status: status_text(n),
                 tone: tone_of(n, routed),
+                admin: n.admin,
+                admin_by: n.admin_by.as_ref().map(|(who, _)| who.clone()),
+                admin_at: n.admin_by.as_ref().map(|(_, at)| epoch(*at)),
                 up: n.counter.is_up(),
                 routed_primary: routed,
                 role: role_of(n),
@@ -441,6 +465,33 @@ mod tests {
         assert_eq!(
             tone_of(&node(CheckStatus::L7STS, Some(starting), &[false]), false),
             Tone::Transitional
+        );
+    }
+
+    #[test]
+    fn an_operators_state_reads_as_haproxy_shows_it() {
+        // haproxy-semantics.md §3.4: "`MAINT` ... `DRAIN` | `DRAIN f/F`"; MAINT overrides all.
+        let mut up = node(CheckStatus::L7OK, None, &[true]);
+        up.admin = AdminState::Drain;
+        assert_eq!(status_text(&up), "DRAIN");
+        assert_eq!(tone_of(&up, false), Tone::Admin);
+        let mut going_down = node(CheckStatus::L7TOUT, None, &[true, false]);
+        going_down.admin = AdminState::Drain;
+        assert_eq!(status_text(&going_down), "DRAIN 2/3");
+        let mut down = node(CheckStatus::L4CON, None, &[false]);
+        down.admin = AdminState::Drain;
+        assert_eq!(
+            status_text(&down),
+            "DOWN",
+            "a drained node that fails is DOWN"
+        );
+        down.admin = AdminState::Maint;
+        assert_eq!(status_text(&down), "MAINT");
+        let mut fresh = fresh();
+        fresh.admin = AdminState::Maint;
+        assert_eq!(
+            (status_text(&fresh), tone_of(&fresh, false)),
+            ("MAINT".into(), Tone::Admin)
         );
     }
 }

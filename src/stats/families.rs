@@ -162,6 +162,12 @@ pub const SERVER_ROLE: Family = Family {
     help: "1 for the Patroni role the last check reported (primary, replica, unknown), 0 for the others.",
 };
 
+pub const SERVER_ADMIN_STATE: Family = Family {
+    name: "patroni_proxy_server_admin_state",
+    kind: Kind::Gauge,
+    help: "1 for the administrative state an operator set (ready, drain, maint), 0 for the others.",
+};
+
 pub const SERVER_SESSIONS_CURRENT: Family = Family {
     name: "patroni_proxy_server_sessions_current",
     kind: Kind::Gauge,
@@ -296,6 +302,7 @@ pub const FAMILIES: &[&Family] = &[
     &SERVER_CHECK_HEALTH,
     &SERVER_ROUTED_PRIMARY,
     &SERVER_ROLE,
+    &SERVER_ADMIN_STATE,
     &SERVER_SESSIONS_CURRENT,
     &SERVER_SESSIONS_MAX,
     &SERVER_SESSIONS_LIMIT,

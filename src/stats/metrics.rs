@@ -3,7 +3,7 @@
 //! There is no global recorder: each proxy builds its own recorder and keeps the handles of every
 //! series it will ever export, registered at start-up so each one reads 0 before anything happened
 //! (a series that appears only after the first failure breaks `rate()` and alerts on absence). Labels
-//! are bounded by the configuration: `server` is a configured name, `role`, `result`, `to` and
+//! are bounded by the configuration: `server` is a configured name, `role`, `state`, `result`, `to` and
 //! `reason` are fixed lists.
 //!
 //! Values that the data path already counts (sessions, bytes, errors) stay in the IO layer's atomics
@@ -23,6 +23,7 @@ use super::server::Refusal;
 use crate::config::Config;
 use crate::dcs::{Failures, FAILURE_REASONS};
 use crate::health::{CheckResult, CheckStatus, Transition};
+use crate::routing::AdminState;
 
 /// Buckets of the check-duration histogram, in seconds: a healthy Patroni answers in milliseconds;
 /// the top buckets catch `timeout check` (5 s) plus the connect timeout (3 s).
@@ -81,6 +82,8 @@ struct NodeSeries {
     routed: Gauge,
     /// In the order of [`ROLES`].
     roles: Vec<Gauge>,
+    /// One per [`AdminState::ALL`].
+    admin: Vec<Gauge>,
     scur: Gauge,
     smax: Gauge,
     slim: Gauge,
@@ -185,6 +188,15 @@ impl Metrics {
                         .iter()
                         .map(|role| {
                             r.gauge(&SERVER_ROLE, &[("server", name), ("role", role.as_str())])
+                        })
+                        .collect(),
+                    admin: AdminState::ALL
+                        .iter()
+                        .map(|a| {
+                            r.gauge(
+                                &SERVER_ADMIN_STATE,
+                                &[("server", name), ("state", a.as_str())],
+                            )
                         })
                         .collect(),
                     scur: r.gauge(&SERVER_SESSIONS_CURRENT, l),
@@ -316,6 +328,9 @@ impl Metrics {
             n.routed.set(if s.routed_primary { 1.0 } else { 0.0 });
             for (g, role) in n.roles.iter().zip(ROLES) {
                 g.set(if s.role == role { 1.0 } else { 0.0 });
+            }
+            for (g, a) in n.admin.iter().zip(AdminState::ALL) {
+                g.set(if s.admin == a { 1.0 } else { 0.0 });
             }
             n.scur.set(s.scur as f64);
             n.smax.set(s.smax as f64);

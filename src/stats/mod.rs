@@ -6,7 +6,8 @@
 //! `stats uri /` answers every path, which hides typos in monitoring URLs), optional Basic auth
 //! (`[stats] auth`, HAProxy's `stats auth`) on everything but the two probes, and requests that are
 //! malformed, slow or oversized are answered with a 4xx or cut by a timeout in [`server`] so they
-//! can never take resources from the primary port.
+//! can never take resources from the primary port. The one exception is `/admin/` (runtime
+//! control, [`admin`]): off unless configured, with credentials, checks and small bodies of its own.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,7 +17,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use base64::Engine as _;
 
@@ -25,6 +26,7 @@ use crate::dcs::Failures;
 use crate::health::{CheckResult, Transition};
 use crate::state::{Observer, Shared};
 
+pub mod admin;
 pub mod cells;
 pub mod csv;
 pub mod dashboard;
@@ -83,12 +85,19 @@ struct App {
     stats: Arc<Stats>,
     /// `user:password` from `[stats] auth`, if set.
     credentials: Option<Arc<[u8]>>,
+    /// Runtime control, when `[stats] admin_user` is set.
+    admin: Option<Arc<admin::Admin>>,
     limits: Limits,
 }
 
 /// The stats endpoints.
 pub fn router(shared: Arc<Shared>, stats: Arc<Stats>, limits: Limits) -> Router {
     let app = App {
+        admin: shared
+            .config
+            .admin_credentials()
+            .and_then(|(u, p)| admin::Admin::new(u, p))
+            .map(Arc::new),
         stats,
         credentials: shared
             .config
@@ -109,6 +118,8 @@ pub fn router(shared: Arc<Shared>, stats: Arc<Stats>, limits: Limits) -> Router 
         .route("/dashboard/pictures", get(dashboard_pictures))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
+        .route("/admin/servers/{name}/{action}", any(admin::action))
+        .route("/admin/show", any(admin::show))
         .route(
             "/dashboard/style.css",
             get(|| asset("text/css; charset=utf-8", dashboard::STYLE_CSS)),
@@ -132,6 +143,13 @@ const OPEN_PATHS: [&str; 2] = ["/healthz", "/ready"];
 
 /// Read-only, bounded, authenticated: checked before any handler runs.
 async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
+    if req.uri().to_string().len() > app.limits.max_uri {
+        return closing(plain(StatusCode::URI_TOO_LONG, "URI too long\n"));
+    }
+    if req.uri().path().starts_with("/admin/") {
+        // Runtime control checks its own methods, credentials and bodies (`admin`).
+        return with_headers(next.run(req).await);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = plain(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -153,11 +171,11 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
             "requests to the stats listener carry no body\n",
         ));
     }
-    if req.uri().to_string().len() > app.limits.max_uri {
-        return closing(plain(StatusCode::URI_TOO_LONG, "URI too long\n"));
-    }
     if let Some(expected) = &app.credentials {
-        if !OPEN_PATHS.contains(&req.uri().path()) && !authorized(headers, expected) {
+        // The admin credentials open the read-only pages too: one login for the dashboard and
+        // its buttons.
+        let admin = app.admin.as_ref().is_some_and(|a| a.authorized(headers));
+        if !OPEN_PATHS.contains(&req.uri().path()) && !authorized(headers, expected) && !admin {
             let mut r = plain(StatusCode::UNAUTHORIZED, "authentication required\n");
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -166,7 +184,10 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
             return r;
         }
     }
-    let mut r = next.run(req).await;
+    with_headers(next.run(req).await)
+}
+
+fn with_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(
@@ -197,7 +218,7 @@ fn authorized(headers: &axum::http::HeaderMap, expected: &[u8]) -> bool {
 }
 
 /// Compares without an early exit, so the time taken says nothing about how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -296,9 +317,17 @@ async fn stats_page(app: &App, m: Modifiers) -> Response {
     if m.up {
         view.servers.retain(|s| s.up);
     }
+    let forms = app.admin.as_ref().map(|a| {
+        let names: Vec<&str> = view.servers.iter().map(|s| s.name.as_str()).collect();
+        admin::forms(&names, a.token())
+    });
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        dashboard::render_page(&view, &pictures_of(app, &view).await),
+        dashboard::render_page(
+            &view,
+            &pictures_of(app, &view).await,
+            forms.as_deref().unwrap_or(""),
+        ),
     )
         .into_response()
 }

@@ -14,11 +14,14 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use axum::Extension;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_layer::Layer as _;
 
 use crate::net::Acceptor;
 use crate::state::Shared;
@@ -221,7 +224,10 @@ pub async fn serve_with(
                 continue;
             }
         };
-        let service = TowerToHyperService::new(app.clone());
+        // Each request learns its client's address (who gave an admin order).
+        let service = TowerToHyperService::new(
+            Extension(ConnectInfo(peer)).layer(app.clone()),
+        );
         let stop = stop.clone();
         connections.spawn(async move {
             let _slot = slot;

@@ -240,3 +240,29 @@ fn importing_the_seed_prints_exactly_what_it_did_before_keepalive_existed() {
     let body = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
     assert_eq!(body(&printed), body(&expected));
 }
+
+#[test]
+fn stats_admin_if_true_turns_runtime_control_on_with_the_stats_auth_credentials() {
+    // haproxy-semantics.md §3.7: `stats admin if <cond>` gives the `stats auth` users the admin
+    // level (READY/DRAIN/MAINT); here that is `[stats] admin_user` / `admin_password`.
+    let seed = std::fs::read_to_string(dir("seed-haproxy.cfg")).unwrap();
+    let with =
+        |lines: &str| seed.replacen("    stats uri /\n", &format!("    stats uri /\n{lines}"), 1);
+    let c = import::import(&with(
+        "    stats auth ops:s3cret\n    stats admin if TRUE\n",
+    ))
+    .unwrap();
+    assert_eq!(c.admin_credentials(), Some(("ops", "s3cret")));
+    assert_eq!(c.stats.auth.as_deref(), Some("ops:s3cret"));
+    for (lines, why) in [
+        ("    stats admin if TRUE\n", "needs `stats auth"),
+        (
+            "    stats auth ops:s3cret\n    stats admin if LOCALHOST\n",
+            "only `stats admin if TRUE`",
+        ),
+    ] {
+        let e = import::import(&with(lines)).expect_err(lines);
+        assert_eq!(e.directive, "stats admin", "{e}");
+        assert!(e.to_string().contains(why), "{e}");
+    }
+}

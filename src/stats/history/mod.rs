@@ -48,6 +48,8 @@ pub enum Band {
     Changing,
     /// A switchover was announced away from it: no new connections.
     Leaving,
+    /// Taken out by an operator (drain or maint).
+    Admin,
     /// Not answering, or Patroni reports it stopped or failed.
     Down,
 }
@@ -65,6 +67,7 @@ impl Band {
             Tone::Transitional => Band::Changing,
             Tone::Down => Band::Down,
             Tone::Init => Band::Unknown,
+            Tone::Admin => Band::Admin,
         }
     }
 
@@ -76,6 +79,7 @@ impl Band {
             Band::Unknown => "unknown",
             Band::Changing => "changing",
             Band::Leaving => "leaving",
+            Band::Admin => "admin",
             Band::Down => "down",
         }
     }

@@ -228,7 +228,7 @@ fn the_page_with_a_full_hour_stays_under_100_kib() {
         );
     }
     let view = crate::stats::export::view(&shared);
-    let page = crate::stats::dashboard::render_page(&view, &render(&h, &view.events, now));
+    let page = crate::stats::dashboard::render_page(&view, &render(&h, &view.events, now), "");
     let fragment = render(&h, &view.events, now);
     println!(
         "page with a full hour, 3 nodes, 50 events: {} bytes (pictures {} bytes)",
