@@ -85,7 +85,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let _log = patroni_proxy::logging::init();
+    let _log = patroni_proxy::logging::init(config.log.format);
     // A relaying session holds two sockets, and four more (two pipes) while it splices bulk data:
     // the default soft limit (1024) would cap us near 170 busy sessions.
     match rlimit::increase_nofile_limit(u64::MAX) {

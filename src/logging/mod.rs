@@ -7,10 +7,14 @@
 //! The subscriber is global by nature, so its drop counter is too: the metrics read it through
 //! [`dropped_lines`].
 
+mod json;
+
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+
+use crate::config::LogFormat;
 
 /// Lines queued for the writer thread before new ones are dropped: a burst of a busy
 /// `RUST_LOG=debug` (one line per session), about 100-200 KiB at most.
@@ -23,22 +27,24 @@ static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 #[must_use = "dropping the guard stops the log writer"]
 pub struct Guard(#[allow(dead_code)] WorkerGuard);
 
-/// Installs the subscriber: `RUST_LOG` filter (default `info`), non-blocking lossy stderr.
-pub fn init() -> Guard {
+/// Installs the subscriber: `RUST_LOG` filter (default `info`), non-blocking lossy stderr, lines
+/// in `format`.
+pub fn init(format: LogFormat) -> Guard {
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(QUEUE_LINES)
         .thread_name("pp-log")
         .finish(std::io::stderr());
     let _ = DROPPED.set(writer.error_counter());
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
         .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.with_ansi(false).event_format(json::Json).init(),
+    }
     Guard(guard)
 }
 
