@@ -1,6 +1,7 @@
 //! The `patroni-proxy` binary: parse the command line, load and check the config, set up logging,
 //! bind, run until a signal, drain, exit. All the work lives in the library.
 
+mod gendocs;
 mod runtime;
 
 use std::path::PathBuf;
@@ -31,6 +32,12 @@ enum Command {
         /// The haproxy.cfg to read.
         file: PathBuf,
     },
+    /// Print a completion script for SHELL (stdout), e.g. to
+    /// /usr/share/bash-completion/completions/patroni-proxy.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page, roff (stdout): the Debian package's patroni-proxy(1).
+    #[command(hide = true)]
+    Man,
 }
 
 /// sysexits' EX_CONFIG-style code for an unusable configuration, as linkerd2-proxy uses.
@@ -40,6 +47,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::ImportHaproxy { file }) => import(&file),
+        Some(Command::Completions { shell }) => gendocs::completions::<Cli>(shell),
+        Some(Command::Man) => gendocs::man::<Cli>(),
         Some(Command::Check) => match Config::load(&cli.config) {
             Ok(c) => {
                 print!("{}: OK\n{c}", cli.config.display());

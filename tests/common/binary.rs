@@ -65,7 +65,26 @@ impl Proxy {
         Self::launch(pg, rest, extra, Stderr::Read, &[], filter)
     }
 
+    /// As [`Proxy::start`], stderr read, running `bin` instead of the one cargo built (the
+    /// installed package's).
+    pub fn start_installed(bin: &str, pg: SocketAddr, rest: SocketAddr) -> Self {
+        Self::launch_bin(bin, pg, rest, Extra::default(), Stderr::Read, &[], "info")
+    }
+
     fn launch(
+        pg: SocketAddr,
+        rest: SocketAddr,
+        extra: Extra,
+        stderr: Stderr,
+        prefix: &[&str],
+        filter: &str,
+    ) -> Self {
+        let bin = env!("CARGO_BIN_EXE_patroni-proxy");
+        Self::launch_bin(bin, pg, rest, extra, stderr, prefix, filter)
+    }
+
+    fn launch_bin(
+        bin: &str,
         pg: SocketAddr,
         rest: SocketAddr,
         extra: Extra,
@@ -90,7 +109,6 @@ impl Proxy {
             ),
         )
         .unwrap();
-        let bin = env!("CARGO_BIN_EXE_patroni-proxy");
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
