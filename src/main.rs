@@ -1,6 +1,7 @@
 //! The `patroni-proxy` binary: parse the command line, load and check the config, set up logging,
 //! bind, run until a signal, drain, exit. All the work lives in the library.
 
+mod gendocs;
 mod runtime;
 
 use std::path::PathBuf;
@@ -37,6 +38,12 @@ enum Command {
         #[command(subcommand)]
         action: CtlAction,
     },
+    /// Print a completion script for SHELL (stdout), e.g. to
+    /// /usr/share/bash-completion/completions/patroni-proxy.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page, roff (stdout): the Debian package's patroni-proxy(1).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +65,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::ImportHaproxy { file }) => import(&file),
+        Some(Command::Completions { shell }) => gendocs::completions::<Cli>(shell),
+        Some(Command::Man) => gendocs::man::<Cli>(),
         Some(Command::Check) => match Config::load(&cli.config) {
             Ok(c) => {
                 print!("{}: OK\n{c}", cli.config.display());
@@ -144,7 +153,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let _log = patroni_proxy::logging::init();
+    let _log = patroni_proxy::logging::init(config.log.format);
     // A relaying session holds two sockets, and four more (two pipes) while it splices bulk data:
     // the default soft limit (1024) would cap us near 170 busy sessions.
     match rlimit::increase_nofile_limit(u64::MAX) {

@@ -18,7 +18,7 @@
 #![allow(unsafe_code)]
 
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -207,6 +207,18 @@ fn tcp_bytes(fd: BorrowedFd<'_>) -> (Option<u64>, Option<u64>) {
     const BYTES_ACKED: usize = 120;
     const BYTES_RECEIVED: usize = 128;
     let mut buf = [0u8; 256];
+    let filled = tcp_info(fd, &mut buf);
+    let field = |at: usize| {
+        filled
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_ne_bytes)
+    };
+    (field(BYTES_RECEIVED), field(BYTES_ACKED))
+}
+
+/// The part of `buf` the kernel filled with the socket's `struct tcp_info` (empty on an error).
+fn tcp_info<'b>(fd: BorrowedFd<'_>, buf: &'b mut [u8; 256]) -> &'b [u8] {
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: `fd` is open (see the callers); the kernel writes at most `len` bytes into `buf`.
     let r = unsafe {
@@ -219,16 +231,32 @@ fn tcp_bytes(fd: BorrowedFd<'_>) -> (Option<u64>, Option<u64>) {
         )
     };
     if r != 0 {
-        return (None, None);
+        return &[];
     }
-    let filled = buf.get(..len as usize).unwrap_or_default();
-    let field = |at: usize| {
-        filled
-            .get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_ne_bytes)
-    };
-    (field(BYTES_RECEIVED), field(BYTES_ACKED))
+    buf.get(..len as usize).unwrap_or_default()
+}
+
+/// Bytes of data the kernel has received on a TCP socket so far, for a session's log line at its
+/// end (`None` on a kernel older than 4.2). `tcpi_bytes_received` counts the peer's FIN too (it
+/// takes a sequence number), so one is taken off when the FIN has arrived: `eof` if the caller read
+/// the end of the stream, else as the socket's state says (`CLOSE_WAIT`, `LAST_ACK`, `CLOSING`,
+/// `TIME_WAIT`; a socket reset after a FIN, in `CLOSE`, may count one byte too many).
+pub fn bytes_received(s: &TcpStream, eof: Option<bool>) -> Option<u64> {
+    const CLOSE_WAIT: u8 = 8;
+    const LAST_ACK: u8 = 9;
+    const CLOSING: u8 = 11;
+    const TIME_WAIT: u8 = 6;
+    let mut buf = [0u8; 256];
+    let info = tcp_info(s.as_fd(), &mut buf);
+    let received = info
+        .get(128..136)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_ne_bytes)?;
+    let fin = eof.unwrap_or_else(|| {
+        info.first()
+            .is_some_and(|st| [CLOSE_WAIT, LAST_ACK, CLOSING, TIME_WAIT].contains(st))
+    });
+    Some(received.saturating_sub(u64::from(fin)))
 }
 
 impl Registered {

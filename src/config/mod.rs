@@ -27,11 +27,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use sections::{
-    Check, Etcd, FileConfig, Global, Listen, Server, Stats, DEFAULT_MAXCONN, MAX_THREADS,
+    Check, Etcd, FileConfig, Global, Listen, Log, Server, Stats, DEFAULT_MAXCONN, MAX_THREADS,
 };
 pub use validate::KeyError;
 pub use values::{
-    format_duration, parse_bind, parse_duration, CheckMethod, HttpVersion, OnMarkedDown,
+    format_duration, parse_bind, parse_duration, CheckMethod, HttpVersion, LogFormat, OnMarkedDown,
 };
 
 /// A configuration error, ready to print: it names the key and, when known, the line and column.

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{bind_addr, duration, opt_duration, CheckMethod, HttpVersion, OnMarkedDown};
+use super::values::{
+    bind_addr, duration, opt_duration, CheckMethod, HttpVersion, LogFormat, OnMarkedDown,
+};
 
 /// The whole file as written. Optional keys fall back to the defaults documented on each field.
 /// [`FileConfig::validate`] turns it into the [`Config`](super::Config) the program runs with.
@@ -23,6 +25,29 @@ pub struct FileConfig {
     /// Optional: watch Patroni's leader and failover keys in etcd to re-check at once on a change.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd: Option<Etcd>,
+    /// How the process logs. Not written when it is the default, so an imported HAProxy file
+    /// reads as before the section existed.
+    #[serde(skip_serializing_if = "Log::is_default")]
+    pub log: Log,
+}
+
+/// Logging to stderr (docs/operations.md, Logs).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// `text` (human-readable lines, as before the key existed) or `json` (one object per line,
+    /// the field names documented in docs/operations.md). Default `text`.
+    pub format: LogFormat,
+    /// One line per ended session at `info`, with HAProxy's `tcplog` fields (client address and
+    /// port, server, the backend connection's local port, queue/connect/total times, bytes,
+    /// termination code). Default `false`.
+    pub sessions: bool,
+}
+
+impl Log {
+    fn is_default(&self) -> bool {
+        *self == Log::default()
+    }
 }
 
 /// Where Patroni keeps its keys (Patroni's `etcd3.hosts`, `namespace`, `scope`).

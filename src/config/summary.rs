@@ -73,6 +73,12 @@ impl fmt::Display for Config {
                 e.endpoints
             )?;
         }
+        writeln!(
+            f,
+            "log format {}, session lines {}",
+            self.log.format,
+            on_off(self.log.sessions)
+        )?;
         let auth = if self.stats.auth.is_some() {
             " (basic auth)"
         } else {
@@ -109,6 +115,7 @@ mod tests {
             "server a 127.0.0.11:5432 maxconn 100 check 127.0.0.11:8009\n",
             "tcp keepalive: client off, server on (idle 1m, probe every 10s, 6 probes)\n",
             "stats on 0.0.0.0:7000 (basic auth), admin API on\n",
+            "log format text, session lines off\n",
         ] {
             assert!(shown.contains(line), "{line:?} not in:\n{shown}");
         }

@@ -158,6 +158,35 @@ impl FromStr for HttpVersion {
     }
 }
 
+/// `log.format`: human-readable lines or one JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [LogFormat::Text, LogFormat::Json]
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| format!("unsupported log format {s:?}: use \"text\" or \"json\""))
+    }
+}
+
 // serde's `try_from`/`into` go through these; the file holds the same words `as_str` gives.
 macro_rules! words {
     ($($t:ty),*) => {$(
@@ -179,7 +208,7 @@ macro_rules! words {
         }
     )*};
 }
-words!(CheckMethod, HttpVersion);
+words!(CheckMethod, HttpVersion, LogFormat);
 
 pub use bind_addr::parse as parse_bind;
 pub use duration::parse as parse_duration;

@@ -219,6 +219,7 @@ pub fn import(text: &str) -> Result<Config, ImportError> {
         servers,
         stats,
         etcd: None,
+        log: Default::default(),
     };
     // Whatever is imported must load as `proxy.toml` would: the same validation, reported at the
     // HAProxy line that set the refused value.

@@ -13,6 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::hold::refuse;
 use super::relay::Meters;
 use super::startup::{startup, write_all, Startup};
+use super::tcplog::Timing;
 use super::termination::Termination;
 use crate::backend::setup::{Phase, SetupGuard};
 use crate::backend::{Gauge, GaugeGuard, Ticket};
@@ -74,7 +75,9 @@ pub(super) async fn connect_and_start(
     ticket: Ticket,
     pending: &mut Pending,
     phase: &SetupGuard<'_>,
+    timing: &mut Timing,
 ) -> Attempt {
+    *timing = Timing::default();
     let cfg = &shared.config;
     let backend = &shared.backends[node];
     let c = &backend.counters;
@@ -99,6 +102,7 @@ pub(super) async fn connect_and_start(
             }
         }
     };
+    timing.slot = Some(tokio::time::Instant::now());
     if shared.current().primary != Some(node) {
         // The primary changed while we queued: never connect to the node that lost the role.
         return Attempt::Retry(Evidence::None);
@@ -117,7 +121,10 @@ pub(super) async fn connect_and_start(
         // client that finds none, instead of being reset by shutdown-sessions.
         _ = backend.killed(ticket) => return Attempt::Retry(Evidence::None),
         r = Box::pin(connect(shared, node)) => match r {
-            Ok(s) => s,
+            Ok(s) => {
+                timing.connected = Some(tokio::time::Instant::now());
+                s
+            }
             Err(ConnectError::Rerouted) => return Attempt::Retry(Evidence::None),
             // Retries exhausted before any server byte reached the client: rather than a bare
             // close (HAProxy's `SC`), hold it for the next primary -- the node may be restarting

@@ -1,7 +1,7 @@
 //! The primary port: the accept loops ([`serve`]), one per relay thread, and which thread runs a
 //! client ([`balance`]); one session per client ([`session`]) in its phases: the hold for a primary
 //! (`hold`), a slot and a connection (`connect`), the startup (`startup`), then the byte relay
-//! ([`relay`]); how a session ended ([`termination`]). Each server's registry of relaying sessions,
+//! ([`relay`]); how a session ended ([`termination`]) and its log line ([`tcplog`]). Each server's registry of relaying sessions,
 //! which `shutdown-sessions` goes through, is the backend's ([`crate::backend::relaying`]).
 
 pub mod balance;
@@ -10,6 +10,7 @@ mod hold;
 pub mod relay;
 pub mod session;
 mod startup;
+pub mod tcplog;
 pub mod termination;
 
 use std::io;

@@ -113,6 +113,11 @@ impl Relay {
         (relay, crate::time::deadline(last, limit))
     }
 
+    /// Whether the end of the stream was read from the client and from the server.
+    pub fn eof(&self) -> (bool, bool) {
+        (self.up_done, self.down_done)
+    }
+
     pub fn poll(
         &mut self,
         cx: &mut Context<'_>,

@@ -20,8 +20,9 @@ use super::balance::Admission;
 use super::connect::{connect_and_start, tune, Attempt, Evidence, ServerSession};
 use super::hold::hold;
 use super::relay::{End, Meters, Relay, Side};
+use super::tcplog::{Phases, SessionLine, Sockets, Timing};
 use super::termination::Termination;
-use crate::backend::relaying::Registered;
+use crate::backend::relaying::{bytes_received, Registered};
 use crate::backend::{Counters, Gauge, GaugeGuard, Ticket};
 use crate::pgwire::startup::Pending;
 use crate::state::Shared;
@@ -60,8 +61,9 @@ pub async fn run(
     shared.frontend.stot.fetch_add(1, Relaxed);
     let open = GaugeGuard::hold(ClientSession(shared));
     let shared = &open.handle().0;
-    let (t, node) = match establish(client, peer, shared, start).await {
-        Setup::Done(t, node) => (t, node),
+    let mut timing = Timing::default();
+    let (t, node, client) = match establish(client, peer, shared, start, &mut timing).await {
+        Setup::Done(t, node, client) => (t, node, client),
         Setup::Relay(s) => {
             let node = s.open.handle().node;
             let backend = &shared.backends[node];
@@ -86,24 +88,30 @@ pub async fn run(
                         _admission: admission,
                         peer,
                         start,
+                        phases: Phases::new(start, timing),
                         relay,
                         sleep: tokio::time::sleep_until(deadline),
                     });
                     return;
                 }
-                Err(_) => {
+                Err((client, _server)) => {
                     backend.counters.killed.fetch_add(1, Relaxed);
-                    (Termination::Killed, Some(node))
+                    (Termination::Killed, Some(node), client)
                 }
             }
         }
     };
-    log_end(shared, peer, node, start, t);
+    let phases = Phases::new(start, timing);
+    log_end(shared, peer, node, start, t, phases, || Sockets {
+        bytes_from_client: bytes_received(&client, None),
+        ..Sockets::default()
+    });
 }
 
-/// How the setup phase ended: with the session, or with a relay to run.
+/// How the setup phase ended: with the session (and the client's socket, for the log line), or
+/// with a relay to run.
 enum Setup {
-    Done(Termination, Option<usize>),
+    Done(Termination, Option<usize>, TcpStream),
     Relay(Established),
 }
 
@@ -134,6 +142,8 @@ pin_project_lite::pin_project! {
         _admission: Admission,
         peer: SocketAddr,
         start: Instant,
+        // For the session's log line.
+        phases: Phases,
         relay: Relay,
         #[pin]
         sleep: Sleep,
@@ -163,7 +173,20 @@ impl Future for RelayTask {
         } else {
             relay_end(&backend.counters, end)
         };
-        log_end(shared, *this.peer, Some(*node), *this.start, t);
+        let (io, (client_eof, server_eof)) = (&*this.io, this.relay.eof());
+        log_end(
+            shared,
+            *this.peer,
+            Some(*node),
+            *this.start,
+            t,
+            *this.phases,
+            || Sockets {
+                backend_port: io.server().local_addr().ok().map(|a| a.port()),
+                bytes_from_client: bytes_received(io.client(), Some(client_eof)),
+                bytes_from_server: bytes_received(io.server(), Some(server_eof)),
+            },
+        );
         Poll::Ready(())
     }
 }
@@ -175,6 +198,7 @@ async fn establish(
     peer: SocketAddr,
     shared: &Arc<Shared>,
     start: Instant,
+    timing: &mut Timing,
 ) -> Setup {
     // Listed in the sessions view until the setup ends; then, if it relays, in its server's registry.
     let phase = shared.frontend.setups.join(peer, start);
@@ -193,15 +217,15 @@ async fn establish(
     loop {
         let node = match hold(shared, &client, deadline, &mut pending, avoid, &phase).await {
             Ok(n) => n,
-            Err(t) => return Setup::Done(t, last_node),
+            Err(t) => return Setup::Done(t, last_node, client),
         };
         last_node = Some(node);
         // Taken before queueing, so a DOWN while this session waits or connects closes it too.
         let Some(ticket) = shared.ticket_for(node) else {
             continue;
         };
-        match connect_and_start(&client, shared, node, ticket, &mut pending, &phase).await {
-            Attempt::Done(t) => return Setup::Done(t, last_node),
+        match connect_and_start(&client, shared, node, ticket, &mut pending, &phase, timing).await {
+            Attempt::Done(t) => return Setup::Done(t, last_node, client),
             Attempt::Ready { server, slot, open } => {
                 return Setup::Relay(Established {
                     client,
@@ -220,7 +244,7 @@ async fn establish(
                             server = shared.server_name(node),
                             "{reason} again: giving up on this client"
                         );
-                        return Setup::Done(Termination::ServerError, last_node);
+                        return Setup::Done(Termination::ServerError, last_node, client);
                     }
                     Evidence::Vanished(reason) => {
                         vanished_on = Some(node);
@@ -256,8 +280,24 @@ fn relay_end(c: &Counters, end: End) -> Termination {
     }
 }
 
-fn log_end(shared: &Shared, peer: SocketAddr, node: Option<usize>, start: Instant, t: Termination) {
+/// The session's end in the log: with `log.sessions`, the `tcplog` line at info (its socket facts
+/// asked of the kernel only then); otherwise the short line at debug.
+fn log_end(
+    shared: &Shared,
+    peer: SocketAddr,
+    node: Option<usize>,
+    start: Instant,
+    t: Termination,
+    phases: Phases,
+    sockets: impl FnOnce() -> Sockets,
+) {
     let px = &shared.config.listen.name;
+    if shared.config.log.sessions {
+        let server = node.map(|n| shared.server_name(n));
+        let now = Instant::now();
+        SessionLine::new(peer, px, server, start, now, phases, sockets(), t).emit();
+        return;
+    }
     let server = node.map_or("<NOSRV>", |n| shared.server_name(n));
     tracing::debug!(
         target: "patroni_proxy::session",
@@ -305,6 +345,7 @@ mod tests {
             _admission: Admission::slot_only(slots.try_acquire_owned().unwrap()),
             peer,
             start: Instant::now(),
+            phases: Phases::new(Instant::now(), Timing::default()),
             relay,
             sleep: tokio::time::sleep_until(deadline),
         };

@@ -3,6 +3,8 @@
 //! "database" that greets each client with its node name. The real-cluster tests live in `e2e.rs`.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};

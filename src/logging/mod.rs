@@ -7,6 +7,8 @@
 //! The subscriber is global by nature, so its drop counter is too: the metrics read it through
 //! [`dropped_lines`].
 
+mod json;
+
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
@@ -14,6 +16,8 @@ use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGua
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::LogFormat;
 
 /// Lines queued for the writer thread before new ones are dropped: a burst of a busy
 /// `RUST_LOG=debug` (one line per session), about 100-200 KiB at most.
@@ -26,8 +30,9 @@ static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 #[must_use = "dropping the guard stops the log writer"]
 pub struct Guard(#[allow(dead_code)] WorkerGuard);
 
-/// Installs the subscriber: `RUST_LOG` filter (default `info`), non-blocking lossy stderr.
-pub fn init() -> Guard {
+/// Installs the subscriber: `RUST_LOG` filter (default `info`), non-blocking lossy stderr, lines
+/// in `format`.
+pub fn init(format: LogFormat) -> Guard {
     let (filter, bad) = filter(std::env::var("RUST_LOG").ok().as_deref());
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
@@ -35,13 +40,22 @@ pub fn init() -> Guard {
         .thread_name("pp-log")
         .finish(std::io::stderr());
     let _ = DROPPED.set(writer.error_counter());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_max_level(tracing::Level::TRACE)
-        .finish()
-        .with(filter)
-        .init();
+        .with_max_level(tracing::Level::TRACE);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(filter)
+            .init(),
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .event_format(json::Json)
+            .finish()
+            .with(filter)
+            .init(),
+    }
     if let Some(e) = bad {
         tracing::warn!("RUST_LOG ignored, logging at info: {e}");
     }
