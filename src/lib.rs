@@ -13,7 +13,8 @@
 //! - [`stats`]: the stats listener (dashboard, exports, metrics, runtime control); [`ctl`] is its
 //!   command-line client.
 //! - [`logging`]: non-blocking, lossy stderr logging.
-//! - [`signals`]: SIGTERM/SIGINT drain (twice: close now), SIGHUP ignored.
+//! - [`signals`]: SIGTERM/SIGINT drain (twice: close now), SIGHUP reloads ([`reload`]: the pure
+//!   plan of what a new file changes, and the swap).
 //! - [`supervisor`]: starts, supervises and drains all of the above.
 //! - [`time`]: deadline arithmetic that saturates instead of overflowing.
 
@@ -27,6 +28,7 @@ pub mod logging;
 pub mod net;
 pub mod pgwire;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod signals;
 pub mod state;

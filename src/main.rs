@@ -32,6 +32,10 @@ enum Command {
         /// The haproxy.cfg to read.
         file: PathBuf,
     },
+    /// Make the running proxy (the one serving this configuration's stats.bind) read its
+    /// configuration file again: sends it SIGHUP and waits for the outcome, which it prints; exits
+    /// non-zero if the reload was refused (the proxy then keeps its running configuration).
+    Reload,
     /// Runtime control of a running proxy through its stats listener's admin API ([stats]
     /// admin_user; the password from PATRONI_PROXY_ADMIN_PASSWORD or the file).
     Ctl {
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Ctl { action }) => ctl(&cli.config, action),
+        Some(Command::Reload) => reload(&cli.config),
         None => run(&cli.config),
     }
 }
@@ -122,6 +127,37 @@ fn ctl(path: &std::path::Path, action: CtlAction) -> ExitCode {
     }
 }
 
+fn reload(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            // The running proxy would refuse it too: say so before signalling anything.
+            eprintln!("error: {e}\nerror: not reloading: the running configuration is unchanged");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(patroni_proxy::ctl::reload(&config)) {
+        Ok(said) => {
+            println!("{said}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn import(file: &std::path::Path) -> ExitCode {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
@@ -146,8 +182,8 @@ fn import(file: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => Arc::new(c),
+    let (config, loaded) = match patroni_proxy::reload::read(path) {
+        Ok((c, loaded)) => (Arc::new(c), loaded),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -167,7 +203,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, path)) {
+    match runtime.block_on(serve(config, path, loaded)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -176,7 +212,11 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn serve(config: Arc<Config>, path: &std::path::Path) -> anyhow::Result<()> {
+async fn serve(
+    config: Arc<Config>,
+    path: &std::path::Path,
+    loaded: patroni_proxy::stats::loaded::Loaded,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let proxy = tokio::net::TcpListener::bind(config.listen.bind)
         .await
@@ -201,8 +241,12 @@ async fn serve(config: Arc<Config>, path: &std::path::Path) -> anyhow::Result<()
             stats: Some(stats),
         },
     );
-    // For the dashboard's process line.
-    let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let _ = running.stats.config_path.set(shown);
-    patroni_proxy::signals::serve_until_stopped(running, signals).await
+    // For the dashboard's process line and /stats.json.
+    running.stats.config.set_loaded(loaded);
+    let reloader = patroni_proxy::reload::Reloader {
+        path: path.to_path_buf(),
+        shared: running.shared.clone(),
+        stats: running.stats.clone(),
+    };
+    patroni_proxy::signals::serve_until_stopped(running, signals, Some(reloader)).await
 }

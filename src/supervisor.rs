@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::health::{checker, CheckSpec};
+use crate::health::checker;
 use crate::state::{self, Input, Owner, Shared};
 use crate::{dcs, proxy, stats};
 
@@ -67,7 +67,7 @@ impl Running {
         done: tokio::task::JoinHandle<anyhow::Result<()>>,
     ) -> Self {
         Self {
-            stats: Arc::new(stats::Stats::new(&shared.config)),
+            stats: Arc::new(stats::Stats::new(&shared.config())),
             shared,
             stop: CancellationToken::new(),
             force: CancellationToken::new(),
@@ -122,25 +122,16 @@ pub async fn run(
         owner,
         stats,
     } = parts;
-    let cfg = shared.config.clone();
+    let cfg = shared.config();
     let tasks = TaskTracker::new();
     let sessions = TaskTracker::new();
     let internal_stop = stop.child_token();
 
-    let spec = CheckSpec::new(
-        cfg.check.method.as_str(),
-        &cfg.check.uri,
-        cfg.check.version.as_str(),
-        cfg.check.expect_status,
-        cfg.check_connect_timeout(),
-        cfg.check.timeout,
-    );
     let n = cfg.servers.len();
     let mut supervised = tokio::task::JoinSet::new();
     for i in 0..n {
         supervised.spawn(tasks.track_future(checker::run(
             cfg.check_target(i),
-            spec.clone(),
             checker::first_delay(i, n, cfg.check.inter),
             owner.link(i),
             internal_stop.clone(),
@@ -198,7 +189,8 @@ pub async fn run(
     tasks.wait().await;
 
     sessions.close();
-    let grace = cfg.global.shutdown_grace;
+    // Read now, not at start-up: a reload may have changed it.
+    let grace = shared.config().global.shutdown_grace;
     let open = shared.frontend.scur.load(Relaxed);
     if open > 0 {
         tracing::info!(open, grace = ?grace, "draining sessions");

@@ -40,8 +40,8 @@ pub async fn serve(
     sessions: TaskTracker,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.global.maxconn.get() as usize));
-    let threads = shared.config.global.threads();
+    let slots = Arc::new(Semaphore::new(shared.config().global.maxconn.get() as usize));
+    let threads = shared.config().global.threads();
     let (balance, mut inboxes) = Threads::new(threads);
     for i in (1..threads).rev() {
         let inbox = inboxes.pop().expect("one inbox per thread");
