@@ -15,9 +15,11 @@
 //! - [`logging`]: non-blocking, lossy stderr logging.
 //! - [`signals`]: SIGTERM/SIGINT drain (twice: close now), SIGHUP reloads ([`reload`]: the pure
 //!   plan of what a new file changes, and the swap).
-//! - [`supervisor`]: starts, supervises and drains all of the above.
+//! - [`supervisor`]: starts, supervises and drains all of the above; [`activation`]: listening
+//!   sockets inherited from systemd (`LISTEN_FDS`), so a restart refuses no connection.
 //! - [`time`]: deadline arithmetic that saturates instead of overflowing.
 
+pub mod activation;
 pub mod backend;
 pub mod config;
 pub mod ctl;

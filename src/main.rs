@@ -127,6 +127,25 @@ fn ctl(path: &std::path::Path, action: CtlAction) -> ExitCode {
     }
 }
 
+/// The listener for `key`: the inherited socket for `addr` if there is one, else a new one.
+async fn listener(
+    inherited: &mut patroni_proxy::activation::Inherited,
+    addr: std::net::SocketAddr,
+    key: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    match inherited.take(addr) {
+        Some(l) => {
+            tracing::info!(socket = %l.local_addr()?, "{key}: using the socket passed by the service manager (socket activation)");
+            l.set_nonblocking(true)?;
+            Ok(tokio::net::TcpListener::from_std(l)?)
+        }
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({key})")),
+    }
+}
+
 fn reload(path: &std::path::Path) -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -182,6 +201,8 @@ fn import(file: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
+    // First, while this is the only thread: it clears LISTEN_PID and LISTEN_FDS.
+    let inherited = patroni_proxy::activation::Inherited::from_env();
     let (config, loaded) = match patroni_proxy::reload::read(path) {
         Ok((c, loaded)) => (Arc::new(c), loaded),
         Err(e) => {
@@ -203,7 +224,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, path, loaded)) {
+    match runtime.block_on(serve(config, path, loaded, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -216,14 +237,19 @@ async fn serve(
     config: Arc<Config>,
     path: &std::path::Path,
     loaded: patroni_proxy::stats::loaded::Loaded,
+    mut inherited: patroni_proxy::activation::Inherited,
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let proxy = tokio::net::TcpListener::bind(config.listen.bind)
-        .await
-        .with_context(|| format!("cannot listen on {} (listen.bind)", config.listen.bind))?;
-    let stats = tokio::net::TcpListener::bind(config.stats.bind)
-        .await
-        .with_context(|| format!("cannot listen on {} (stats.bind)", config.stats.bind))?;
+    let proxy = listener(&mut inherited, config.listen.bind, "listen.bind").await?;
+    let stats = listener(&mut inherited, config.stats.bind, "stats.bind").await?;
+    for why in &inherited.refused {
+        tracing::warn!("socket activation: {why}; not used");
+    }
+    for a in inherited.unused() {
+        // Clients connecting there would wait in a queue nobody accepts from.
+        tracing::error!(socket = %a, "socket activation: a socket was passed for {a}, which \
+            neither listen.bind nor stats.bind names; fix the socket unit (ListenStream=) or the \
+            config");
+    }
     // The bound addresses (not the configured ones): with port 0 they say where we really listen.
     tracing::info!(
         listen = %proxy.local_addr()?,
