@@ -109,6 +109,25 @@ async fn sighup_applies_new_timers_and_a_relaying_session_survives() {
         metrics.contains("patroni_proxy_config_reloads_total{result=\"ok\"} 1"),
         "{metrics}"
     );
+    // The dashboard's process line names the loaded file's hash, and its event list the reload.
+    let new_sha = after["config_sha256"].as_str().unwrap();
+    let page = p
+        .get_ok("/dashboard/data.json", Duration::from_secs(5))
+        .await;
+    assert!(
+        page.contains(&format!("(sha256 {}, loaded ", &new_sha[..12])),
+        "{page}"
+    );
+    assert!(page.contains("reloads: 1 applied, 0 refused"), "{page}");
+    let v = stats(&p).await;
+    let events = v["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Configuration reloaded")),
+        "{v}"
+    );
 }
 
 #[tokio::test]
