@@ -273,6 +273,7 @@ async fn serve(
         path: path.to_path_buf(),
         shared: running.shared.clone(),
         stats: running.stats.clone(),
+        move_to: running.move_to.clone(),
     };
     patroni_proxy::signals::serve_until_stopped(running, signals, Some(reloader)).await
 }

@@ -23,6 +23,8 @@ pub struct Listeners {
 pub struct Running {
     pub shared: Arc<Shared>,
     pub stats: Arc<stats::Stats>,
+    /// Moves the primary port to a new socket (a reload of `listen.bind`).
+    pub move_to: Arc<tokio::sync::watch::Sender<Option<Arc<std::net::TcpListener>>>>,
     stop: CancellationToken,
     force: CancellationToken,
     done: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -68,6 +70,7 @@ impl Running {
     ) -> Self {
         Self {
             stats: Arc::new(stats::Stats::new(&shared.config())),
+            move_to: Arc::new(tokio::sync::watch::channel(None).0),
             shared,
             stop: CancellationToken::new(),
             force: CancellationToken::new(),
@@ -82,11 +85,13 @@ pub fn start(config: Arc<Config>, listeners: Listeners) -> Running {
     let (shared, owner) = state::new(config, stats.clone());
     let stop = CancellationToken::new();
     let force = CancellationToken::new();
+    let (move_to, moves) = tokio::sync::watch::channel(None);
     let done = tokio::spawn(run(
         Parts {
             shared: shared.clone(),
             owner,
             stats: stats.clone(),
+            moves,
         },
         listeners,
         stop.clone(),
@@ -95,6 +100,7 @@ pub fn start(config: Arc<Config>, listeners: Listeners) -> Running {
     Running {
         shared,
         stats,
+        move_to: Arc::new(move_to),
         stop,
         force,
         done,
@@ -106,6 +112,8 @@ pub struct Parts {
     pub shared: Arc<Shared>,
     pub owner: Owner,
     pub stats: Arc<stats::Stats>,
+    /// Where a reload sends a moved primary-port socket.
+    pub moves: proxy::Moves,
 }
 
 /// Runs until `stop` is cancelled, then drains for up to `shutdown_grace`, or until `force` is
@@ -121,6 +129,7 @@ pub async fn run(
         shared,
         owner,
         stats,
+        moves,
     } = parts;
     let cfg = shared.config();
     let tasks = TaskTracker::new();
@@ -159,6 +168,7 @@ pub async fn run(
     }
     supervised.spawn(tasks.track_future(proxy::serve(
         listeners.proxy,
+        moves,
         shared.clone(),
         sessions.clone(),
         internal_stop.clone(),

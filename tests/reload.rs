@@ -176,19 +176,14 @@ async fn the_reload_command_signals_the_proxy_and_reports_its_answer() {
     assert!(said.contains("reloaded: pid"), "{said}");
     assert_eq!(stats(&p).await["reloads"]["ok"], 1);
 
-    // Moving the listener needs a restart in this version: refused, named, and the proxy serves
-    // on where it was.
-    let moved = format!("127.0.0.1:{}", common::binary::free_port());
-    rewrite(
-        &p,
-        &format!("bind = \"{}\"", p.listen),
-        &format!("bind = \"{moved}\""),
-    );
+    // A change that needs a restart (the relay threads are made once): refused, named, and the
+    // proxy serves on as it was.
+    rewrite(&p, "threads = 1", "threads = 2");
     let out = reload_command(&p);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{out:?}");
     assert!(
-        said.contains("listen.bind") && said.contains("restart"),
+        said.contains("global.threads") && said.contains("restart"),
         "{said}"
     );
     let v = stats(&p).await;
@@ -198,4 +193,118 @@ async fn the_reload_command_signals_the_proxy_and_reports_its_answer() {
     );
     let mut s = session(&p).await;
     echoes(&mut s, b"same listener").await;
+}
+
+/// Clients one after another to whatever `target` says, until `stop`: (attempts, refused).
+async fn loop_to(
+    target: std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (mut attempts, mut refused, mut failed) = (0, 0, 0);
+    let until = Instant::now() + Duration::from_secs(30);
+    while !stop.load(Relaxed) && Instant::now() < until {
+        attempts += 1;
+        let addr = *target.lock().unwrap();
+        match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            Err(_) => failed += 1,
+            Ok(mut s) => {
+                let served = async {
+                    s.write_all(&startup_message("app")).await.ok()?;
+                    let mut answer = Vec::new();
+                    let mut chunk = [0u8; 512];
+                    while !answer.ends_with(&[b'Z', 0, 0, 0, 5, b'I']) {
+                        let n = s.read(&mut chunk).await.ok()?;
+                        if n == 0 {
+                            return None;
+                        }
+                        answer.extend_from_slice(&chunk[..n]);
+                    }
+                    Some(())
+                };
+                if tokio::time::timeout(Duration::from_secs(5), served)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
+                {
+                    failed += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (attempts, refused, failed)
+}
+
+#[tokio::test]
+async fn a_changed_bind_moves_the_listener_without_a_refused_connection() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::{Arc, Mutex};
+    let (_pg, _rest, p) = started().await;
+    let mut kept = session(&p).await;
+    let target = Arc::new(Mutex::new(p.listen));
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(loop_to(target.clone(), stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let moved: std::net::SocketAddr = format!("127.0.0.1:{}", common::binary::free_port())
+        .parse()
+        .unwrap();
+    rewrite(
+        &p,
+        &format!("bind = \"{}\"", p.listen),
+        &format!("bind = \"{moved}\""),
+    );
+    p.signal("HUP");
+    let v = wait_reloads(&p, "ok", 1).await;
+    assert_eq!(v["listen"], moved.to_string(), "{v}");
+    // The clients learn the new address (as an application would, a little later): the old
+    // socket still accepts meanwhile.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    *target.lock().unwrap() = moved;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Relaxed);
+    let (mut attempts, mut refused, mut failed) = (0, 0, 0);
+    for l in loops {
+        let (a, r, f) = l.await.unwrap();
+        attempts += a;
+        refused += r;
+        failed += f;
+    }
+    println!(
+        "listen.bind moved: {attempts} connections attempted, {refused} refused, {failed} failed"
+    );
+    assert!(attempts > 20, "{attempts}");
+    assert_eq!((refused, failed), (0, 0), "of {attempts}");
+    echoes(&mut kept, b"a session from before the move").await;
+    // The old socket closes after its linger (2 s): then it refuses.
+    let until = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(p.listen).await.is_ok() {
+        assert!(Instant::now() < until, "the old socket never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    echoes(&mut kept, b"and after it closed").await;
+}
+
+#[tokio::test]
+async fn a_bind_that_cannot_be_opened_is_refused_and_the_old_listener_stays() {
+    let (_pg, _rest, p) = started().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    rewrite(
+        &p,
+        &format!("bind = \"{}\"", p.listen),
+        &format!("bind = \"{busy}\""),
+    );
+    p.signal("HUP");
+    let v = wait_reloads(&p, "failed", 1).await;
+    let why = v["reloads"]["last_error"].as_str().unwrap();
+    assert!(why.starts_with("listen.bind: cannot listen on"), "{why}");
+    assert_eq!(v["listen"], p.listen.to_string());
+    let mut s = session(&p).await;
+    echoes(&mut s, b"where it was").await;
 }

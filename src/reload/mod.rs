@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use crate::config::{Config, ConfigError};
 use crate::state::{Input, Shared};
@@ -45,6 +46,20 @@ pub fn read(path: &Path) -> Result<(Config, Loaded), ConfigError> {
     Ok((config, loaded))
 }
 
+/// A listening socket on `addr`, as tokio's `TcpListener::bind` makes one (address reuse, a
+/// backlog of 1024), left blocking for the accept loops to register.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// SHA-256 of `bytes`, lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -62,11 +77,13 @@ pub enum Outcome {
     Refused(String),
 }
 
-/// What a reload needs: the file, the state to swap the configuration in, the stats to record it.
+/// What a reload needs: the file, the state to swap the configuration in, the stats to record it,
+/// and where to send a moved primary-port socket.
 pub struct Reloader {
     pub path: PathBuf,
     pub shared: Arc<Shared>,
     pub stats: Arc<Stats>,
+    pub move_to: Arc<watch::Sender<Option<Arc<std::net::TcpListener>>>>,
 }
 
 impl Reloader {
@@ -92,6 +109,22 @@ impl Reloader {
                 p.restart.join("; ")
             ));
         }
+        // The new socket is bound and listening before anything changes: if it cannot be, the
+        // reload is refused and the proxy keeps listening where it did.
+        let moved = if new.listen.bind != self.shared.config().listen.bind {
+            match bind(new.listen.bind) {
+                Ok(l) => Some(Arc::new(l)),
+                Err(e) => {
+                    return Outcome::Refused(format!(
+                        "listen.bind: cannot listen on {}: {e}; the running configuration is \
+                         unchanged",
+                        new.listen.bind
+                    ))
+                }
+            }
+        } else {
+            None
+        };
         let message = format!(
             "Configuration reloaded from {} (sha256 {}); changed: {}; {} servers kept with their \
              state.",
@@ -101,6 +134,10 @@ impl Reloader {
             p.kept.len(),
         );
         self.shared.replace_config(Arc::new(new));
+        if let Some(l) = moved {
+            // Each accept loop takes it and closes the old socket after `MOVE_LINGER`.
+            self.move_to.send_replace(Some(l));
+        }
         self.stats.config.reloaded(loaded);
         // The owner logs it (target patroni_proxy::admin) and puts it on the dashboard's events.
         self.shared.send(Input::Reloaded { message });

@@ -90,8 +90,8 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     let o = &old.listen;
     // The proxy's name labels every metric series, registered once.
     key("listen.name", *name != o.name, false);
-    // Moving a listener needs the new one opened before the old one closes: not done live yet.
-    key("listen.bind", *bind != o.bind, false);
+    // Moved live: the new socket is bound before the old one closes (`crate::proxy::Moves`).
+    key("listen.bind", *bind != o.bind, true);
     key("listen.retries", *retries != o.retries, true);
     key(
         "listen.timeout_connect",
@@ -189,7 +189,8 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         true,
     );
 
-    // The stats router holds its credentials, made once with its listener.
+    // The stats router holds its credentials, made once with its listener; moving the stats
+    // listener live is not done (yet).
     let Stats {
         bind,
         auth,

@@ -61,18 +61,18 @@ fn session_timeouts_and_grace_apply_live() {
 }
 
 #[test]
-fn a_moved_listener_or_new_credentials_need_a_restart() {
+fn a_moved_stats_listener_or_new_credentials_need_a_restart() {
     let new = with(
         "[listen]\nbind = \"127.0.0.1:6000\"\n[stats]\nbind = \"127.0.0.1:7001\"\n\
          admin_user = \"ops\"\nadmin_password = \"secret-secret\"\n[global]\nmaxconn = 10",
     );
     let p = plan(&config(BASE), &new);
     assert!(!p.applies_live());
+    assert_eq!(p.live, ["listen.bind"], "the primary port moves live");
     assert_eq!(
         p.restart,
         [
             "global.maxconn",
-            "listen.bind",
             "stats.bind",
             "stats.admin_user",
             "stats.admin_password"
