@@ -136,9 +136,142 @@ pub async fn run(
     }
 }
 
+/// What `patroni-proxy reload` reads of `/stats.json`, before and after signalling.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ReloadState {
+    pub pid: u32,
+    pub config_path: Option<String>,
+    pub config_sha256: Option<String>,
+    pub reloads: ReloadCounts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ReloadCounts {
+    pub ok: u64,
+    pub failed: u64,
+    pub last_error: Option<String>,
+}
+
+/// What the proxy did with the SIGHUP, once its counts moved: `None` while they have not.
+pub fn reload_outcome(before: &ReloadState, after: &ReloadState) -> Option<Result<String, String>> {
+    let (b, a) = (&before.reloads, &after.reloads);
+    if a.failed > b.failed {
+        Some(Err(format!(
+            "the proxy (pid {}) refused the reload: {}",
+            after.pid,
+            a.last_error.as_deref().unwrap_or("(no reason given)")
+        )))
+    } else if a.ok > b.ok {
+        Some(Ok(format!(
+            "reloaded: pid {} runs {} (sha256 {})",
+            after.pid,
+            after.config_path.as_deref().unwrap_or("?"),
+            after.config_sha256.as_deref().unwrap_or("?")
+        )))
+    } else {
+        None
+    }
+}
+
+/// `patroni-proxy reload`: finds the running proxy through its stats listener (the pid in
+/// `/stats.json`: no pid file to go stale, and it is the process that serves this very
+/// configuration's stats.bind), sends it SIGHUP, and waits for its reload counts to move.
+/// Sending the signal needs the right to signal that process (its user, or root), as
+/// `systemctl reload` does; run it on the proxy's host, in its PID namespace.
+pub async fn reload(config: &Config) -> Result<String, CtlError> {
+    let address = stats_address(config);
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .map_err(|e| CtlError(format!("cannot build an HTTP client: {e}")))?;
+    let before = reload_state(&client, config, address).await?;
+    let pid = i32::try_from(before.pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .filter(|_| before.pid != std::process::id())
+        .ok_or_else(|| CtlError(format!("the proxy at {address} gave pid {}", before.pid)))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).map_err(|e| {
+        CtlError(format!(
+            "cannot signal pid {} (the proxy at {address}): {e}; run this as the proxy's user \
+             or root, on its host",
+            before.pid
+        ))
+    })?;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        // Polled: the reload itself takes a file read, well under a poll's interval.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let after = reload_state(&client, config, address).await?;
+        if let Some(outcome) = reload_outcome(&before, &after) {
+            return outcome.map_err(CtlError);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CtlError(format!(
+                "sent SIGHUP to pid {}, but its reload counts did not move within {}s",
+                before.pid,
+                TIMEOUT.as_secs()
+            )));
+        }
+    }
+}
+
+async fn reload_state(
+    client: &reqwest::Client,
+    config: &Config,
+    address: SocketAddr,
+) -> Result<ReloadState, CtlError> {
+    let mut request = client.get(format!("http://{address}/stats.json"));
+    if let Some((user, password)) = config.stats_credentials() {
+        request = request.basic_auth(user, Some(password));
+    }
+    let answer = request.send().await.map_err(|e| {
+        CtlError(format!(
+            "cannot reach the stats listener at {address}: {e}; is patroni-proxy running, and \
+             is this its configuration (stats.bind)?"
+        ))
+    })?;
+    let status = answer.status().as_u16();
+    let body = answer
+        .text()
+        .await
+        .map_err(|e| CtlError(format!("reading the answer from {address}: {e}")))?;
+    if status != 200 {
+        return Err(CtlError(explain(address, status, &body)));
+    }
+    serde_json::from_str(&body).map_err(|e| {
+        CtlError(format!(
+            "the answer of {address}/stats.json is not a patroni-proxy's: {e}"
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_is_told_by_the_counts_that_moved() {
+        let state = |ok, failed, last_error: Option<&str>| ReloadState {
+            pid: 42,
+            config_path: Some("/etc/patroni-proxy/proxy.toml".into()),
+            config_sha256: Some("ab12".into()),
+            reloads: ReloadCounts {
+                ok,
+                failed,
+                last_error: last_error.map(str::to_string),
+            },
+        };
+        let before = state(1, 1, Some("old"));
+        assert_eq!(reload_outcome(&before, &before), None, "not yet");
+        assert_eq!(
+            reload_outcome(&before, &state(2, 1, Some("old"))),
+            Some(Ok(
+                "reloaded: pid 42 runs /etc/patroni-proxy/proxy.toml (sha256 ab12)".into()
+            ))
+        );
+        let refused = reload_outcome(&before, &state(1, 2, Some("listen.bind: ..."))).unwrap();
+        assert!(refused.unwrap_err().contains("listen.bind"));
+    }
 
     fn config(stats: &str) -> Config {
         Config::from_toml(&format!(

@@ -41,7 +41,9 @@ Stop accepting, drain open sessions for up to \fIglobal.shutdown_grace\fR, exit 
 closes every session at once.
 .TP
 \fBSIGHUP\fR
-Logged and ignored for now: the running configuration is unchanged.
+Reload: read the configuration file again; if it is valid and every change applies live, it
+becomes the running configuration without dropping a session; otherwise the proxy keeps running
+on the old one and logs why (\fBpatroni\-proxy reload\fR does the same and prints the outcome).
 .SH EXIT STATUS
 0 after a drain; 64 for an unusable configuration; 1 when the proxy stopped by itself.
 .SH SEE ALSO

@@ -13,10 +13,13 @@
 //! - [`stats`]: the stats listener (dashboard, exports, metrics, runtime control); [`ctl`] is its
 //!   command-line client.
 //! - [`logging`]: non-blocking, lossy stderr logging.
-//! - [`signals`]: SIGTERM/SIGINT drain (twice: close now), SIGHUP ignored.
-//! - [`supervisor`]: starts, supervises and drains all of the above.
+//! - [`signals`]: SIGTERM/SIGINT drain (twice: close now), SIGHUP reloads ([`reload`]: the pure
+//!   plan of what a new file changes, and the swap).
+//! - [`supervisor`]: starts, supervises and drains all of the above; [`activation`]: listening
+//!   sockets inherited from systemd (`LISTEN_FDS`), so a restart refuses no connection.
 //! - [`time`]: deadline arithmetic that saturates instead of overflowing.
 
+pub mod activation;
 pub mod backend;
 pub mod config;
 pub mod ctl;
@@ -27,6 +30,7 @@ pub mod logging;
 pub mod net;
 pub mod pgwire;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
 pub mod signals;
 pub mod state;

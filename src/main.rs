@@ -32,6 +32,10 @@ enum Command {
         /// The haproxy.cfg to read.
         file: PathBuf,
     },
+    /// Make the running proxy (the one serving this configuration's stats.bind) read its
+    /// configuration file again: sends it SIGHUP and waits for the outcome, which it prints; exits
+    /// non-zero if the reload was refused (the proxy then keeps its running configuration).
+    Reload,
     /// Runtime control of a running proxy through its stats listener's admin API ([stats]
     /// admin_user; the password from PATRONI_PROXY_ADMIN_PASSWORD or the file).
     Ctl {
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Ctl { action }) => ctl(&cli.config, action),
+        Some(Command::Reload) => reload(&cli.config),
         None => run(&cli.config),
     }
 }
@@ -122,6 +127,56 @@ fn ctl(path: &std::path::Path, action: CtlAction) -> ExitCode {
     }
 }
 
+/// The listener for `key`: the inherited socket for `addr` if there is one, else a new one.
+async fn listener(
+    inherited: &mut patroni_proxy::activation::Inherited,
+    addr: std::net::SocketAddr,
+    key: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    match inherited.take(addr) {
+        Some(l) => {
+            tracing::info!(socket = %l.local_addr()?, "{key}: using the socket passed by the service manager (socket activation)");
+            l.set_nonblocking(true)?;
+            Ok(tokio::net::TcpListener::from_std(l)?)
+        }
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({key})")),
+    }
+}
+
+fn reload(path: &std::path::Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            // The running proxy would refuse it too: say so before signalling anything.
+            eprintln!("error: {e}\nerror: not reloading: the running configuration is unchanged");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(patroni_proxy::ctl::reload(&config)) {
+        Ok(said) => {
+            println!("{said}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn import(file: &std::path::Path) -> ExitCode {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
@@ -146,8 +201,10 @@ fn import(file: &std::path::Path) -> ExitCode {
 }
 
 fn run(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => Arc::new(c),
+    // First, while this is the only thread: it clears LISTEN_PID and LISTEN_FDS.
+    let inherited = patroni_proxy::activation::Inherited::from_env();
+    let (config, loaded) = match patroni_proxy::reload::read(path) {
+        Ok((c, loaded)) => (Arc::new(c), loaded),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -167,7 +224,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, path)) {
+    match runtime.block_on(serve(config, path, loaded, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -176,14 +233,23 @@ fn run(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn serve(config: Arc<Config>, path: &std::path::Path) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let proxy = tokio::net::TcpListener::bind(config.listen.bind)
-        .await
-        .with_context(|| format!("cannot listen on {} (listen.bind)", config.listen.bind))?;
-    let stats = tokio::net::TcpListener::bind(config.stats.bind)
-        .await
-        .with_context(|| format!("cannot listen on {} (stats.bind)", config.stats.bind))?;
+async fn serve(
+    config: Arc<Config>,
+    path: &std::path::Path,
+    loaded: patroni_proxy::stats::loaded::Loaded,
+    mut inherited: patroni_proxy::activation::Inherited,
+) -> anyhow::Result<()> {
+    let proxy = listener(&mut inherited, config.listen.bind, "listen.bind").await?;
+    let stats = listener(&mut inherited, config.stats.bind, "stats.bind").await?;
+    for why in &inherited.refused {
+        tracing::warn!("socket activation: {why}; not used");
+    }
+    for a in inherited.unused() {
+        // Clients connecting there would wait in a queue nobody accepts from.
+        tracing::error!(socket = %a, "socket activation: a socket was passed for {a}, which \
+            neither listen.bind nor stats.bind names; fix the socket unit (ListenStream=) or the \
+            config");
+    }
     // The bound addresses (not the configured ones): with port 0 they say where we really listen.
     tracing::info!(
         listen = %proxy.local_addr()?,
@@ -201,8 +267,13 @@ async fn serve(config: Arc<Config>, path: &std::path::Path) -> anyhow::Result<()
             stats: Some(stats),
         },
     );
-    // For the dashboard's process line.
-    let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let _ = running.stats.config_path.set(shown);
-    patroni_proxy::signals::serve_until_stopped(running, signals).await
+    // For the dashboard's process line and /stats.json.
+    running.stats.config.set_loaded(loaded);
+    let reloader = patroni_proxy::reload::Reloader {
+        path: path.to_path_buf(),
+        shared: running.shared.clone(),
+        stats: running.stats.clone(),
+        move_to: running.move_to.clone(),
+    };
+    patroni_proxy::signals::serve_until_stopped(running, signals, Some(reloader)).await
 }

@@ -1,10 +1,12 @@
 //! What the process does on a signal, and the wait for one: SIGTERM or SIGINT start the drain and a
-//! second one during the drain closes every session at once; SIGHUP is logged and ignored until
-//! reload exists (its default action would end the process without a drain). An unexpected end of
-//! the proxy itself ends the wait too, with an error, so the process exits non-zero.
+//! second one during the drain closes every session at once; SIGHUP reloads the configuration file
+//! ([`crate::reload`]; ignored during the drain, and when the proxy runs without a file). An
+//! unexpected end of the proxy itself ends the wait too, with an error, so the process exits
+//! non-zero.
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use crate::reload::Reloader;
 use crate::supervisor::Running;
 
 /// The signals the proxy handles.
@@ -30,6 +32,8 @@ pub enum Action {
     Drain,
     /// Close every remaining session now.
     CloseAll,
+    /// Read the configuration file again and apply it if it can be.
+    Reload,
     /// Log that it was ignored.
     Ignore,
 }
@@ -37,7 +41,9 @@ pub enum Action {
 /// The rule, as a value.
 pub fn action(phase: Phase, signal: Received) -> Action {
     match (phase, signal) {
-        (_, Received::Hangup) => Action::Ignore,
+        (Phase::Serving, Received::Hangup) => Action::Reload,
+        // The process is on its way out: a new configuration would serve nothing.
+        (Phase::Draining, Received::Hangup) => Action::Ignore,
         (Phase::Serving, Received::Stop) => Action::Drain,
         (Phase::Draining, Received::Stop) => Action::CloseAll,
     }
@@ -69,7 +75,12 @@ impl Signals {
 }
 
 /// Serves until the proxy stops: after a signal's drain (`Ok`), or by itself (`Err`).
-pub async fn serve_until_stopped(mut running: Running, mut signals: Signals) -> anyhow::Result<()> {
+/// `reloader` is what SIGHUP runs (`None`: the proxy has no file to read again).
+pub async fn serve_until_stopped(
+    mut running: Running,
+    mut signals: Signals,
+    reloader: Option<Reloader>,
+) -> anyhow::Result<()> {
     let mut phase = Phase::Serving;
     loop {
         let received = tokio::select! {
@@ -82,9 +93,17 @@ pub async fn serve_until_stopped(mut running: Running, mut signals: Signals) -> 
             s = signals.recv() => s,
         };
         match action(phase, received) {
+            Action::Reload => match &reloader {
+                // The outcome is logged, counted and shown by the reloader itself.
+                Some(r) => {
+                    tracing::info!(target: "patroni_proxy::reload", path = %r.path.display(),
+                        "SIGHUP: reloading the configuration");
+                    r.reload();
+                }
+                None => tracing::warn!("SIGHUP ignored: this proxy was not started from a file"),
+            },
             Action::Ignore => tracing::warn!(
-                "SIGHUP ignored: reloading the configuration is not supported yet; \
-                 the running configuration is unchanged"
+                "SIGHUP ignored during the drain: the running configuration is unchanged"
             ),
             Action::Drain => {
                 tracing::info!(
@@ -125,7 +144,7 @@ mod tests {
             let running = Running::for_test(shared.clone(), done);
             let waited = tokio::time::timeout(
                 Duration::from_secs(5),
-                serve_until_stopped(running, Signals::install().unwrap()),
+                serve_until_stopped(running, Signals::install().unwrap(), None),
             )
             .await
             .expect("returns without a signal");
@@ -136,8 +155,8 @@ mod tests {
     #[test]
     fn the_signal_rules() {
         // Issue 11 item 9: SIGHUP never ends the process; the first SIGTERM/SIGINT drains, a
-        // second one during the drain closes everything at once.
-        assert_eq!(action(Phase::Serving, Received::Hangup), Action::Ignore);
+        // second one during the drain closes everything at once. Issue 15: SIGHUP reloads.
+        assert_eq!(action(Phase::Serving, Received::Hangup), Action::Reload);
         assert_eq!(action(Phase::Draining, Received::Hangup), Action::Ignore);
         assert_eq!(action(Phase::Serving, Received::Stop), Action::Drain);
         assert_eq!(action(Phase::Draining, Received::Stop), Action::CloseAll);

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::health::{checker, CheckSpec};
+use crate::health::checker;
 use crate::state::{self, Input, Owner, Shared};
 use crate::{dcs, proxy, stats};
 
@@ -23,6 +23,8 @@ pub struct Listeners {
 pub struct Running {
     pub shared: Arc<Shared>,
     pub stats: Arc<stats::Stats>,
+    /// Moves the primary port to a new socket (a reload of `listen.bind`).
+    pub move_to: Arc<tokio::sync::watch::Sender<Option<Arc<std::net::TcpListener>>>>,
     stop: CancellationToken,
     force: CancellationToken,
     done: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -67,7 +69,8 @@ impl Running {
         done: tokio::task::JoinHandle<anyhow::Result<()>>,
     ) -> Self {
         Self {
-            stats: Arc::new(stats::Stats::new(&shared.config)),
+            stats: Arc::new(stats::Stats::new(&shared.config())),
+            move_to: Arc::new(tokio::sync::watch::channel(None).0),
             shared,
             stop: CancellationToken::new(),
             force: CancellationToken::new(),
@@ -82,11 +85,13 @@ pub fn start(config: Arc<Config>, listeners: Listeners) -> Running {
     let (shared, owner) = state::new(config, stats.clone());
     let stop = CancellationToken::new();
     let force = CancellationToken::new();
+    let (move_to, moves) = tokio::sync::watch::channel(None);
     let done = tokio::spawn(run(
         Parts {
             shared: shared.clone(),
             owner,
             stats: stats.clone(),
+            moves,
         },
         listeners,
         stop.clone(),
@@ -95,6 +100,7 @@ pub fn start(config: Arc<Config>, listeners: Listeners) -> Running {
     Running {
         shared,
         stats,
+        move_to: Arc::new(move_to),
         stop,
         force,
         done,
@@ -106,6 +112,8 @@ pub struct Parts {
     pub shared: Arc<Shared>,
     pub owner: Owner,
     pub stats: Arc<stats::Stats>,
+    /// Where a reload sends a moved primary-port socket.
+    pub moves: proxy::Moves,
 }
 
 /// Runs until `stop` is cancelled, then drains for up to `shutdown_grace`, or until `force` is
@@ -121,26 +129,18 @@ pub async fn run(
         shared,
         owner,
         stats,
+        moves,
     } = parts;
-    let cfg = shared.config.clone();
+    let cfg = shared.config();
     let tasks = TaskTracker::new();
     let sessions = TaskTracker::new();
     let internal_stop = stop.child_token();
 
-    let spec = CheckSpec::new(
-        cfg.check.method.as_str(),
-        &cfg.check.uri,
-        cfg.check.version.as_str(),
-        cfg.check.expect_status,
-        cfg.check_connect_timeout(),
-        cfg.check.timeout,
-    );
     let n = cfg.servers.len();
     let mut supervised = tokio::task::JoinSet::new();
     for i in 0..n {
         supervised.spawn(tasks.track_future(checker::run(
             cfg.check_target(i),
-            spec.clone(),
             checker::first_delay(i, n, cfg.check.inter),
             owner.link(i),
             internal_stop.clone(),
@@ -168,6 +168,7 @@ pub async fn run(
     }
     supervised.spawn(tasks.track_future(proxy::serve(
         listeners.proxy,
+        moves,
         shared.clone(),
         sessions.clone(),
         internal_stop.clone(),
@@ -198,7 +199,8 @@ pub async fn run(
     tasks.wait().await;
 
     sessions.close();
-    let grace = cfg.global.shutdown_grace;
+    // Read now, not at start-up: a reload may have changed it.
+    let grace = shared.config().global.shutdown_grace;
     let open = shared.frontend.scur.load(Relaxed);
     if open > 0 {
         tracing::info!(open, grace = ?grace, "draining sessions");

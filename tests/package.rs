@@ -86,6 +86,7 @@ async fn the_package_builds_installs_serves_and_is_removed_cleanly() {
         "./usr/bin/patroni-proxy",
         "./etc/patroni-proxy/proxy.toml",
         "./usr/lib/systemd/system/patroni-proxy.service",
+        "./usr/lib/systemd/system/patroni-proxy-listen.socket",
         "./usr/share/man/man1/patroni-proxy.1.gz",
         "./usr/share/bash-completion/completions/patroni-proxy",
         "./usr/share/zsh/vendor-completions/_patroni-proxy",
@@ -128,6 +129,11 @@ async fn the_package_builds_installs_serves_and_is_removed_cleanly() {
     assert_eq!(owner.trim(), "root:patroni-proxy 640");
     ok("id", &["patroni-proxy"]);
     assert!(Path::new(WANTS).exists(), "not enabled: {WANTS} is missing");
+    let sockets = "/etc/systemd/system/sockets.target.wants/patroni-proxy-listen.socket";
+    assert!(
+        Path::new(sockets).exists(),
+        "not enabled: {sockets} is missing"
+    );
     let man = ok("zcat", &["/usr/share/man/man1/patroni-proxy.1.gz"]);
     assert!(man.contains(".TH patroni-proxy 1"), "{man}");
     assert!(man.contains("SIGHUP"), "{man}");
@@ -144,6 +150,11 @@ async fn the_package_builds_installs_serves_and_is_removed_cleanly() {
         assert!(verified.status.success(), "{said}");
         // Warnings about this unit would show its name; those about the host's units do not.
         assert!(!said.contains("patroni-proxy.service:"), "{said}");
+        let socket = "/usr/lib/systemd/system/patroni-proxy-listen.socket";
+        let verified = run("systemd-analyze", &["verify", socket]);
+        let said = String::from_utf8_lossy(&verified.stderr).into_owned();
+        assert!(verified.status.success(), "{said}");
+        assert!(!said.contains("patroni-proxy-listen.socket:"), "{said}");
         let exposure = ok("systemd-analyze", &["security", "--offline=yes", UNIT]);
         eprintln!("{}", exposure.lines().last().unwrap_or_default());
     }

@@ -43,15 +43,14 @@ async fn a_huge_content_length_neither_panics_nor_stops_serving() {
 }
 
 #[tokio::test]
-async fn sighup_is_ignored_and_logged() {
-    // Issue 11 item 9: "SIGHUP ends the process without a drain (until reload exists, ignore it
-    // and log that it was ignored)".
+async fn sighup_reloads_and_never_ends_the_process() {
+    // Issue 11 item 9: "SIGHUP ends the process without a drain"; issue 15 item 1: it reloads.
     let pg = FakePg::start(PgMode::Primary).await;
     let rest = FakePatroni::start(Mode::Primary { timeline: 1 }).await;
     let mut p = Proxy::start(pg.addr, rest.addr, Extra::default(), Stderr::Read, &[]);
     p.wait_routed().await;
     p.signal("HUP");
-    p.wait_logged("SIGHUP ignored", Duration::from_secs(5))
+    p.wait_logged("Configuration reloaded", Duration::from_secs(5))
         .await;
     assert!(p.exited(Duration::ZERO).await.is_none());
     assert!(pg_startup(p.listen, false).await.is_ok(), "still serving");

@@ -88,7 +88,7 @@ async fn relaying_sessions_are_listed_with_ports_server_and_bytes_until_they_end
     let e = entry(&s, port_a).unwrap();
     assert_eq!(e["state"], "relaying");
     assert_eq!(e["client_addr"], "127.0.0.1");
-    assert_eq!(e["listener"], c.shared().config.listen.name.as_str());
+    assert_eq!(e["listener"], c.shared().config().listen.name.as_str());
     assert_eq!(e["server"], "node0");
     assert_eq!(e["bytes_in"], 5);
     assert!(e["age_s"].as_f64().unwrap() >= 0.0, "{e}");

@@ -139,6 +139,18 @@ pub struct CheckSpec {
 }
 
 impl CheckSpec {
+    /// The check the configuration describes (built again by a reload).
+    pub fn of(cfg: &crate::config::Config) -> Self {
+        Self::new(
+            cfg.check.method.as_str(),
+            &cfg.check.uri,
+            cfg.check.version.as_str(),
+            cfg.check.expect_status,
+            cfg.check_connect_timeout(),
+            cfg.check.timeout,
+        )
+    }
+
     pub fn new(
         method: &str,
         uri: &str,

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -34,16 +35,12 @@ pub struct Link {
     pub node: usize,
     pub reports: mpsc::UnboundedSender<Report>,
     pub wake: Arc<Notify>,
+    /// The check to run, read before each one: a reload replaces it (the state owner does).
+    pub spec: Arc<ArcSwap<CheckSpec>>,
 }
 
 /// Runs checks for `link.node` until `stop` is cancelled or the state owner is gone.
-pub async fn run(
-    target: SocketAddr,
-    spec: CheckSpec,
-    first_delay: Duration,
-    link: Link,
-    stop: CancellationToken,
-) {
+pub async fn run(target: SocketAddr, first_delay: Duration, link: Link, stop: CancellationToken) {
     let node = link.node;
     let mut delay = first_delay;
     loop {
@@ -52,6 +49,8 @@ pub async fn run(
             _ = tokio::time::sleep(delay) => {}
             _ = link.wake.notified() => {}
         }
+        // Read per check: a reload's new request applies from the next check.
+        let spec = link.spec.load_full();
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             r = check::run(target, &spec) => match r {

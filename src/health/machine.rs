@@ -62,6 +62,22 @@ impl HealthCounter {
         }
     }
 
+    /// The same counter under new thresholds (a reload): the operational state is kept, and so is
+    /// the position within it, clamped to the new range. An UP server stays UP with as many
+    /// failures to go as before, at most `fall`; a DOWN one stays DOWN with its successes so far,
+    /// fewer than `rise`. A reload never marks a server UP or DOWN by itself.
+    pub fn with_thresholds(&self, rise: u32, fall: u32) -> Self {
+        let mut next = Self::new(rise, fall);
+        next.health = if self.is_up() {
+            // Failures it can still take before DOWN, minus one: `health - rise`.
+            let margin = self.health.saturating_sub(self.rise);
+            rise.saturating_add(margin.min(fall.saturating_sub(1)))
+        } else {
+            self.health.min(rise.saturating_sub(1))
+        };
+        next
+    }
+
     fn max(&self) -> u32 {
         // Saturating: `rise + fall` of two large validated counts must not wrap (issue 11 item 8).
         self.rise.saturating_add(self.fall) - 1
@@ -146,6 +162,28 @@ impl fmt::Display for Status {
 mod tests {
     //! Each test quotes the line of the checklist in `haproxy-semantics.md` it covers.
     use super::*;
+
+    #[test]
+    fn new_thresholds_keep_the_state_and_its_position() {
+        // Issue 15 item 1: "unchanged servers keep their health state"; rise/fall apply from the
+        // next check. Fully UP at rise 2 fall 3 stays fully UP at rise 3 fall 2.
+        let mut up = HealthCounter::new(2, 3);
+        up.observe(true);
+        assert!(up.is_fully_up());
+        let r = up.with_thresholds(3, 2);
+        assert!(r.is_fully_up(), "{r:?}");
+        // UP with one failure to go stays one failure from DOWN, however large the new fall.
+        let mut edge = HealthCounter::new(2, 3).with_thresholds(5, 5);
+        assert!(edge.is_up());
+        assert_eq!(edge.observe(false).transition, Some(Transition::WentDown));
+        // DOWN with one success seen stays DOWN: a reload to rise 1 does not mark it UP.
+        let mut down = HealthCounter::new(2, 1);
+        down.observe(false);
+        down.observe(true);
+        assert!(!down.is_up());
+        assert!(!down.with_thresholds(1, 1).is_up());
+        assert_eq!(down.with_thresholds(3, 1).health(), 1);
+    }
 
     const PASS: bool = true;
     const FAIL: bool = false;

@@ -78,7 +78,7 @@ pub(super) async fn connect_and_start(
     timing: &mut Timing,
 ) -> Attempt {
     *timing = Timing::default();
-    let cfg = &shared.config;
+    let cfg = &shared.config();
     let backend = &shared.backends[node];
     let c = &backend.counters;
 
@@ -215,7 +215,7 @@ enum ConnectError {
 /// (`haproxy-semantics.md` §2.5). Unlike HAProxy, a retry is abandoned if the node stopped being the
 /// routed primary in the meantime: the session goes back to waiting for the new one.
 async fn connect(shared: &Shared, node: usize) -> Result<TcpStream, ConnectError> {
-    let cfg = &shared.config;
+    let cfg = &shared.config();
     let addr = cfg.servers[node].address;
     let c = &shared.backends[node].counters;
     let turn_around = Duration::from_secs(1).min(cfg.listen.timeout_connect);

@@ -20,13 +20,23 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::net::Acceptor;
 use crate::state::Shared;
 use balance::{Admission, Job, Threads};
+
+/// Where the primary port listens next: a reload that moves `listen.bind` publishes the new socket
+/// here, already bound and listening; every accept loop takes its own duplicate of it.
+pub type Moves = watch::Receiver<Option<Arc<std::net::TcpListener>>>;
+
+/// How long an accept loop still accepts on the old socket after a move, then closes it: clients
+/// already queued there, or that connect before they learn the new address, are served rather
+/// than reset or refused.
+pub const MOVE_LINGER: Duration = Duration::from_secs(2);
 
 /// Accepts clients until `stop` is cancelled. Sessions are spawned on `sessions` so the caller can
 /// drain them. Every relay thread accepts from the same listening socket ([`balance`] says which
@@ -36,12 +46,13 @@ use balance::{Admission, Job, Threads};
 /// spins.
 pub async fn serve(
     listener: TcpListener,
+    moves: Moves,
     shared: Arc<Shared>,
     sessions: TaskTracker,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config.global.maxconn.get() as usize));
-    let threads = shared.config.global.threads();
+    let slots = Arc::new(Semaphore::new(shared.config().global.maxconn.get() as usize));
+    let threads = shared.config().global.threads();
     let (balance, mut inboxes) = Threads::new(threads);
     for i in (1..threads).rev() {
         let inbox = inboxes.pop().expect("one inbox per thread");
@@ -52,6 +63,7 @@ pub async fn serve(
                 let acceptor = AcceptLoop {
                     me: i,
                     listener: dup.into(),
+                    moves: moves.clone(),
                     threads: balance.clone(),
                     slots: slots.clone(),
                     shared: shared.clone(),
@@ -71,6 +83,7 @@ pub async fn serve(
     let work = accept_loop(AcceptLoop {
         me: 0,
         listener,
+        moves,
         threads: balance,
         slots,
         shared,
@@ -103,6 +116,7 @@ struct AcceptLoop<L> {
     /// This thread's number among the relay threads.
     me: usize,
     listener: L,
+    moves: Moves,
     threads: Arc<Threads>,
     slots: Arc<Semaphore>,
     shared: Arc<Shared>,
@@ -112,8 +126,11 @@ struct AcceptLoop<L> {
 
 /// Takes a slot of `global.maxconn`, then a client, and runs its session on this thread or hands it
 /// to a thread with fewer sessions.
-async fn accept_loop(a: AcceptLoop<TcpListener>) {
+async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
     let mut acceptor = Acceptor::default();
+    // After a move: the previous socket, accepted on until the deadline.
+    let mut old: Option<(TcpListener, Instant)> = None;
+    let mut moves_open = true;
     loop {
         let permit = tokio::select! {
             _ = a.stop.cancelled() => return,
@@ -123,8 +140,44 @@ async fn accept_loop(a: AcceptLoop<TcpListener>) {
             a.shared.frontend.accept_errors.fetch_add(1, Relaxed);
             tracing::error!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
         };
-        let Some((stream, peer)) = acceptor.accept(&a.listener, &a.stop, on_error).await else {
-            return;
+        let next = tokio::select! {
+            r = acceptor.accept(&a.listener, &a.stop, on_error) => match r {
+                Some(c) => Next::Client(c),
+                None => return,
+            },
+            r = accept_old(&old) => match r {
+                Ok(c) => Next::Client(c),
+                // The old socket is only a courtesy: on any error, close it.
+                Err(_) => Next::CloseOld,
+            },
+            _ = linger_over(&old) => Next::CloseOld,
+            changed = a.moves.changed(), if moves_open => match changed {
+                Ok(()) => Next::Moved(a.moves.borrow_and_update().clone()),
+                Err(_) => Next::MovesClosed,
+            },
+        };
+        let (stream, peer) = match next {
+            Next::Client(c) => c,
+            Next::CloseOld => {
+                old = None;
+                continue;
+            }
+            Next::MovesClosed => {
+                moves_open = false;
+                continue;
+            }
+            Next::Moved(None) => continue,
+            Next::Moved(Some(to)) => {
+                match register(&to) {
+                    Ok(l) => {
+                        let prev = std::mem::replace(&mut a.listener, l);
+                        old = Some((prev, Instant::now() + MOVE_LINGER));
+                    }
+                    Err(e) => tracing::error!(error = %e,
+                        "relay thread {} could not take the moved listening socket; it accepts on the old one", a.me),
+                }
+                continue;
+            }
         };
         let (to, admission) = a.threads.admit(a.me, permit);
         if to == a.me {
@@ -148,6 +201,39 @@ async fn accept_loop(a: AcceptLoop<TcpListener>) {
                 tracing::warn!(error = %e, "handing a client to relay thread {to} failed")
             }
         }
+    }
+}
+
+/// What an accept loop does next.
+enum Next {
+    Client((TcpStream, std::net::SocketAddr)),
+    CloseOld,
+    Moved(Option<Arc<std::net::TcpListener>>),
+    MovesClosed,
+}
+
+/// A duplicate of a moved socket, registered with this thread's event loop.
+fn register(l: &std::net::TcpListener) -> io::Result<TcpListener> {
+    let dup = l.try_clone()?;
+    dup.set_nonblocking(true)?;
+    TcpListener::from_std(dup)
+}
+
+/// A client of the old socket after a move (never resolves without one).
+async fn accept_old(
+    old: &Option<(TcpListener, Instant)>,
+) -> io::Result<(TcpStream, std::net::SocketAddr)> {
+    match old {
+        Some((l, _)) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the old socket's linger is over (never without one).
+async fn linger_over(old: &Option<(TcpListener, Instant)>) {
+    match old {
+        Some((_, until)) => tokio::time::sleep_until(*until).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -208,6 +294,7 @@ fn relay_thread(a: AcceptLoop<std::net::TcpListener>, inbox: UnboundedReceiver<J
                             accept_loop(AcceptLoop {
                                 me: i,
                                 listener,
+                                moves: a.moves,
                                 threads: a.threads,
                                 slots: a.slots,
                                 shared: a.shared,

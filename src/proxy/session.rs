@@ -67,10 +67,8 @@ pub async fn run(
         Setup::Relay(s) => {
             let node = s.open.handle().node;
             let backend = &shared.backends[node];
-            let idle = (
-                shared.config.listen.timeout_client,
-                shared.config.listen.timeout_server,
-            );
+            let cfg = shared.config();
+            let idle = (cfg.listen.timeout_client, cfg.listen.timeout_server);
             // Joins the server's kill registry unless a kill came after the ticket was taken.
             match backend
                 .relaying
@@ -206,8 +204,8 @@ async fn establish(
     let _ = client.set_nodelay(true);
     // A client that vanished without a FIN (host down, cable cut) would keep its maxconn place
     // until `timeout client` (30 min): keepalive finds it within idle + interval x count.
-    tune(&client, shared.config.client_keepalive());
-    let deadline = crate::time::deadline(start, shared.config.listen.hold_timeout);
+    tune(&client, shared.config().client_keepalive());
+    let deadline = crate::time::deadline(start, shared.config().listen.hold_timeout);
     let mut pending = Pending::default();
     let mut avoid: Option<(usize, u64)> = None;
     let mut last_node = None;
@@ -291,8 +289,9 @@ fn log_end(
     phases: Phases,
     sockets: impl FnOnce() -> Sockets,
 ) {
-    let px = &shared.config.listen.name;
-    if shared.config.log.sessions {
+    let cfg = shared.config();
+    let px = &cfg.listen.name;
+    if cfg.log.sessions {
         let server = node.map(|n| shared.server_name(n));
         let now = Instant::now();
         SessionLine::new(peer, px, server, start, now, phases, sockets(), t).emit();

@@ -251,6 +251,7 @@ pub fn on_input(
     let message = match input {
         Input::Recheck { .. } => return None,
         Input::Admin(order) => return on_admin(cfg, snap, io, order, now, wall),
+        Input::Reloaded { message } => return Some(on_reload(cfg, snap, message, wall)),
         Input::Suspect {
             node,
             reason,
@@ -327,6 +328,29 @@ pub fn on_input(
         snapshot: snap,
         effects,
     })
+}
+
+/// A reload: every node keeps its state (UP or DOWN, claim, counters, administrative state) under
+/// the new rise/fall; the new intervals apply from each node's next check, as the owner answers
+/// each check with the delay before the next one. Routing is unchanged: no node changes state.
+fn on_reload(cfg: &Config, mut snap: Snapshot, message: String, wall: SystemTime) -> Decision {
+    let (rise, fall) = (cfg.check.rise.get(), cfg.check.fall.get());
+    for n in &mut snap.nodes {
+        n.counter = n.counter.with_thresholds(rise, fall);
+    }
+    Decision {
+        snapshot: snap,
+        effects: vec![
+            say(
+                Level::Info,
+                Topic::Admin,
+                Some((EventKind::Admin, None)),
+                wall,
+                message,
+            ),
+            Effect::Publish,
+        ],
+    }
 }
 
 /// Whether every node must be checked at `failover_inter`: no primary, or the routed one's last

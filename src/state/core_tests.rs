@@ -459,3 +459,40 @@ fn every_order_is_said_with_who_gave_it() {
         "no such server"
     );
 }
+
+#[test]
+fn a_reload_keeps_every_state_and_the_new_timers_apply_from_the_next_check() {
+    // Issue 15 item 1: "unchanged servers keep their health state and counters ... changed
+    // timers apply from the next check".
+    let mut r = Run::new("");
+    r.check(0, primary(1));
+    r.check(1, replica());
+    r.input(order(2, AdminState::Drain)).unwrap();
+    let before = r.snap.clone();
+    assert_eq!(before.primary, Some(0));
+    r.cfg = Config::from_toml(&format!(
+        "[check]\ninter = \"700ms\"\nrise = 4\nfall = 5\n{}",
+        "[[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n\
+         [[server]]\nname = \"b\"\naddress = \"127.0.0.12:5432\"\n\
+         [[server]]\nname = \"c\"\naddress = \"127.0.0.13:5432\"\n"
+    ))
+    .unwrap();
+    let effects = r
+        .input(Input::Reloaded {
+            message: "Configuration reloaded".into(),
+        })
+        .unwrap();
+    assert_eq!(said(&effects, EventKind::Admin), ["Configuration reloaded"]);
+    assert!(kills(&effects).is_empty(), "a reload cuts no session");
+    assert_eq!(r.snap.primary, Some(0), "routing unchanged");
+    for (old, new) in before.nodes.iter().zip(&r.snap.nodes) {
+        assert_eq!(old.counter.is_up(), new.counter.is_up());
+        assert_eq!(old.claim, new.claim);
+        assert_eq!(old.admin, new.admin);
+        assert_eq!(old.chkfail, new.chkfail);
+    }
+    assert_eq!(r.snap.nodes[2].admin, AdminState::Drain);
+    // The primary's next check is at the new inter (the routed primary is checked at `inter`).
+    let (_, next) = r.check(0, primary(1));
+    assert_eq!(next, Duration::from_millis(700));
+}

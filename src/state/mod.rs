@@ -15,6 +15,7 @@ pub use owner::Owner;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -124,7 +125,11 @@ impl Snapshot {
 /// its [`Owner`] by [`new`]; only the owner changes the snapshot.
 #[derive(Debug)]
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The running configuration: replaced as a whole by a reload (the `reload` module), which
+    /// never changes the set of servers, so node indices and [`Shared::server_name`] stay valid.
+    config: ArcSwap<Config>,
+    /// `[[server]]` names, by index (fixed for the process's life).
+    names: Vec<String>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     pub backends: Vec<Backend>,
     pub frontend: crate::backend::Frontend,
@@ -170,12 +175,13 @@ pub fn new(config: Arc<Config>, observer: Arc<dyn Observer>) -> (Arc<Shared>, Ow
     }));
     let (inputs, inputs_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
+        names: config.servers.iter().map(|s| s.name.clone()).collect(),
         backends: config
             .servers
             .iter()
             .map(|s| Backend::new(s.maxconn.get()))
             .collect(),
-        config,
+        config: ArcSwap::new(config),
         snapshot,
         frontend: Default::default(),
         events: Arc::default(),
@@ -214,7 +220,19 @@ impl Shared {
     }
 
     pub fn server_name(&self, i: usize) -> &str {
-        &self.config.servers[i].name
+        &self.names[i]
+    }
+
+    /// The running configuration (one `Arc` clone): read it once per decision or session phase,
+    /// so that one decision never mixes two configurations.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Replaces the running configuration (a reload). The caller has checked that the servers are
+    /// the same, by name and order (`reload::plan`).
+    pub(crate) fn replace_config(&self, config: Arc<Config>) {
+        self.config.store(config);
     }
 
     /// Sends an input to the state owner. Inputs sent after it stopped (shutdown) are dropped.
@@ -260,6 +278,9 @@ pub enum Input {
     SwitchoverEnded,
     /// An operator's `drain`, `maint` or `ready` (the stats listener's admin API).
     Admin(AdminOrder),
+    /// The shared configuration was just replaced by a reload (the `reload` module); `message` says
+    /// what changed. The owner rebuilds the check request and the core re-reads rise/fall.
+    Reloaded { message: String },
 }
 
 /// What an admin action applies to. Per server today; issue 13's listeners add a variant naming a

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::core::{self, Decision, Effect, Io, Level, Topic};
 use super::{Input, Observer, Shared, Snapshot};
 use crate::health::checker::{Link, Report};
+use crate::health::CheckSpec;
+use arc_swap::ArcSwap;
 
 /// The owner and its private ends of the channels.
 pub struct Owner {
@@ -28,6 +30,8 @@ pub struct Owner {
     observer: Arc<dyn Observer>,
     /// When each node's re-check was last hastened by a session.
     hastened: Vec<Option<Instant>>,
+    /// The check every checker runs, replaced on a reload.
+    spec: Arc<ArcSwap<CheckSpec>>,
 }
 
 impl Owner {
@@ -37,7 +41,8 @@ impl Owner {
         inputs: mpsc::UnboundedReceiver<Input>,
         observer: Arc<dyn Observer>,
     ) -> Self {
-        let n = shared.config.servers.len();
+        let config = shared.config();
+        let n = config.servers.len();
         let (reporter, reports) = mpsc::unbounded_channel();
         Self {
             shared,
@@ -48,6 +53,7 @@ impl Owner {
             wake: (0..n).map(|_| Arc::new(Notify::new())).collect(),
             observer,
             hastened: vec![None; n],
+            spec: Arc::new(ArcSwap::from_pointee(CheckSpec::of(&config))),
         }
     }
 
@@ -57,6 +63,7 @@ impl Owner {
             node,
             reports: self.reporter.clone(),
             wake: self.wake[node].clone(),
+            spec: self.spec.clone(),
         }
     }
 
@@ -85,7 +92,7 @@ impl Owner {
                 reply,
             } => {
                 let (step, next) = core::on_check(
-                    &self.shared.config,
+                    &self.shared.config(),
                     &self.shared.current(),
                     &self.io(),
                     node,
@@ -106,7 +113,7 @@ impl Owner {
     fn input(&mut self, input: Input) {
         if let Input::Recheck { node, reason } = &input {
             let now = Instant::now();
-            let pace = self.shared.config.check.failover_inter;
+            let pace = self.shared.config().check.failover_inter;
             if let Some(last) = self.hastened.get_mut(*node) {
                 if recheck_allowed(*last, now, pace) {
                     *last = Some(now);
@@ -118,8 +125,13 @@ impl Owner {
             }
             return;
         }
+        if let Input::Reloaded { .. } = &input {
+            // The shared config is already the new one: the next check of each node runs it.
+            self.spec
+                .store(Arc::new(CheckSpec::of(&self.shared.config())));
+        }
         let step = core::on_input(
-            &self.shared.config,
+            &self.shared.config(),
             &self.shared.current(),
             &self.io(),
             input,
@@ -271,7 +283,7 @@ mod tests {
 
     fn decide(owner: &Owner, node: usize, result: CheckResult) -> Decision {
         core::on_check(
-            &owner.shared.config,
+            &owner.shared.config(),
             &owner.shared.current(),
             &owner.io(),
             node,

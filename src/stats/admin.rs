@@ -201,7 +201,7 @@ pub(super) async fn action(
             format!("unknown action {action:?}: use drain, maint or ready\n"),
         ));
     };
-    let config = &app.shared.config;
+    let config = &app.shared.config();
     let Some(node) = config.servers.iter().position(|s| s.name == name) else {
         return closing(text(
             StatusCode::NOT_FOUND,

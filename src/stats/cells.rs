@@ -244,7 +244,27 @@ fn refusal_text(v: &View) -> String {
 
 fn page_cells(v: &View) -> Cells {
     let mut c = Cells::new();
-    let config = v.config_path.as_deref().unwrap_or("(in-process)");
+    let mut config = v
+        .config_path
+        .as_deref()
+        .unwrap_or("(in-process)")
+        .to_string();
+    let mut detail = String::new();
+    if let (Some(sha), Some(at)) = (&v.config_sha256, v.config_loaded_at) {
+        let at = Duration::try_from_secs_f64(at).unwrap_or_default();
+        let (short_time, full_time) = clock(SystemTime::UNIX_EPOCH + at);
+        let short_sha = sha.get(..12).unwrap_or(sha);
+        config.push_str(&format!(" (sha256 {short_sha}, loaded {short_time})"));
+        detail = format!("; config sha256 {sha}, loaded {full_time}");
+    }
+    let r = &v.reloads;
+    detail.push_str(&format!(
+        "; reloads: {} applied, {} refused",
+        r.ok, r.failed
+    ));
+    if let Some(e) = &r.last_error {
+        detail.push_str(&format!(" (last refused: {e})"));
+    }
     c.insert(
         "process",
         titled(
@@ -256,7 +276,7 @@ fn page_cells(v: &View) -> Cells {
                 v.listen
             ),
             format!(
-                "started {}",
+                "started {}{detail}",
                 clock(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(v.started_at)).1
             ),
         ),

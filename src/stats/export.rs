@@ -26,6 +26,11 @@ pub struct View {
     pub pid: u32,
     /// The configuration file this process loaded, when it was loaded from one.
     pub config_path: Option<String>,
+    /// SHA-256 of the loaded file's bytes (hex), and when it was loaded (Unix time).
+    pub config_sha256: Option<String>,
+    pub config_loaded_at: Option<f64>,
+    /// Reloads (SIGHUP, `patroni-proxy reload`) applied and refused since start-up.
+    pub reloads: Reloads,
     /// The primary port's address.
     pub listen: String,
     /// Unix time of start-up.
@@ -43,6 +48,14 @@ pub struct View {
     pub servers: Vec<ServerView>,
     /// The most recent events, oldest first.
     pub events: Vec<Event>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Reloads {
+    pub ok: u64,
+    pub failed: u64,
+    /// Why the last refused reload was refused.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -272,7 +285,7 @@ pub fn view(shared: &Shared) -> View {
     let now = Instant::now();
     let wall = SystemTime::now();
     let fe = &shared.frontend;
-    let cfg = &shared.config;
+    let cfg = &shared.config();
     let servers: Vec<ServerView> = snap
         .nodes
         .iter()
@@ -347,6 +360,9 @@ pub fn view(shared: &Shared) -> View {
         pid: std::process::id(),
         // Known to the stats side only: [`super::view_of`] fills it in.
         config_path: None,
+        config_sha256: None,
+        config_loaded_at: None,
+        reloads: Reloads::default(),
         listen: cfg.listen.bind.to_string(),
         started_at: epoch(shared.started),
         uptime_s: shared.started_at.elapsed().as_secs(),

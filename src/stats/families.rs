@@ -277,6 +277,12 @@ pub const STATS_CONNECTIONS_REFUSED_TOTAL: Family = Family {
 };
 
 /// Every family, in the order of `docs/metrics.md`.
+pub const CONFIG_RELOADS_TOTAL: Family = Family {
+    name: "patroni_proxy_config_reloads_total",
+    kind: Kind::Counter,
+    help: "Configuration reloads (SIGHUP, patroni-proxy reload), by result: ok (applied), failed (invalid file, or a change that needs a restart; the running configuration is unchanged).",
+};
+
 pub const FAMILIES: &[&Family] = &[
     &BUILD_INFO,
     &UPTIME_SECONDS,
@@ -320,6 +326,7 @@ pub const FAMILIES: &[&Family] = &[
     &SERVER_DOWNTIME_SECONDS,
     &SERVER_LAST_CHANGE_SECONDS,
     &ETCD_WATCH_FAILURES_TOTAL,
+    &CONFIG_RELOADS_TOTAL,
     &STATS_CONNECTIONS_REFUSED_TOTAL,
 ];
 

@@ -50,6 +50,8 @@ pub struct Metrics {
     nodes: Vec<NodeSeries>,
     /// In the order of [`FAILURE_REASONS`].
     etcd_failures: Vec<Counter>,
+    /// `result="ok"` and `result="failed"`.
+    reloads: [Counter; 2],
     /// In the order of [`Refusal::ALL`]; counted as it happens (the stats listener has no other
     /// counters).
     stats_refused: Vec<Counter>,
@@ -243,6 +245,10 @@ impl Metrics {
                 .iter()
                 .map(|reason| r.counter(&ETCD_WATCH_FAILURES_TOTAL, &[("reason", reason)]))
                 .collect(),
+            reloads: [
+                r.counter(&CONFIG_RELOADS_TOTAL, &[("result", "ok")]),
+                r.counter(&CONFIG_RELOADS_TOTAL, &[("result", "failed")]),
+            ],
             stats_refused: Refusal::ALL
                 .iter()
                 .map(|why| {
@@ -294,6 +300,8 @@ impl Metrics {
         for ((_, n), c) in etcd.counts().zip(&self.etcd_failures) {
             c.absolute(n);
         }
+        self.reloads[0].absolute(view.reloads.ok);
+        self.reloads[1].absolute(view.reloads.failed);
         self.uptime.set(view.uptime_s as f64);
         self.primary_routable
             .set(if view.primary.is_some() { 1.0 } else { 0.0 });

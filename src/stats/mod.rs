@@ -9,8 +9,7 @@
 //! can never take resources from the primary port. The one exception is `/admin/` (runtime
 //! control, [`admin`]): off unless configured, with credentials, checks and small bodies of its own.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -33,6 +32,7 @@ pub mod dashboard;
 pub mod export;
 pub mod families;
 pub mod history;
+pub mod loaded;
 pub mod metrics;
 mod server;
 pub mod sessions;
@@ -48,8 +48,9 @@ pub struct Stats {
     /// The Prometheus recorder of this instance and its series (no global one: tests run many
     /// proxies in one process).
     pub metrics: metrics::Metrics,
-    /// The configuration file, when the binary loaded one (shown on the dashboard).
-    pub config_path: OnceLock<PathBuf>,
+    /// The configuration file, when the binary loaded one, and the reloads (shown on the
+    /// dashboard and in `/stats.json`).
+    pub config: loaded::ConfigInfo,
     /// The etcd watch's failures, counted by `dcs`.
     pub etcd: Arc<Failures>,
     /// The last hour, one sample per second, for the dashboard's pictures (fed by
@@ -61,7 +62,7 @@ impl Stats {
     pub fn new(config: &Config) -> Self {
         Self {
             metrics: metrics::Metrics::new(config),
-            config_path: OnceLock::new(),
+            config: Default::default(),
             etcd: Arc::default(),
             history: {
                 let (nodes, listeners) = history::sampler::names(config);
@@ -94,13 +95,13 @@ struct App {
 pub fn router(shared: Arc<Shared>, stats: Arc<Stats>, limits: Limits) -> Router {
     let app = App {
         admin: shared
-            .config
+            .config()
             .admin_credentials()
             .and_then(|(u, p)| admin::Admin::new(u, p))
             .map(Arc::new),
         stats,
         credentials: shared
-            .config
+            .config()
             .stats
             .auth
             .as_deref()
@@ -300,7 +301,19 @@ async fn not_found() -> Response {
 /// The export model of this instance, with what only the stats side knows.
 fn view_of(app: &App) -> export::View {
     let mut view = export::view(&app.shared);
-    view.config_path = app.stats.config_path.get().map(|p| p.display().to_string());
+    let info = &app.stats.config;
+    if let Some(l) = info.loaded() {
+        view.config_path = Some(l.path.display().to_string());
+        view.config_sha256 = Some(l.sha256);
+        view.config_loaded_at = Some(crate::time::epoch_secs(l.at));
+    }
+    view.reloads = export::Reloads {
+        ok: info.reloads_ok.load(std::sync::atomic::Ordering::Relaxed),
+        failed: info
+            .reloads_failed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        last_error: info.last_error(),
+    };
     view
 }
 

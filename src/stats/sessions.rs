@@ -62,7 +62,8 @@ pub struct Session {
 pub fn collect(shared: &Shared, limit: usize) -> Sessions {
     let limit = limit.min(MAX_SESSIONS);
     let now = Instant::now();
-    let listener = &shared.config.listen.name;
+    let cfg = shared.config();
+    let listener = &cfg.listen.name;
     let mut sessions = Vec::new();
     let mut total = 0usize;
     for (node, backend) in shared.backends.iter().enumerate() {

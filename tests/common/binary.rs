@@ -147,6 +147,11 @@ impl Proxy {
         }
     }
 
+    /// The config file the proxy was started with (tests rewrite it before a reload).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("proxy.toml")
+    }
+
     pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{name}"))

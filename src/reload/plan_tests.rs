@@ -1,0 +1,124 @@
+use super::*;
+
+const BASE: &str = "[[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n\
+                    [[server]]\nname = \"b\"\naddress = \"127.0.0.12:5432\"\n";
+
+fn config(text: &str) -> Config {
+    Config::from_toml(text).expect("valid")
+}
+
+fn with(extra: &str) -> Config {
+    config(&format!("{extra}\n{BASE}"))
+}
+
+#[test]
+fn the_same_file_changes_nothing() {
+    let p = plan(&config(BASE), &config(BASE));
+    assert!(p.applies_live());
+    assert_eq!(p.kept, ["a", "b"]);
+    assert!(p.live.is_empty() && p.added.is_empty() && p.removed.is_empty());
+    assert_eq!(p.live_text(), "none");
+}
+
+#[test]
+fn check_timers_apply_live_from_the_next_check() {
+    let new = with(
+        "[check]\ninter = \"500ms\"\nrise = 3\nfall = 2\ntimeout = \"1s\"\nfastinter = \"100ms\"",
+    );
+    let p = plan(&config(BASE), &new);
+    assert!(p.applies_live(), "{p:?}");
+    assert_eq!(
+        p.live,
+        [
+            "check.inter",
+            "check.fastinter",
+            "check.rise",
+            "check.fall",
+            "check.timeout"
+        ]
+    );
+    assert_eq!(p.kept, ["a", "b"], "the servers keep their state");
+}
+
+#[test]
+fn session_timeouts_and_grace_apply_live() {
+    let new = with(
+        "[global]\nshutdown_grace = \"5s\"\n[listen]\nhold_timeout = \"3s\"\nretries = 1\n\
+         timeout_client = \"1h\"\n[log]\nsessions = true",
+    );
+    let p = plan(&config(BASE), &new);
+    assert!(p.applies_live(), "{p:?}");
+    assert_eq!(
+        p.live,
+        [
+            "global.shutdown_grace",
+            "listen.retries",
+            "listen.timeout_client",
+            "listen.hold_timeout",
+            "log.sessions"
+        ]
+    );
+}
+
+#[test]
+fn a_moved_stats_listener_or_new_credentials_need_a_restart() {
+    let new = with(
+        "[listen]\nbind = \"127.0.0.1:6000\"\n[stats]\nbind = \"127.0.0.1:7001\"\n\
+         admin_user = \"ops\"\nadmin_password = \"secret-secret\"\n[global]\nmaxconn = 10",
+    );
+    let p = plan(&config(BASE), &new);
+    assert!(!p.applies_live());
+    assert_eq!(p.live, ["listen.bind"], "the primary port moves live");
+    assert_eq!(
+        p.restart,
+        [
+            "global.maxconn",
+            "stats.bind",
+            "stats.admin_user",
+            "stats.admin_password"
+        ]
+    );
+}
+
+#[test]
+fn servers_are_matched_by_name() {
+    let old = config(BASE);
+    let new = config(
+        "[[server]]\nname = \"b\"\naddress = \"127.0.0.22:5432\"\n\
+         [[server]]\nname = \"c\"\naddress = \"127.0.0.13:5432\"\n",
+    );
+    let p = plan(&old, &new);
+    assert_eq!(p.added, ["c"]);
+    assert_eq!(p.removed, ["a"]);
+    assert_eq!(p.changed, [("b".to_string(), vec!["address"])]);
+    assert!(p.kept.is_empty());
+    // Node indices are fixed for the process's life: each one is named as needing a restart.
+    assert_eq!(
+        p.restart,
+        [
+            "server 'c' added",
+            "server 'a' removed",
+            "server 'b' changed (address)"
+        ]
+    );
+}
+
+#[test]
+fn a_reordered_server_list_needs_a_restart() {
+    let new = config(
+        "[[server]]\nname = \"b\"\naddress = \"127.0.0.12:5432\"\n\
+         [[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n",
+    );
+    let p = plan(&config(BASE), &new);
+    assert_eq!(p.kept, ["b", "a"]);
+    assert_eq!(p.restart, ["the order of [[server]] sections"]);
+}
+
+#[test]
+fn etcd_and_the_log_format_need_a_restart() {
+    let new = with(
+        "[log]\nformat = \"json\"\n[etcd]\nendpoints = [\"127.0.0.1:2379\"]\nscope = \"demo\"",
+    );
+    let p = plan(&config(BASE), &new);
+    assert_eq!(p.restart, ["etcd", "log.format"]);
+}
