@@ -679,6 +679,8 @@ pub struct ProxyEvent {
 
 pub struct Proxy {
     pub kind: Kind,
+    /// Its name in reports and probe keys: the kind's label, or one given to tell instances apart.
+    pub name: String,
     pub listen: SocketAddr,
     pub stats: SocketAddr,
     /// When the process was spawned.
@@ -748,11 +750,22 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
+/// The check timers of [`patroni_proxy_config`]: `inter` and `failover_inter`.
+pub const CHECK_INTER: Duration = Duration::from_secs(3);
+pub const FAILOVER_INTER: Duration = Duration::from_millis(200);
+
 /// patroni-proxy's config for the real cluster: `proxy.toml` semantics on ports chosen by the OS.
 pub fn patroni_proxy_config() -> String {
-    let mut s = String::from(
-        "[listen]\nbind = \"127.0.0.1:0\"\n\n[stats]\nbind = \"127.0.0.1:0\"\n\n\
-         [check]\ninter = \"3s\"\nrise = 2\nfall = 3\nfailover_inter = \"200ms\"\n\n",
+    patroni_proxy_config_on("127.0.0.1")
+}
+
+/// The same, both listeners on the loopback address `ip` (one per instance, as behind a VIP).
+pub fn patroni_proxy_config_on(ip: &str) -> String {
+    let mut s = format!(
+        "[listen]\nbind = \"{ip}:0\"\n\n[stats]\nbind = \"{ip}:0\"\n\n\
+         [check]\ninter = \"{}ms\"\nrise = 2\nfall = 3\nfailover_inter = \"{}ms\"\n\n",
+        CHECK_INTER.as_millis(),
+        FAILOVER_INTER.as_millis()
     );
     for n in Node::all() {
         s += &format!(
@@ -795,9 +808,14 @@ pub fn haproxy_config(listen: u16, stats: u16) -> Result<String> {
 impl Proxy {
     /// Starts the patroni-proxy binary on OS-chosen loopback ports and waits for its start line.
     pub async fn patroni_proxy(bin: &Path) -> Result<Proxy> {
+        Proxy::patroni_proxy_on(bin, "127.0.0.1", Kind::PatroniProxy.label()).await
+    }
+
+    /// The same on the loopback address `ip`, called `name` in reports (one of several instances).
+    pub async fn patroni_proxy_on(bin: &Path, ip: &str, name: &str) -> Result<Proxy> {
         let dir = tempfile::tempdir()?;
         let cfg = dir.path().join("proxy.toml");
-        std::fs::write(&cfg, patroni_proxy_config())?;
+        std::fs::write(&cfg, patroni_proxy_config_on(ip))?;
         let spawned = now();
         let mut child = Command::new(bin)
             .arg("--config")
@@ -837,6 +855,7 @@ impl Proxy {
         );
         let mut p = Proxy::watching(Kind::PatroniProxy, listen, stats, spawned, child, log, dir);
         p.log_stream = stream;
+        p.name = name.to_string();
         Ok(p)
     }
 
@@ -929,6 +948,7 @@ impl Proxy {
         });
         Proxy {
             kind,
+            name: kind.label().to_string(),
             listen,
             stats,
             spawned,
@@ -941,8 +961,8 @@ impl Proxy {
         }
     }
 
-    pub fn label(&self) -> &'static str {
-        self.kind.label()
+    pub fn label(&self) -> &str {
+        &self.name
     }
 
     pub fn changes(&self) -> Vec<ServerChange> {

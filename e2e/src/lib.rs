@@ -2,9 +2,11 @@
 //! (`tests/e2e.rs`), `scripts/failover-compare` (`examples/failover_compare.rs`) and `scripts/soak`
 //! (`examples/soak`): [`harness`] drives the cluster and the proxies and records what clients see;
 //! [`scenarios`] are the failovers run through them; [`browser`] drives a headless Chromium and
-//! [`pictures`] watches a switchover on the dashboard's pictures.
+//! [`pictures`] watches a switchover on the dashboard's pictures; [`instances`] compares
+//! several proxy instances in front of the one cluster.
 
 pub mod browser;
 pub mod harness;
+pub mod instances;
 pub mod pictures;
 pub mod scenarios;

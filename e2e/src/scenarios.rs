@@ -183,6 +183,7 @@ async fn begin<'a>(
     let stamp = (now() * 1000.0) as u64;
     let mut lanes = Vec::new();
     for p in proxies {
+        // The label tells instances apart: the probe table's key is (run, attempt).
         let run = format!("{scenario}-{iteration}-{}-{stamp}", p.label());
         let session = match with_session {
             true => Some(session_on(p, leader).await?),
