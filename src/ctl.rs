@@ -77,6 +77,19 @@ pub fn credentials(
     Ok((user, password))
 }
 
+/// The body of a 200 answer; any other status is an error that says what it means.
+async fn ok_body(answer: reqwest::Response, address: SocketAddr) -> Result<String, CtlError> {
+    let status = answer.status().as_u16();
+    let body = answer
+        .text()
+        .await
+        .map_err(|e| CtlError(format!("reading the answer from {address}: {e}")))?;
+    if status != 200 {
+        return Err(CtlError(explain(address, status, &body)));
+    }
+    Ok(body)
+}
+
 /// What an answer other than 200 means, for the operator.
 pub fn explain(address: SocketAddr, status: u16, body: &str) -> String {
     let said = body.trim();
@@ -122,14 +135,7 @@ pub async fn run(
                 "cannot reach the stats listener at {address}: {why}"
             ))
         })?;
-    let status = answer.status().as_u16();
-    let body = answer
-        .text()
-        .await
-        .map_err(|e| CtlError(format!("reading the answer from {address}: {e}")))?;
-    if status != 200 {
-        return Err(CtlError(explain(address, status, &body)));
-    }
+    let body = ok_body(answer, address).await?;
     match serde_json::from_str::<serde_json::Value>(&body) {
         Ok(v) => Ok(serde_json::to_string_pretty(&v).unwrap_or(body)),
         Err(_) => Ok(body),
@@ -230,14 +236,7 @@ async fn reload_state(
              is this its configuration (stats.bind)?"
         ))
     })?;
-    let status = answer.status().as_u16();
-    let body = answer
-        .text()
-        .await
-        .map_err(|e| CtlError(format!("reading the answer from {address}: {e}")))?;
-    if status != 200 {
-        return Err(CtlError(explain(address, status, &body)));
-    }
+    let body = ok_body(answer, address).await?;
     serde_json::from_str(&body).map_err(|e| {
         CtlError(format!(
             "the answer of {address}/stats.json is not a patroni-proxy's: {e}"

@@ -104,15 +104,9 @@ fn ctl(path: &std::path::Path, action: CtlAction) -> ExitCode {
         CtlAction::Ready { server } => set(server, AdminState::Ready),
         CtlAction::Show => Request::Show,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match client_runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let password = std::env::var(ctl::PASSWORD_ENV).ok();
     match runtime.block_on(ctl::run(&config, &request, password)) {
@@ -155,15 +149,9 @@ fn reload(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match client_runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(patroni_proxy::ctl::reload(&config)) {
         Ok(said) => {
@@ -276,4 +264,15 @@ async fn serve(
         move_to: running.move_to.clone(),
     };
     patroni_proxy::signals::serve_until_stopped(running, signals, Some(reloader)).await
+}
+
+/// The small runtime of the commands that talk to a running proxy (`ctl`, `reload`).
+fn client_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
