@@ -271,6 +271,12 @@ fn points(
     out
 }
 
+/// The throughput sparkline: bytes per second in and out, now and over the window.
+fn in_out(out: &mut String, now: (u32, u32), ins: Vec<Option<u64>>, outs: Vec<Option<u64>>) {
+    let label = format!("{} / {}", per_s(now.0.into()), per_s(now.1.into()));
+    spark(out, "in / out", &label, &[("in", ins), ("out", outs)]);
+}
+
 /// A sparkline of one or two series (`in`/`out` throughput share a scale), with its caption.
 fn spark(out: &mut String, caption: &str, now_text: &str, series: &[(&str, Vec<Option<u64>>)]) {
     let max = series
@@ -337,15 +343,11 @@ pub fn sparklines(h: &History, now_ms: u64, w: &Window) -> String {
             &last.new_sessions.to_string(),
             &[("v", p(|s| s.new_sessions))],
         );
-        spark(
+        in_out(
             &mut out,
-            "in / out",
-            &format!(
-                "{} / {}",
-                per_s(last.bytes_in.into()),
-                per_s(last.bytes_out.into())
-            ),
-            &[("in", p(|s| s.bytes_in)), ("out", p(|s| s.bytes_out))],
+            (last.bytes_in, last.bytes_out),
+            p(|s| s.bytes_in),
+            p(|s| s.bytes_out),
         );
         spark(
             &mut out,
@@ -372,15 +374,11 @@ pub fn sparklines(h: &History, now_ms: u64, w: &Window) -> String {
             &last.sessions.to_string(),
             &[("v", p(|s| s.sessions))],
         );
-        spark(
+        in_out(
             &mut out,
-            "in / out",
-            &format!(
-                "{} / {}",
-                per_s(last.bytes_in.into()),
-                per_s(last.bytes_out.into())
-            ),
-            &[("in", p(|s| s.bytes_in)), ("out", p(|s| s.bytes_out))],
+            (last.bytes_in, last.bytes_out),
+            p(|s| s.bytes_in),
+            p(|s| s.bytes_out),
         );
         spark(
             &mut out,
