@@ -205,9 +205,8 @@ pub fn on_check(
         &mut kills,
     );
 
-    // Fast pace while the primary is unknown or in doubt: every node, until one is confirmed.
-    let was_fast = snap.failover_pace;
-    snap.failover_pace = in_doubt(&snap);
+    // `node` has just been checked, and goes on at `next`.
+    conclude(&mut snap, kills, &mut effects, Some(node));
     // The routed primary itself keeps HAProxy's pace even in doubt: an unanswered check says
     // nothing about its role, and counting `fall` at the fast pace would cut its sessions within a
     // second of a Patroni restart (issue 3: DOWN after fall x inter).
@@ -216,12 +215,6 @@ pub fn on_check(
     } else {
         normal
     };
-    effects.push(Effect::Publish);
-    effects.extend(kills.into_iter().map(Effect::Kill));
-    if snap.failover_pace && !was_fast {
-        // Everyone else is checked now; `node` has just been, and goes on at `next`.
-        effects.push(Effect::WakeAll { except: Some(node) });
-    }
     (
         Decision {
             snapshot: snap,
@@ -455,18 +448,31 @@ fn on_admin(
         &mut effects,
         &mut kills,
     );
-    let was_fast = snap.failover_pace;
-    snap.failover_pace = in_doubt(&snap);
-    effects.push(Effect::Publish);
-    kills.dedup();
-    effects.extend(kills.into_iter().map(Effect::Kill));
-    if snap.failover_pace && !was_fast {
-        effects.push(Effect::WakeAll { except: None });
-    }
+    conclude(&mut snap, kills, &mut effects, None);
     Some(Decision {
         snapshot: snap,
         effects,
     })
+}
+
+/// How every decision that may change routing ends: the failover pace follows doubt (every node
+/// at `failover_inter` while the primary is unknown or in doubt, until one is confirmed), the new
+/// snapshot is published before any session is cut, and when the fast pace begins every checker but
+/// `checked` (which has just run) is woken.
+fn conclude(
+    snap: &mut Snapshot,
+    mut kills: Vec<usize>,
+    effects: &mut Vec<Effect>,
+    checked: Option<usize>,
+) {
+    let was_fast = snap.failover_pace;
+    snap.failover_pace = in_doubt(snap);
+    effects.push(Effect::Publish);
+    kills.dedup();
+    effects.extend(kills.into_iter().map(Effect::Kill));
+    if snap.failover_pace && !was_fast {
+        effects.push(Effect::WakeAll { except: checked });
+    }
 }
 
 fn say(
