@@ -262,6 +262,7 @@ async fn serve(
         shared: running.shared.clone(),
         stats: running.stats.clone(),
         move_to: running.move_to.clone(),
+        stats_move_to: running.stats_move_to.clone(),
     };
     patroni_proxy::signals::serve_until_stopped(running, signals, Some(reloader)).await
 }

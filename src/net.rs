@@ -1,4 +1,5 @@
-//! Accepting on a listener, for both listeners: a connection gone before it was taken is skipped,
+//! Accepting on a listener, for both listeners (and taking a listening socket a reload moved,
+//! [`Moves`]): a connection gone before it was taken is skipped,
 //! and an error such as EMFILE is backed off from (5 ms doubling to 1 s) instead of retried at once,
 //! so an accept loop never spins and never dies. Also which socket errors are the proxy's own
 //! shortage rather than the peer's doing.
@@ -8,7 +9,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// Where a listener listens next: a reload that moves its `bind` publishes the new socket here,
+/// already bound and listening; every accept loop takes its own duplicate of it ([`register`]).
+pub type Moves = watch::Receiver<Option<std::sync::Arc<std::net::TcpListener>>>;
+
+/// This accept loop's own handle on a moved listening socket.
+pub fn register(l: &std::net::TcpListener) -> io::Result<TcpListener> {
+    let dup = l.try_clone()?;
+    dup.set_nonblocking(true)?;
+    TcpListener::from_std(dup)
+}
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);

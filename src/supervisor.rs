@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::health::checker;
 use crate::state::{self, Input, Owner, Shared};
 use crate::{dcs, proxy, stats};
 
@@ -25,6 +24,8 @@ pub struct Running {
     pub stats: Arc<stats::Stats>,
     /// Moves the primary port to a new socket (a reload of `listen.bind`).
     pub move_to: Arc<tokio::sync::watch::Sender<Option<Arc<std::net::TcpListener>>>>,
+    /// Moves the stats listener to a new socket (a reload of `stats.bind`).
+    pub stats_move_to: Arc<tokio::sync::watch::Sender<Option<Arc<std::net::TcpListener>>>>,
     stop: CancellationToken,
     force: CancellationToken,
     done: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -71,6 +72,7 @@ impl Running {
         Self {
             stats: Arc::new(stats::Stats::new(&shared.config())),
             move_to: Arc::new(tokio::sync::watch::channel(None).0),
+            stats_move_to: Arc::new(tokio::sync::watch::channel(None).0),
             shared,
             stop: CancellationToken::new(),
             force: CancellationToken::new(),
@@ -86,12 +88,14 @@ pub fn start(config: Arc<Config>, listeners: Listeners) -> Running {
     let stop = CancellationToken::new();
     let force = CancellationToken::new();
     let (move_to, moves) = tokio::sync::watch::channel(None);
+    let (stats_move_to, stats_moves) = tokio::sync::watch::channel(None);
     let done = tokio::spawn(run(
         Parts {
             shared: shared.clone(),
             owner,
             stats: stats.clone(),
             moves,
+            stats_moves,
         },
         listeners,
         stop.clone(),
@@ -101,6 +105,7 @@ pub fn start(config: Arc<Config>, listeners: Listeners) -> Running {
         shared,
         stats,
         move_to: Arc::new(move_to),
+        stats_move_to: Arc::new(stats_move_to),
         stop,
         force,
         done,
@@ -114,6 +119,8 @@ pub struct Parts {
     pub stats: Arc<stats::Stats>,
     /// Where a reload sends a moved primary-port socket.
     pub moves: proxy::Moves,
+    /// Where a reload sends a moved stats socket.
+    pub stats_moves: crate::net::Moves,
 }
 
 /// Runs until `stop` is cancelled, then drains for up to `shutdown_grace`, or until `force` is
@@ -130,22 +137,15 @@ pub async fn run(
         owner,
         stats,
         moves,
+        stats_moves,
     } = parts;
     let cfg = shared.config();
     let tasks = TaskTracker::new();
     let sessions = TaskTracker::new();
     let internal_stop = stop.child_token();
 
-    let n = cfg.servers.len();
     let mut supervised = tokio::task::JoinSet::new();
-    for i in 0..n {
-        supervised.spawn(tasks.track_future(checker::run(
-            cfg.check_target(i),
-            checker::first_delay(i, n, cfg.check.inter),
-            owner.link(i),
-            internal_stop.clone(),
-        )));
-    }
+    // The owner runs the checkers (a reload adds and removes them).
     supervised.spawn(tasks.track_future(owner.run(internal_stop.clone())));
     supervised.spawn(tasks.track_future(stats::history::sampler::run(
         shared.clone(),
@@ -174,10 +174,12 @@ pub async fn run(
         internal_stop.clone(),
     )));
     if let Some(l) = listeners.stats {
-        supervised.spawn(tasks.track_future(stats::serve(
+        supervised.spawn(tasks.track_future(stats::serve_moving(
             l,
+            stats_moves,
             shared.clone(),
             stats.clone(),
+            stats::Limits::default(),
             internal_stop.clone(),
         )));
     }
@@ -217,7 +219,7 @@ pub async fn run(
             "grace period over"
         };
         tracing::warn!(left, "{why}; closing remaining sessions");
-        for b in &shared.backends {
+        for b in shared.backends() {
             b.close();
         }
         sessions.wait().await;

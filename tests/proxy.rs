@@ -165,7 +165,7 @@ async fn demoted_primary_stops_at_once_goes_down_after_fall_and_sessions_are_cut
     );
     // The client sees the FIN as the sockets are shut down; the relay counts its end when next polled.
     c.wait_for(SECS(1), "the session counted as killed", |c| {
-        c.shared().backends[0].counters.killed.load(Relaxed) == 1
+        c.shared().backend(0).counters.killed.load(Relaxed) == 1
     })
     .await;
 }
@@ -401,8 +401,8 @@ async fn server_maxconn_queues_fifo_then_times_out() {
         waited >= SECS(4) && waited < SECS(4) + Duration::from_millis(100),
         "{waited:?}"
     );
-    assert_eq!(c.shared().backends[0].counters.qtimeouts.load(Relaxed), 1);
-    assert_eq!(c.shared().backends[0].counters.qmax.load(Relaxed), 1);
+    assert_eq!(c.shared().backend(0).counters.qtimeouts.load(Relaxed), 1);
+    assert_eq!(c.shared().backend(0).counters.qmax.load(Relaxed), 1);
 
     // A queued client gets the slot as soon as it frees.
     let addr = c.addr;
@@ -430,7 +430,7 @@ async fn refused_connects_are_retried_twice_one_second_apart() {
         took >= SECS(2) && took <= SECS(4) + Duration::from_millis(100),
         "{took:?}"
     );
-    let k = &c.shared().backends[0].counters;
+    let k = &c.shared().backend(0).counters;
     assert_eq!((k.wretr.load(Relaxed), k.econ.load(Relaxed)), (2, 1));
 }
 
@@ -780,7 +780,7 @@ async fn a_client_in_its_startup_when_its_node_goes_down_is_replayed_not_reset()
     let reply = client.await.unwrap().expect("the client got a session");
     assert_eq!(reply[0], b'R', "AuthenticationOk from node1");
     assert_eq!(pgs[1].startups.load(SeqCst), 1);
-    assert_eq!(c.shared().backends[0].counters.killed.load(Relaxed), 0);
+    assert_eq!(c.shared().backend(0).counters.killed.load(Relaxed), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -907,9 +907,9 @@ async fn sessions_on_every_relay_thread_are_served_and_cut_at_down() {
         SECS(2),
         "4 sessions counted killed, gauges back to 0",
         |c| {
-            c.shared().backends[0].counters.killed.load(Relaxed) == 4
+            c.shared().backend(0).counters.killed.load(Relaxed) == 4
                 && c.shared().frontend.scur.load(Relaxed) == 0
-                && c.shared().backends[0].counters.scur.load(Relaxed) == 0
+                && c.shared().backend(0).counters.scur.load(Relaxed) == 0
         },
     )
     .await;

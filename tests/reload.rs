@@ -308,3 +308,130 @@ async fn a_bind_that_cannot_be_opened_is_refused_and_the_old_listener_stays() {
     let mut s = session(&p).await;
     echoes(&mut s, b"where it was").await;
 }
+
+/// Polls `/stats.json` until `f` holds.
+async fn wait_stats(p: &Proxy, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = stats(p).await;
+        if f(&v) {
+            return v;
+        }
+        assert!(Instant::now() < until, "never {what}: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn servers_added_and_removed_live_and_no_session_is_cut_by_the_reload() {
+    // Issue 15 item 1: "added servers start fail-closed, removed servers drain (no new sessions,
+    // existing ones end by themselves or at shutdown_grace)".
+    let pg0 = FakePg::start(PgMode::Primary).await;
+    let rest0 = FakePatroni::start(Mode::Primary { timeline: 1 }).await;
+    let extra = Extra {
+        global: "shutdown_grace = \"2s\"",
+        ..Extra::default()
+    };
+    let p = Proxy::start(pg0.addr, rest0.addr, extra, Stderr::Read, &[]);
+    p.wait_routed().await;
+    let mut s = session(&p).await;
+    echoes(&mut s, b"on pg0").await;
+
+    // Added: a second node, a replica for now; checked at once, never routed while it says so.
+    let pg1 = FakePg::start(PgMode::Primary).await;
+    let rest1 = FakePatroni::start(Mode::Replica).await;
+    let pg1_table = format!(
+        "[[server]]\nname = \"pg1\"\naddress = \"{}\"\ncheck_port = {}\n",
+        pg1.addr,
+        rest1.addr.port()
+    );
+    let path = p.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}\n{pg1_table}")).unwrap();
+    p.signal("HUP");
+    wait_reloads(&p, "ok", 1).await;
+    let v = wait_stats(&p, "pg1 checked", |v| {
+        v["servers"][1]["name"] == "pg1" && v["servers"][1]["status"] != "INI"
+    })
+    .await;
+    assert_eq!(v["servers"][0]["routed_primary"], true, "{v}");
+    assert_eq!(v["servers"][1]["routed_primary"], false, "{v}");
+    assert!(p.logged("server 'pg1' added"));
+    echoes(&mut s, b"still on pg0").await;
+    let metrics = p.get_ok("/metrics", Duration::from_secs(5)).await;
+    assert!(
+        metrics.contains("patroni_proxy_server_up{server=\"pg1\"}"),
+        "the added server's series exist: {metrics}"
+    );
+
+    // Removed: the routed primary. Its session goes on; new clients wait for a primary.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let pg0_table = format!("[[server]]\nname = \"pg0\"\naddress = \"{}\"\n", pg0.addr);
+    assert!(text.contains(&pg0_table), "{text}");
+    std::fs::write(&path, text.replace(&pg0_table, "")).unwrap();
+    p.signal("HUP");
+    wait_reloads(&p, "ok", 2).await;
+    let v = wait_stats(&p, "pg0 removed", |v| {
+        v["servers"][0]["status"] == "REMOVED"
+    })
+    .await;
+    assert_eq!(v["servers"][0]["scur"], 1, "its session is draining: {v}");
+    assert_eq!(
+        v["primary"],
+        Value::Null,
+        "a removed server is never routed: {v}"
+    );
+    echoes(&mut s, b"draining on pg0").await;
+
+    // pg1 is promoted: new sessions go there, and the old session still relays to pg0.
+    rest1.set(Mode::Primary { timeline: 2 });
+    wait_stats(&p, "pg1 routed", |v| v["primary"] == "pg1").await;
+    let mut fresh = session(&p).await;
+    echoes(&mut fresh, b"on pg1").await;
+    echoes(&mut s, b"pg0 until the grace ends").await;
+
+    // shutdown_grace (2 s) after the removal, what is left of pg0's sessions is closed.
+    p.wait_logged("closing its 1 remaining sessions", Duration::from_secs(10))
+        .await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("closed after the grace");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    echoes(&mut fresh, b"pg1 untouched").await;
+}
+
+#[tokio::test]
+async fn a_changed_stats_bind_moves_the_stats_listener() {
+    // Issue 15 item 1: "a changed `bind` opens the new listener before closing the old", for the
+    // stats listener too.
+    let (_pg, _rest, p) = started().await;
+    let moved: std::net::SocketAddr = format!("127.0.0.1:{}", common::binary::free_port())
+        .parse()
+        .unwrap();
+    rewrite(
+        &p,
+        &format!("bind = \"{}\"", p.stats),
+        &format!("bind = \"{moved}\""),
+    );
+    p.signal("HUP");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some((200, body)) = common::binary::get(moved, "/stats.json").await {
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["reloads"]["ok"], 1, "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the new stats address never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.wait_logged("stats listener moved", Duration::from_secs(5))
+        .await;
+    assert!(
+        TcpStream::connect(p.stats).await.is_err(),
+        "the old stats socket is closed once the new one serves"
+    );
+}

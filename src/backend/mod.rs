@@ -4,7 +4,7 @@
 //! through the registry of its relaying sessions ([`relaying`]); the sessions still in their setup
 //! ([`setup`]), for the sessions view.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -117,7 +117,8 @@ pub struct Backend {
     pub counters: Counters,
     /// `maxconn` slots. Tokio's semaphore is fair, so waiters are served FIFO as in HAProxy's queue.
     pub slots: Arc<Semaphore>,
-    pub maxconn: u32,
+    /// The limit the slots stand for (a reload may change it: [`Backend::set_maxconn`]).
+    maxconn: AtomicU32,
     /// The kill switch: a session notes the generation when it is routed here ([`Ticket`]) and ends
     /// once it has moved on. A generation and a `Notify` cost nothing per session, where a child
     /// `CancellationToken` per session was a heap node in every idle connection's memory.
@@ -138,11 +139,41 @@ impl Backend {
         Self {
             counters: Counters::default(),
             slots: Arc::new(Semaphore::new(maxconn as usize)),
-            maxconn,
+            maxconn: AtomicU32::new(maxconn),
             kill_generation: AtomicU64::new(0),
             kill_notify: Notify::new(),
             relaying: Arc::default(),
             closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The current `maxconn`.
+    pub fn maxconn(&self) -> u32 {
+        self.maxconn.load(Relaxed)
+    }
+
+    /// A reload's new `maxconn`. More slots are free at once. Fewer: free slots are withdrawn now
+    /// and busy ones as their sessions end (a task takes them in the queue's order, so new
+    /// sessions wait behind it until the count is under the new limit); no session is cut.
+    pub fn set_maxconn(&self, maxconn: u32) {
+        let new = maxconn;
+        let old = self.maxconn.swap(new, SeqCst);
+        if new > old {
+            self.slots.add_permits((new - old) as usize);
+        } else if old > new {
+            let want = (old - new) as usize;
+            let rest = want - self.slots.forget_permits(want);
+            if rest > 0 {
+                let slots = self.slots.clone();
+                tokio::spawn(async move {
+                    for _ in 0..rest {
+                        match slots.acquire().await {
+                            Ok(p) => p.forget(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
         }
     }
 

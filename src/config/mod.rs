@@ -122,7 +122,12 @@ impl Config {
 
     /// Where the health check of server `i` connects.
     pub fn check_target(&self, i: usize) -> SocketAddr {
-        let s = &self.servers[i];
+        self.check_target_of(&self.servers[i])
+    }
+
+    /// Where the health check of server `s` connects (its `check_addr`/`check_port`, else its
+    /// address's IP and `check.port`).
+    pub fn check_target_of(&self, s: &Server) -> SocketAddr {
         SocketAddr::new(
             s.check_addr.unwrap_or(s.address.ip()),
             s.check_port.unwrap_or(self.check.port),

@@ -16,7 +16,7 @@ use super::startup::{startup, write_all, Startup};
 use super::tcplog::Timing;
 use super::termination::Termination;
 use crate::backend::setup::{Phase, SetupGuard};
-use crate::backend::{Gauge, GaugeGuard, Ticket};
+use crate::backend::{Backend, Gauge, GaugeGuard, Ticket};
 use crate::pgwire::{self, startup::Pending};
 use crate::state::Shared;
 
@@ -30,15 +30,17 @@ const LOCAL_MESSAGE: &str =
 pub(super) struct ServerSession {
     pub(super) shared: Arc<Shared>,
     pub(super) node: usize,
+    /// The node's IO side, held for the session's life (the data path never looks it up).
+    pub(super) backend: Arc<Backend>,
 }
 
 impl Gauge for ServerSession {
     fn gauge(&self) -> &AtomicU64 {
-        &self.shared.backends[self.node].counters.scur
+        &self.backend.counters.scur
     }
 
     fn max(&self) -> Option<&AtomicU64> {
-        Some(&self.shared.backends[self.node].counters.smax)
+        Some(&self.backend.counters.smax)
     }
 }
 
@@ -79,7 +81,7 @@ pub(super) async fn connect_and_start(
 ) -> Attempt {
     *timing = Timing::default();
     let cfg = &shared.config();
-    let backend = &shared.backends[node];
+    let backend = shared.backend(node);
     let c = &backend.counters;
 
     // A slot on the server: at once if free, else FIFO behind earlier waiters for `timeout queue`.
@@ -113,6 +115,7 @@ pub(super) async fn connect_and_start(
     let open = GaugeGuard::hold(ServerSession {
         shared: shared.clone(),
         node,
+        backend: backend.clone(),
     });
 
     let server = tokio::select! {
@@ -216,8 +219,10 @@ enum ConnectError {
 /// routed primary in the meantime: the session goes back to waiting for the new one.
 async fn connect(shared: &Shared, node: usize) -> Result<TcpStream, ConnectError> {
     let cfg = &shared.config();
-    let addr = cfg.servers[node].address;
-    let c = &shared.backends[node].counters;
+    // The node's address now (a reload may have moved it since the session was routed).
+    let addr = shared.current().nodes[node].server.address;
+    let backend = shared.backend(node);
+    let c = &backend.counters;
     let turn_around = Duration::from_secs(1).min(cfg.listen.timeout_connect);
     let mut attempt = 0;
     loop {

@@ -20,18 +20,16 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::net::Acceptor;
+use crate::net::{register, Acceptor};
 use crate::state::Shared;
 use balance::{Admission, Job, Threads};
 
-/// Where the primary port listens next: a reload that moves `listen.bind` publishes the new socket
-/// here, already bound and listening; every accept loop takes its own duplicate of it.
-pub type Moves = watch::Receiver<Option<Arc<std::net::TcpListener>>>;
+pub use crate::net::Moves;
 
 /// How long an accept loop still accepts on the old socket after a move, then closes it: clients
 /// already queued there, or that connect before they learn the new address, are served rather
@@ -210,13 +208,6 @@ enum Next {
     CloseOld,
     Moved(Option<Arc<std::net::TcpListener>>),
     MovesClosed,
-}
-
-/// A duplicate of a moved socket, registered with this thread's event loop.
-fn register(l: &std::net::TcpListener) -> io::Result<TcpListener> {
-    let dup = l.try_clone()?;
-    dup.set_nonblocking(true)?;
-    TcpListener::from_std(dup)
 }
 
 /// A client of the old socket after a move (never resolves without one).

@@ -66,7 +66,7 @@ pub async fn run(
         Setup::Done(t, node, client) => (t, node, client),
         Setup::Relay(s) => {
             let node = s.open.handle().node;
-            let backend = &shared.backends[node];
+            let backend = s.open.handle().backend.clone();
             let cfg = shared.config();
             let idle = (cfg.listen.timeout_client, cfg.listen.timeout_server);
             // Joins the server's kill registry unless a kill came after the ticket was taken.
@@ -153,9 +153,12 @@ impl Future for RelayTask {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
-        let ServerSession { shared, node } = this.server.handle();
+        let ServerSession {
+            shared,
+            backend,
+            node,
+        } = this.server.handle();
         let fe = &shared.frontend;
-        let backend = &shared.backends[*node];
         let meters = Meters {
             up: [&fe.bin, &backend.counters.bin],
             down: [&fe.bout, &backend.counters.bout],
@@ -239,7 +242,7 @@ async fn establish(
                     Evidence::Authoritative(reason) => shared.suspect(node, reason, false),
                     Evidence::Vanished(reason) if vanished_on == Some(node) => {
                         tracing::debug!(
-                            server = shared.server_name(node),
+                            server = &*shared.server_name(node),
                             "{reason} again: giving up on this client"
                         );
                         return Setup::Done(Termination::ServerError, last_node, client);
@@ -294,10 +297,12 @@ fn log_end(
     if cfg.log.sessions {
         let server = node.map(|n| shared.server_name(n));
         let now = Instant::now();
+        let server = server.as_deref();
         SessionLine::new(peer, px, server, start, now, phases, sockets(), t).emit();
         return;
     }
-    let server = node.map_or("<NOSRV>", |n| shared.server_name(n));
+    let server = node.map(|n| shared.server_name(n));
+    let server = server.as_deref().unwrap_or("<NOSRV>");
     tracing::debug!(
         target: "patroni_proxy::session",
         "{peer} {px} {px}/{server} Tt={}ms {}",
@@ -334,12 +339,14 @@ mod tests {
             server: GaugeGuard::hold(ServerSession {
                 shared: shared.clone(),
                 node: 0,
+                backend: shared.backend(0),
             }),
-            io: shared.backends[0]
+            io: shared
+                .backend(0)
                 .relaying
                 .insert(client, server, Instant::now(), || true)
                 .unwrap(),
-            ticket: shared.backends[0].ticket(),
+            ticket: shared.backend(0).ticket(),
             _slot: slots.clone().try_acquire_owned().unwrap(),
             _admission: Admission::slot_only(slots.try_acquire_owned().unwrap()),
             peer,
@@ -354,13 +361,13 @@ mod tests {
         let open = |s: &Shared| {
             (
                 s.frontend.scur.load(Relaxed),
-                s.backends[0].counters.scur.load(Relaxed),
+                s.backend(0).counters.scur.load(Relaxed),
             )
         };
         assert_eq!(open(&shared), (1, 1));
         // Dropping it gives back the gauges it holds, and leaves the server's registry.
         drop(tracked);
         assert_eq!(open(&shared), (0, 0));
-        assert!(shared.backends[0].relaying.is_empty());
+        assert!(shared.backend(0).relaying.is_empty());
     }
 }

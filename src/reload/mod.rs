@@ -3,7 +3,9 @@
 //! [`plan`]; this module reads the file, keeps the running configuration when the new one is
 //! invalid or needs a restart (logged, counted in `patroni_proxy_config_reloads_total`, shown in
 //! `/stats.json`), and otherwise swaps the shared configuration and tells the state owner
-//! ([`crate::state::Input::Reloaded`]), which rebuilds the checks' request and re-reads rise/fall.
+//! ([`crate::state::Input::Reloaded`]), which rebuilds the checks' request, re-reads rise/fall and
+//! applies the servers (`state::servers`: kept ones keep their state, added ones start
+//! fail-closed, removed ones drain).
 //!
 //! What a swap changes is read where it is used: sessions read the configuration when they start
 //! (timeouts, retries, hold, keepalive), the state owner at each decision (intervals, rise/fall,
@@ -23,6 +25,10 @@ use crate::config::{Config, ConfigError};
 use crate::state::{Input, Shared};
 use crate::stats::loaded::Loaded;
 use crate::stats::Stats;
+
+/// Most node slots a process holds: a removed server keeps its slot (its counters) until the
+/// process restarts, so a long run of reloads that add new names must end somewhere.
+pub const MAX_SLOTS: usize = 1024;
 
 /// Reads and validates `path`, hashing the bytes it validated (one read: the hash always matches
 /// what was parsed).
@@ -60,6 +66,20 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// A new listening socket for `key` when its address changed (`None` when it did not).
+fn rebind(
+    key: &str,
+    running: std::net::SocketAddr,
+    new: std::net::SocketAddr,
+) -> Result<Option<Arc<std::net::TcpListener>>, String> {
+    if new == running {
+        return Ok(None);
+    }
+    bind(new).map(|l| Some(Arc::new(l))).map_err(|e| {
+        format!("{key}: cannot listen on {new}: {e}; the running configuration is unchanged")
+    })
+}
+
 /// SHA-256 of `bytes`, lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -84,6 +104,8 @@ pub struct Reloader {
     pub shared: Arc<Shared>,
     pub stats: Arc<Stats>,
     pub move_to: Arc<watch::Sender<Option<Arc<std::net::TcpListener>>>>,
+    /// Where to send a moved stats socket.
+    pub stats_move_to: Arc<watch::Sender<Option<Arc<std::net::TcpListener>>>>,
 }
 
 impl Reloader {
@@ -102,6 +124,19 @@ impl Reloader {
 
     fn apply(&self, new: Config, loaded: Loaded) -> Outcome {
         let p = plan::plan(&self.shared.config(), &new);
+        let snap = self.shared.current();
+        let new_slots = (p.added.iter())
+            .filter(|name| !snap.nodes.iter().any(|n| &n.server.name == *name))
+            .count();
+        if snap.nodes.len() + new_slots > MAX_SLOTS {
+            return Outcome::Refused(format!(
+                "{} servers added: with the {} this process has held since it started (removed \
+                 ones keep their slot and counters), that is over {MAX_SLOTS}; restart the \
+                 service to apply this file",
+                p.added.len(),
+                snap.nodes.len()
+            ));
+        }
         if !p.applies_live() {
             return Outcome::Refused(format!(
                 "these changes need a restart: {}; the running configuration is unchanged \
@@ -109,21 +144,16 @@ impl Reloader {
                 p.restart.join("; ")
             ));
         }
-        // The new socket is bound and listening before anything changes: if it cannot be, the
+        // New sockets are bound and listening before anything changes: if one cannot be, the
         // reload is refused and the proxy keeps listening where it did.
-        let moved = if new.listen.bind != self.shared.config().listen.bind {
-            match bind(new.listen.bind) {
-                Ok(l) => Some(Arc::new(l)),
-                Err(e) => {
-                    return Outcome::Refused(format!(
-                        "listen.bind: cannot listen on {}: {e}; the running configuration is \
-                         unchanged",
-                        new.listen.bind
-                    ))
-                }
-            }
-        } else {
-            None
+        let running = self.shared.config();
+        let moved = match rebind("listen.bind", running.listen.bind, new.listen.bind) {
+            Ok(l) => l,
+            Err(why) => return Outcome::Refused(why),
+        };
+        let stats_moved = match rebind("stats.bind", running.stats.bind, new.stats.bind) {
+            Ok(l) => l,
+            Err(why) => return Outcome::Refused(why),
         };
         let message = format!(
             "Configuration reloaded from {} (sha256 {}); changed: {}; {} servers kept with their \
@@ -133,14 +163,19 @@ impl Reloader {
             p.live_text(),
             p.kept.len(),
         );
+        let previous = self.shared.config();
         self.shared.replace_config(Arc::new(new));
         if let Some(l) = moved {
             // Each accept loop takes it and closes the old socket after `MOVE_LINGER`.
             self.move_to.send_replace(Some(l));
         }
+        if let Some(l) = stats_moved {
+            // The stats loop takes it, serves what is queued on the old one, then closes it.
+            self.stats_move_to.send_replace(Some(l));
+        }
         self.stats.config.reloaded(loaded);
         // The owner logs it (target patroni_proxy::admin) and puts it on the dashboard's events.
-        self.shared.send(Input::Reloaded { message });
+        self.shared.send(Input::Reloaded { message, previous });
         Outcome::Applied(p)
     }
 }

@@ -31,12 +31,19 @@ impl Plan {
         self.restart.is_empty()
     }
 
-    /// The keys that differ and apply live, for the log line (`"none"` when the file is the same).
+    /// What differs and applies live, for the log line (`"none"` when the file is the same): the
+    /// keys, then the servers added, removed and changed.
     pub fn live_text(&self) -> String {
-        if self.live.is_empty() {
+        let mut parts: Vec<String> = self.live.iter().map(|k| k.to_string()).collect();
+        parts.extend(self.added.iter().map(|n| format!("server '{n}' added")));
+        parts.extend(self.removed.iter().map(|n| format!("server '{n}' removed")));
+        parts.extend(
+            (self.changed.iter()).map(|(n, keys)| format!("server '{n}' ({})", keys.join(", "))),
+        );
+        if parts.is_empty() {
             "none".into()
         } else {
-            self.live.join(", ")
+            parts.join(", ")
         }
     }
 }
@@ -175,8 +182,8 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         *expect_status != o.expect_status,
         true,
     );
-    // Each checker's target address is fixed when it starts.
-    key("check.port", *port != o.port, false);
+    // The owner restarts the checkers whose target moved.
+    key("check.port", *port != o.port, true);
     key("check.inter", *inter != o.inter, true);
     key("check.fastinter", *fastinter != o.fastinter, true);
     key("check.downinter", *downinter != o.downinter, true);
@@ -198,7 +205,8 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         admin_password,
     } = &new.stats;
     let o = &old.stats;
-    key("stats.bind", *bind != o.bind, false);
+    // Moved live as `listen.bind` is: bound before the old socket closes.
+    key("stats.bind", *bind != o.bind, true);
     key("stats.auth", *auth != o.auth, false);
     key("stats.admin_user", *admin_user != o.admin_user, false);
     key(
@@ -219,10 +227,9 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     p
 }
 
-/// Matches servers by name. Node indices are fixed for the process's life (the snapshot, the
-/// per-server counters, metrics series and history rings are vectors made at start-up), so in
-/// this version any change to the set, its order or a server's settings needs a restart; the plan
-/// still says exactly which servers.
+/// Matches servers by name. Every difference applies live (`crate::state` applies them: kept
+/// servers keep their state, added ones start fail-closed, removed ones drain, a changed address
+/// starts over fail-closed); the order of the sections changes nothing.
 fn servers(old: &[Server], new: &[Server], p: &mut Plan) {
     for s in new {
         match old.iter().find(|o| o.name == s.name) {
@@ -241,21 +248,6 @@ fn servers(old: &[Server], new: &[Server], p: &mut Plan) {
         if !new.iter().any(|s| s.name == o.name) {
             p.removed.push(o.name.clone());
         }
-    }
-    for name in &p.added {
-        p.restart.push(format!("server '{name}' added"));
-    }
-    for name in &p.removed {
-        p.restart.push(format!("server '{name}' removed"));
-    }
-    for (name, keys) in &p.changed {
-        p.restart
-            .push(format!("server '{name}' changed ({})", keys.join(", ")));
-    }
-    let same_set = p.added.is_empty() && p.removed.is_empty();
-    let old_names = old.iter().map(|s| &s.name);
-    if same_set && !old_names.eq(new.iter().map(|s| &s.name)) {
-        p.restart.push("the order of [[server]] sections".into());
     }
 }
 

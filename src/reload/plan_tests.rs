@@ -61,22 +61,21 @@ fn session_timeouts_and_grace_apply_live() {
 }
 
 #[test]
-fn a_moved_stats_listener_or_new_credentials_need_a_restart() {
+fn both_listeners_move_live_and_new_credentials_need_a_restart() {
     let new = with(
         "[listen]\nbind = \"127.0.0.1:6000\"\n[stats]\nbind = \"127.0.0.1:7001\"\n\
          admin_user = \"ops\"\nadmin_password = \"secret-secret\"\n[global]\nmaxconn = 10",
     );
     let p = plan(&config(BASE), &new);
     assert!(!p.applies_live());
-    assert_eq!(p.live, ["listen.bind"], "the primary port moves live");
+    assert_eq!(
+        p.live,
+        ["listen.bind", "stats.bind"],
+        "both listeners move live"
+    );
     assert_eq!(
         p.restart,
-        [
-            "global.maxconn",
-            "stats.bind",
-            "stats.admin_user",
-            "stats.admin_password"
-        ]
+        ["global.maxconn", "stats.admin_user", "stats.admin_password"]
     );
 }
 
@@ -92,26 +91,27 @@ fn servers_are_matched_by_name() {
     assert_eq!(p.removed, ["a"]);
     assert_eq!(p.changed, [("b".to_string(), vec!["address"])]);
     assert!(p.kept.is_empty());
-    // Node indices are fixed for the process's life: each one is named as needing a restart.
+    // Issue 15 item 1: "unchanged servers keep their health state and counters, added servers
+    // start fail-closed, removed servers drain": all of it live, applied by `state::servers`.
+    assert!(p.applies_live(), "{p:?}");
     assert_eq!(
-        p.restart,
-        [
-            "server 'c' added",
-            "server 'a' removed",
-            "server 'b' changed (address)"
-        ]
+        p.live_text(),
+        "server 'c' added, server 'a' removed, server 'b' (address)"
     );
 }
 
 #[test]
-fn a_reordered_server_list_needs_a_restart() {
-    let new = config(
-        "[[server]]\nname = \"b\"\naddress = \"127.0.0.12:5432\"\n\
-         [[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n",
+fn a_reordered_server_list_changes_nothing() {
+    let p = plan(
+        &config(BASE),
+        &config(
+            "[[server]]\nname = \"b\"\naddress = \"127.0.0.12:5432\"\n\
+             [[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n",
+        ),
     );
-    let p = plan(&config(BASE), &new);
+    assert!(p.applies_live(), "{p:?}");
     assert_eq!(p.kept, ["b", "a"]);
-    assert_eq!(p.restart, ["the order of [[server]] sections"]);
+    assert_eq!(p.live_text(), "none");
 }
 
 #[test]

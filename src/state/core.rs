@@ -6,12 +6,13 @@
 //! switchover request or PostgreSQL's own word takes a node out of routing, the failover pace).
 //! [`super::owner`] only carries the effects out, in the order given.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 use super::{AdminOrder, EventKind, Input, NodeState, Scope, Snapshot};
-use crate::config::{Config, OnMarkedDown};
+use crate::config::{Config, OnMarkedDown, Server};
 use crate::health::patroni::Answer;
 use crate::health::{CheckResult, Transition};
 use crate::routing::{self, AdminState, Candidate, Claim};
@@ -77,6 +78,23 @@ pub enum Effect {
     Kill(usize),
     /// Cut the wait before the next check of every node but `except`.
     WakeAll { except: Option<usize> },
+    /// Add the IO side of node `node` (a reload added it): before the snapshot that has it is
+    /// published, so that every index a session reads is valid.
+    AddBackend { node: usize, maxconn: u32 },
+    /// A reload changed the server's `maxconn`: from the next session (sessions over the new limit
+    /// continue; new ones queue until the count is under it).
+    SetMaxconn { node: usize, maxconn: u32 },
+    /// Start checking `node` (added, or its check target changed), first check at once.
+    StartChecker(usize),
+    /// Stop checking `node` (removed, or its check target changed).
+    StopChecker(usize),
+    /// In `after`, close what is left of the sessions of `node`, removed at `removed_at`
+    /// ([`Input::RemovedGraceOver`]).
+    GraceTimer {
+        node: usize,
+        removed_at: SystemTime,
+        after: Duration,
+    },
 }
 
 /// A decision: the next snapshot and what to do about it.
@@ -97,7 +115,7 @@ pub fn on_check(
     wall: SystemTime,
 ) -> (Decision, Duration) {
     let px = &cfg.listen.name;
-    let name = &cfg.servers[node].name;
+    let name = current.nodes[node].server.name.clone();
     let mut snap = current.clone();
     snap.seq += 1;
     let mut effects = Vec::new();
@@ -150,7 +168,11 @@ pub fn on_check(
         None => {}
     }
     let normal = cfg.interval_for(n.counter.is_fully_up(), n.counter.is_fully_down());
-    let active = snap.nodes.iter().filter(|n| n.counter.is_up()).count();
+    let active = snap
+        .nodes
+        .iter()
+        .filter(|n| n.counter.is_up() && n.removed.is_none())
+        .count();
     let mut kills = Vec::new();
     match step.transition {
         Some(Transition::WentDown) => {
@@ -240,11 +262,21 @@ pub fn on_input(
     // PostgreSQL restarts under a held lock answers 200 while refusing clients, and re-checking it
     // on every refusal would spin.
     let mut except = None;
-    let name = |i: usize| cfg.servers[i].name.as_str();
+    let names: Vec<Arc<Server>> = current.nodes.iter().map(|n| n.server.clone()).collect();
+    let name = |i: usize| names.get(i).map_or("?", |s| s.name.as_str());
     let message = match input {
         Input::Recheck { .. } => return None,
         Input::Admin(order) => return on_admin(cfg, snap, io, order, now, wall),
-        Input::Reloaded { message } => return Some(on_reload(cfg, snap, message, wall)),
+        Input::Reloaded { message, previous } => {
+            let reload = super::servers::Reload {
+                message,
+                previous: &previous,
+            };
+            return Some(super::servers::on_reload(cfg, snap, io, reload, now, wall));
+        }
+        Input::RemovedGraceOver { node, removed_at } => {
+            return super::servers::on_grace_over(cfg, snap, io, node, removed_at, wall)
+        }
         Input::Suspect {
             node,
             reason,
@@ -323,29 +355,6 @@ pub fn on_input(
     })
 }
 
-/// A reload: every node keeps its state (UP or DOWN, claim, counters, administrative state) under
-/// the new rise/fall; the new intervals apply from each node's next check, as the owner answers
-/// each check with the delay before the next one. Routing is unchanged: no node changes state.
-fn on_reload(cfg: &Config, mut snap: Snapshot, message: String, wall: SystemTime) -> Decision {
-    let (rise, fall) = (cfg.check.rise.get(), cfg.check.fall.get());
-    for n in &mut snap.nodes {
-        n.counter = n.counter.with_thresholds(rise, fall);
-    }
-    Decision {
-        snapshot: snap,
-        effects: vec![
-            say(
-                Level::Info,
-                Topic::Admin,
-                Some((EventKind::Admin, None)),
-                wall,
-                message,
-            ),
-            Effect::Publish,
-        ],
-    }
-}
-
 /// Whether every node must be checked at `failover_inter`: no primary, or the routed one's last
 /// check did not confirm it.
 fn in_doubt(snap: &Snapshot) -> bool {
@@ -376,7 +385,7 @@ fn on_admin(
 ) -> Option<Decision> {
     let Scope::Server(node) = order.scope;
     let px = &cfg.listen.name;
-    let name = &cfg.servers.get(node)?.name;
+    let name = snap.nodes.get(node)?.server.name.clone();
     let n = snap.nodes.get_mut(node)?;
     let (was, state, who) = (n.admin, order.state, order.who);
     n.admin = state;
@@ -400,7 +409,9 @@ fn on_admin(
             let active = snap
                 .nodes
                 .iter()
-                .filter(|n| n.counter.is_up() && n.admin != AdminState::Maint)
+                .filter(|n| {
+                    n.counter.is_up() && n.admin != AdminState::Maint && n.removed.is_none()
+                })
                 .count();
             (
                 Level::Warn,
@@ -459,7 +470,7 @@ fn on_admin(
 /// at `failover_inter` while the primary is unknown or in doubt, until one is confirmed), the new
 /// snapshot is published before any session is cut, and when the fast pace begins every checker but
 /// `checked` (which has just run) is woken.
-fn conclude(
+pub(super) fn conclude(
     snap: &mut Snapshot,
     mut kills: Vec<usize>,
     effects: &mut Vec<Effect>,
@@ -475,7 +486,7 @@ fn conclude(
     }
 }
 
-fn say(
+pub(super) fn say(
     level: Level,
     topic: Topic,
     event: Option<(EventKind, Option<usize>)>,
@@ -494,7 +505,7 @@ fn say(
 /// Recomputes the routed primary; on a change, says so and, when another node takes over, adds the
 /// previous primary to `kills` (never two primaries: its sessions are closed once published).
 #[allow(clippy::too_many_arguments)]
-fn reroute(
+pub(super) fn reroute(
     cfg: &Config,
     snap: &mut Snapshot,
     io: &Io,
@@ -505,7 +516,8 @@ fn reroute(
     kills: &mut Vec<usize>,
 ) {
     let px = &cfg.listen.name;
-    let name = |i: usize| cfg.servers[i].name.as_str();
+    let names: Vec<Arc<Server>> = snap.nodes.iter().map(|n| n.server.clone()).collect();
+    let name = |i: usize| names.get(i).map_or("?", |s| s.name.as_str());
     let candidates: Vec<Candidate<'_>> = snap.nodes.iter().map(NodeState::candidate).collect();
     let chosen = routing::choose(snap.primary, &candidates);
     if chosen == snap.primary {

@@ -470,6 +470,7 @@ fn a_reload_keeps_every_state_and_the_new_timers_apply_from_the_next_check() {
     r.input(order(2, AdminState::Drain)).unwrap();
     let before = r.snap.clone();
     assert_eq!(before.primary, Some(0));
+    let previous = Arc::new(r.cfg.clone());
     r.cfg = Config::from_toml(&format!(
         "[check]\ninter = \"700ms\"\nrise = 4\nfall = 5\n{}",
         "[[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n\
@@ -480,6 +481,7 @@ fn a_reload_keeps_every_state_and_the_new_timers_apply_from_the_next_check() {
     let effects = r
         .input(Input::Reloaded {
             message: "Configuration reloaded".into(),
+            previous,
         })
         .unwrap();
     assert_eq!(said(&effects, EventKind::Admin), ["Configuration reloaded"]);

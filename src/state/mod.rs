@@ -8,6 +8,7 @@
 pub mod core;
 mod events;
 pub mod owner;
+mod servers;
 
 pub use events::{Event, EventKind, Events};
 pub use owner::Owner;
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Ticket};
-use crate::config::Config;
+use crate::config::{Config, Server};
 use crate::health::patroni::Answer;
 use crate::health::{CheckResult, HealthCounter, Transition};
 use crate::routing::{AdminState, Candidate, Claim};
@@ -29,6 +30,13 @@ use crate::routing::{AdminState, Candidate, Claim};
 /// Everything known about one node at one moment.
 #[derive(Debug, Clone)]
 pub struct NodeState {
+    /// The node's `[[server]]` settings as last loaded (a reload may change them; the name never).
+    pub server: Arc<Server>,
+    /// When a reload removed the node from the configuration: it gets no new sessions, its checks
+    /// stop, and its sessions end by themselves or `shutdown_grace` later. Its slot (index) stays,
+    /// so that its counters remain accounted for, until the process restarts or the same name is
+    /// added back.
+    pub removed: Option<SystemTime>,
     pub counter: HealthCounter,
     /// `None` until the first check finishes (HAProxy's `INI`).
     pub last_check: Option<CheckResult>,
@@ -54,8 +62,11 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    fn new(rise: u32, fall: u32, now: Instant) -> Self {
+    /// A node nothing is known of yet: DOWN until `rise` checks pass (fail closed).
+    pub fn new(server: Arc<Server>, rise: u32, fall: u32, now: Instant, wall: SystemTime) -> Self {
         Self {
+            server,
+            removed: None,
             counter: HealthCounter::new(rise, fall),
             last_check: None,
             last_answer: None,
@@ -63,7 +74,7 @@ impl NodeState {
             chkfail: 0,
             chkdown: 0,
             last_change: now,
-            last_change_wall: SystemTime::now(),
+            last_change_wall: wall,
             downtime: Duration::ZERO,
             leaving_since: None,
             admin: AdminState::Ready,
@@ -71,12 +82,17 @@ impl NodeState {
         }
     }
 
-    /// Routable only if not leaving, and the operator, the counter and the claim allow it.
+    /// Routable only if not leaving, still configured, and the operator, the counter and the
+    /// claim allow it. A removed node is drained: no new sessions, its own continue.
     pub fn candidate(&self) -> Candidate<'_> {
         Candidate {
             up: self.counter.is_up() && self.leaving_since.is_none(),
             claim: &self.claim,
-            admin: self.admin,
+            admin: if self.removed.is_some() {
+                AdminState::Drain
+            } else {
+                self.admin
+            },
         }
     }
 
@@ -125,13 +141,15 @@ impl Snapshot {
 /// its [`Owner`] by [`new`]; only the owner changes the snapshot.
 #[derive(Debug)]
 pub struct Shared {
-    /// The running configuration: replaced as a whole by a reload (the `reload` module), which
-    /// never changes the set of servers, so node indices and [`Shared::server_name`] stay valid.
+    /// The running configuration: replaced as a whole by a reload (the `reload` module). Its
+    /// `servers` are the file's; a node's settings are read from the snapshot (`NodeState::server`),
+    /// whose indices are slots that only grow.
     config: ArcSwap<Config>,
-    /// `[[server]]` names, by index (fixed for the process's life).
-    names: Vec<String>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
-    pub backends: Vec<Backend>,
+    /// The IO side of every node, by index: appended to by the owner (a reload that adds a
+    /// server) *before* a snapshot with that node is published, never shrunk, so an index read
+    /// from any snapshot is valid here.
+    backends: std::sync::RwLock<Vec<Arc<Backend>>>,
     pub frontend: crate::backend::Frontend,
     /// Pushed by the owner, read by the stats side.
     pub events: Arc<Events>,
@@ -145,6 +163,8 @@ pub struct Shared {
 /// Told of every finished check (the metrics), by the owner.
 pub trait Observer: Send + Sync {
     fn check(&self, node: usize, result: &CheckResult, transition: Option<Transition>);
+    /// A reload added node `node` (the next index), before its first check.
+    fn node_added(&self, _node: usize, _name: &str) {}
 }
 
 /// An observer that records nothing, for tests and tools that need no metrics.
@@ -157,10 +177,14 @@ impl Observer for Unobserved {
 /// The state of a new proxy: nothing routable until a check confirms the primary.
 pub fn new(config: Arc<Config>, observer: Arc<dyn Observer>) -> (Arc<Shared>, Owner) {
     let now = Instant::now();
+    let wall = SystemTime::now();
     let nodes = config
         .servers
         .iter()
-        .map(|_| NodeState::new(config.check.rise.get(), config.check.fall.get(), now))
+        .map(|s| {
+            let (rise, fall) = (config.check.rise.get(), config.check.fall.get());
+            NodeState::new(Arc::new(s.clone()), rise, fall, now, wall)
+        })
         .collect();
     let (publish, snapshot) = watch::channel(Arc::new(Snapshot {
         seq: 0,
@@ -175,12 +199,13 @@ pub fn new(config: Arc<Config>, observer: Arc<dyn Observer>) -> (Arc<Shared>, Ow
     }));
     let (inputs, inputs_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
-        names: config.servers.iter().map(|s| s.name.clone()).collect(),
-        backends: config
-            .servers
-            .iter()
-            .map(|s| Backend::new(s.maxconn.get()))
-            .collect(),
+        backends: std::sync::RwLock::new(
+            config
+                .servers
+                .iter()
+                .map(|s| Arc::new(Backend::new(s.maxconn.get())))
+                .collect(),
+        ),
         config: ArcSwap::new(config),
         snapshot,
         frontend: Default::default(),
@@ -205,8 +230,30 @@ impl Shared {
     /// the owner's order (publish, then kill: [`core::Effect`]) no session can relay to a server
     /// whose sessions were shut down after it was chosen.
     pub fn ticket_for(&self, node: usize) -> Option<Ticket> {
-        let ticket = self.backends[node].ticket();
+        let ticket = self.backend(node).ticket();
         (self.current().primary == Some(node)).then_some(ticket)
+    }
+
+    /// The IO side of `node` (counters, slots, kill switch). Every index a snapshot holds is
+    /// valid: backends are added before the snapshot that has their node is published.
+    pub fn backend(&self, node: usize) -> Arc<Backend> {
+        let all = self.backends.read().unwrap_or_else(|p| p.into_inner());
+        all[node].clone()
+    }
+
+    /// Every node's IO side, by index (removed nodes included).
+    pub fn backends(&self) -> Vec<Arc<Backend>> {
+        self.backends
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Adds the IO side of a new node at the next index (the owner, for a reload).
+    pub(crate) fn add_backend(&self, backend: Backend) -> usize {
+        let mut all = self.backends.write().unwrap_or_else(|p| p.into_inner());
+        all.push(Arc::new(backend));
+        all.len() - 1
     }
 
     /// The current snapshot (cheap: one `Arc` clone).
@@ -219,8 +266,12 @@ impl Shared {
         self.snapshot.clone()
     }
 
-    pub fn server_name(&self, i: usize) -> &str {
-        &self.names[i]
+    /// The name of `node` (a node's name never changes).
+    pub fn server_name(&self, node: usize) -> Arc<str> {
+        self.current()
+            .nodes
+            .get(node)
+            .map_or_else(|| Arc::from("?"), |n| Arc::from(n.server.name.as_str()))
     }
 
     /// The running configuration (one `Arc` clone): read it once per decision or session phase,
@@ -229,8 +280,8 @@ impl Shared {
         self.config.load_full()
     }
 
-    /// Replaces the running configuration (a reload). The caller has checked that the servers are
-    /// the same, by name and order (`reload::plan`).
+    /// Replaces the running configuration (a reload); the state owner then applies its servers
+    /// ([`Input::Reloaded`]).
     pub(crate) fn replace_config(&self, config: Arc<Config>) {
         self.config.store(config);
     }
@@ -279,8 +330,16 @@ pub enum Input {
     /// An operator's `drain`, `maint` or `ready` (the stats listener's admin API).
     Admin(AdminOrder),
     /// The shared configuration was just replaced by a reload (the `reload` module); `message` says
-    /// what changed. The owner rebuilds the check request and the core re-reads rise/fall.
-    Reloaded { message: String },
+    /// what changed. The owner rebuilds the check request; the core re-reads rise/fall and applies
+    /// the servers: kept ones keep their state, added ones start fail-closed, removed ones drain.
+    Reloaded {
+        message: String,
+        /// The configuration it replaced (what the checks' targets were).
+        previous: Arc<Config>,
+    },
+    /// `shutdown_grace` has passed since `node` was removed by a reload: its remaining sessions
+    /// are closed (if it is still removed).
+    RemovedGraceOver { node: usize, removed_at: SystemTime },
 }
 
 /// What an admin action applies to. Per server today; issue 13's listeners add a variant naming a

@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::core::{self, Decision, Effect, Io, Level, Topic};
 use super::{Input, Observer, Shared, Snapshot};
-use crate::health::checker::{Link, Report};
+use crate::backend::Backend;
+use crate::health::checker::{self, Link, Report};
 use crate::health::CheckSpec;
 use arc_swap::ArcSwap;
 
@@ -32,6 +34,15 @@ pub struct Owner {
     hastened: Vec<Option<Instant>>,
     /// The check every checker runs, replaced on a reload.
     spec: Arc<ArcSwap<CheckSpec>>,
+    /// The checkers (one per configured node), each with its own stop switch: a reload stops a
+    /// removed node's and starts an added one's. A checker that ends by itself ends the owner,
+    /// which the supervisor treats as a failure.
+    checkers: JoinSet<usize>,
+    checker_stops: Vec<Option<CancellationToken>>,
+    /// Removed nodes' `shutdown_grace` timers.
+    timers: JoinSet<()>,
+    /// The owner's own stop (set by [`Owner::run`]): checkers and timers stop with it.
+    stop: CancellationToken,
 }
 
 impl Owner {
@@ -54,6 +65,10 @@ impl Owner {
             observer,
             hastened: vec![None; n],
             spec: Arc::new(ArcSwap::from_pointee(CheckSpec::of(&config))),
+            checkers: JoinSet::new(),
+            checker_stops: vec![None; n],
+            timers: JoinSet::new(),
+            stop: CancellationToken::new(),
         }
     }
 
@@ -67,11 +82,32 @@ impl Owner {
         }
     }
 
-    /// Applies reports and inputs one at a time until cancelled.
+    /// Starts the checkers (HAProxy's staggered first checks), then applies reports and inputs
+    /// one at a time until cancelled, or until a checker ends by itself.
     pub async fn run(mut self, stop: CancellationToken) {
+        self.stop = stop.clone();
+        let snap = self.shared.current();
+        let inter = self.shared.config().check.inter;
+        let n = snap.nodes.len();
+        for i in 0..n {
+            if snap.nodes[i].removed.is_none() {
+                self.start_checker(i, checker::first_delay(i, n, inter));
+            }
+        }
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
+                Some(ended) = self.checkers.join_next() => {
+                    let node = ended.as_ref().ok().copied();
+                    let stopped = node
+                        .and_then(|i| self.checker_stops.get(i).cloned().flatten())
+                        .is_none_or(|t| t.is_cancelled());
+                    if !stopped || node.is_none() {
+                        tracing::error!(?ended, "a health checker ended by itself");
+                        return;
+                    }
+                }
+                Some(_) = self.timers.join_next() => {}
                 r = self.reports.recv() => match r {
                     Some(r) => self.report(r),
                     None => return,
@@ -84,6 +120,23 @@ impl Owner {
         }
     }
 
+    /// Runs the checker of `node` from now on, its first check after `first`.
+    fn start_checker(&mut self, node: usize, first: std::time::Duration) {
+        let Some(n) = self.shared.current().nodes.get(node).cloned() else {
+            return;
+        };
+        let target = self.shared.config().check_target_of(&n.server);
+        let stop = self.stop.child_token();
+        if let Some(old) = self.checker_stops[node].replace(stop.clone()) {
+            old.cancel();
+        }
+        let link = self.link(node);
+        self.checkers.spawn(async move {
+            checker::run(target, first, link, stop).await;
+            node
+        });
+    }
+
     fn report(&mut self, report: Report) {
         match report {
             Report::Check {
@@ -91,6 +144,17 @@ impl Owner {
                 result,
                 reply,
             } => {
+                let removed = self
+                    .shared
+                    .current()
+                    .nodes
+                    .get(node)
+                    .is_none_or(|n| n.removed.is_some());
+                if removed {
+                    // A check that finished as its node was removed: its checker is stopping.
+                    let _ = reply.send(self.shared.config().check.inter);
+                    return;
+                }
                 let (step, next) = core::on_check(
                     &self.shared.config(),
                     &self.shared.current(),
@@ -118,7 +182,7 @@ impl Owner {
                 if recheck_allowed(*last, now, pace) {
                     *last = Some(now);
                     tracing::info!(target: "patroni_proxy::routing",
-                        server = self.shared.server_name(*node),
+                        server = &*self.shared.server_name(*node),
                         "{reason}; re-checking it now (routing unchanged)");
                     self.wake[*node].notify_one();
                 }
@@ -146,14 +210,13 @@ impl Owner {
     /// The IO layer's counts that messages quote.
     fn io(&self) -> Io {
         let s = &self.shared;
+        let backends = s.backends();
         Io {
-            sessions: s
-                .backends
+            sessions: backends
                 .iter()
                 .map(|b| b.counters.scur.load(Relaxed))
                 .collect(),
-            queued: s
-                .backends
+            queued: backends
                 .iter()
                 .map(|b| b.counters.qcur.load(Relaxed))
                 .collect(),
@@ -162,7 +225,7 @@ impl Owner {
         }
     }
 
-    fn carry_out(&self, step: Decision) {
+    fn carry_out(&mut self, step: Decision) {
         let snapshot = Arc::new(step.snapshot);
         for effect in step.effects {
             self.effect(&snapshot, effect);
@@ -170,8 +233,8 @@ impl Owner {
     }
 
     /// Carries out one effect; `snapshot` is what [`Effect::Publish`] publishes.
-    pub(super) fn effect(&self, snapshot: &Arc<Snapshot>, effect: Effect) {
-        let s = &self.shared;
+    pub(super) fn effect(&mut self, snapshot: &Arc<Snapshot>, effect: Effect) {
+        let s = &self.shared.clone();
         match effect {
             Effect::Observe {
                 node,
@@ -185,7 +248,11 @@ impl Owner {
                 at,
                 message,
             } => {
-                let server = event.and_then(|(_, n)| n).map(|n| s.server_name(n));
+                // From the snapshot being carried out: it may name a node added by this decision.
+                let server = event
+                    .and_then(|(_, n)| n)
+                    .and_then(|n| snapshot.nodes.get(n))
+                    .map(|n| n.server.name.as_str());
                 log(level, topic, server, &message);
                 if let Some((kind, _)) = event {
                     s.events.push_at(at, kind, server, message);
@@ -195,7 +262,39 @@ impl Owner {
                 self.publish.send_replace(snapshot.clone());
             }
             Effect::Kill(node) => {
-                s.backends[node].kill_sessions();
+                s.backend(node).kill_sessions();
+            }
+            Effect::AddBackend { node, maxconn } => {
+                let added = s.add_backend(Backend::new(maxconn));
+                debug_assert_eq!(added, node, "backends and snapshot nodes share indices");
+                if let Some(n) = snapshot.nodes.get(node) {
+                    self.observer.node_added(node, &n.server.name);
+                }
+                self.wake.push(Arc::new(Notify::new()));
+                self.hastened.push(None);
+                self.checker_stops.push(None);
+            }
+            Effect::SetMaxconn { node, maxconn } => s.backend(node).set_maxconn(maxconn),
+            Effect::StartChecker(node) => self.start_checker(node, Duration::ZERO),
+            Effect::StopChecker(node) => {
+                if let Some(t) = self.checker_stops.get_mut(node).and_then(Option::take) {
+                    t.cancel();
+                }
+            }
+            Effect::GraceTimer {
+                node,
+                removed_at,
+                after,
+            } => {
+                let (shared, stop) = (s.clone(), self.stop.clone());
+                self.timers.spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(after) => {
+                            shared.send(Input::RemovedGraceOver { node, removed_at });
+                        }
+                    }
+                });
             }
             Effect::WakeAll { except } => {
                 for (i, w) in self.wake.iter().enumerate() {
@@ -302,12 +401,12 @@ mod tests {
         // the effects of the decision that moves the primary away from node a: the session is
         // either refused or reached by the kill.
         let len = {
-            let (_, owner) = two_nodes();
+            let (_, mut owner) = two_nodes();
             owner.carry_out(decide(&owner, 0, primary(1)));
             decide(&owner, 1, primary(2)).effects.len()
         };
         for split in 0..=len {
-            let (shared, owner) = two_nodes();
+            let (shared, mut owner) = two_nodes();
             owner.carry_out(decide(&owner, 0, primary(1)));
             assert_eq!(shared.current().primary, Some(0));
             let step = decide(&owner, 1, primary(2));
@@ -326,7 +425,7 @@ mod tests {
             }
             if let Some(ticket) = admitted {
                 assert!(
-                    shared.backends[0].is_killed(ticket),
+                    shared.backend(0).is_killed(ticket),
                     "split {split}: admitted to the old primary and never reached by its kill"
                 );
             }

@@ -201,8 +201,10 @@ pub(super) async fn action(
             format!("unknown action {action:?}: use drain, maint or ready\n"),
         ));
     };
-    let config = &app.shared.config();
-    let Some(node) = config.servers.iter().position(|s| s.name == name) else {
+    // Among the configured servers: a node a reload removed takes no orders.
+    let snap = app.shared.current();
+    let found = snap.nodes.iter().position(|n| n.server.name == name);
+    let Some(node) = found.filter(|&i| snap.nodes[i].removed.is_none()) else {
         return closing(text(
             StatusCode::NOT_FOUND,
             format!("no server named {name:?} in [[server]]\n"),

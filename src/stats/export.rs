@@ -162,8 +162,12 @@ pub struct ServerView {
     pub name: String,
     pub address: String,
     pub check_address: String,
-    /// HAProxy's status string (`UP`, `UP 2/3`, `DOWN 1/2`, `DOWN`), or `INI` before the first check.
+    /// HAProxy's status string (`UP`, `UP 2/3`, `DOWN 1/2`, `DOWN`), or `INI` before the first check;
+    /// `REMOVED` once a reload removed the server.
     pub status: String,
+    /// A reload removed it from the configuration: listed until the process restarts, with its
+    /// sessions (draining) and its totals.
+    pub removed: bool,
     pub tone: Tone,
     /// What an operator said (`ready`, `drain`, `maint`): only `ready` lets the checks route.
     pub admin: AdminState,
@@ -213,6 +217,9 @@ pub struct ServerView {
 /// (HAProxy's initial state), which would read as "up" for a node nothing is routed to yet. As in
 /// HAProxy, `MAINT` overrides everything and `DRAIN` takes the place of `UP` (`DRAIN 2/3`).
 pub fn status_text(n: &NodeState) -> String {
+    if n.removed.is_some() {
+        return "REMOVED".to_string();
+    }
     let checked = match n.last_check {
         None => "INI".to_string(),
         Some(_) => n.counter.status().to_string(),
@@ -249,7 +256,7 @@ pub fn tone_of(n: &NodeState, routed: bool) -> Tone {
     if routed {
         return Tone::Primary;
     }
-    if n.admin != AdminState::Ready {
+    if n.admin != AdminState::Ready || n.removed.is_some() {
         return Tone::Admin;
     }
     if n.last_check.is_none() {
@@ -286,21 +293,24 @@ pub fn view(shared: &Shared) -> View {
     let wall = SystemTime::now();
     let fe = &shared.frontend;
     let cfg = &shared.config();
+    let backends = shared.backends();
     let servers: Vec<ServerView> = snap
         .nodes
         .iter()
+        .zip(&backends)
         .enumerate()
-        .map(|(i, n)| {
-            let s = &cfg.servers[i];
-            let c = &shared.backends[i].counters;
+        .map(|(i, (n, b))| {
+            let s = &n.server;
+            let c = &b.counters;
             let routed = snap.primary == Some(i);
             let info = n.last_check.as_ref().and_then(|r| r.patroni.as_ref());
             let last_session = c.last_session.load(Relaxed);
             ServerView {
                 name: s.name.clone(),
                 address: s.address.to_string(),
-                check_address: cfg.check_target(i).to_string(),
+                check_address: cfg.check_target_of(s).to_string(),
                 status: status_text(n),
+                removed: n.removed.is_some(),
                 tone: tone_of(n, routed),
                 admin: n.admin,
                 admin_by: n.admin_by.as_ref().map(|(who, _)| who.clone()),
@@ -332,7 +342,7 @@ pub fn view(shared: &Shared) -> View {
                 downtime_s: n.downtime_at(now).as_secs(),
                 scur: c.scur.load(Relaxed),
                 smax: c.smax.load(Relaxed),
-                slim: s.maxconn.get(),
+                slim: b.maxconn(),
                 stot: c.stot.load(Relaxed),
                 qcur: c.qcur.load(Relaxed),
                 qmax: c.qmax.load(Relaxed),

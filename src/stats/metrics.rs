@@ -47,7 +47,10 @@ pub struct Metrics {
     primary_changes: Counter,
     no_primary: Gauge,
     fe: FrontendSeries,
-    nodes: Vec<NodeSeries>,
+    /// By node index; a reload that adds a server appends its series ([`Metrics::add_node`]).
+    nodes: std::sync::RwLock<Vec<NodeSeries>>,
+    /// Kept to register the series of servers added later.
+    recorder: PrometheusRecorder,
     /// In the order of [`FAILURE_REASONS`].
     etcd_failures: Vec<Counter>,
     /// `result="ok"` and `result="failed"`.
@@ -179,60 +182,7 @@ impl Metrics {
         let nodes = config
             .servers
             .iter()
-            .map(|s| {
-                let l: &[(&'static str, &str)] = &[("server", &s.name)];
-                let name = s.name.as_str();
-                NodeSeries {
-                    up: r.gauge(&SERVER_UP, l),
-                    health: r.gauge(&SERVER_CHECK_HEALTH, l),
-                    routed: r.gauge(&SERVER_ROUTED_PRIMARY, l),
-                    roles: ROLES
-                        .iter()
-                        .map(|role| {
-                            r.gauge(&SERVER_ROLE, &[("server", name), ("role", role.as_str())])
-                        })
-                        .collect(),
-                    admin: AdminState::ALL
-                        .iter()
-                        .map(|a| {
-                            r.gauge(
-                                &SERVER_ADMIN_STATE,
-                                &[("server", name), ("state", a.as_str())],
-                            )
-                        })
-                        .collect(),
-                    scur: r.gauge(&SERVER_SESSIONS_CURRENT, l),
-                    smax: r.gauge(&SERVER_SESSIONS_MAX, l),
-                    slim: r.gauge(&SERVER_SESSIONS_LIMIT, l),
-                    stot: r.counter(&SERVER_SESSIONS_TOTAL, l),
-                    qcur: r.gauge(&SERVER_QUEUE_CURRENT, l),
-                    bin: r.counter(&SERVER_BYTES_IN_TOTAL, l),
-                    bout: r.counter(&SERVER_BYTES_OUT_TOTAL, l),
-                    econ: r.counter(&SERVER_CONNECTION_ERRORS_TOTAL, l),
-                    wretr: r.counter(&SERVER_RETRIES_TOTAL, l),
-                    killed: r.counter(&SERVER_SESSIONS_KILLED_TOTAL, l),
-                    chkfail: r.counter(&SERVER_CHECK_FAILURES_TOTAL, l),
-                    checks: CheckStatus::FINISHED
-                        .iter()
-                        .map(|st| {
-                            let c = r.counter(
-                                &SERVER_CHECKS_TOTAL,
-                                &[("server", name), ("result", st.as_str())],
-                            );
-                            (*st, c)
-                        })
-                        .collect(),
-                    duration: r.histogram(&SERVER_CHECK_DURATION_SECONDS, l),
-                    went_up: r
-                        .counter(&SERVER_TRANSITIONS_TOTAL, &[("server", name), ("to", "up")]),
-                    went_down: r.counter(
-                        &SERVER_TRANSITIONS_TOTAL,
-                        &[("server", name), ("to", "down")],
-                    ),
-                    downtime: r.gauge(&SERVER_DOWNTIME_SECONDS, l),
-                    lastchg: r.gauge(&SERVER_LAST_CHANGE_SECONDS, l),
-                }
-            })
+            .map(|s| node_series(&r, &s.name))
             .collect();
         let m = Self {
             uptime: r.gauge(&UPTIME_SECONDS, &[]),
@@ -240,7 +190,7 @@ impl Metrics {
             primary_changes: r.counter(&PRIMARY_CHANGES_TOTAL, &[]),
             no_primary: r.gauge(&NO_PRIMARY_SECONDS, &[]),
             fe,
-            nodes,
+            nodes: std::sync::RwLock::new(nodes),
             etcd_failures: FAILURE_REASONS
                 .iter()
                 .map(|reason| r.counter(&ETCD_WATCH_FAILURES_TOTAL, &[("reason", reason)]))
@@ -259,6 +209,7 @@ impl Metrics {
                 })
                 .collect(),
             handle: recorder.handle(),
+            recorder,
         };
         // Renders the empty histograms once, so their buckets exist before the first check.
         m.handle.run_upkeep();
@@ -268,7 +219,8 @@ impl Metrics {
     /// Records one finished check of node `node` (called by the state owner, the only place checks
     /// are applied).
     pub fn observe_check(&self, node: usize, result: &CheckResult, transition: Option<Transition>) {
-        let Some(n) = self.nodes.get(node) else {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let Some(n) = nodes.get(node) else {
             return;
         };
         n.duration.record(result.duration.as_secs_f64());
@@ -282,6 +234,14 @@ impl Metrics {
         }
         // Moves the new sample into the histogram now: without a scrape, samples would pile up.
         self.handle.run_upkeep();
+    }
+
+    /// Registers the series of node `node`, added by a reload, at zero (before its first check).
+    pub fn add_node(&self, node: usize, name: &str) {
+        let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        if nodes.len() == node {
+            nodes.push(node_series(&Registrar(&self.recorder), name));
+        }
     }
 
     /// Counts a stats connection closed at once by the listener's limits.
@@ -330,7 +290,8 @@ impl Metrics {
         fe.accept_errors.absolute(f.accept_errors);
         fe.local_errors.absolute(f.local_errors);
         fe.log_lines_dropped.absolute(f.log_lines_dropped);
-        for (n, s) in self.nodes.iter().zip(&view.servers) {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        for (n, s) in nodes.iter().zip(&view.servers) {
             n.up.set(if s.up { 1.0 } else { 0.0 });
             n.health.set(s.check_health);
             n.routed.set(if s.routed_primary { 1.0 } else { 0.0 });
@@ -355,5 +316,57 @@ impl Metrics {
             n.lastchg.set(s.lastchg_s as f64);
         }
         self.handle.render()
+    }
+}
+
+/// Every series of one server, registered at zero.
+fn node_series(r: &Registrar<'_>, name: &str) -> NodeSeries {
+    let l: &[(&'static str, &str)] = &[("server", name)];
+    NodeSeries {
+        up: r.gauge(&SERVER_UP, l),
+        health: r.gauge(&SERVER_CHECK_HEALTH, l),
+        routed: r.gauge(&SERVER_ROUTED_PRIMARY, l),
+        roles: ROLES
+            .iter()
+            .map(|role| r.gauge(&SERVER_ROLE, &[("server", name), ("role", role.as_str())]))
+            .collect(),
+        admin: AdminState::ALL
+            .iter()
+            .map(|a| {
+                r.gauge(
+                    &SERVER_ADMIN_STATE,
+                    &[("server", name), ("state", a.as_str())],
+                )
+            })
+            .collect(),
+        scur: r.gauge(&SERVER_SESSIONS_CURRENT, l),
+        smax: r.gauge(&SERVER_SESSIONS_MAX, l),
+        slim: r.gauge(&SERVER_SESSIONS_LIMIT, l),
+        stot: r.counter(&SERVER_SESSIONS_TOTAL, l),
+        qcur: r.gauge(&SERVER_QUEUE_CURRENT, l),
+        bin: r.counter(&SERVER_BYTES_IN_TOTAL, l),
+        bout: r.counter(&SERVER_BYTES_OUT_TOTAL, l),
+        econ: r.counter(&SERVER_CONNECTION_ERRORS_TOTAL, l),
+        wretr: r.counter(&SERVER_RETRIES_TOTAL, l),
+        killed: r.counter(&SERVER_SESSIONS_KILLED_TOTAL, l),
+        chkfail: r.counter(&SERVER_CHECK_FAILURES_TOTAL, l),
+        checks: CheckStatus::FINISHED
+            .iter()
+            .map(|st| {
+                let c = r.counter(
+                    &SERVER_CHECKS_TOTAL,
+                    &[("server", name), ("result", st.as_str())],
+                );
+                (*st, c)
+            })
+            .collect(),
+        duration: r.histogram(&SERVER_CHECK_DURATION_SECONDS, l),
+        went_up: r.counter(&SERVER_TRANSITIONS_TOTAL, &[("server", name), ("to", "up")]),
+        went_down: r.counter(
+            &SERVER_TRANSITIONS_TOTAL,
+            &[("server", name), ("to", "down")],
+        ),
+        downtime: r.gauge(&SERVER_DOWNTIME_SECONDS, l),
+        lastchg: r.gauge(&SERVER_LAST_CHANGE_SECONDS, l),
     }
 }

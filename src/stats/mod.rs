@@ -37,7 +37,7 @@ pub mod metrics;
 mod server;
 pub mod sessions;
 
-pub use server::{serve, Limits, Refusal};
+pub use server::{serve, serve_moving, Limits, Refusal};
 
 /// The realm of the Basic-auth challenge.
 pub const REALM: &str = "patroni-proxy";
@@ -76,6 +76,10 @@ impl Stats {
 impl Observer for Stats {
     fn check(&self, node: usize, result: &CheckResult, transition: Option<Transition>) {
         self.metrics.observe_check(node, result, transition);
+    }
+
+    fn node_added(&self, node: usize, name: &str) {
+        self.metrics.add_node(node, name);
     }
 }
 
@@ -331,7 +335,10 @@ async fn stats_page(app: &App, m: Modifiers) -> Response {
         view.servers.retain(|s| s.up);
     }
     let forms = app.admin.as_ref().map(|a| {
-        let names: Vec<&str> = view.servers.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<&str> = (view.servers.iter())
+            .filter(|s| !s.removed)
+            .map(|s| s.name.as_str())
+            .collect();
         admin::forms(&names, a.token())
     });
     (

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_layer::Layer as _;
 
-use crate::net::Acceptor;
+use crate::net::{register, Acceptor, Moves};
 use crate::state::Shared;
 
 /// Resource bounds of the stats listener.
@@ -202,18 +202,63 @@ pub async fn serve_with(
     limits: Limits,
     stop: CancellationToken,
 ) {
+    // Nothing ever moves it.
+    let (_, moves) = tokio::sync::watch::channel(None);
+    serve_moving(listener, moves, shared, stats, limits, stop).await
+}
+
+/// [`serve_with`], moving to the socket a reload of `stats.bind` sends on `moves`: the new one is
+/// listening before the old one is closed, and the clients already queued on the old one are
+/// served, not reset.
+pub async fn serve_moving(
+    mut listener: TcpListener,
+    mut moves: Moves,
+    shared: Arc<Shared>,
+    stats: Arc<super::Stats>,
+    limits: Limits,
+    stop: CancellationToken,
+) {
     let app = super::router(shared, stats.clone(), limits);
     let clients = Arc::new(Mutex::new(Clients::default()));
     let connections = TaskTracker::new();
     let mut acceptor = Acceptor::default();
+    let mut moves_open = true;
+    // Clients of a socket just moved away from, still to be served.
+    let mut backlog = Vec::new();
     // Always accept: a connection over a limit is closed here at once rather than left in the
     // kernel's queue, where it would hold up the clients queued behind it.
-    while let Some((stream, peer)) = acceptor
-        .accept(&listener, &stop, |e, backoff| {
-            tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "stats accept failed; backing off")
-        })
-        .await
-    {
+    loop {
+        let next = match backlog.pop() {
+            Some(c) => Some(c),
+            None => tokio::select! {
+                c = acceptor.accept(&listener, &stop, |e, backoff| {
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "stats accept failed; backing off")
+                }) => c,
+                changed = moves.changed(), if moves_open => {
+                    let to = match changed {
+                        Ok(()) => moves.borrow_and_update().clone(),
+                        Err(_) => {
+                            moves_open = false;
+                            None
+                        }
+                    };
+                    if let Some(to) = to {
+                        match register(&to) {
+                            Ok(new) => {
+                                let old = std::mem::replace(&mut listener, new);
+                                backlog = queued(old);
+                                tracing::info!(to = ?listener.local_addr().ok(), served = backlog.len(),
+                                    "stats listener moved; closing the old socket");
+                            }
+                            Err(e) => tracing::error!(error = %e,
+                                "could not take the moved stats socket; listening on the old one"),
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        let Some((stream, peer)) = next else { break };
         let slot = match Slot::take(&clients, &limits, peer.ip()) {
             Ok(slot) => slot,
             Err(why) => {
@@ -225,9 +270,7 @@ pub async fn serve_with(
             }
         };
         // Each request learns its client's address (who gave an admin order).
-        let service = TowerToHyperService::new(
-            Extension(ConnectInfo(peer)).layer(app.clone()),
-        );
+        let service = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(app.clone()));
         let stop = stop.clone();
         connections.spawn(async move {
             let _slot = slot;
@@ -257,6 +300,26 @@ pub async fn serve_with(
     connections.close();
     // Every connection task closes itself within CLOSE_GRACE of `stop`.
     connections.wait().await;
+}
+
+/// The connections already in `old`'s accept queue (taken without waiting), so that closing it
+/// resets none of them.
+fn queued(old: TcpListener) -> Vec<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    // Asked of the kernel directly (non-blocking `accept` until it would block): the event loop
+    // may not have seen the latest arrivals yet.
+    let Ok(old) = old.into_std() else {
+        return Vec::new();
+    };
+    let mut taken = Vec::new();
+    while let Ok((s, peer)) = old.accept() {
+        let stream = s
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(s));
+        if let Ok(stream) = stream {
+            taken.push((stream, peer));
+        }
+    }
+    taken
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ pub fn collect(shared: &Shared, limit: usize) -> Sessions {
     let listener = &cfg.listen.name;
     let mut sessions = Vec::new();
     let mut total = 0usize;
-    for (node, backend) in shared.backends.iter().enumerate() {
+    for (node, backend) in shared.backends().iter().enumerate() {
         let room = limit.saturating_sub(sessions.len());
         let server = shared.server_name(node);
         total = total.saturating_add(backend.relaying.visit(now, room, |s| {

@@ -196,8 +196,8 @@ pub struct ListenerReading {
     pub holds: Holds,
 }
 
-/// The rings and the gaps. Built once with the node and listener names; never grows. Cloned for
-/// each drawing (a copy of its fixed size), so the drawing holds no lock.
+/// The rings and the gaps. Built with the node and listener names; grows only when a reload adds a
+/// server ([`History::add_node`]). Cloned for each drawing, so the drawing holds no lock.
 #[derive(Debug, Clone)]
 pub struct History {
     /// Wall time of each sample, epoch ms; index `i` of every ring is the same moment.
@@ -229,7 +229,17 @@ impl History {
         }
     }
 
-    /// The memory the rings and gaps hold, in bytes (fixed at construction).
+    /// Adds the ring of a node a reload added, its past filled with empty seconds so that index
+    /// `i` of every ring stays the same moment.
+    pub fn add_node(&mut self, name: &str) {
+        let mut ring = Ring::new(self.times.capacity());
+        for _ in 0..self.times.len() {
+            ring.push(NodeSample::default());
+        }
+        self.nodes.push((name.to_string(), ring));
+    }
+
+    /// The memory the rings and gaps hold, in bytes (fixed at construction, and per added node).
     pub fn bytes(&self) -> usize {
         self.times.bytes()
             + self.nodes.iter().map(|(_, r)| r.bytes()).sum::<usize>()
@@ -284,7 +294,8 @@ impl History {
         self.times.push(r.at_ms);
         for (i, (_, ring)) in self.nodes.iter_mut().enumerate() {
             let n = &r.nodes[i];
-            let p = prev.as_ref().map(|p| &p.nodes[i]);
+            // A node added since the previous reading has no previous counts.
+            let p = prev.as_ref().and_then(|p| p.nodes.get(i));
             ring.push(NodeSample {
                 sessions: gauge(n.scur),
                 new_sessions: rate(n.stot, p.map(|p| p.stot)),

@@ -29,6 +29,13 @@ pub async fn run(shared: Arc<Shared>, history: Arc<Mutex<History>>, stop: Cancel
         // A panic elsewhere while the lock was held poisons it; the data is still whole (every
         // step leaves it consistent), so keep sampling.
         let mut h = history.lock().unwrap_or_else(|p| p.into_inner());
+        // Nodes a reload added (the snapshot only grows, so it has every node the reading has).
+        if r.nodes.len() > h.nodes.len() {
+            let snap = shared.current();
+            for n in snap.nodes.get(h.nodes.len()..r.nodes.len()).unwrap_or(&[]) {
+                h.add_node(&n.server.name);
+            }
+        }
         h.record(&r);
     }
 }
@@ -45,12 +52,14 @@ pub fn wall_ms(shared: &Shared, t: Instant) -> u64 {
 /// Reads everything a sample needs, now.
 pub fn read(shared: &Shared, now: Instant) -> Reading {
     let snap = shared.current();
+    let backends = shared.backends();
     let nodes = snap
         .nodes
         .iter()
+        .zip(&backends)
         .enumerate()
-        .map(|(i, n)| {
-            let c = &shared.backends[i].counters;
+        .map(|(i, (n, b))| {
+            let c = &b.counters;
             NodeReading {
                 scur: c.scur.load(Relaxed),
                 stot: c.stot.load(Relaxed),

@@ -1,0 +1,217 @@
+//! What a reload does to the servers, decided as values by the pure core: servers are matched by
+//! name; one whose PostgreSQL address is the same keeps its health state, counters and
+//! administrative state; an added one (or one whose address changed, or one added back after its
+//! removal) starts fail-closed, as every node does at start-up (not routed until a check confirms
+//! it); a removed one is drained (no new
+//! sessions, its checks stop, its sessions end by themselves or are closed `shutdown_grace`
+//! later). Node indices are slots that only grow, so every index a session or the stats side holds
+//! stays valid; a removed node keeps its slot (and its counters, shown as REMOVED) until the
+//! process restarts or its name comes back.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
+use super::core::{conclude, reroute, say, Decision, Effect, Io, Level, Topic};
+use super::{EventKind, NodeState, Snapshot};
+use crate::config::Config;
+
+/// A reload, on `snap` (the current snapshot, already numbered): the new rise/fall for every node,
+/// the servers applied as above, routing recomputed (a removed or re-addressed primary loses the
+/// role: new clients are held, its sessions continue), then published. Checkers start and stop
+/// after the publish; the IO side of an added node is made before it.
+/// What the state owner is told of a reload.
+pub(super) struct Reload<'a> {
+    /// The log line and event saying what changed.
+    pub message: String,
+    /// The configuration it replaced.
+    pub previous: &'a Config,
+}
+
+pub(super) fn on_reload(
+    cfg: &Config,
+    mut snap: Snapshot,
+    io: &Io,
+    reload: Reload<'_>,
+    now: Instant,
+    wall: SystemTime,
+) -> Decision {
+    let Reload { message, previous } = reload;
+    let px = &cfg.listen.name;
+    let (rise, fall) = (cfg.check.rise.get(), cfg.check.fall.get());
+    let mut effects = vec![say(
+        Level::Info,
+        Topic::Admin,
+        Some((EventKind::Admin, None)),
+        wall,
+        message,
+    )];
+    // Carried out once the snapshot is published.
+    let mut after = Vec::new();
+    for s in &cfg.servers {
+        let new = Arc::new(s.clone());
+        let Some(i) = snap.nodes.iter().position(|n| n.server.name == s.name) else {
+            let i = snap.nodes.len();
+            snap.nodes.push(NodeState::new(new, rise, fall, now, wall));
+            effects.push(Effect::AddBackend {
+                node: i,
+                maxconn: s.maxconn.get(),
+            });
+            after.push(Effect::StartChecker(i));
+            effects.push(say(
+                Level::Info,
+                Topic::Admin,
+                Some((EventKind::Admin, Some(i))),
+                wall,
+                format!(
+                    "Server {px}/{} ({}) added: not routed until its checks confirm it.",
+                    s.name, s.address
+                ),
+            ));
+            continue;
+        };
+        let n = &mut snap.nodes[i];
+        let old = std::mem::replace(&mut n.server, new);
+        let sessions = io.sessions.get(i).copied().unwrap_or(0);
+        if old.maxconn != s.maxconn {
+            effects.push(Effect::SetMaxconn {
+                node: i,
+                maxconn: s.maxconn.get(),
+            });
+        }
+        let revived = n.removed.take().is_some();
+        if revived || old.address != s.address {
+            // Another PostgreSQL (or one we stopped checking): nothing its checks said holds.
+            *n = renewed(n, rise, fall, now, wall);
+            if !revived {
+                after.push(Effect::StopChecker(i));
+            }
+            after.push(Effect::StartChecker(i));
+            let what = if revived {
+                "added back".to_string()
+            } else {
+                format!(
+                    "moved from {} to {}; its {sessions} sessions to {} continue",
+                    old.address, s.address, old.address
+                )
+            };
+            effects.push(say(
+                Level::Warn,
+                Topic::Admin,
+                Some((EventKind::Admin, Some(i))),
+                wall,
+                format!(
+                    "Server {px}/{} {what}: not routed until its checks confirm it.",
+                    s.name
+                ),
+            ));
+            continue;
+        }
+        n.counter = n.counter.with_thresholds(rise, fall);
+        if previous.check_target_of(&old) != cfg.check_target_of(s) {
+            // The same PostgreSQL, checked elsewhere: its state stands until those checks say
+            // otherwise (`fall` of them, as for any check failure).
+            after.push(Effect::StopChecker(i));
+            after.push(Effect::StartChecker(i));
+        }
+    }
+    for (i, n) in snap.nodes.iter_mut().enumerate() {
+        if n.removed.is_some() || cfg.servers.iter().any(|s| s.name == n.server.name) {
+            continue;
+        }
+        n.removed = Some(wall);
+        after.push(Effect::StopChecker(i));
+        after.push(Effect::GraceTimer {
+            node: i,
+            removed_at: wall,
+            after: cfg.global.shutdown_grace,
+        });
+        let sessions = io.sessions.get(i).copied().unwrap_or(0);
+        effects.push(say(
+            Level::Warn,
+            Topic::Admin,
+            Some((EventKind::Admin, Some(i))),
+            wall,
+            format!(
+                "Server {px}/{} removed: no new sessions; its {sessions} sessions continue until \
+                 they end, or for {} (global.shutdown_grace).",
+                n.server.name,
+                crate::config::format_duration(cfg.global.shutdown_grace)
+            ),
+        ));
+    }
+    let mut kills = Vec::new();
+    reroute(
+        cfg,
+        &mut snap,
+        io,
+        now,
+        wall,
+        "removed from the configuration or moved to another address",
+        &mut effects,
+        &mut kills,
+    );
+    conclude(&mut snap, kills, &mut effects, None);
+    effects.extend(after);
+    Decision {
+        snapshot: snap,
+        effects,
+    }
+}
+
+/// A node starting over under the same name: fail-closed like a new one, keeping what its
+/// counters and the operator's order say of its past.
+fn renewed(n: &NodeState, rise: u32, fall: u32, now: Instant, wall: SystemTime) -> NodeState {
+    let mut fresh = NodeState::new(n.server.clone(), rise, fall, now, wall);
+    fresh.chkfail = n.chkfail;
+    fresh.chkdown = n.chkdown;
+    fresh.downtime = n.downtime_at(now);
+    fresh.admin = n.admin;
+    fresh.admin_by = n.admin_by.clone();
+    fresh
+}
+
+/// `shutdown_grace` after `node` was removed at `removed_at`: what is left of its sessions is
+/// closed, unless it was added back since (or removed again later: that removal's own timer).
+pub(super) fn on_grace_over(
+    cfg: &Config,
+    mut snap: Snapshot,
+    io: &Io,
+    node: usize,
+    removed_at: SystemTime,
+    wall: SystemTime,
+) -> Option<Decision> {
+    let n = snap.nodes.get(node)?;
+    if n.removed != Some(removed_at) {
+        return None;
+    }
+    let sessions = io.sessions.get(node).copied().unwrap_or(0);
+    let queued = io.queued.get(node).copied().unwrap_or(0);
+    if sessions + queued == 0 {
+        return None;
+    }
+    let message = format!(
+        "Server {}/{} was removed global.shutdown_grace ago: closing its {sessions} remaining \
+         sessions.",
+        cfg.listen.name, n.server.name,
+    );
+    snap.seq += 1;
+    Some(Decision {
+        snapshot: snap,
+        effects: vec![
+            say(
+                Level::Warn,
+                Topic::Admin,
+                Some((EventKind::Admin, Some(node))),
+                wall,
+                message,
+            ),
+            Effect::Kill(node),
+        ],
+    })
+}
+
+#[cfg(test)]
+#[path = "servers_tests.rs"]
+mod tests;
