@@ -293,3 +293,108 @@ impl ServerCertVerifier for AcceptAny {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const SERVER: &str = "[[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n";
+
+    fn load_toml(check: &str) -> Result<Config, String> {
+        Config::from_toml(&format!("[check]\nssl = true\n{check}\n{SERVER}"))
+            .map_err(|e| e.to_string())
+    }
+
+    fn file(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    fn leaf() -> (String, String) {
+        let c = rcgen::generate_simple_self_signed(vec!["127.0.0.11".to_string()]).unwrap();
+        (c.cert.pem(), c.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn garbage_in_a_pem_file_is_an_error_naming_the_key_and_the_file() {
+        // "Files are read and parsed at config validation": a bad file never reaches a check.
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = file(&dir, "ca.pem", "this is not PEM\n");
+        let e = load_toml(&format!("ca_file = {garbage:?}")).unwrap_err();
+        assert!(
+            e.contains("`check.ca_file`")
+                && e.contains("no certificate in")
+                && e.contains(&garbage),
+            "{e}"
+        );
+        let broken = file(
+            &dir,
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+        );
+        let e = load_toml(&format!("ca_file = {broken:?}")).unwrap_err();
+        assert!(e.contains("`check.ca_file`") && e.contains(&broken), "{e}");
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_in_crt_or_key() {
+        // HAProxy `crt`: the key may follow the certificate in the same file.
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = leaf();
+        let crt = file(&dir, "client.crt", &cert);
+        let e = load_toml(&format!("verify = \"none\"\ncrt = {crt:?}")).unwrap_err();
+        assert!(
+            e.contains("`check.crt`") && e.contains("no private key") && e.contains("check.key"),
+            "{e}"
+        );
+        let key_file = file(&dir, "client.key", &key);
+        load_toml(&format!(
+            "verify = \"none\"\ncrt = {crt:?}\nkey = {key_file:?}"
+        ))
+        .unwrap();
+        let both = file(&dir, "client.pem", &format!("{cert}{key}"));
+        load_toml(&format!("verify = \"none\"\ncrt = {both:?}")).unwrap();
+        // Another certificate's key does not fit.
+        let (_, other_key) = leaf();
+        let other = file(&dir, "other.key", &other_key);
+        let e = load_toml(&format!(
+            "verify = \"none\"\ncrt = {crt:?}\nkey = {other:?}"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("`check.key`") && e.contains("does not fit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_reload_tells_a_renewed_file_from_an_unchanged_one() {
+        // Same keys, new contents: the loads differ, so the check is rebuilt from the new file.
+        let dir = tempfile::tempdir().unwrap();
+        let ca = file(&dir, "ca.pem", &leaf().0);
+        let text = format!("ca_file = {ca:?}");
+        let (first, again) = (load_toml(&text).unwrap(), load_toml(&text).unwrap());
+        assert_eq!(first.check_tls(), again.check_tls());
+        file(&dir, "ca.pem", &leaf().0);
+        let renewed = load_toml(&text).unwrap();
+        assert_ne!(first.check_tls(), renewed.check_tls());
+        let plan = crate::reload::plan::plan(&first, &renewed);
+        assert!(plan.applies_live(), "{plan:?}");
+        assert_eq!(plan.live, ["check TLS files (contents)"]);
+    }
+
+    #[test]
+    fn check_prints_the_tls_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = file(&dir, "ca.pem", &leaf().0);
+        let c = load_toml(&format!("ca_file = {ca:?}\nsni = \"patroni\"")).unwrap();
+        let shown = c.to_string();
+        let line =
+            format!("check over TLS: verify required (ca-file {ca}, name patroni), client certificate none\n");
+        assert!(shown.contains(&line), "{line:?} not in:\n{shown}");
+        let plain = Config::from_toml(SERVER).unwrap();
+        assert!(plain.check_tls().is_none());
+        assert!(!plain.to_string().contains("TLS"));
+    }
+}
