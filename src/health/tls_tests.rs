@@ -72,9 +72,22 @@ fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
         .unwrap()
 }
 
+/// How the fake REST server ends its answer.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// `Content-Length`, then TLS close_notify.
+    Framed,
+    /// No length, and the socket closed without close_notify, as Python's `ssl` (Patroni) does.
+    BareClose,
+}
+
 /// A fake REST server over TLS: answers every connection with Patroni's primary document; with
 /// `client_ca`, it requires a client certificate signed by that CA, as `verify_client: required`.
 async fn rest_server(leaf: &Leaf, client_ca: Option<&Ca>) -> SocketAddr {
+    rest_server_ending(leaf, client_ca, Ending::Framed).await
+}
+
+async fn rest_server_ending(leaf: &Leaf, client_ca: Option<&Ca>, ending: Ending) -> SocketAddr {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -114,12 +127,22 @@ async fn rest_server(leaf: &Leaf, client_ca: Option<&Ca>) -> SocketAddr {
                         Ok(n) => request.extend_from_slice(&chunk[..n]),
                     }
                 }
-                let answer = format!(
-                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{PRIMARY}",
-                    PRIMARY.len()
-                );
-                let _ = tls.write_all(answer.as_bytes()).await;
-                let _ = tls.shutdown().await;
+                match ending {
+                    Ending::Framed => {
+                        let answer = format!(
+                            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{PRIMARY}",
+                            PRIMARY.len()
+                        );
+                        let _ = tls.write_all(answer.as_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    }
+                    Ending::BareClose => {
+                        let answer = format!("HTTP/1.0 200 OK\r\n\r\n{PRIMARY}");
+                        let _ = tls.write_all(answer.as_bytes()).await;
+                        let _ = tls.flush().await;
+                        // Dropped: a FIN with no close_notify before it.
+                    }
+                }
             });
         }
     });
@@ -314,4 +337,17 @@ async fn a_plain_http_server_is_not_a_tls_answer() {
     let r = check(&tls_check(Verify::None, None), server).await;
     assert_eq!(r.status, CheckStatus::L6RSP, "{r:?}");
     assert!(info(&r).contains("not a TLS answer"), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_close_without_close_notify_ends_the_answer() {
+    // Python's ssl closes without close_notify: the end of the answer, as a plain close is; the
+    // body without a length then ends there and is read whole.
+    let (ca, files) = (Ca::new("test CA"), Files::new());
+    let leaf = ca.sign(&["127.0.0.1"], false);
+    let server = rest_server_ending(&leaf, None, Ending::BareClose).await;
+    let ca_file = files.put("ca.pem", &ca.pem());
+    let r = check(&tls_check(Verify::Required, Some(&ca_file)), server).await;
+    assert_eq!(r.status, CheckStatus::L7OK, "{r:?}");
+    assert_eq!(r.patroni.unwrap().timeline, Some(2));
 }
