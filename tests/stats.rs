@@ -457,7 +457,7 @@ async fn every_series_exists_from_start_up() {
     }
     for server in ["node0", "node1"] {
         for result in [
-            "L4CON", "L4TOUT", "L7OK", "L7STS", "L7RSP", "L7TOUT", "SOCKERR",
+            "L4CON", "L4TOUT", "L6RSP", "L6TOUT", "L7OK", "L7STS", "L7RSP", "L7TOUT", "SOCKERR",
         ] {
             let s = format!(
                 "patroni_proxy_server_checks_total{{server=\"{server}\",result=\"{result}\"}}"
@@ -581,7 +581,7 @@ async fn metrics_follow_checks_sessions_and_refusals() {
     );
     assert!(s("patroni_proxy_server_check_duration_seconds_count", "node0") >= 1.0);
     let checks: f64 = [
-        "L7OK", "L7STS", "L4CON", "L4TOUT", "L7RSP", "L7TOUT", "SOCKERR",
+        "L7OK", "L7STS", "L4CON", "L4TOUT", "L6RSP", "L6TOUT", "L7RSP", "L7TOUT", "SOCKERR",
     ]
     .iter()
     .map(|r| {

@@ -111,6 +111,13 @@ impl Node {
     }
 }
 
+/// Where `scripts/cluster up --tls` keeps the test CA and the REST certificates (`ca.crt`,
+/// `client.crt`, `client.key`): `$PP_DEV_HOME/tls`, as the script computes it.
+pub fn rest_tls_dir() -> PathBuf {
+    let home = std::env::var("PP_DEV_HOME").unwrap_or_else(|_| "/var/lib/patroni-proxy-dev".into());
+    PathBuf::from(home.trim_end_matches('/')).join("tls")
+}
+
 /// Runs `scripts/cluster ARGS` and returns its stdout; an error carries the tail of its stderr.
 pub async fn cluster(args: &[&str]) -> Result<String> {
     let out = Command::new(repo().join("scripts/cluster"))
@@ -761,9 +768,14 @@ pub fn patroni_proxy_config() -> String {
 
 /// The same, both listeners on the loopback address `ip` (one per instance, as behind a VIP).
 pub fn patroni_proxy_config_on(ip: &str) -> String {
+    patroni_proxy_config_with(ip, "")
+}
+
+/// The same with `check` (TOML lines, e.g. the TLS keys) added to its `[check]` section.
+pub fn patroni_proxy_config_with(ip: &str, check: &str) -> String {
     let mut s = format!(
         "[listen]\nbind = \"{ip}:0\"\n\n[stats]\nbind = \"{ip}:0\"\n\n\
-         [check]\ninter = \"{}ms\"\nrise = 2\nfall = 3\nfailover_inter = \"{}ms\"\n\n",
+         [check]\ninter = \"{}ms\"\nrise = 2\nfall = 3\nfailover_inter = \"{}ms\"\n{check}\n\n",
         CHECK_INTER.as_millis(),
         FAILOVER_INTER.as_millis()
     );
@@ -813,9 +825,14 @@ impl Proxy {
 
     /// The same on the loopback address `ip`, called `name` in reports (one of several instances).
     pub async fn patroni_proxy_on(bin: &Path, ip: &str, name: &str) -> Result<Proxy> {
+        Proxy::patroni_proxy_with(bin, name, &patroni_proxy_config_on(ip)).await
+    }
+
+    /// The patroni-proxy binary with the configuration `config`, called `name` in reports.
+    pub async fn patroni_proxy_with(bin: &Path, name: &str, config: &str) -> Result<Proxy> {
         let dir = tempfile::tempdir()?;
         let cfg = dir.path().join("proxy.toml");
-        std::fs::write(&cfg, patroni_proxy_config_on(ip))?;
+        std::fs::write(&cfg, config)?;
         let spawned = now();
         let mut child = Command::new(bin)
             .arg("--config")

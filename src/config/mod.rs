@@ -10,12 +10,14 @@
 //! - [`limits`]: the range of every duration and count.
 //! - `validate`: the checks that turn a [`FileConfig`] into a [`Config`].
 //! - `position`: where an error is in the text.
+//! - [`tls`]: the PEM files of `[check]`'s TLS keys, read and built into a rustls client config.
 //! - `summary`: the effective settings, as `patroni-proxy check` prints them (`Display`).
 
 pub mod limits;
 mod position;
 mod sections;
 mod summary;
+pub mod tls;
 mod validate;
 mod values;
 
@@ -32,6 +34,7 @@ pub use sections::{
 pub use validate::KeyError;
 pub use values::{
     format_duration, parse_bind, parse_duration, CheckMethod, HttpVersion, LogFormat, OnMarkedDown,
+    Verify,
 };
 
 /// A configuration error, ready to print: it names the key and, when known, the line and column.
@@ -50,15 +53,19 @@ pub enum ConfigError {
 /// The validated configuration the program runs with: a [`FileConfig`] that passed
 /// [`FileConfig::validate`], which is the only way to make one ([`Config::from_toml`] and
 /// [`Config::load`] call it). Its sections are read through `Deref` (`config.check.inter`) and cannot
-/// be changed afterwards, so every value in it stays checked.
+/// be changed afterwards, so every value in it stays checked. It also holds what validation built
+/// from files the config names (the check's TLS setup), so those are read once per load.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Config(FileConfig);
+pub struct Config {
+    file: FileConfig,
+    check_tls: Option<tls::CheckTls>,
+}
 
 impl Deref for Config {
     type Target = FileConfig;
 
     fn deref(&self) -> &FileConfig {
-        &self.0
+        &self.file
     }
 }
 
@@ -87,12 +94,18 @@ impl Config {
 
     /// The file form of this config, e.g. to print it as TOML.
     pub fn to_file(&self) -> FileConfig {
-        self.0.clone()
+        self.file.clone()
     }
 
     /// The file form, to change and validate again.
     pub fn into_file(self) -> FileConfig {
-        self.0
+        self.file
+    }
+
+    /// The check's TLS setup, when `check.ssl` is on: built from the files when this config was
+    /// validated.
+    pub fn check_tls(&self) -> Option<&tls::CheckTls> {
+        self.check_tls.as_ref()
     }
 
     /// The effective check interval for a health counter (HAProxy `srv_getinter`): `inter` when fully

@@ -2,12 +2,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::values::{
-    bind_addr, duration, opt_duration, CheckMethod, HttpVersion, LogFormat, OnMarkedDown,
+    bind_addr, duration, opt_duration, CheckMethod, HttpVersion, LogFormat, OnMarkedDown, Verify,
 };
 
 /// The whole file as written. Optional keys fall back to the defaults documented on each field.
@@ -231,6 +232,44 @@ pub struct Check {
     /// HAProxy's pace. Default `200ms`.
     #[serde(with = "duration")]
     pub failover_inter: Duration,
+    /// Run every check over TLS, for Patroni's REST API served over HTTPS (`restapi.certfile`):
+    /// HAProxy's `check-ssl`. The handshake counts against `timeout`, as the HTTP exchange does.
+    /// Default `false`.
+    #[serde(skip_serializing_if = "is_false")]
+    pub ssl: bool,
+    /// With `ssl`: `required` verifies the server's certificate against `ca_file` and its name
+    /// against `sni` (or the check address); `none` accepts any certificate. HAProxy's server
+    /// `verify`. Default `required`, as HAProxy's `ssl-server-verify` default.
+    #[serde(skip_serializing_if = "is_default_verify")]
+    pub verify: Verify,
+    /// With `verify = "required"`: PEM file of the CA certificates the server's certificate must
+    /// chain to (HAProxy `ca-file`). Required then, as HAProxy requires it: the system's roots do
+    /// not sign Patroni certificates. Read when the configuration is loaded or reloaded. Default:
+    /// none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of the client certificate (chain) sent to a REST API with
+    /// `restapi.verify_client`, optionally followed by its private key (HAProxy `crt`). Default:
+    /// none (no client certificate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crt: Option<PathBuf>,
+    /// PEM file of the private key of `crt`, when `crt` does not contain it. Default: none (the
+    /// key is read from `crt`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// The name sent as SNI and verified against the server's certificate (HAProxy `sni` with
+    /// `verifyhost`), a DNS name or an IP address. Default: none: no SNI is sent and the
+    /// certificate must name the check address as an IP address (subjectAltName `IP:`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_default_verify(v: &Verify) -> bool {
+    *v == Verify::default()
 }
 
 /// One PostgreSQL node (HAProxy `server NAME ADDR maxconn N check port P`).
@@ -326,6 +365,12 @@ impl Default for Check {
             fall: NonZeroU32::new(3).expect("non-zero"),
             timeout: Duration::from_secs(5),
             failover_inter: Duration::from_millis(200),
+            ssl: false,
+            verify: Verify::Required,
+            ca_file: None,
+            crt: None,
+            key: None,
+            sni: None,
         }
     }
 }

@@ -38,6 +38,24 @@ impl fmt::Display for Config {
             c.fall,
             d(c.timeout),
         )?;
+        if c.ssl {
+            let file = |p: &Option<std::path::PathBuf>| match p {
+                Some(p) => p.display().to_string(),
+                None => "none".into(),
+            };
+            let name = c.sni.as_deref().unwrap_or("the check address");
+            writeln!(
+                f,
+                "check over TLS: verify {} (ca-file {}, name {name}), client certificate {}{}",
+                c.verify,
+                file(&c.ca_file),
+                file(&c.crt),
+                c.key
+                    .as_ref()
+                    .map(|k| format!(" key {}", k.display()))
+                    .unwrap_or_default(),
+            )?;
+        }
         for (i, srv) in self.servers.iter().enumerate() {
             writeln!(
                 f,

@@ -165,7 +165,12 @@ impl FileConfig {
                 ));
             }
         }
-        Ok(Config(self))
+        // Last: the files are read only once everything else holds.
+        let check_tls = super::tls::load(&self.check)?;
+        Ok(Config {
+            file: self,
+            check_tls,
+        })
     }
 }
 

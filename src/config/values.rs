@@ -187,6 +187,38 @@ impl FromStr for LogFormat {
     }
 }
 
+/// `check.verify`: whether the REST server's certificate is verified (HAProxy's server `verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum Verify {
+    /// Not verified: any certificate is accepted (still a TLS connection, open to a
+    /// man-in-the-middle).
+    None,
+    /// Verified against `check.ca_file`, and its names against `check.sni` or the check address.
+    #[default]
+    Required,
+}
+
+impl Verify {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verify::None => "none",
+            Verify::Required => "required",
+        }
+    }
+}
+
+impl FromStr for Verify {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Verify::None, Verify::Required]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unsupported verify {s:?}: use \"none\" or \"required\""))
+    }
+}
+
 // serde's `try_from`/`into` go through these; the file holds the same words `as_str` gives.
 macro_rules! words {
     ($($t:ty),*) => {$(
@@ -208,7 +240,7 @@ macro_rules! words {
         }
     )*};
 }
-words!(CheckMethod, HttpVersion, LogFormat);
+words!(CheckMethod, HttpVersion, LogFormat, Verify);
 
 pub use bind_addr::parse as parse_bind;
 pub use duration::parse as parse_duration;

@@ -3,7 +3,8 @@
 //! min(inter, timeout connect), the verdict taken from the status line alone, `timeout check` counted
 //! from the established connection. Unlike HAProxy we then read the whole (small) body and close,
 //! because Patroni's 5-thread REST server logs a traceback for every client that hangs up early and the
-//! body carries the role, state and timeline routing needs.
+//! body carries the role, state and timeline routing needs. With `check.ssl` the TLS handshake
+//! ([`super::tls`]) sits between the connect and the request, and counts against `timeout check`.
 
 use std::fmt;
 use std::io;
@@ -11,14 +12,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use crate::health::patroni::PatroniInfo;
 
 /// HAProxy's check status vocabulary (`check.c check_statuses[]`), restricted to what an HTTP check
-/// can produce, plus `INI` for "no check finished yet".
+/// (over TLS with `check.ssl`) can produce, plus `INI` for "no check finished yet".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[allow(clippy::upper_case_acronyms)]
 pub enum CheckStatus {
@@ -27,6 +28,8 @@ pub enum CheckStatus {
     L4OK,
     L4TOUT,
     L4CON,
+    L6TOUT,
+    L6RSP,
     L7OK,
     L7STS,
     L7RSP,
@@ -35,10 +38,12 @@ pub enum CheckStatus {
 
 impl CheckStatus {
     /// Every status a finished check can have, for metrics that must exist from start-up.
-    pub const FINISHED: [CheckStatus; 7] = [
+    pub const FINISHED: [CheckStatus; 9] = [
         CheckStatus::SOCKERR,
         CheckStatus::L4TOUT,
         CheckStatus::L4CON,
+        CheckStatus::L6TOUT,
+        CheckStatus::L6RSP,
         CheckStatus::L7OK,
         CheckStatus::L7STS,
         CheckStatus::L7RSP,
@@ -52,6 +57,8 @@ impl CheckStatus {
             CheckStatus::L4OK => "L4OK",
             CheckStatus::L4TOUT => "L4TOUT",
             CheckStatus::L4CON => "L4CON",
+            CheckStatus::L6TOUT => "L6TOUT",
+            CheckStatus::L6RSP => "L6RSP",
             CheckStatus::L7OK => "L7OK",
             CheckStatus::L7STS => "L7STS",
             CheckStatus::L7RSP => "L7RSP",
@@ -67,6 +74,8 @@ impl CheckStatus {
             CheckStatus::L4OK => "Layer4 check passed",
             CheckStatus::L4TOUT => "Layer4 timeout",
             CheckStatus::L4CON => "Layer4 connection problem",
+            CheckStatus::L6TOUT => "Layer6 timeout",
+            CheckStatus::L6RSP => "Layer6 invalid response",
             CheckStatus::L7OK => "Layer7 check passed",
             CheckStatus::L7STS => "Layer7 wrong status",
             CheckStatus::L7RSP => "Layer7 invalid response",
@@ -136,19 +145,24 @@ pub struct CheckSpec {
     pub response_timeout: Duration,
     /// HEAD answers have no body to wait for.
     pub expect_body: bool,
+    /// With `check.ssl`: the TLS client the check runs over.
+    pub tls: Option<crate::config::tls::CheckTls>,
 }
 
 impl CheckSpec {
     /// The check the configuration describes (built again by a reload).
     pub fn of(cfg: &crate::config::Config) -> Self {
-        Self::new(
-            cfg.check.method.as_str(),
-            &cfg.check.uri,
-            cfg.check.version.as_str(),
-            cfg.check.expect_status,
-            cfg.check_connect_timeout(),
-            cfg.check.timeout,
-        )
+        Self {
+            tls: cfg.check_tls().cloned(),
+            ..Self::new(
+                cfg.check.method.as_str(),
+                &cfg.check.uri,
+                cfg.check.version.as_str(),
+                cfg.check.expect_status,
+                cfg.check_connect_timeout(),
+                cfg.check.timeout,
+            )
+        }
     }
 
     pub fn new(
@@ -172,6 +186,7 @@ impl CheckSpec {
             connect_timeout,
             response_timeout,
             expect_body: method != "HEAD",
+            tls: None,
         }
     }
 }
@@ -189,7 +204,7 @@ pub enum Outcome {
 }
 
 /// Runs one check to completion. Never panics and never takes longer than
-/// `connect_timeout + response_timeout`.
+/// `connect_timeout + response_timeout` (a TLS handshake is part of the second).
 pub async fn run(target: SocketAddr, spec: &CheckSpec) -> Outcome {
     let start = Instant::now();
     let finish = |v: Verdict| {
@@ -204,7 +219,7 @@ pub async fn run(target: SocketAddr, spec: &CheckSpec) -> Outcome {
     };
 
     let connect_by = crate::time::deadline(start, spec.connect_timeout);
-    let mut stream = match timeout_at(connect_by, TcpStream::connect(target)).await {
+    let stream = match timeout_at(connect_by, TcpStream::connect(target)).await {
         Err(_) => return finish(Verdict::bare(CheckStatus::L4TOUT, None)),
         Ok(Err(e)) if crate::net::is_local_resource_error(&e) => return Outcome::Local(e),
         Ok(Err(e)) => return finish(Verdict::bare(CheckStatus::L4CON, Some(os_error_text(&e)))),
@@ -212,10 +227,30 @@ pub async fn run(target: SocketAddr, spec: &CheckSpec) -> Outcome {
     };
     // `timeout check` runs from the established connection (tcpcheck.c resets the expiry there).
     let deadline = crate::time::deadline(Instant::now(), spec.response_timeout);
+    let verdict = match &spec.tls {
+        None => exchange(stream, spec, deadline).await,
+        Some(tls) => match super::tls::handshake(stream, tls, target.ip(), deadline).await {
+            Ok(stream) => exchange(stream, spec, deadline).await,
+            Err(v) => v,
+        },
+    };
+    finish(verdict)
+}
 
+/// Sends the request and reads the answer, until `deadline`. A TLS alert or error met here (with
+/// TLS 1.3 a refused client certificate is only known after the handshake) is the TLS layer's
+/// failure, `L6RSP`, not the HTTP answer's.
+async fn exchange<S>(mut stream: S, spec: &CheckSpec, deadline: Instant) -> Verdict
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let failed = |e: io::Error| match super::tls::failure(&e) {
+        Some(why) => Verdict::bare(CheckStatus::L6RSP, Some(why)),
+        None => Verdict::bare(CheckStatus::SOCKERR, Some(os_error_text(&e))),
+    };
     match timeout_at(deadline, stream.write_all(&spec.request)).await {
-        Err(_) => return finish(Verdict::bare(CheckStatus::L7TOUT, None)),
-        Ok(Err(e)) => return finish(Verdict::bare(CheckStatus::SOCKERR, Some(os_error_text(&e)))),
+        Err(_) => return Verdict::bare(CheckStatus::L7TOUT, None),
+        Ok(Err(e)) => return failed(e),
         Ok(Ok(())) => {}
     }
 
@@ -225,19 +260,21 @@ pub async fn run(target: SocketAddr, spec: &CheckSpec) -> Outcome {
     let mut buf = Vec::with_capacity(2048);
     loop {
         let closed = match timeout_at(deadline, read_more(&mut stream, &mut buf)).await {
-            Err(_) => return finish(timed_out(&buf, spec.expect_status)),
-            Ok(Err(e)) => {
-                return finish(Verdict::bare(CheckStatus::SOCKERR, Some(os_error_text(&e))))
-            }
+            Err(_) => return timed_out(&buf, spec.expect_status),
+            // A TLS server that closes without close_notify (Python's ssl, so Patroni, does):
+            // the end of the answer, as a plain close would be; the HTTP framing still decides
+            // whether the answer is complete.
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => true,
+            Ok(Err(e)) => return failed(e),
             Ok(Ok(n)) => n == 0,
         };
         if let Parse::Done(v) = parse_answer(&buf, closed, spec.expect_status, spec.expect_body) {
-            return finish(v);
+            return v;
         }
     }
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> io::Result<usize> {
     let mut chunk = [0u8; 4096];
     let n = stream.read(&mut chunk).await?;
     buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
@@ -254,7 +291,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn bare(status: CheckStatus, info: Option<String>) -> Self {
+    pub(super) fn bare(status: CheckStatus, info: Option<String>) -> Self {
         Self {
             status,
             code: None,
@@ -405,7 +442,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
 }
 
 /// `Connection refused` rather than `Connection refused (os error 111)`, as HAProxy prints strerror.
-fn os_error_text(e: &io::Error) -> String {
+pub(super) fn os_error_text(e: &io::Error) -> String {
     let s = e.to_string();
     match s.split_once(" (os error") {
         Some((text, _)) => text.to_string(),

@@ -172,6 +172,12 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         fall,
         timeout,
         failover_inter,
+        ssl,
+        verify,
+        ca_file,
+        crt,
+        key: tls_key,
+        sni,
     } = &new.check;
     let o = &old.check;
     key("check.method", *method != o.method, true);
@@ -193,6 +199,22 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     key(
         "check.failover_inter",
         *failover_inter != o.failover_inter,
+        true,
+    );
+    // The check carries its TLS client config, built when the file was validated: a reload
+    // re-reads the PEM files and the next check of each node uses them.
+    key("check.ssl", *ssl != o.ssl, true);
+    key("check.verify", *verify != o.verify, true);
+    key("check.ca_file", *ca_file != o.ca_file, true);
+    key("check.crt", *crt != o.crt, true);
+    key("check.key", *tls_key != o.key, true);
+    key("check.sni", *sni != o.sni, true);
+    let same_keys = (ssl, verify, ca_file, crt, tls_key, sni)
+        == (&o.ssl, &o.verify, &o.ca_file, &o.crt, &o.key, &o.sni);
+    // Same paths, new contents: a certificate renewed in place, picked up by a reload.
+    key(
+        "check TLS files (contents)",
+        same_keys && new.check_tls() != old.check_tls(),
         true,
     );
 

@@ -122,3 +122,14 @@ fn etcd_and_the_log_format_need_a_restart() {
     let p = plan(&config(BASE), &new);
     assert_eq!(p.restart, ["etcd", "log.format"]);
 }
+
+#[test]
+fn check_tls_keys_apply_live_from_the_next_check() {
+    // The check carries its TLS client config: turning TLS on is a live change.
+    let p = plan(
+        &config(BASE),
+        &with("[check]\nssl = true\nverify = \"none\"\nsni = \"patroni\""),
+    );
+    assert!(p.applies_live(), "{p:?}");
+    assert_eq!(p.live, ["check.ssl", "check.verify", "check.sni"]);
+}
