@@ -3,14 +3,14 @@
 //! during a crash of the primary, planned switchovers, Patroni killed, a hung REST API and a proxy
 //! restart (issue 3 items 3-4, issue 6 "Measured on the real cluster"), and two proxy instances
 //! deciding the same events (issue 15 item 5; the analysis' pure functions are tested here too,
-//! without a cluster).
+//! without a cluster), and reloads under a pgbench load (issue 15 item 1).
 //!
 //! `scripts/test` starts the cluster (`scripts/cluster up --profile fast`) and runs
 //! `cargo test --locked --test e2e -- --ignored --test-threads=1 --nocapture`. Correctness is asserted
 //! strictly; timings only as generous upper bounds, and printed and written to `target/e2e/*.json`.
 //! The scenario and probe code is shared with `examples/failover_compare.rs` (HAProxy side by side).
 
-use patroni_proxy_e2e::{harness, instances, pictures, scenarios};
+use patroni_proxy_e2e::{harness, instances, pictures, reloads, scenarios};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -361,6 +361,37 @@ async fn two_instances_route_the_same_new_primary_within_failover_inter() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real cluster: scripts/test starts it"]
+async fn reloads_under_pgbench_fail_no_transaction_and_cut_no_session() {
+    // Issue 15, "Done when": "reload under a pgbench load with `-C` and with long sessions: 0
+    // failed transactions, 0 sessions cut by the reload".
+    harness::restore().await.expect("the cluster is healthy");
+    let leader = harness::leader().await.expect("a leader");
+    let p = proxy().await;
+    let r = reloads::under_load(&p, &leader, 16)
+        .await
+        .expect("the run completes");
+    let path = write_json("reloads-under-load", &r).expect("write the JSON report");
+    println!("reloads under load: {}\n{r:#?}", path.display());
+    for (at, line) in p.log() {
+        if !line.contains("INFO") || line.contains("reload") || line.contains("Server") {
+            println!("{at:.3} {line}");
+        }
+    }
+    assert_eq!(r.reloads.len(), 6, "{r:?}");
+    assert_eq!(r.removed_status, "REMOVED", "{r:?}");
+    for run in &r.pgbench {
+        assert!(run.exit_ok && run.errors.is_empty(), "{run:?}");
+        assert_eq!(run.failed, 0, "{run:?}");
+        assert!(run.processed > 100, "{run:?}");
+    }
+    assert!(r.cut.is_empty(), "long sessions cut: {:?}", r.cut);
+    let v = harness::stats_json(p.stats).await.expect("stats");
+    assert_eq!(v["reloads"]["ok"], 6, "{v}");
+    p.stop().await;
 }
 
 fn event(at: f64, kind: &str, server: Option<&str>) -> ProxyEvent {

@@ -1065,6 +1065,27 @@ impl Proxy {
         .with_context(|| format!("{} never routed {}", self.label(), node.name))
     }
 
+    /// patroni-proxy's configuration file (a test rewrites it before a reload).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("proxy.toml")
+    }
+
+    /// Sends the process SIGHUP (a reload, for patroni-proxy).
+    pub fn hangup(&self) -> Result<()> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| anyhow!("the proxy has exited"))?;
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()?
+            .success();
+        if !ok {
+            bail!("kill -HUP {pid} failed");
+        }
+        Ok(())
+    }
+
     pub async fn stop(mut self) {
         self.stop.cancel();
         let _ = self.child.start_kill();

@@ -3,10 +3,12 @@
 //! (`examples/soak`): [`harness`] drives the cluster and the proxies and records what clients see;
 //! [`scenarios`] are the failovers run through them; [`browser`] drives a headless Chromium and
 //! [`pictures`] watches a switchover on the dashboard's pictures; [`instances`] compares
-//! several proxy instances in front of the one cluster.
+//! several proxy instances in front of the one cluster; [`reloads`] reloads the configuration
+//! under load.
 
 pub mod browser;
 pub mod harness;
 pub mod instances;
 pub mod pictures;
+pub mod reloads;
 pub mod scenarios;
