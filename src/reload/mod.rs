@@ -156,8 +156,7 @@ impl Reloader {
             Err(why) => return Outcome::Refused(why),
         };
         let message = format!(
-            "Configuration reloaded from {} (sha256 {}); changed: {}; {} servers unchanged (every server keeps its \
-             state.",
+            "Configuration reloaded from {} (sha256 {}); changed: {}; {} servers unchanged.",
             loaded.path.display(),
             loaded.sha256.get(..12).unwrap_or(&loaded.sha256),
             p.live_text(),
