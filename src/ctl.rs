@@ -184,41 +184,80 @@ pub fn reload_outcome(before: &ReloadState, after: &ReloadState) -> Option<Resul
 /// configuration's stats.bind), sends it SIGHUP, and waits for its reload counts to move.
 /// Sending the signal needs the right to signal that process (its user, or root), as
 /// `systemctl reload` does; run it on the proxy's host, in its PID namespace.
-pub async fn reload(config: &Config) -> Result<String, CtlError> {
+pub async fn reload(config: &Config, sha256: &str, pid: Option<u32>) -> Result<String, CtlError> {
     let address = stats_address(config);
     let client = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .build()
         .map_err(|e| CtlError(format!("cannot build an HTTP client: {e}")))?;
-    let before = reload_state(&client, config, address).await?;
-    let pid = i32::try_from(before.pid)
+    let before = match (reload_state(&client, config, address).await, pid) {
+        (Ok(before), Some(pid)) if before.pid != pid => {
+            return Err(CtlError(format!(
+                "the proxy at {address} is pid {}, not {pid}: not signalling either",
+                before.pid
+            )))
+        }
+        (Ok(before), _) => Some(before),
+        // The file may move stats.bind: its new address answers once the reload is applied.
+        (Err(_), Some(_)) => None,
+        (Err(e), None) => {
+            return Err(CtlError(format!(
+                "{e} (if this file moves stats.bind, give the proxy's pid: --pid)"
+            )))
+        }
+    };
+    let target = before.as_ref().map_or(pid.unwrap_or(0), |b| b.pid);
+    let signalled = i32::try_from(target)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
-        .filter(|_| before.pid != std::process::id())
-        .ok_or_else(|| CtlError(format!("the proxy at {address} gave pid {}", before.pid)))?;
-    rustix::process::kill_process(pid, rustix::process::Signal::HUP).map_err(|e| {
+        .filter(|_| target != std::process::id())
+        .ok_or_else(|| CtlError(format!("pid {target} cannot be signalled")))?;
+    rustix::process::kill_process(signalled, rustix::process::Signal::HUP).map_err(|e| {
         CtlError(format!(
-            "cannot signal pid {} (the proxy at {address}): {e}; run this as the proxy's user \
-             or root, on its host",
-            before.pid
+            "cannot signal pid {target} (the proxy of {address}): {e}; run this as the proxy's \
+             user or root, on its host"
         ))
     })?;
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         // Polled: the reload itself takes a file read, well under a poll's interval.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let after = reload_state(&client, config, address).await?;
-        if let Some(outcome) = reload_outcome(&before, &after) {
+        let outcome = match (&before, reload_state(&client, config, address).await) {
+            (Some(before), after) => reload_outcome(before, &after?),
+            // Without a "before", only the new file's hash at the new address says it applied.
+            (None, Ok(after)) if after.pid == target => moved_outcome(&after, sha256),
+            (None, _) => None,
+        };
+        if let Some(outcome) = outcome {
             return outcome.map_err(CtlError);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(CtlError(format!(
-                "sent SIGHUP to pid {}, but its reload counts did not move within {}s",
-                before.pid,
-                TIMEOUT.as_secs()
-            )));
+            return Err(CtlError(match before {
+                Some(_) => format!(
+                    "sent SIGHUP to pid {target}, but its reload counts did not move within {}s",
+                    TIMEOUT.as_secs()
+                ),
+                None => format!(
+                    "sent SIGHUP to pid {target}, but nothing answered at {address} within {}s \
+                     with this file loaded: if the reload was refused, the proxy listens where \
+                     it did (its log says why)",
+                    TIMEOUT.as_secs()
+                ),
+            }));
         }
     }
+}
+
+/// The outcome of a reload that moved the stats listener (no "before" to compare with): applied
+/// once the proxy at the new address runs the file of hash `sha256`.
+pub fn moved_outcome(after: &ReloadState, sha256: &str) -> Option<Result<String, String>> {
+    (after.config_sha256.as_deref() == Some(sha256)).then(|| {
+        Ok(format!(
+            "reloaded: pid {} runs {} (sha256 {sha256})",
+            after.pid,
+            after.config_path.as_deref().unwrap_or("?"),
+        ))
+    })
 }
 
 async fn reload_state(

@@ -35,7 +35,13 @@ enum Command {
     /// Make the running proxy (the one serving this configuration's stats.bind) read its
     /// configuration file again: sends it SIGHUP and waits for the outcome, which it prints; exits
     /// non-zero if the reload was refused (the proxy then keeps its running configuration).
-    Reload,
+    Reload {
+        /// The proxy's pid (systemd's $MAINPID): signalled even when this configuration's
+        /// stats.bind does not answer yet (the file moves it); the outcome is then read at the new
+        /// address.
+        #[arg(long)]
+        pid: Option<u32>,
+    },
     /// Runtime control of a running proxy through its stats listener's admin API ([stats]
     /// admin_user; the password from PATRONI_PROXY_ADMIN_PASSWORD or the file).
     Ctl {
@@ -82,7 +88,7 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::Ctl { action }) => ctl(&cli.config, action),
-        Some(Command::Reload) => reload(&cli.config),
+        Some(Command::Reload { pid }) => reload(&cli.config, pid),
         None => run(&cli.config),
     }
 }
@@ -140,8 +146,8 @@ async fn listener(
     }
 }
 
-fn reload(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
+fn reload(path: &std::path::Path, pid: Option<u32>) -> ExitCode {
+    let (config, loaded) = match patroni_proxy::reload::read(path) {
         Ok(c) => c,
         Err(e) => {
             // The running proxy would refuse it too: say so before signalling anything.
@@ -153,7 +159,7 @@ fn reload(path: &std::path::Path) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    match runtime.block_on(patroni_proxy::ctl::reload(&config)) {
+    match runtime.block_on(patroni_proxy::ctl::reload(&config, &loaded.sha256, pid)) {
         Ok(said) => {
             println!("{said}");
             ExitCode::SUCCESS
