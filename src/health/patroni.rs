@@ -1,12 +1,13 @@
-//! Reading Patroni's REST answer: the JSON body's `role`, `state` and `timeline`
-//! (`patroni-and-peers.md` §1.5), and what a check result says about "is this node the primary".
+//! Reading Patroni's REST answer: the JSON body's `role`, `state`, `timeline`, WAL positions,
+//! `replication_state` and `noloadbalance` tag (`patroni-and-peers.md` §1.5), and what a check
+//! result says about "is this node the primary".
 
 use serde::Serialize;
 
 use crate::health::{CheckResult, CheckStatus};
 
 /// The fields of a Patroni health body that routing uses. Missing fields stay `None`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PatroniInfo {
     /// `primary`, `replica`, `standby_leader`, `demoted`, ...; Patroni < 4.0's `master` is stored as
     /// `primary`.
@@ -14,6 +15,37 @@ pub struct PatroniInfo {
     /// `running`, `starting`, `stopping`, `restarting`, `crashed`, ...
     pub state: Option<String>,
     pub timeline: Option<u64>,
+    /// `xlog`: on a primary its flush position (`location`), on a replica what it received and
+    /// replayed, in bytes.
+    #[serde(skip_serializing_if = "Wal::is_empty")]
+    pub wal: Wal,
+    /// `streaming` or `in archive recovery` (replicas only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_state: Option<String>,
+    /// The `noloadbalance` tag: Patroni's `/replica` answers 503 for this node.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub noloadbalance: bool,
+}
+
+/// The WAL positions of a Patroni body (`xlog`), in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Wal {
+    /// The primary's flush position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<u64>,
+    /// Replay paused (`pg_wal_replay_pause()`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+impl Wal {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl PatroniInfo {
@@ -23,10 +55,32 @@ impl PatroniInfo {
         let obj = v.as_object()?;
         let text = |k: &str| obj.get(k).and_then(|v| v.as_str()).map(str::to_string);
         let role = text("role").map(|r| if r == "master" { "primary".into() } else { r });
+        let xlog = obj.get("xlog").and_then(|v| v.as_object());
+        let position = |k: &str| xlog.and_then(|x| x.get(k)).and_then(|v| v.as_u64());
+        let truthy = |v: Option<&serde_json::Value>| match v {
+            Some(serde_json::Value::Bool(b)) => *b,
+            // Patroni's tags come from YAML as written: `noloadbalance: true` or a string.
+            Some(serde_json::Value::String(s)) => {
+                matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "on" | "1")
+            }
+            _ => false,
+        };
         Some(Self {
             role,
             state: text("state"),
             timeline: obj.get("timeline").and_then(|v| v.as_u64()),
+            wal: Wal {
+                location: position("location"),
+                received: position("received_location"),
+                replayed: position("replayed_location"),
+                paused: truthy(xlog.and_then(|x| x.get("paused"))),
+            },
+            replication_state: text("replication_state"),
+            noloadbalance: truthy(
+                obj.get("tags")
+                    .and_then(|t| t.as_object())
+                    .and_then(|t| t.get("noloadbalance")),
+            ),
         })
     }
 }
@@ -145,6 +199,37 @@ mod tests {
         ] {
             assert_eq!(Answer::of(&result(s, None, None)), Answer::Unknown, "{s}");
         }
+    }
+
+    #[test]
+    fn wal_positions_replication_state_and_tags_are_read() {
+        // patroni-and-peers.md §1.5: `xlog` is `{location}` on a primary and `{received_location,
+        // replayed_location, replayed_timestamp, paused}` on a replica.
+        let primary = PatroniInfo::parse(
+            br#"{"state":"running","role":"primary","timeline":3,"xlog":{"location":50331648}}"#,
+        )
+        .unwrap();
+        assert_eq!(primary.wal.location, Some(50_331_648));
+        let replica = PatroniInfo::parse(
+            br#"{"state":"running","role":"replica","replication_state":"streaming",
+                "xlog":{"received_location":50331648,"replayed_location":50331000,
+                "replayed_timestamp":null,"paused":true},"tags":{"noloadbalance":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            replica.wal,
+            Wal {
+                location: None,
+                received: Some(50_331_648),
+                replayed: Some(50_331_000),
+                paused: true
+            }
+        );
+        assert_eq!(replica.replication_state.as_deref(), Some("streaming"));
+        assert!(replica.noloadbalance);
+        let string_tag =
+            PatroniInfo::parse(br#"{"role":"replica","tags":{"noloadbalance":"false"}}"#).unwrap();
+        assert!(!string_tag.noloadbalance);
     }
 
     #[test]

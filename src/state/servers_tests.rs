@@ -60,6 +60,7 @@ impl Run {
                 role: Some(role.into()),
                 state: Some("running".into()),
                 timeline: Some(1),
+                ..Default::default()
             }),
             finished_at: SystemTime::now(),
         };

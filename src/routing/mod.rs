@@ -1,6 +1,10 @@
 //! Who gets new connections: the pure decision from per-node health and Patroni answers to the one
 //! routed primary. HAProxy round-robins over every UP server; on a primary port that sends connections
 //! to replicas during every switchover (`baseline.md`: 19-42 per switchover), so this picks exactly one.
+//! The other listeners' rules are in [`roles`], their balancing in [`balance`].
+
+pub mod balance;
+pub mod roles;
 
 use serde::Serialize;
 
