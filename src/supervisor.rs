@@ -222,6 +222,11 @@ pub async fn run(
         for b in shared.backends() {
             b.close();
         }
+        for set in &shared.set_io {
+            for b in set.backends() {
+                b.close();
+            }
+        }
         sessions.wait().await;
     }
     match failure {

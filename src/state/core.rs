@@ -74,8 +74,11 @@ pub enum Effect {
     /// it before is reached by the kill. Killing first left a window in which a session read the
     /// old snapshot with a fresh ticket and relayed to a server just marked DOWN (issue 11 item 3).
     Publish,
-    /// Shut down every session of this server.
+    /// Shut down every session of this server (on the primary port).
     Kill(usize),
+    /// Shut down the sessions of node `node` on the listener of set `set` (a DOWN for that
+    /// listener's rule).
+    KillSet { set: usize, node: usize },
     /// Cut the wait before the next check of every node but `except`.
     WakeAll { except: Option<usize> },
     /// Add the IO side of node `node` (a reload added it): before the snapshot that has it is
@@ -226,9 +229,13 @@ pub fn on_check(
         &mut effects,
         &mut kills,
     );
+    let on_marked_down = cfg.listen.on_marked_down == OnMarkedDown::ShutdownSessions;
+    let set_kills = super::sets::on_check(&mut snap, node, on_marked_down, wall, &mut effects);
 
     // `node` has just been checked, and goes on at `next`.
     conclude(&mut snap, kills, &mut effects, Some(node));
+    // After the publish, as every kill.
+    effects.extend(set_kills);
     // The routed primary itself keeps HAProxy's pace even in doubt: an unanswered check says
     // nothing about its role, and counting `fall` at the fast pace would cut its sessions within a
     // second of a Patroni restart (issue 3: DOWN after fall x inter).
@@ -346,6 +353,7 @@ pub fn on_input(
         &mut kills,
     );
     snap.failover_pace = true;
+    super::sets::recompute(&mut snap);
     effects.push(Effect::Publish);
     effects.extend(kills.into_iter().map(Effect::Kill));
     effects.push(Effect::WakeAll { except });
@@ -478,6 +486,7 @@ pub(super) fn conclude(
 ) {
     let was_fast = snap.failover_pace;
     snap.failover_pace = in_doubt(snap);
+    super::sets::recompute(snap);
     effects.push(Effect::Publish);
     kills.dedup();
     effects.extend(kills.into_iter().map(Effect::Kill));

@@ -9,6 +9,7 @@ pub mod core;
 mod events;
 pub mod owner;
 mod servers;
+pub mod sets;
 
 pub use events::{Event, EventKind, Events};
 pub use owner::Owner;
@@ -126,6 +127,10 @@ pub struct Snapshot {
     /// Every node is checked at `failover_inter`: no primary is routable, or the routed one's last
     /// check did not confirm it.
     pub failover_pace: bool,
+    /// The routed primary's WAL flush position from its last check: the reference of `max_lag`.
+    pub primary_wal: Option<u64>,
+    /// The node sets of the listeners that are not the primary port, in the configuration's order.
+    pub sets: Vec<sets::ListenerSet>,
 }
 
 impl Snapshot {
@@ -151,6 +156,9 @@ pub struct Shared {
     /// from any snapshot is valid here.
     backends: std::sync::RwLock<Vec<Arc<Backend>>>,
     pub frontend: crate::backend::Frontend,
+    /// The IO side of each listener that is not the primary port, by set index (as
+    /// `Snapshot::sets`): fixed at start (listeners change at a restart).
+    pub set_io: Vec<SetIo>,
     /// Pushed by the owner, read by the stats side.
     pub events: Arc<Events>,
     pub started: SystemTime,
@@ -158,6 +166,50 @@ pub struct Shared {
     inputs: mpsc::UnboundedSender<Input>,
     /// Cancelled when the drain begins: clients still waiting for a primary are answered at once.
     pub draining: CancellationToken,
+}
+
+/// A listener's own side of every node (HAProxy's servers of one backend: their own slots,
+/// sessions and kill switch), and its frontend counters.
+#[derive(Debug)]
+pub struct SetIo {
+    pub frontend: crate::backend::Frontend,
+    backends: std::sync::RwLock<Vec<Arc<Backend>>>,
+    /// The balance's turn counter.
+    pub turn: std::sync::atomic::AtomicU64,
+}
+
+impl SetIo {
+    fn new(config: &Config) -> Self {
+        Self {
+            frontend: Default::default(),
+            backends: std::sync::RwLock::new(
+                (config.servers.iter())
+                    .map(|s| Arc::new(Backend::new(s.maxconn.get())))
+                    .collect(),
+            ),
+            turn: Default::default(),
+        }
+    }
+
+    /// `node` on this listener (every index a snapshot holds is valid, as for
+    /// [`Shared::backend`]).
+    pub fn backend(&self, node: usize) -> Arc<Backend> {
+        let all = self.backends.read().unwrap_or_else(|p| p.into_inner());
+        all[node].clone()
+    }
+
+    /// Every node on this listener.
+    pub fn backends(&self) -> Vec<Arc<Backend>> {
+        self.backends
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn add_backend(&self, maxconn: u32) {
+        let mut all = self.backends.write().unwrap_or_else(|p| p.into_inner());
+        all.push(Arc::new(Backend::new(maxconn)));
+    }
 }
 
 /// Told of every finished check (the metrics), by the owner.
@@ -196,8 +248,13 @@ pub fn new(config: Arc<Config>, observer: Arc<dyn Observer>) -> (Arc<Shared>, Ow
         no_primary_total: Duration::ZERO,
         // Start-up: find the primary at the fast pace too.
         failover_pace: true,
+        primary_wal: None,
+        sets: sets::of(&config),
     }));
     let (inputs, inputs_rx) = mpsc::unbounded_channel();
+    let set_io = (sets::rules(&config).iter())
+        .map(|_| SetIo::new(&config))
+        .collect();
     let shared = Arc::new(Shared {
         backends: std::sync::RwLock::new(
             config
@@ -209,6 +266,7 @@ pub fn new(config: Arc<Config>, observer: Arc<dyn Observer>) -> (Arc<Shared>, Ow
         config: ArcSwap::new(config),
         snapshot,
         frontend: Default::default(),
+        set_io,
         events: Arc::default(),
         started: SystemTime::now(),
         started_at: now,
@@ -249,11 +307,22 @@ impl Shared {
             .clone()
     }
 
-    /// Adds the IO side of a new node at the next index (the owner, for a reload).
-    pub(crate) fn add_backend(&self, backend: Backend) -> usize {
+    /// Adds the IO side of a new node at the next index, on every listener (the owner, for a
+    /// reload).
+    pub(crate) fn add_backend(&self, maxconn: u32) -> usize {
+        for set in &self.set_io {
+            set.add_backend(maxconn);
+        }
         let mut all = self.backends.write().unwrap_or_else(|p| p.into_inner());
-        all.push(Arc::new(backend));
+        all.push(Arc::new(Backend::new(maxconn)));
         all.len() - 1
+    }
+
+    /// Every listener's side of `node` (the primary port's first).
+    pub fn backends_of(&self, node: usize) -> Vec<Arc<Backend>> {
+        let mut all = vec![self.backend(node)];
+        all.extend(self.set_io.iter().map(|s| s.backend(node)));
+        all
     }
 
     /// The current snapshot (cheap: one `Arc` clone).

@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::core::{self, Decision, Effect, Io, Level, Topic};
 use super::{Input, Observer, Shared, Snapshot};
-use crate::backend::Backend;
 use crate::health::checker::{self, Link, Report};
 use crate::health::CheckSpec;
 use arc_swap::ArcSwap;
@@ -265,7 +264,7 @@ impl Owner {
                 s.backend(node).kill_sessions();
             }
             Effect::AddBackend { node, maxconn } => {
-                let added = s.add_backend(Backend::new(maxconn));
+                let added = s.add_backend(maxconn);
                 debug_assert_eq!(added, node, "backends and snapshot nodes share indices");
                 if let Some(n) = snapshot.nodes.get(node) {
                     self.observer.node_added(node, &n.server.name);
@@ -274,7 +273,16 @@ impl Owner {
                 self.hastened.push(None);
                 self.checker_stops.push(None);
             }
-            Effect::SetMaxconn { node, maxconn } => s.backend(node).set_maxconn(maxconn),
+            Effect::SetMaxconn { node, maxconn } => {
+                for b in s.backends_of(node) {
+                    b.set_maxconn(maxconn);
+                }
+            }
+            Effect::KillSet { set, node } => {
+                if let Some(io) = s.set_io.get(set) {
+                    io.backend(node).kill_sessions();
+                }
+            }
             Effect::StartChecker(node) => self.start_checker(node, Duration::ZERO),
             Effect::StopChecker(node) => {
                 if let Some(t) = self.checker_stops.get_mut(node).and_then(Option::take) {

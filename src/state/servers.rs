@@ -49,6 +49,9 @@ pub(super) fn on_reload(
     )];
     // Carried out once the snapshot is published.
     let mut after = Vec::new();
+    for m in snap.sets.iter_mut().flat_map(|set| set.nodes.iter_mut()) {
+        m.counter = m.counter.with_thresholds(rise, fall);
+    }
     for s in &cfg.servers {
         let new = Arc::new(s.clone());
         let Some(i) = snap.nodes.iter().position(|n| n.server.name == s.name) else {
@@ -84,6 +87,11 @@ pub(super) fn on_reload(
         if revived || old.address != s.address {
             // Another PostgreSQL (or one we stopped checking): nothing its checks said holds.
             *n = renewed(n, rise, fall, now, wall);
+            for set in &mut snap.sets {
+                if let Some(m) = set.nodes.get_mut(i) {
+                    *m = super::sets::Membership::new(rise, fall);
+                }
+            }
             if !revived {
                 after.push(Effect::StopChecker(i));
             }
