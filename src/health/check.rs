@@ -199,7 +199,7 @@ const MAX_RESPONSE: usize = 64 * 1024;
 /// against it.
 #[derive(Debug)]
 pub enum Outcome {
-    Finished(CheckResult),
+    Finished(Box<CheckResult>),
     Local(io::Error),
 }
 
@@ -208,14 +208,14 @@ pub enum Outcome {
 pub async fn run(target: SocketAddr, spec: &CheckSpec) -> Outcome {
     let start = Instant::now();
     let finish = |v: Verdict| {
-        Outcome::Finished(CheckResult {
+        Outcome::Finished(Box::new(CheckResult {
             status: v.status,
             code: v.code,
             duration: start.elapsed(),
             info: v.info,
             patroni: v.patroni,
             finished_at: SystemTime::now(),
-        })
+        }))
     };
 
     let connect_by = crate::time::deadline(start, spec.connect_timeout);

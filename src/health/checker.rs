@@ -20,7 +20,7 @@ pub enum Report {
     /// A finished check; the reply carries the delay before the node's next check.
     Check {
         node: usize,
-        result: CheckResult,
+        result: Box<CheckResult>,
         reply: oneshot::Sender<Duration>,
     },
     /// A check that could not run for want of a local resource: counted, never held against the

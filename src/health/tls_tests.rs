@@ -183,7 +183,7 @@ async fn check_with(check: &Check, target: SocketAddr, timeout: Duration) -> Che
         ..CheckSpec::new("GET", "/", "HTTP/1.0", 200, Duration::from_secs(2), timeout)
     };
     match run(target, &spec).await {
-        Outcome::Finished(r) => r,
+        Outcome::Finished(r) => *r,
         Outcome::Local(e) => panic!("local error: {e}"),
     }
 }

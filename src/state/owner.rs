@@ -159,7 +159,7 @@ impl Owner {
                     &self.shared.current(),
                     &self.io(),
                     node,
-                    result,
+                    *result,
                     Instant::now(),
                     SystemTime::now(),
                 );
