@@ -85,6 +85,7 @@ fn result(status: CheckStatus, code: Option<u16>, role: &str, timeline: u64) -> 
             role: Some(role.into()),
             state: Some("running".into()),
             timeline: Some(timeline),
+            ..Default::default()
         }),
         finished_at: SystemTime::now(),
     }

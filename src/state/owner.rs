@@ -276,6 +276,7 @@ mod tests {
                 role: Some("primary".into()),
                 state: Some("running".into()),
                 timeline: Some(timeline),
+                ..Default::default()
             }),
             finished_at: SystemTime::now(),
         }
