@@ -242,7 +242,7 @@ pub fn on_input(
     let mut except = None;
     let name = |i: usize| cfg.servers[i].name.as_str();
     let message = match input {
-        Input::Recheck { .. } => return None,
+        Input::Recheck { .. } | Input::LeaderLease(_) => return None,
         Input::Admin(order) => return on_admin(cfg, snap, io, order, now, wall),
         Input::Reloaded { message } => return Some(on_reload(cfg, snap, message, wall)),
         Input::Suspect {
