@@ -717,7 +717,7 @@ async fn tls_with_the_configured_ca_and_a_client_certificate() {
     g.put(LEADER, "postgresql0", 0);
     let https = format!("https://127.0.0.1:{}", g.addr.port());
     let w = Watch::start(
-        &[https.clone()],
+        std::slice::from_ref(&https),
         &format!(
             "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
             pki.file("ca.pem"),
@@ -761,7 +761,7 @@ async fn tls_refuses_a_server_the_ca_did_not_sign_and_a_missing_client_certifica
     let https = format!("https://127.0.0.1:{}", g.addr.port());
     // Another CA: the server's certificate is not trusted.
     let w = Watch::start(
-        &[https.clone()],
+        std::slice::from_ref(&https),
         &format!("ca_file = \"{}\"", other.file("ca.pem")),
     );
     w.wait_for(SECS(5), "refused", |w| w.failures("unreachable") >= 1)
@@ -810,4 +810,52 @@ async fn an_unreadable_certificate_file_names_its_key() {
         e.contains("etcd.ca_file") && e.contains("no PEM certificate"),
         "{e}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn etcd_unreachable_with_a_failsafe_primary_keeps_routing_and_shows_the_flag() {
+    // Issue 14 item 3: "etcd unreachable while the primary's REST answer shows failsafe active is
+    // not a reason to stop routing." etcd dies; Patroni's failsafe mode keeps the primary (its
+    // `/` stays 200 with `failsafe_mode_is_active`): the proxy keeps routing to it and its
+    // sessions, for as long as the REST checks say so, and shows the flag.
+    let g = Gateway::start().await;
+    g.grant(5, 30, 30);
+    g.put(LEADER, "postgresql0", 5);
+    let failsafe = "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n\
+        {\"state\": \"running\", \"role\": \"primary\", \"server_version\": 150018, \"timeline\": 1, \
+        \"xlog\": {\"location\": 67108864}, \"cluster_unlocked\": true, \"failsafe_mode_is_active\": true, \
+        \"dcs_last_seen\": 1796203921, \"patroni\": {\"version\": \"4.1.5\", \"scope\": \"postgres\"}}";
+    let c = Cluster::start(
+        vec![Mode::Primary { timeline: 1 }, Mode::Replica],
+        &section(&[url(&g)], ""),
+    )
+    .await;
+    let stats = &c.proxy.as_ref().unwrap().stats;
+    c.wait_for(SECS(10), "node0 routed, watch open", |c| {
+        c.primary() == Some(0) && stats.etcd.in_use() == (Some(0), true)
+    })
+    .await;
+    let changes = c.shared().current().primary_changes;
+    g.kill();
+    c.nodes[0].rest.set(Mode::Raw(failsafe.into()));
+    c.wait_for(SECS(10), "watch lost", |_| !stats.etcd.in_use().1)
+        .await;
+    // A minute without etcd: still routed, never in doubt, the flag shown.
+    for _ in 0..60 {
+        tokio::time::sleep(SECS(1)).await;
+        assert_eq!(c.primary(), Some(0));
+    }
+    assert_eq!(c.shared().current().primary_changes, changes);
+    let view = serde_json::to_value(patroni_proxy::stats::export::view(c.shared())).unwrap();
+    let patroni = &view["servers"][0]["last_check"]["patroni"];
+    assert_eq!(patroni["failsafe_mode_is_active"], true, "{patroni}");
+    assert_eq!(patroni["cluster_unlocked"], true, "{patroni}");
+    assert!(stats.etcd.view().failures["unreachable"] >= 1);
+    // And when Patroni demotes it after all (a member stopped answering its failsafe POST), the
+    // REST check says so and routing follows, etcd or not.
+    c.nodes[0].rest.set(Mode::Replica);
+    c.wait_for(SECS(10), "node0 no longer routed", |c| {
+        c.primary().is_none()
+    })
+    .await;
 }
