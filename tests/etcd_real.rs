@@ -1,7 +1,8 @@
 //! The etcd watch against REAL etcd processes (Debian's etcd 3.4) that each test starts itself on
 //! its own loopback addresses and data directories, apart from the shared cluster's etcd
 //! (127.0.0.21): a 3-member cluster on 127.0.0.22-24 whose watched member is killed, and one member
-//! with authentication on 127.0.0.25 that restarts and forgets its tokens.
+//! with authentication on 127.0.0.25 whose tokens expire, and one serving TLS only with client
+//! certificates on 127.0.0.26.
 //!
 //! Opt-in (`--ignored`): they need `/usr/bin/etcd`, which `scripts/cluster install` brings;
 //! `scripts/test` runs them. Real time throughout; timings are asserted as upper bounds.
@@ -101,6 +102,88 @@ impl Member {
 
     fn url(&self) -> String {
         format!("http://{}:2379", self.ip)
+    }
+
+    /// A member serving clients over TLS only, with a client certificate required.
+    fn start_tls(ip: &str, dir: Arc<tempfile::TempDir>, pki: &Pki) -> Self {
+        let d = dir.path().display().to_string();
+        let data = format!("{d}/tls");
+        let args: Vec<String> = [
+            "--name",
+            "tls",
+            "--data-dir",
+            &data,
+            "--listen-client-urls",
+            &format!("https://{ip}:2379"),
+            "--advertise-client-urls",
+            &format!("https://{ip}:2379"),
+            "--listen-peer-urls",
+            &format!("http://{ip}:2380"),
+            "--initial-advertise-peer-urls",
+            &format!("http://{ip}:2380"),
+            "--initial-cluster",
+            &format!("tls=http://{ip}:2380"),
+            "--cert-file",
+            &pki.server_cert,
+            "--key-file",
+            &pki.server_key,
+            "--trusted-ca-file",
+            &pki.ca,
+            "--client-cert-auth",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut m = Self {
+            name: "tls".into(),
+            ip: ip.into(),
+            child: None,
+            args,
+            _dir: dir,
+        };
+        m.spawn();
+        m
+    }
+}
+
+/// A test CA, a server certificate for an IP address and a client certificate (rcgen), as files.
+struct Pki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+impl Pki {
+    fn new(dir: &std::path::Path, server_ip: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec![server_ip.to_string()])
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let mut client = CertificateParams::new(vec!["patroni-proxy".to_string()]).unwrap();
+        client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client.signed_by(&client_key, &issuer).unwrap();
+        let write = |name: &str, text: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        Self {
+            ca: write("ca.pem", ca_cert.pem()),
+            server_cert: write("server.pem", server.pem()),
+            server_key: write("server.key", server_key.serialize_pem()),
+            client_cert: write("client.pem", client.pem()),
+            client_key: write("client.key", client_key.serialize_pem()),
+        }
     }
 }
 
@@ -402,4 +485,38 @@ async fn authentication_on_a_real_etcd_with_tokens_that_expire() {
     })
     .await;
     println!("etcd status at the end: {:?}", w.status.view());
+}
+
+#[tokio::test]
+#[ignore = "needs Debian's etcd: scripts/test installs it"]
+async fn tls_with_a_client_certificate_on_a_real_etcd() {
+    // Issue 14 item 3: "etcd ... TLS": etcd serving clients over https only, with
+    // `--client-cert-auth`; certificates from a test CA made by rcgen.
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let pki = Pki::new(dir.path(), "127.0.0.26");
+    let _m = Member::start_tls("127.0.0.26", dir.clone(), &pki);
+    let files = format!(
+        "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+        pki.ca, pki.client_cert, pki.client_key
+    );
+    let w = Watch::start(&["https://127.0.0.26:2379".to_string()], &files);
+    w.wait_for(Duration::from_secs(30), "watching over TLS", |w| {
+        w.status.in_use() == (Some(0), true)
+    })
+    .await;
+    // Without the client certificate etcd refuses the handshake.
+    let refused = Watch::start(
+        &["https://127.0.0.26:2379".to_string()],
+        &format!("ca_file = \"{}\"", pki.ca),
+    );
+    refused
+        .wait_for(Duration::from_secs(10), "refused", |w| {
+            w.status.view().failures["unreachable"] >= 1
+        })
+        .await;
+    assert!(!refused.status.in_use().1);
+    println!(
+        "without a client certificate: {:?}",
+        refused.status.view().last_error
+    );
 }
