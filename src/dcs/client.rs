@@ -164,12 +164,12 @@ pub async fn read_capped(
     what: &'static str,
 ) -> Result<Vec<u8>, DcsError> {
     if resp.content_length().unwrap_or(0) > cap as u64 {
-        return Err(DcsError::RangeTooLarge(cap));
+        return Err(DcsError::TooLarge { what, cap });
     }
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| http(what, e))? {
         if body.len().saturating_add(chunk.len()) > cap {
-            return Err(DcsError::RangeTooLarge(cap));
+            return Err(DcsError::TooLarge { what, cap });
         }
         body.extend_from_slice(&chunk);
     }

@@ -146,7 +146,11 @@ pub async fn watch(cfg: Etcd, sink: Sink, stop: CancellationToken) {
         }
         sink.status.count(e.reason());
         sink.status.failed(e.to_string());
-        if matches!(e, DcsError::Auth(_)) {
+        // A new attempt authenticates again: not only after etcd refused the token, but after
+        // any failure, since a token can also make etcd stall rather than refuse (a simple
+        // token names a raft index, and etcd waits for that index: an etcd restored from an
+        // older snapshot would hang every request) and a new token costs one request.
+        if !matches!(e, DcsError::Compacted(_)) {
             client.forget_token();
         }
         // The same endpoint again when it is not to blame (see `DcsError::stays`).

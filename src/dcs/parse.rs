@@ -25,6 +25,8 @@ pub const MAX_WATCH_LINE: usize = 1 << 20;
 pub enum DcsError {
     #[error("range answer over {}", size(*.0))]
     RangeTooLarge(usize),
+    #[error("{what} over {}", size(*.cap))]
+    TooLarge { what: &'static str, cap: usize },
     #[error("range answer is not the JSON etcd sends: {0}")]
     RangeNotJson(String),
     #[error("range answer without a revision")]
@@ -79,7 +81,7 @@ impl DcsError {
         match self {
             Http { .. } => "unreachable",
             Timeout { .. } | Lagging(_) => "silent",
-            RangeTooLarge(_) | LineTooLong(_) => "oversized",
+            RangeTooLarge(_) | TooLarge { .. } | LineTooLong(_) => "oversized",
             RangeNotJson(_) | NoRevision | NotBase64(_) | WatchNotJson(_) | Broken
             | AnswerNotJson(..) => "invalid",
             WatchError(_) | Canceled(_) => "canceled",
@@ -100,6 +102,8 @@ impl DcsError {
 fn size(n: usize) -> String {
     if n >= 1 << 20 && n % (1 << 20) == 0 {
         format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        format!("{} KiB", n >> 10)
     } else {
         format!("{n} bytes")
     }
