@@ -53,8 +53,10 @@
 //! logged and counted by reason (`patroni_proxy_etcd_watch_failures_total`).
 //!
 //! **Authentication and TLS.** With `username`/`password`, a token from `/v3/auth/authenticate`
-//! goes in the `Authorization` header of every request; etcd's "invalid auth token" (a restarted
-//! etcd forgets simple tokens, tokens expire) drops it and the next request authenticates again.
+//! goes in the `Authorization` header of every request; etcd's "invalid auth token" (tokens
+//! expire) drops it and the same endpoint is tried again with a new one. Any other failure drops
+//! it too (the next attempt authenticates first), since a stale token can make etcd stall rather
+//! than refuse.
 //! `https://` endpoints trust only `ca_file` and present `cert_file` when set.
 
 pub mod answers;
