@@ -168,6 +168,21 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_clusters_leader_lease_is_live() {
+        // Read-only from the shared cluster (127.0.0.21), Patroni's fast profile (ttl 20): the
+        // lease renewed every loop_wait stays near its granted TTL.
+        let body = r#"{"header":{"cluster_id":"13674968475109074175","member_id":"409246840924747667","revision":"136","raft_term":"3"},"ID":"4004722847464439045","TTL":"19","grantedTTL":"20"}"#;
+        assert_eq!(
+            parse_lease(body.as_bytes(), 4004722847464439045),
+            Ok(Lease::Live {
+                id: 4004722847464439045,
+                remaining: Duration::from_secs(19),
+                granted: Duration::from_secs(20),
+            })
+        );
+    }
+
+    #[test]
     fn a_lease_etcd_no_longer_knows_has_lapsed() {
         // etcd answers TTL -1 for an expired, revoked or unknown lease.
         assert_eq!(

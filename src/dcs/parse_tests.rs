@@ -438,3 +438,21 @@ fn a_compacted_or_unauthenticated_watch_keeps_its_endpoint() {
     assert!(!no_leader.stays());
     assert!(!DcsError::Closed.stays());
 }
+
+#[test]
+fn the_shared_clusters_keys_read_as_patroni_wrote_them() {
+    // Captured read-only from the shared cluster's etcd (127.0.0.21, etcd 3.4, Patroni 4.1.5,
+    // fast profile ttl 20) after two failovers: history and initialize between the two keys, no
+    // failover key, the leader key with its lease.
+    const SHARED: &str = r#"{"header":{"cluster_id":"13674968475109074175","member_id":"409246840924747667","revision":"136","raft_term":"3"},"kvs":[{"key":"L2RiL3Bvc3RncmVzL2hpc3Rvcnk=","create_revision":"97","mod_revision":"113","version":"2","value":"W1sxLDY3NjA0ODE2LCJubyByZWNvdmVyeSB0YXJnZXQgc3BlY2lmaWVkIiwiMjAyNi0xMi0wMlQxMDowNTo1OS44MTM4MzgrMDA6MDAiLCJwb3N0Z3Jlc3FsMiJdLFsyLDY3NjA2NzkyLCJubyByZWNvdmVyeSB0YXJnZXQgc3BlY2lmaWVkIiwiMjAyNi0xMi0wMlQxMDowOToyOS44MjU4NDUrMDA6MDAiLCJwb3N0Z3Jlc3FsMiJdXQ=="},{"key":"L2RiL3Bvc3RncmVzL2luaXRpYWxpemU=","create_revision":"5","mod_revision":"12","version":"2","value":"NzcxNDY0MjI2NDY4NTEyNDgwOA=="},{"key":"L2RiL3Bvc3RncmVzL2xlYWRlcg==","create_revision":"110","mod_revision":"110","version":"1","value":"cG9zdGdyZXNxbDI=","lease":"4004722847464439045"}],"count":"3"}"#;
+    assert_eq!(
+        parse_range(SHARED.as_bytes(), PREFIX),
+        Ok(Keys {
+            leader: Some("postgresql2".into()),
+            failover: false,
+            revision: 136,
+            mod_revision: 113,
+            leader_lease: Some(4004722847464439045),
+        })
+    );
+}

@@ -238,6 +238,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_clusters_primary_and_replica_bodies() {
+        // Captured read-only from the shared cluster (Patroni 4.1.5, `GET /` on :8008).
+        let primary = r#"{"state": "running", "postmaster_start_time": "2026-12-02 10:09:29.551717+00:00", "role": "primary", "server_version": 150018, "xlog": {"location": 67624696}, "timeline": 3, "replication": [{"usename": "replicator", "application_name": "postgresql0", "client_addr": "127.0.0.1", "state": "streaming", "sync_state": "async", "sync_priority": 0}], "dcs_last_seen": 1796206830, "database_system_identifier": "7714642264685124808", "patroni": {"version": "4.1.5", "scope": "postgres", "name": "postgresql2"}}"#;
+        assert_eq!(answer(200, primary), Answer::Primary { timeline: Some(3) });
+        let info = PatroniInfo::parse(primary.as_bytes()).unwrap();
+        assert!(!info.pause && !info.failsafe_mode_is_active && !info.cluster_unlocked);
+        let replica = r#"{"state": "running", "postmaster_start_time": "2026-12-02 10:09:31.931702+00:00", "role": "replica", "server_version": 150018, "xlog": {"received_location": 67624696, "replayed_location": 67624696, "replayed_timestamp": "2026-12-02 10:09:40.586093+00:00", "paused": false}, "timeline": 3, "replication_state": "streaming", "dcs_last_seen": 1796206829, "database_system_identifier": "7714642264685124808", "patroni": {"version": "4.1.5", "scope": "postgres", "name": "postgresql0"}}"#;
+        assert_eq!(answer(503, replica), not_primary("HTTP 503"));
+    }
+
+    #[test]
     fn a_standby_leader_is_never_a_primary_even_with_a_200() {
         // Issue 14 item 4: "a standby cluster (`standby_leader` is never routed on a primary
         // listener)". Patroni's `/leader` answers 200 for it (§1.4 row 13).
