@@ -78,10 +78,16 @@ fn main() -> ExitCode {
         Some(Command::Completions { shell }) => gendocs::completions::<Cli>(shell),
         Some(Command::Man) => gendocs::man::<Cli>(),
         Some(Command::Check) => match Config::load(&cli.config) {
-            Ok(c) => {
-                print!("{}: OK\n{c}", cli.config.display());
-                ExitCode::SUCCESS
-            }
+            Ok(c) => match etcd_files(&c) {
+                Ok(()) => {
+                    print!("{}: OK\n{c}", cli.config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            },
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(EXIT_CONFIG)
@@ -194,6 +200,15 @@ fn import(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// The `[etcd]` certificate files, read and parsed as the watch will: an unreadable or malformed
+/// one is a configuration error at `check` and at start-up, not a watch that never starts.
+fn etcd_files(config: &Config) -> Result<(), String> {
+    match &config.etcd {
+        Some(e) => patroni_proxy::dcs::client::Client::new(e).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
 fn run(path: &std::path::Path) -> ExitCode {
     // First, while this is the only thread: it clears LISTEN_PID and LISTEN_FDS.
     let inherited = patroni_proxy::activation::Inherited::from_env();
@@ -204,6 +219,10 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(e) = etcd_files(&config) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let _log = patroni_proxy::logging::init(config.log.format);
     // A relaying session holds two sockets, and four more (two pipes) while it splices bulk data:
     // the default soft limit (1024) would cap us near 170 busy sessions.

@@ -160,9 +160,10 @@ pub async fn run(
                     dcs::Signal::Leader(leader) => Input::LeaderChanged { leader },
                     dcs::Signal::SwitchoverRequested => Input::SwitchoverRequested,
                     dcs::Signal::SwitchoverEnded => Input::SwitchoverEnded,
+                    dcs::Signal::Lease(lease) => Input::LeaderLease(lease),
                 })
             }),
-            failures: stats.etcd.clone(),
+            status: stats.etcd.clone(),
         };
         supervised.spawn(tasks.track_future(dcs::watch(etcd, sink, internal_stop.clone())));
     }

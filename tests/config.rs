@@ -104,6 +104,63 @@ fn check_command_prints_the_effective_settings_or_fails_with_exit_64() {
 }
 
 #[test]
+fn check_reads_the_etcd_certificate_files_and_shows_the_etcd_settings() {
+    // An unreadable CA file is a configuration error at `check` (and at start-up), naming the
+    // key and the file, not a watch that silently never starts.
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, ca: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[etcd]\nendpoints = [\"127.0.0.22:2379\", \"https://etcd3:2379\"]\nscope = \"postgres\"\n\
+                 username = \"proxy\"\npassword = \"p\"\nca_file = \"{ca}\"\n\
+                 [[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let missing = dir.path().join("missing-ca.pem");
+    let bad = bin()
+        .args(["check", "--config"])
+        .arg(write("bad.toml", &missing.display().to_string()))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64));
+    let err = String::from_utf8(bad.stderr).unwrap();
+    assert!(
+        err.contains("etcd.ca_file") && err.contains("missing-ca.pem"),
+        "{err}"
+    );
+    let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let ok = bin()
+        .args(["check", "--config"])
+        .arg(write("ok.toml", &ca_path.display().to_string()))
+        .output()
+        .unwrap();
+    let out = String::from_utf8(ok.stdout).unwrap();
+    assert!(ok.status.success(), "{out}");
+    assert!(
+        out.contains("via 127.0.0.22:2379, https://etcd3:2379 (tried in turn), keys and leader lease re-read every 5s"),
+        "{out}"
+    );
+    assert!(
+        out.contains("etcd authentication as user \"proxy\", TLS CA "),
+        "{out}"
+    );
+    assert!(
+        !out.contains("\"p\""),
+        "the password is not printed:\n{out}"
+    );
+}
+
+#[test]
 fn check_method_and_version_are_closed_sets() {
     // Issue 12: validation accepted POST while its message said "use GET, HEAD or OPTIONS".
     for method in ["POST", "get", "BREW"] {

@@ -434,7 +434,9 @@ async fn every_series_exists_from_start_up() {
     // Issue 4: "Bounded labels; every series present from start-up." Slow answers keep every
     // check from finishing before the scrape.
     let slow = |m| Mode::Delayed(Duration::from_secs(30), Box::new(m));
-    let c = Cluster::start(vec![slow(PRIMARY), slow(Mode::Replica)], "").await;
+    // With an [etcd] section (its endpoint dead), so that its series exist too.
+    let etcd = "[etcd]\nendpoints = [\"127.0.0.1:9\"]\nscope = \"postgres\"\n";
+    let c = Cluster::start(vec![slow(PRIMARY), slow(Mode::Replica)], etcd).await;
     let m = scrape(&c).await;
     for (name, kind, _) in patroni_proxy::stats::families::families() {
         assert_eq!(m.types.get(name).map(String::as_str), Some(kind), "{name}");
@@ -514,11 +516,18 @@ async fn every_series_exists_from_start_up() {
         for pair in labels.trim_end_matches('}').split(',') {
             let (k, v) = pair.split_once('=').unwrap();
             assert!(
-                ["server", "role", "state", "result", "to", "reason", "version", "le"].contains(&k),
+                [
+                    "server", "role", "state", "result", "to", "reason", "version", "le",
+                    "endpoint"
+                ]
+                .contains(&k),
                 "{series}"
             );
             if k == "server" {
                 assert!(v == "\"node0\"" || v == "\"node1\"", "{series}");
+            }
+            if k == "endpoint" {
+                assert_eq!(v, "\"127.0.0.1:9\"", "a configured etcd endpoint");
             }
         }
     }

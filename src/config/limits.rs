@@ -103,6 +103,9 @@ pub const LIMITS: &[(&str, Limit)] = &[
     ("check.timeout", TIMEOUT),
     ("check.failover_inter", INTERVAL),
     ("server.maxconn", CONNECTIONS),
+    // Under a second the re-reads add load on etcd for nothing (Patroni's own loop is 10 s);
+    // over ten minutes a lapsed leader lease or a deaf watch goes unseen too long.
+    ("etcd.resync", span(secs(1), secs(600))),
 ];
 
 /// The [`Limit`] of a dotted key; `server[2].maxconn` is looked up as `server.maxconn`.

@@ -13,6 +13,7 @@
 //! - [`tls`]: the PEM files of `[check]`'s TLS keys, read and built into a rustls client config.
 //! - `summary`: the effective settings, as `patroni-proxy check` prints them (`Display`).
 
+mod etcd;
 pub mod limits;
 mod position;
 mod sections;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use etcd::{Endpoint as EtcdEndpoint, DEFAULT_RESYNC as DEFAULT_ETCD_RESYNC};
 pub use sections::{
     Check, Etcd, FileConfig, Global, Listen, Log, Server, Stats, DEFAULT_MAXCONN, MAX_THREADS,
 };
@@ -282,7 +284,8 @@ mod tests {
         // or a key would go unchecked (or fail as "no range is defined").
         let c = Config::from_toml(&format!(
             "[global]\nthreads = 2\n[listen]\ntimeout_queue = \"1s\"\n\
-             [check]\nfastinter = \"1s\"\ndowninter = \"1s\"\n{MINIMAL}"
+             [check]\nfastinter = \"1s\"\ndowninter = \"1s\"\n\
+             [etcd]\nendpoints = [\"127.0.0.1:2379\"]\nscope = \"pg\"\n{MINIMAL}"
         ))
         .unwrap();
         let checked: HashSet<String> = c

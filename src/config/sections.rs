@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::etcd::Etcd;
 use super::values::{
     bind_addr, duration, opt_duration, CheckMethod, HttpVersion, LogFormat, OnMarkedDown, Verify,
 };
@@ -48,32 +49,6 @@ pub struct Log {
 impl Log {
     fn is_default(&self) -> bool {
         *self == Log::default()
-    }
-}
-
-/// Where Patroni keeps its keys (Patroni's `etcd3.hosts`, `namespace`, `scope`).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Etcd {
-    /// etcd client addresses, `IP:PORT`. The v3 JSON gateway (`/v3/watch`) is used, as Patroni's
-    /// `etcd3` backend does.
-    pub endpoints: Vec<SocketAddr>,
-    /// Patroni's `namespace`. Default `/service/` (Patroni's default; the seed uses `/db/`).
-    #[serde(default = "default_namespace")]
-    pub namespace: String,
-    /// Patroni's `scope` (the cluster name).
-    pub scope: String,
-}
-
-impl Etcd {
-    /// The key prefix of this cluster, e.g. `/db/postgres/`.
-    pub fn prefix(&self) -> String {
-        format!(
-            "/{}/{}/",
-            self.namespace.trim_matches('/'),
-            self.scope.trim_matches('/')
-        )
-        .replace("//", "/")
     }
 }
 
@@ -386,13 +361,8 @@ impl Default for Stats {
     }
 }
 
-// `Server` and `Etcd` have required keys, so no `Default`: their optional keys default here.
+// `Server` has required keys, so no `Default`: its optional keys default here.
 
 fn default_server_maxconn() -> NonZeroU32 {
     DEFAULT_MAXCONN
-}
-
-fn default_namespace() -> String {
-    // Patroni's own default namespace.
-    "/service/".into()
 }

@@ -84,11 +84,27 @@ impl fmt::Display for Config {
             l.keepalive_count,
         )?;
         if let Some(e) = &self.etcd {
+            let endpoints: Vec<String> = e.endpoints.iter().map(|e| e.to_string()).collect();
             writeln!(
                 f,
-                "etcd watch on {}{{leader,failover}} via {:?}",
+                "etcd watch on {}{{leader,failover}} via {} (tried in turn), keys and leader lease re-read every {}",
                 e.prefix(),
-                e.endpoints
+                endpoints.join(", "),
+                d(e.resync),
+            )?;
+            let file = |p: &Option<std::path::PathBuf>| {
+                p.as_ref()
+                    .map_or("none".to_string(), |p| p.display().to_string())
+            };
+            writeln!(
+                f,
+                "etcd authentication {}, TLS CA {}, client certificate {} (key {})",
+                e.username
+                    .as_ref()
+                    .map_or("off".to_string(), |u| format!("as user {u:?}")),
+                file(&e.ca_file),
+                file(&e.cert_file),
+                file(&e.key_file),
             )?;
         }
         writeln!(

@@ -39,6 +39,9 @@ impl FileConfig {
             ("check.timeout".into(), D(c.timeout)),
             ("check.failover_inter".into(), D(c.failover_inter)),
         ];
+        if let Some(e) = &self.etcd {
+            v.push(("etcd.resync".into(), D(e.resync)));
+        }
         let optional = [
             ("global.threads", g.threads.map(|n| Count(n.get().into()))),
             ("listen.timeout_queue", l.timeout_queue.map(D)),
@@ -149,21 +152,7 @@ impl FileConfig {
         }
         check_admin(&self.stats.admin_user, &self.stats.admin_password)?;
         if let Some(etcd) = &self.etcd {
-            if etcd.endpoints.is_empty() {
-                return Err(err(
-                    "etcd.endpoints",
-                    "empty list: give etcd's client address, e.g. [\"127.0.0.21:2379\"], or remove [etcd]".into(),
-                ));
-            }
-            if etcd.scope.trim_matches('/').is_empty() || etcd.scope.contains(char::is_whitespace) {
-                return Err(err(
-                    "etcd.scope",
-                    format!(
-                        "invalid scope {:?}: use Patroni's `scope`, e.g. \"postgres\"",
-                        etcd.scope
-                    ),
-                ));
-            }
+            etcd.check().map_err(|(key, message)| err(key, message))?;
         }
         // Last: the files are read only once everything else holds.
         let check_tls = super::tls::load(&self.check)?;

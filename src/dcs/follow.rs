@@ -2,6 +2,7 @@
 //! watch changes, it answers the signals for the state owner (only on changes) and whether the
 //! watch has fallen silent.
 
+use super::answers::LeaderLease;
 use super::parse::{Change, DcsError, Keys};
 
 /// What the state owner is told.
@@ -10,6 +11,10 @@ pub enum Signal {
     Leader(Option<String>),
     SwitchoverRequested,
     SwitchoverEnded,
+    /// The leader key's holder and its lease, sent after every read of the keys that found a
+    /// leader (each resync, each watch (re)start, each leader change), whether or not it changed:
+    /// a renewed lease makes no watch event, so this is how a live lease is known to be live.
+    Lease(LeaderLease),
 }
 
 /// The keys as last seen, and how far the watch has shown the store's history.
@@ -126,6 +131,7 @@ mod tests {
             failover,
             revision,
             mod_revision,
+            leader_lease: None,
         }
     }
 

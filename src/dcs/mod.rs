@@ -1,10 +1,13 @@
 //! Watches Patroni's leader and failover keys in etcd, through etcd's v3 JSON gateway as Patroni's
-//! `etcd3` backend does, to re-check at once instead of waiting for the next poll. It only ever
-//! triggers checks or holds new clients: the REST check still confirms `role` and `state` before
-//! anything is routed. The proxy works without etcd.
+//! `etcd3` backend does, to re-check at once instead of waiting for the next poll, and reads the
+//! leader key's lease with it. It only ever triggers checks or holds new clients: the REST check
+//! still confirms `role` and `state` before anything is routed. The proxy works without etcd, and
+//! goes on routing from the REST checks alone while etcd is unreachable (so a primary that
+//! Patroni's failsafe mode keeps running stays routed: docs/health-checking.md).
 //!
-//! Layout: [`parse`] reads the gateway's bytes (sans-IO, bounded), [`follow`] decides what they
-//! mean (sans-IO), and this module moves the bytes.
+//! Layout: [`parse`] and [`answers`] read the gateway's bytes (sans-IO, bounded), [`follow`]
+//! decides what they mean (sans-IO), [`client`] reaches etcd (TLS, authentication), [`status`] is
+//! what the stats side sees, and this module moves the bytes.
 //!
 //! **What is read.** The keys from `{prefix}failover` to `{prefix}leader` (with `failsafe`,
 //! `history` and `initialize` between them, nothing else): a range read, then a watch from the
@@ -12,18 +15,21 @@
 //! only be read to be thrown away. Every read is bounded ([`parse::MAX_RANGE`],
 //! [`parse::MAX_WATCH_LINE`]): a range answer is read chunk by chunk and given up past its cap,
 //! the watch stream is split into lines by a decoder that holds at most one unfinished line and
-//! never searches a byte twice.
+//! never searches a byte twice. After every range read that finds a leader, the leader key's
+//! lease is read (`/v3/lease/timetolive`) and sent to the state owner as [`Signal::Lease`]:
+//! Patroni writes the leader key once and then only renews its lease, which makes no watch event,
+//! so this read is the only way to know the lease is being renewed.
 //!
 //! **Noticing a silent watch.** A watch stream that stops delivering (a frozen or partitioned
 //! member, a stuck TCP connection) looks exactly like a quiet cluster, and a quiet cluster is the
-//! usual case: Patroni writes the leader key once and then only renews its lease, which produces
-//! no watch event. An idle-read timeout alone would therefore tear healthy watches down, unless
+//! usual case. An idle-read timeout alone would therefore tear healthy watches down, unless
 //! etcd could be made to speak regularly, and it cannot be made to through the gateway:
 //! `progress_notify` (asked for, and counted as a sign of life) comes every 10 minutes by default
 //! (`--experimental-watch-progress-notify-interval`, a server setting), and a `progress_request`
 //! would have to be a second message in the request body of the same HTTP/1.1 exchange, which the
 //! gateway does not dependably read once it has answered (etcd issue 8237). So the watcher
-//! re-reads the keys on the same endpoint every [`RESYNC`] (a small range request):
+//! re-reads the keys (and the lease) on the same endpoint every `etcd.resync` (default
+//! [`RESYNC`], 5 s), on every watch (re)start, and at once after a leader change:
 //! - no answer within [`REQUEST_TIMEOUT`] (or any error): the endpoint is dead; the watch is
 //!   given up and the next endpoint tried;
 //! - the answer shows a change the watch had not shown, and the next resync finds it still not
@@ -31,21 +37,35 @@
 //! - the answer is applied (older than what the watch showed: ignored), so a missed event is
 //!   corrected within one period even before that.
 //!
-//! A silent endpoint is thus noticed within `RESYNC + REQUEST_TIMEOUT` (8 s), a deaf watch
-//! within two periods, for one small request per period. The watch also asks etcd to cancel it
-//! when its member loses the cluster leader (`Grpc-Metadata-hasleader`, etcd issue 10819), which
-//! a minority member otherwise never does.
+//! A silent endpoint is thus noticed within `resync + REQUEST_TIMEOUT` (8 s by default), a deaf
+//! watch within two periods, for one small request per period. The watch also asks etcd to cancel
+//! it when its member loses the cluster leader (`Grpc-Metadata-hasleader`, etcd issue 10819),
+//! which a minority member otherwise never does.
 //!
-//! Every failure moves to the next endpoint, after a backoff that doubles up to [`MAX_BACKOFF`]
-//! and starts again once a watch is established; it is logged and counted by reason
-//! (`patroni_proxy_etcd_watch_failures_total`).
+//! **Endpoints and retries.** The endpoints are tried in turn, starting with the first; the one
+//! that works is kept until it fails (it is logged, shown in `/stats.json` and as
+//! `patroni_proxy_etcd_endpoint_in_use`). A failure moves to the next endpoint, except two that
+//! are not the endpoint's fault and are retried on it: a compacted revision (etcd cancels a watch
+//! whose start revision it compacted away: the keys are read again and the watch restarted from
+//! the current revision) and a refused token (authentication again). Every retry waits a backoff
+//! that doubles up to [`MAX_BACKOFF`] and starts again only once a watch has run that long, so
+//! a watch that etcd ends or cancels at once is never retried in a tight loop. Failures are
+//! logged and counted by reason (`patroni_proxy_etcd_watch_failures_total`).
+//!
+//! **Authentication and TLS.** With `username`/`password`, a token from `/v3/auth/authenticate`
+//! goes in the `Authorization` header of every request; etcd's "invalid auth token" (tokens
+//! expire) drops it and the same endpoint is tried again with a new one. Any other failure drops
+//! it too (the next attempt authenticates first), since a stale token can make etcd stall rather
+//! than refuse.
+//! `https://` endpoints trust only `ca_file` and present `cert_file` when set.
 
+pub mod answers;
+pub mod client;
 pub mod follow;
 pub mod parse;
+pub mod status;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,108 +75,98 @@ use serde_json::json;
 use tokio::time::{timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+pub use answers::{LeaderLease, Lease};
 pub use follow::{Follower, Signal};
 pub use parse::{
     is_immediate, parse_range, Change, DcsError, Keys, WatchDecoder, FAILURE_REASONS, MAX_RANGE,
     MAX_WATCH_LINE,
 };
+pub use status::{Status, StatusView};
 
-use crate::config::Etcd;
+use crate::config::{Etcd, EtcdEndpoint as Endpoint};
+use answers::{parse_lease, MAX_SMALL_ANSWER};
+use client::{http, read_capped, Client};
 
-/// Where the watch sends what it sees, and counts its failures: the state owner's input and the
-/// stats side's counters, behind a narrow handle (this module knows neither).
+/// Where the watch sends what it sees, and what it tells the stats side: the state owner's input
+/// and the stats side's status, behind narrow handles (this module knows neither).
 pub struct Sink {
     pub signal: Box<dyn Fn(Signal) + Send + Sync>,
-    pub failures: Arc<Failures>,
+    pub status: Arc<Status>,
 }
 
-/// Watches given up, by reason (in the order of [`FAILURE_REASONS`]); read by the metrics.
-#[derive(Debug, Default)]
-pub struct Failures([AtomicU64; FAILURE_REASONS.len()]);
-
-impl Failures {
-    fn count(&self, reason: &str) {
-        if let Some(c) = FAILURE_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .and_then(|i| self.0.get(i))
-        {
-            c.fetch_add(1, Relaxed);
-        }
-    }
-
-    /// `(reason, count)` for every reason.
-    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        FAILURE_REASONS
-            .iter()
-            .zip(&self.0)
-            .map(|(r, c)| (*r, c.load(Relaxed)))
-    }
-}
-
-/// How often the keys are re-read on the watched endpoint (see the module doc).
-pub const RESYNC: Duration = Duration::from_secs(5);
-/// The longest a range read (or the watch's answer head) may take. etcd answers a linearizable
-/// read of a few keys in milliseconds; seconds mean the member is stuck or without a leader.
+/// The default period of the re-reads (`etcd.resync`; see the module doc).
+pub const RESYNC: Duration = crate::config::DEFAULT_ETCD_RESYNC;
+/// The longest a range read, a lease read, an authentication or the watch's answer head may
+/// take. etcd answers a linearizable read of a few keys in milliseconds; seconds mean the member
+/// is stuck or without a leader.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// Between two attempts at most: endpoints rotate, so a dead one costs at most this much.
+/// Between two attempts at most: endpoints rotate, so a dead one costs at most this much. A watch
+/// must also have run this long for the backoff to start again from its minimum: one that etcd
+/// ends at once, again and again, is retried ever more slowly, never in a tight loop.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs until `stop` is cancelled.
 pub async fn watch(cfg: Etcd, sink: Sink, stop: CancellationToken) {
     let watched = Watched::new(&cfg.prefix());
-    let client = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-    {
+    let client = match Client::new(&cfg) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "etcd watch disabled: cannot build an HTTP client");
+            tracing::error!(error = %e, "etcd watch disabled");
+            sink.status.failed(format!("watch disabled: {e}"));
             stop.cancelled().await;
             return;
         }
     };
-    let endpoint = |i: usize| {
-        cfg.endpoints
-            .get(i.checked_rem(cfg.endpoints.len())?)
-            .copied()
-    };
+    let n = cfg.endpoints.len();
+    if n == 0 {
+        // `check` refuses an empty list; nothing to watch then.
+        tracing::error!("etcd watch disabled: no endpoint");
+        stop.cancelled().await;
+        return;
+    }
     let mut follower = Follower::default();
     let mut backoff = MIN_BACKOFF;
-    let mut attempt = 0usize;
+    let mut index = 0usize;
     loop {
-        let Some(here) = endpoint(attempt) else {
-            // `check` refuses an empty list; nothing to watch then.
-            tracing::error!("etcd watch disabled: no endpoint");
-            stop.cancelled().await;
-            return;
-        };
-        let mut established = false;
+        let here = &cfg.endpoints[index];
+        sink.status.trying(index);
+        let mut established = None;
         let at = Attempt {
             client: &client,
             endpoint: here,
             watched: &watched,
             sink: &sink,
+            resync: cfg.resync,
         };
         let e = tokio::select! {
             _ = stop.cancelled() => return,
             e = at.follow(&mut follower, &mut established) => e,
         };
-        if established {
+        if established.is_some_and(|t: Instant| t.elapsed() >= MAX_BACKOFF) {
             backoff = MIN_BACKOFF;
         }
-        sink.failures.count(e.reason());
-        let next = endpoint(attempt.wrapping_add(1)).unwrap_or(here);
-        tracing::warn!(etcd = %here, error = %e, reason = e.reason(), next = %next,
+        sink.status.count(e.reason());
+        sink.status.failed(e.to_string());
+        // A new attempt authenticates again: not only after etcd refused the token, but after
+        // any failure, since a token can also make etcd stall rather than refuse (a simple
+        // token names a raft index, and etcd waits for that index: an etcd restored from an
+        // older snapshot would hang every request) and a new token costs one request.
+        if !matches!(e, DcsError::Compacted(_)) {
+            client.forget_token();
+        }
+        // The same endpoint again when it is not to blame (see `DcsError::stays`).
+        let next = if e.stays() { index } else { (index + 1) % n };
+        let retry = &cfg.endpoints[next];
+        tracing::warn!(etcd = %here, error = %e, reason = e.reason(), next = %retry,
             retry_in_ms = backoff.as_millis() as u64,
-            "etcd watch given up; trying the next endpoint (checks go on at their own pace)");
+            "etcd watch given up; trying again (checks go on at their own pace)");
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = backoff.saturating_mul(2).min(MAX_BACKOFF);
-        attempt = attempt.wrapping_add(1);
+        index = next;
     }
 }
 
@@ -186,14 +196,15 @@ fn key_range(prefix: &str) -> (String, String) {
 
 /// One endpoint's read-then-watch, until it fails.
 struct Attempt<'a> {
-    client: &'a reqwest::Client,
-    endpoint: SocketAddr,
+    client: &'a Client,
+    endpoint: &'a Endpoint,
     watched: &'a Watched,
     sink: &'a Sink,
+    resync: Duration,
 }
 
 impl Attempt<'_> {
-    async fn follow(&self, follower: &mut Follower, established: &mut bool) -> DcsError {
+    async fn follow(&self, follower: &mut Follower, established: &mut Option<Instant>) -> DcsError {
         match self.run(follower, established).await {
             Ok(never) => match never {},
             Err(e) => e,
@@ -203,23 +214,30 @@ impl Attempt<'_> {
     async fn run(
         &self,
         follower: &mut Follower,
-        established: &mut bool,
+        established: &mut Option<Instant>,
     ) -> Result<Infallible, DcsError> {
         let keys = self.range().await?;
         self.signal(follower.connected(&keys));
+        self.lease(&keys).await?;
         let mut resp = self.open_watch(keys.revision).await?;
         tracing::info!(etcd = %self.endpoint, prefix = self.watched.prefix, revision = keys.revision,
             "watching Patroni's keys in etcd");
-        *established = true;
+        *established = Some(Instant::now());
+        self.sink.status.watching(true);
         let mut decoder = WatchDecoder::new(&self.watched.prefix);
-        let mut resync = tokio::time::interval_at(Instant::now() + RESYNC, RESYNC);
+        let mut resync = tokio::time::interval_at(Instant::now() + self.resync, self.resync);
         resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 chunk = resp.chunk() => {
                     let chunk = chunk.map_err(|e| http("watch stream", e))?.ok_or(DcsError::Closed)?;
                     for change in decoder.feed(&chunk)? {
-                        self.signal(follower.change(change));
+                        let out = follower.change(change);
+                        // A new leader's lease is read at once: the re-read comes now.
+                        if out.iter().any(|s| matches!(s, Signal::Leader(Some(_)))) {
+                            resync.reset_immediately();
+                        }
+                        self.signal(out);
                     }
                 }
                 _ = resync.tick() => {
@@ -227,6 +245,7 @@ impl Attempt<'_> {
                     // the events around it are applied in the order they were received.
                     let keys = self.range().await?;
                     self.signal(follower.resync(&keys)?);
+                    self.lease(&keys).await?;
                 }
             }
         }
@@ -234,33 +253,59 @@ impl Attempt<'_> {
 
     /// Reads the keys, at most [`MAX_RANGE`] bytes of answer within [`REQUEST_TIMEOUT`].
     async fn range(&self) -> Result<Keys, DcsError> {
+        const WHAT: &str = "range request";
         let read = async {
-            let mut resp = self
+            let body = json!({ "key": self.watched.key, "range_end": self.watched.range_end });
+            let resp = self
                 .client
-                .post(format!("http://{}/v3/kv/range", self.endpoint))
-                .json(&json!({ "key": self.watched.key, "range_end": self.watched.range_end }))
-                .send()
-                .await
-                .and_then(reqwest::Response::error_for_status)
-                .map_err(|e| http("range request", e))?;
-            if resp.content_length().unwrap_or(0) > MAX_RANGE as u64 {
-                return Err(DcsError::RangeTooLarge(MAX_RANGE));
-            }
-            let mut body = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|e| http("range answer", e))? {
-                if body.len().saturating_add(chunk.len()) > MAX_RANGE {
-                    return Err(DcsError::RangeTooLarge(MAX_RANGE));
-                }
-                body.extend_from_slice(&chunk);
-            }
+                .post(self.endpoint, "/v3/kv/range", &body, &[], WHAT)
+                .await?;
+            let body = read_capped(resp, MAX_RANGE, "range answer").await?;
             parse_range(&body, &self.watched.prefix)
         };
         timeout(REQUEST_TIMEOUT, read)
             .await
             .map_err(|_| DcsError::Timeout {
-                what: "range request",
+                what: WHAT,
                 after: REQUEST_TIMEOUT,
             })?
+    }
+
+    /// Reads the leader key's lease (`/v3/lease/timetolive`) and tells the owner and the stats.
+    async fn lease(&self, keys: &Keys) -> Result<(), DcsError> {
+        const WHAT: &str = "lease request";
+        let Some(leader) = &keys.leader else {
+            self.sink.status.lease(None);
+            return Ok(());
+        };
+        let lease = match keys.leader_lease {
+            None => Lease::Unleased,
+            Some(id) => {
+                let read = async {
+                    // etcd's int64 as the gateway writes it: a decimal string.
+                    let body = json!({ "ID": id.to_string() });
+                    let resp = self
+                        .client
+                        .post(self.endpoint, "/v3/lease/timetolive", &body, &[], WHAT)
+                        .await?;
+                    let body = read_capped(resp, MAX_SMALL_ANSWER, "lease answer").await?;
+                    parse_lease(&body, id)
+                };
+                timeout(REQUEST_TIMEOUT, read)
+                    .await
+                    .map_err(|_| DcsError::Timeout {
+                        what: WHAT,
+                        after: REQUEST_TIMEOUT,
+                    })??
+            }
+        };
+        let seen = LeaderLease {
+            leader: leader.clone(),
+            lease,
+        };
+        self.sink.status.lease(Some(seen.clone()));
+        (self.sink.signal)(Signal::Lease(seen));
+        Ok(())
     }
 
     /// Starts the watch after `revision`; returns once etcd answered with the stream's head.
@@ -271,21 +316,20 @@ impl Attempt<'_> {
             "start_revision": revision.saturating_add(1).to_string(),
             "progress_notify": true,
         }});
-        let open = self
-            .client
-            .post(format!("http://{}/v3/watch", self.endpoint))
-            // gRPC metadata through the gateway: cancel the watch if this member loses the leader.
-            .header("Grpc-Metadata-hasleader", "true")
-            .json(&create)
-            .send();
+        // gRPC metadata through the gateway: cancel the watch if this member loses the leader.
+        let open = self.client.post(
+            self.endpoint,
+            "/v3/watch",
+            &create,
+            &[("Grpc-Metadata-hasleader", "true")],
+            "watch request",
+        );
         timeout(REQUEST_TIMEOUT, open)
             .await
             .map_err(|_| DcsError::Timeout {
                 what: "watch request",
                 after: REQUEST_TIMEOUT,
             })?
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| http("watch request", e))
     }
 
     fn signal(&self, signals: Vec<Signal>) {
@@ -295,24 +339,14 @@ impl Attempt<'_> {
     }
 }
 
-fn http(what: &'static str, e: reqwest::Error) -> DcsError {
-    DcsError::Http {
-        what,
-        error: parse::clip(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_watched_range_holds_both_keys_and_no_member_key() {
-        let cfg = Etcd {
-            endpoints: vec![],
-            namespace: "/db/".into(),
-            scope: "postgres".into(),
-        };
+        let cfg: Etcd =
+            toml::from_str("endpoints = []\nnamespace = \"/db/\"\nscope = \"postgres\"").unwrap();
         assert_eq!(cfg.prefix(), "/db/postgres/");
         let (from, to) = key_range(&cfg.prefix());
         let inside = |k: &str| from.as_str() <= k && k < to.as_str();

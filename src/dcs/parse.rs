@@ -19,11 +19,14 @@ pub const MAX_RANGE: usize = 1 << 20;
 /// same megabyte as a range answer is far above that.
 pub const MAX_WATCH_LINE: usize = 1 << 20;
 
-/// What went wrong with etcd; each one ends the current watch (the next endpoint is tried).
+/// What went wrong with etcd; each one ends the current watch. [`DcsError::stays`] says whether
+/// the same endpoint is tried again or the next one.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DcsError {
     #[error("range answer over {}", size(*.0))]
     RangeTooLarge(usize),
+    #[error("{what} over {}", size(*.cap))]
+    TooLarge { what: &'static str, cap: usize },
     #[error("range answer is not the JSON etcd sends: {0}")]
     RangeNotJson(String),
     #[error("range answer without a revision")]
@@ -50,17 +53,25 @@ pub enum DcsError {
     Closed,
     #[error("the watch did not show a change etcd reports (revision {0}) within a resync period")]
     Lagging(u64),
+    #[error("{0} answer is not the JSON etcd sends: {1}")]
+    AnswerNotJson(&'static str, String),
+    #[error("etcd refused the token (authenticating again): {0}")]
+    Auth(String),
+    #[error("etcd refused the user name or password (etcd.username, etcd.password): {0}")]
+    Credentials(String),
 }
 
 /// The `reason` label of `patroni_proxy_etcd_watch_failures_total`, in the order of
 /// [`DcsError::reason`]'s answers.
-pub const FAILURE_REASONS: [&str; 6] = [
+pub const FAILURE_REASONS: [&str; 8] = [
     "unreachable",
     "silent",
     "oversized",
     "invalid",
     "canceled",
     "closed",
+    "compacted",
+    "auth",
 ];
 
 impl DcsError {
@@ -70,17 +81,29 @@ impl DcsError {
         match self {
             Http { .. } => "unreachable",
             Timeout { .. } | Lagging(_) => "silent",
-            RangeTooLarge(_) | LineTooLong(_) => "oversized",
-            RangeNotJson(_) | NoRevision | NotBase64(_) | WatchNotJson(_) | Broken => "invalid",
-            WatchError(_) | Canceled(_) | Compacted(_) => "canceled",
+            RangeTooLarge(_) | TooLarge { .. } | LineTooLong(_) => "oversized",
+            RangeNotJson(_) | NoRevision | NotBase64(_) | WatchNotJson(_) | Broken
+            | AnswerNotJson(..) => "invalid",
+            WatchError(_) | Canceled(_) => "canceled",
             Closed => "closed",
+            Compacted(_) => "compacted",
+            Auth(_) | Credentials(_) => "auth",
         }
+    }
+
+    /// Whether the same endpoint is tried again (after the backoff) rather than the next one:
+    /// a compacted revision is the watch's problem, not the endpoint's (a fresh read and a watch
+    /// from the current revision fix it), and a refused token is fixed by authenticating again.
+    pub fn stays(&self) -> bool {
+        matches!(self, DcsError::Compacted(_) | DcsError::Auth(_))
     }
 }
 
 fn size(n: usize) -> String {
     if n >= 1 << 20 && n % (1 << 20) == 0 {
         format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        format!("{} KiB", n >> 10)
     } else {
         format!("{n} bytes")
     }
@@ -109,6 +132,8 @@ pub struct Keys {
     /// The newest `mod_revision` among the keys read (0 without keys): a watch of the same keys
     /// must show a change at least this recent.
     pub mod_revision: u64,
+    /// The leader key's lease (etcd's `lease` field), when it has one.
+    pub leader_lease: Option<u64>,
 }
 
 // The gateway's JSON (protobuf's JSON mapping: 64-bit numbers are strings, default values are
@@ -130,6 +155,7 @@ struct Kv {
     key: Option<String>,
     value: Option<String>,
     mod_revision: Option<Num>,
+    lease: Option<Num>,
 }
 
 #[derive(Deserialize)]
@@ -233,6 +259,7 @@ pub fn parse_range(body: &[u8], prefix: &str) -> Result<Keys, DcsError> {
             .max(revision_of(&kv.mod_revision).unwrap_or(0));
         if key == names.leader {
             keys.leader = value_of(kv)?;
+            keys.leader_lease = revision_of(&kv.lease).filter(|l| *l != 0);
         } else if key == names.failover {
             keys.failover = is_immediate(value_of(kv)?.as_deref());
         }
@@ -352,6 +379,11 @@ impl WatchDecoder {
         }
         if result.canceled == Some(true) {
             let reason = result.cancel_reason.as_deref().unwrap_or("no reason given");
+            // etcd with authentication cancels a watch whose token it does not know:
+            // "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token".
+            if super::answers::is_token_problem(reason) {
+                return Err(DcsError::Auth(clip(reason)));
+            }
             return Err(DcsError::Canceled(clip(reason)));
         }
         for ev in result.events.iter().flatten() {

@@ -98,6 +98,7 @@ fn a_range_answer_gives_the_leader_the_failover_request_and_revisions() {
             failover: true,
             revision: 42,
             mod_revision: 41,
+            leader_lease: None,
         })
     );
     // No keys at all: etcd leaves `kvs` out.
@@ -219,8 +220,13 @@ fn cancellation_compaction_and_errors_end_the_watch() {
     ] {
         let mut d = WatchDecoder::new(PREFIX);
         let e = d.feed(format!("{line}\n").as_bytes()).unwrap_err();
+        let reason = if matches!(want, DcsError::Compacted(_)) {
+            "compacted"
+        } else {
+            "canceled"
+        };
         assert_eq!(e, want);
-        assert_eq!(e.reason(), "canceled");
+        assert_eq!(e.reason(), reason);
         assert_eq!(d.feed(progress(1).as_bytes()), Err(DcsError::Broken));
     }
 }
@@ -384,4 +390,69 @@ proptest! {
     fn parse_range_never_panics(body in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = parse_range(&body, PREFIX);
     }
+}
+
+// Captured from etcd 3.4.23 through its gateway (`curl -X POST http://127.0.0.25:2379/v3/...`)
+// after Patroni-like writes: a leader key with a lease, a cleared failover key.
+const REAL_RANGE: &str = r#"{"header":{"cluster_id":"7787459613783441930","member_id":"2402861812076439189","revision":"3","raft_term":"2"},"kvs":[{"key":"L2RiL3Bvc3RncmVzL2ZhaWxvdmVy","create_revision":"3","mod_revision":"3","version":"1","value":"e30="},{"key":"L2RiL3Bvc3RncmVzL2xlYWRlcg==","create_revision":"2","mod_revision":"2","version":"1","value":"cG9zdGdyZXNxbDA=","lease":"7391992716809808648"}],"count":"2"}"#;
+
+#[test]
+fn the_leader_keys_lease_is_read_with_it() {
+    // Issue 14 item 3: "when reading the leader key, also read its lease's remaining TTL (with
+    // the lease id from the key's `lease` field)".
+    assert_eq!(
+        parse_range(REAL_RANGE.as_bytes(), PREFIX),
+        Ok(Keys {
+            leader: Some("postgresql0".into()),
+            failover: false,
+            revision: 3,
+            mod_revision: 3,
+            leader_lease: Some(7391992716809808648),
+        })
+    );
+    // The lease revoked: the key went with it (captured after /v3/lease/revoke).
+    let after = r#"{"header":{"cluster_id":"7787459613783441930","member_id":"2402861812076439189","revision":"4","raft_term":"2"},"kvs":[{"key":"L2RiL3Bvc3RncmVzL2ZhaWxvdmVy","create_revision":"3","mod_revision":"3","version":"1","value":"e30="}],"count":"1"}"#;
+    let keys = parse_range(after.as_bytes(), PREFIX).unwrap();
+    assert_eq!((keys.leader, keys.leader_lease), (None, None));
+}
+
+#[test]
+fn a_compacted_or_unauthenticated_watch_keeps_its_endpoint() {
+    // Captured from etcd 3.4.23: a watch from a compacted revision, and one with a token etcd
+    // does not know. Both are fixed on the same endpoint (a fresh read, a new token); any other
+    // failure moves to the next endpoint.
+    let compacted = r#"{"result":{"header":{"cluster_id":"7787459613783441930","member_id":"2402861812076439189","raft_term":"2"},"canceled":true,"compact_revision":"4"}}"#;
+    let e = WatchDecoder::new(PREFIX)
+        .feed(format!("{compacted}\n").as_bytes())
+        .unwrap_err();
+    assert_eq!(e, DcsError::Compacted(4));
+    assert!(e.stays());
+    let unauthenticated = r#"{"result":{"header":{"cluster_id":"7787459613783441930","member_id":"2402861812076439189","revision":"4","raft_term":"2"},"watch_id":"-1","created":true,"canceled":true,"cancel_reason":"rpc error: code = Unauthenticated desc = etcdserver: invalid auth token"}}"#;
+    let e = WatchDecoder::new(PREFIX)
+        .feed(format!("{unauthenticated}\n").as_bytes())
+        .unwrap_err();
+    assert!(matches!(e, DcsError::Auth(_)), "{e:?}");
+    assert!(e.stays());
+    assert_eq!(e.reason(), "auth");
+    let no_leader = DcsError::Canceled("etcdserver: no leader".into());
+    assert!(!no_leader.stays());
+    assert!(!DcsError::Closed.stays());
+}
+
+#[test]
+fn the_shared_clusters_keys_read_as_patroni_wrote_them() {
+    // Captured read-only from the shared cluster's etcd (127.0.0.21, etcd 3.4, Patroni 4.1.5,
+    // fast profile ttl 20) after two failovers: history and initialize between the two keys, no
+    // failover key, the leader key with its lease.
+    const SHARED: &str = r#"{"header":{"cluster_id":"13674968475109074175","member_id":"409246840924747667","revision":"136","raft_term":"3"},"kvs":[{"key":"L2RiL3Bvc3RncmVzL2hpc3Rvcnk=","create_revision":"97","mod_revision":"113","version":"2","value":"W1sxLDY3NjA0ODE2LCJubyByZWNvdmVyeSB0YXJnZXQgc3BlY2lmaWVkIiwiMjAyNi0xMi0wMlQxMDowNTo1OS44MTM4MzgrMDA6MDAiLCJwb3N0Z3Jlc3FsMiJdLFsyLDY3NjA2NzkyLCJubyByZWNvdmVyeSB0YXJnZXQgc3BlY2lmaWVkIiwiMjAyNi0xMi0wMlQxMDowOToyOS44MjU4NDUrMDA6MDAiLCJwb3N0Z3Jlc3FsMiJdXQ=="},{"key":"L2RiL3Bvc3RncmVzL2luaXRpYWxpemU=","create_revision":"5","mod_revision":"12","version":"2","value":"NzcxNDY0MjI2NDY4NTEyNDgwOA=="},{"key":"L2RiL3Bvc3RncmVzL2xlYWRlcg==","create_revision":"110","mod_revision":"110","version":"1","value":"cG9zdGdyZXNxbDI=","lease":"4004722847464439045"}],"count":"3"}"#;
+    assert_eq!(
+        parse_range(SHARED.as_bytes(), PREFIX),
+        Ok(Keys {
+            leader: Some("postgresql2".into()),
+            failover: false,
+            revision: 136,
+            mod_revision: 113,
+            leader_lease: Some(4004722847464439045),
+        })
+    );
 }

@@ -6,7 +6,7 @@
 //! Every section is destructured without `..`: a key added to the configuration does not compile
 //! until it is sorted here into "live" or "restart".
 
-use crate::config::{Check, Config, Global, Listen, Log, Server, Stats};
+use crate::config::{Check, Config, Etcd, Global, Listen, Log, Server, Stats};
 
 /// The difference between two valid configurations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -237,8 +237,33 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         false,
     );
 
-    // The watch's endpoints and keys are read when it starts.
-    key("etcd", new.etcd != old.etcd, false);
+    // The watch reads its endpoints, keys, credentials, certificates and resync period when it
+    // starts: adding or removing the section, or changing any key of it, needs a restart.
+    match (&new.etcd, &old.etcd) {
+        (Some(n), Some(o)) => {
+            let Etcd {
+                endpoints,
+                namespace,
+                scope,
+                resync,
+                username,
+                password,
+                ca_file,
+                cert_file,
+                key_file,
+            } = n;
+            key("etcd.endpoints", *endpoints != o.endpoints, false);
+            key("etcd.namespace", *namespace != o.namespace, false);
+            key("etcd.scope", *scope != o.scope, false);
+            key("etcd.resync", *resync != o.resync, false);
+            key("etcd.username", *username != o.username, false);
+            key("etcd.password", *password != o.password, false);
+            key("etcd.ca_file", *ca_file != o.ca_file, false);
+            key("etcd.cert_file", *cert_file != o.cert_file, false);
+            key("etcd.key_file", *key_file != o.key_file, false);
+        }
+        (n, o) => key("etcd", n != o, false),
+    }
 
     // The log's format is chosen when logging is set up; the session line is decided per session.
     let Log { format, sessions } = &new.log;

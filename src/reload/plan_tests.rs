@@ -133,3 +133,25 @@ fn check_tls_keys_apply_live_from_the_next_check() {
     assert!(p.applies_live(), "{p:?}");
     assert_eq!(p.live, ["check.ssl", "check.verify", "check.sni"]);
 }
+
+#[test]
+fn every_etcd_key_needs_a_restart_and_is_named() {
+    // The watch reads [etcd] once, at start-up: a change to any of its keys is refused by name.
+    let etcd = "[etcd]\nendpoints = [\"127.0.0.1:2379\"]\nscope = \"demo\"\n";
+    let old = with(etcd);
+    let new = with(
+        "[etcd]\nendpoints = [\"127.0.0.1:2379\", \"127.0.0.2:2379\"]\nscope = \"demo\"\n\
+         resync = \"7s\"\nusername = \"u\"\npassword = \"p\"",
+    );
+    let p = plan(&old, &new);
+    assert_eq!(
+        p.restart,
+        [
+            "etcd.endpoints",
+            "etcd.resync",
+            "etcd.username",
+            "etcd.password"
+        ]
+    );
+    assert!(plan(&old, &with(etcd)).restart.is_empty());
+}

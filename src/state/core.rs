@@ -272,7 +272,7 @@ pub fn on_input(
     let names: Vec<Arc<Server>> = current.nodes.iter().map(|n| n.server.clone()).collect();
     let name = |i: usize| names.get(i).map_or("?", |s| s.name.as_str());
     let message = match input {
-        Input::Recheck { .. } => return None,
+        Input::Recheck { .. } | Input::LeaderLease(_) => return None,
         Input::Admin(order) => return on_admin(cfg, snap, io, order, now, wall),
         Input::Reloaded { message, previous } => {
             let reload = super::servers::Reload {

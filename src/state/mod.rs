@@ -396,6 +396,9 @@ pub enum Input {
     SwitchoverRequested,
     /// The `failover` key is gone: the switchover finished or was cancelled.
     SwitchoverEnded,
+    /// The leader key's holder and its lease, as read from etcd (every resync, watch start and
+    /// leader change). Not acted on yet: the REST ride-through (issue 14 item 2) will use it.
+    LeaderLease(crate::dcs::LeaderLease),
     /// An operator's `drain`, `maint` or `ready` (the stats listener's admin API).
     Admin(AdminOrder),
     /// The shared configuration was just replaced by a reload (the `reload` module); `message` says

@@ -102,6 +102,22 @@ pub fn server_cells(s: &ServerView) -> Cells {
             if let Some(tl) = s.timeline {
                 let _ = write!(t, ", timeline {tl}");
             }
+            // Cluster-wide conditions Patroni reports; they change nothing in routing
+            // (docs/health-checking.md, "Patroni's roles and states").
+            if let Some(p) = s.last_check.as_ref().and_then(|c| c.patroni.as_ref()) {
+                for (on, what) in [
+                    (p.pause, "cluster paused (Patroni manages no roles)"),
+                    (
+                        p.failsafe_mode_is_active,
+                        "failsafe mode active (DCS unreachable)",
+                    ),
+                    (p.cluster_unlocked, "no leader lock seen by Patroni"),
+                ] {
+                    if on {
+                        let _ = write!(t, "; {what}");
+                    }
+                }
+            }
             t
         }
     };
@@ -242,6 +258,19 @@ fn refusal_text(v: &View) -> String {
     )
 }
 
+/// The etcd watch in a few words: which endpoint, and the leader's lease as last read.
+fn etcd_text(e: &crate::dcs::StatusView) -> String {
+    let lease = match (e.leader.as_deref(), e.lease, e.lease_remaining_s) {
+        (Some(l), Some("live"), Some(left)) => format!(", leader {l}, lease {left} s left"),
+        (Some(l), Some(state), _) => format!(", leader {l}, lease {state}"),
+        _ => String::new(),
+    };
+    match (&e.endpoint, e.watching) {
+        (Some(at), true) => format!(" \u{b7} etcd {at}{lease}"),
+        _ => " \u{b7} etcd unreachable (routing from REST checks alone)".to_string(),
+    }
+}
+
 fn page_cells(v: &View) -> Cells {
     let mut c = Cells::new();
     let mut config = v
@@ -265,11 +294,12 @@ fn page_cells(v: &View) -> Cells {
     if let Some(e) = &r.last_error {
         detail.push_str(&format!(" (last refused: {e})"));
     }
+    let etcd = v.etcd.as_ref().map_or(String::new(), etcd_text);
     c.insert(
         "process",
         titled(
             format!(
-                "patroni-proxy {} \u{b7} pid {} \u{b7} up {} \u{b7} config {config} \u{b7} listening on {}",
+                "patroni-proxy {} \u{b7} pid {} \u{b7} up {} \u{b7} config {config} \u{b7} listening on {}{etcd}",
                 v.version,
                 v.pid,
                 human_time(Duration::from_secs(v.uptime_s)),

@@ -48,6 +48,10 @@ pub struct View {
     pub servers: Vec<ServerView>,
     /// The most recent events, oldest first.
     pub events: Vec<Event>,
+    /// The etcd watch, when `[etcd]` is configured: endpoint in use, the leader's lease as last
+    /// read, failures by reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<crate::dcs::StatusView>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -410,6 +414,7 @@ pub fn view(shared: &Shared) -> View {
         },
         servers,
         events,
+        etcd: None,
     };
     v
 }

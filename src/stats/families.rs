@@ -267,7 +267,19 @@ pub const SERVER_LAST_CHANGE_SECONDS: Family = Family {
 pub const ETCD_WATCH_FAILURES_TOTAL: Family = Family {
     name: "patroni_proxy_etcd_watch_failures_total",
     kind: Kind::Counter,
-    help: "etcd watches given up (the next endpoint is tried), by reason: unreachable, silent (no answer within the timeout, or a change the watch did not show), oversized, invalid, canceled (by etcd), closed.",
+    help: "etcd watches given up, by reason: unreachable, silent (no answer within the timeout, or a change the watch did not show), oversized, invalid, canceled (by etcd), closed, compacted (retried on the same endpoint), auth (token refused, retried on the same endpoint; or user/password refused).",
+};
+
+pub const ETCD_UP: Family = Family {
+    name: "patroni_proxy_etcd_up",
+    kind: Kind::Gauge,
+    help: "1 while a watch of Patroni's keys is established on an etcd endpoint, else 0 (only with [etcd]).",
+};
+
+pub const ETCD_ENDPOINT_IN_USE: Family = Family {
+    name: "patroni_proxy_etcd_endpoint_in_use",
+    kind: Kind::Gauge,
+    help: "1 for the etcd endpoint being watched or tried, 0 for the others; one series per configured endpoint (only with [etcd]).",
 };
 
 pub const STATS_CONNECTIONS_REFUSED_TOTAL: Family = Family {
@@ -326,6 +338,8 @@ pub const FAMILIES: &[&Family] = &[
     &SERVER_DOWNTIME_SECONDS,
     &SERVER_LAST_CHANGE_SECONDS,
     &ETCD_WATCH_FAILURES_TOTAL,
+    &ETCD_UP,
+    &ETCD_ENDPOINT_IN_USE,
     &CONFIG_RELOADS_TOTAL,
     &STATS_CONNECTIONS_REFUSED_TOTAL,
 ];

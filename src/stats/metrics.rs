@@ -21,7 +21,7 @@ use metrics_exporter_prometheus::{
 use super::export::{Role, View};
 use super::server::Refusal;
 use crate::config::Config;
-use crate::dcs::{Failures, FAILURE_REASONS};
+use crate::dcs::{Status as EtcdStatus, FAILURE_REASONS};
 use crate::health::{CheckResult, CheckStatus, Transition};
 use crate::routing::AdminState;
 
@@ -53,6 +53,10 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     /// In the order of [`FAILURE_REASONS`].
     etcd_failures: Vec<Counter>,
+    /// `patroni_proxy_etcd_up` and, per configured endpoint, `..._endpoint_in_use`: only with
+    /// `[etcd]` (a proxy without it has no etcd to be down).
+    etcd_up: Option<Gauge>,
+    etcd_in_use: Vec<Gauge>,
     /// `result="ok"` and `result="failed"`.
     reloads: [Counter; 2],
     /// In the order of [`Refusal::ALL`]; counted as it happens (the stats listener has no other
@@ -191,6 +195,13 @@ impl Metrics {
             no_primary: r.gauge(&NO_PRIMARY_SECONDS, &[]),
             fe,
             nodes: std::sync::RwLock::new(nodes),
+            etcd_up: config.etcd.as_ref().map(|_| r.gauge(&ETCD_UP, &[])),
+            etcd_in_use: config
+                .etcd
+                .iter()
+                .flat_map(|e| &e.endpoints)
+                .map(|e| r.gauge(&ETCD_ENDPOINT_IN_USE, &[("endpoint", &e.to_string())]))
+                .collect(),
             etcd_failures: FAILURE_REASONS
                 .iter()
                 .map(|reason| r.counter(&ETCD_WATCH_FAILURES_TOTAL, &[("reason", reason)]))
@@ -256,9 +267,16 @@ impl Metrics {
     }
 
     /// Copies a view (snapshot + IO counters) into the series and renders the exposition text.
-    pub fn render(&self, view: &View, etcd: &Failures) -> String {
+    pub fn render(&self, view: &View, etcd: &EtcdStatus) -> String {
         for ((_, n), c) in etcd.counts().zip(&self.etcd_failures) {
             c.absolute(n);
+        }
+        let (in_use, watching) = etcd.in_use();
+        if let Some(up) = &self.etcd_up {
+            up.set(if watching { 1.0 } else { 0.0 });
+        }
+        for (i, g) in self.etcd_in_use.iter().enumerate() {
+            g.set(if in_use == Some(i) { 1.0 } else { 0.0 });
         }
         self.reloads[0].absolute(view.reloads.ok);
         self.reloads[1].absolute(view.reloads.failed);

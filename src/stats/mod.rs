@@ -21,7 +21,7 @@ use axum::Router;
 use base64::Engine as _;
 
 use crate::config::Config;
-use crate::dcs::Failures;
+use crate::dcs::Status as EtcdStatus;
 use crate::health::{CheckResult, Transition};
 use crate::state::{Observer, Shared};
 
@@ -51,8 +51,8 @@ pub struct Stats {
     /// The configuration file, when the binary loaded one, and the reloads (shown on the
     /// dashboard and in `/stats.json`).
     pub config: loaded::ConfigInfo,
-    /// The etcd watch's failures, counted by `dcs`.
-    pub etcd: Arc<Failures>,
+    /// The etcd watch's state: endpoint in use, the leader's lease, failures (written by `dcs`).
+    pub etcd: Arc<EtcdStatus>,
     /// The last hour, one sample per second, for the dashboard's pictures (fed by
     /// [`history::sampler`]).
     pub history: Arc<Mutex<history::History>>,
@@ -63,7 +63,7 @@ impl Stats {
         Self {
             metrics: metrics::Metrics::new(config),
             config: Default::default(),
-            etcd: Arc::default(),
+            etcd: Arc::new(EtcdStatus::new(config.etcd.as_ref())),
             history: {
                 let (nodes, listeners) = history::sampler::names(config);
                 Arc::new(Mutex::new(history::History::new(&nodes, &listeners)))
@@ -310,6 +310,9 @@ fn view_of(app: &App) -> export::View {
         view.config_path = Some(l.path.display().to_string());
         view.config_sha256 = Some(l.sha256);
         view.config_loaded_at = Some(crate::time::epoch_secs(l.at));
+    }
+    if app.shared.config().etcd.is_some() {
+        view.etcd = Some(app.stats.etcd.view());
     }
     view.reloads = export::Reloads {
         ok: info.reloads_ok.load(std::sync::atomic::Ordering::Relaxed),
