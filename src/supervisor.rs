@@ -171,6 +171,7 @@ pub async fn run(
         listeners.proxy,
         moves,
         shared.clone(),
+        state::Route::Primary,
         sessions.clone(),
         internal_stop.clone(),
     )));

@@ -169,6 +169,9 @@ pub struct Inspector<'p> {
     /// Any byte of an answer to the StartupMessage: after it, a close is an answer to this client
     /// (a FATAL it was already sent), not a server going away.
     answered: bool,
+    /// What `in_hot_standby` must be: `off` on the primary port (the default), `on` on a replica
+    /// listener, either (`None`) on an `any` listener. The other value is [`Then::Standby`].
+    want_standby: Option<bool>,
 }
 
 impl<'p> Inspector<'p> {
@@ -179,6 +182,23 @@ impl<'p> Inspector<'p> {
             from_server: Vec::new(),
             passing: Passing::Nothing,
             answered: false,
+            want_standby: Some(false),
+        }
+    }
+
+    /// The same, expecting `in_hot_standby` to be `on` (`Some(true)`), `off`, or either (`None`).
+    pub fn expecting(mut self, want_standby: Option<bool>) -> Self {
+        self.want_standby = want_standby;
+        self
+    }
+
+    /// A ParameterStatus `in_hot_standby` that is not what this listener routes to.
+    fn wrong_role(&self, msg: &[u8]) -> bool {
+        match (parameter_status(msg), self.want_standby) {
+            (Some((b"in_hot_standby", value)), Some(want)) => {
+                value != if want { &b"on"[..] } else { &b"off"[..] }
+            }
+            _ => false,
         }
     }
 
@@ -306,9 +326,7 @@ impl<'p> Inspector<'p> {
                     // replayed, never held against the server.
                     break Some(leaving.map_or(Then::Relay, Then::Replay));
                 }
-                b'S' if parameter_status(msg) == Some((b"in_hot_standby", b"on")) => {
-                    break Some(Then::Standby);
-                }
+                b'S' if self.wrong_role(msg) => break Some(Then::Standby),
                 b'R' => {
                     self.phase = Phase::Authenticating;
                     self.pending.commit();

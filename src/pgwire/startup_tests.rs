@@ -564,3 +564,33 @@ proptest! {
         prop_assert_eq!(messages(&to_client).len(), 5);
     }
 }
+
+/// The verdict on a whole capture's server reply, for a listener wanting `want_standby`.
+fn verdict_for(text: &str, want_standby: Option<bool>) -> Then {
+    let mut pending = Pending::default();
+    for e in transcript(text) {
+        if let Event::Client(b) = e {
+            pending.push(&b);
+            break;
+        }
+    }
+    let mut insp = Inspector::new(&mut pending).expecting(want_standby);
+    let _ = insp.start();
+    let reply = server_bytes(text);
+    insp.server(&reply).then
+}
+
+#[test]
+fn a_replica_listener_refuses_a_primary_and_takes_a_standby() {
+    // Issue 13 item 1: "a new connection is never sent to a node that is not in recovery unless
+    // the fallback says so": on a replica listener PostgreSQL's own `in_hot_standby = off` refuses,
+    // `on` relays; an `any` listener takes either; the primary port keeps refusing a standby.
+    assert_eq!(verdict_for(capture!("trust_ok"), Some(true)), Then::Standby);
+    assert_eq!(verdict_for(capture!("standby_ok"), Some(true)), Then::Relay);
+    assert_eq!(verdict_for(capture!("trust_ok"), None), Then::Relay);
+    assert_eq!(verdict_for(capture!("standby_ok"), None), Then::Relay);
+    assert_eq!(
+        verdict_for(capture!("standby_ok"), Some(false)),
+        Then::Standby
+    );
+}

@@ -18,8 +18,10 @@ use super::termination::Termination;
 use crate::backend::setup::{Phase, SetupGuard};
 use crate::backend::{Backend, Gauge, GaugeGuard, Ticket};
 use crate::pgwire::{self, startup::Pending};
-use crate::state::Shared;
+use crate::state::{Route, Shared};
 
+const WRONG_ROLE_MESSAGE: &str =
+    "the server changed role and this listener does not route to it (patroni-proxy), retry";
 const STANDBY_MESSAGE: &str =
     "failover in progress: the server is a standby (patroni-proxy), retry";
 const LOCAL_MESSAGE: &str =
@@ -30,8 +32,10 @@ const LOCAL_MESSAGE: &str =
 pub(super) struct ServerSession {
     pub(super) shared: Arc<Shared>,
     pub(super) node: usize,
-    /// The node's IO side, held for the session's life (the data path never looks it up).
+    /// The node's IO side on this listener, held for the session's life (the data path never
+    /// looks it up).
     pub(super) backend: Arc<Backend>,
+    pub(super) route: Route,
 }
 
 impl Gauge for ServerSession {
@@ -73,7 +77,7 @@ pub(super) enum Evidence {
 pub(super) async fn connect_and_start(
     client: &TcpStream,
     shared: &Arc<Shared>,
-    node: usize,
+    (route, node): (Route, usize),
     ticket: Ticket,
     pending: &mut Pending,
     phase: &SetupGuard<'_>,
@@ -81,7 +85,8 @@ pub(super) async fn connect_and_start(
 ) -> Attempt {
     *timing = Timing::default();
     let cfg = &shared.config();
-    let backend = shared.backend(node);
+    let backend = shared.backend_on(route, node);
+    let fe = shared.frontend_of(route);
     let c = &backend.counters;
 
     // A slot on the server: at once if free, else FIFO behind earlier waiters for `timeout queue`.
@@ -97,7 +102,7 @@ pub(super) async fn connect_and_start(
                     Ok(p) => p.expect("the semaphore is never closed"),
                     Err(_) => {
                         c.qtimeouts.fetch_add(1, Relaxed);
-                        shared.frontend.queue_timeout.fetch_add(1, Relaxed);
+                        fe.queue_timeout.fetch_add(1, Relaxed);
                         return Attempt::Done(Termination::QueueTimeout);
                     }
                 },
@@ -105,8 +110,8 @@ pub(super) async fn connect_and_start(
         }
     };
     timing.slot = Some(tokio::time::Instant::now());
-    if shared.current().primary != Some(node) {
-        // The primary changed while we queued: never connect to the node that lost the role.
+    if !shared.routes_to(&shared.current(), route, node) {
+        // Routing changed while we queued: never connect to a node that left this listener.
         return Attempt::Retry(Evidence::None);
     }
     phase.set(Phase::Connecting, Some(node));
@@ -116,6 +121,7 @@ pub(super) async fn connect_and_start(
         shared: shared.clone(),
         node,
         backend: backend.clone(),
+        route,
     });
 
     let server = tokio::select! {
@@ -123,7 +129,7 @@ pub(super) async fn connect_and_start(
         // port): no server byte reached the client, so it is held for the next primary like any
         // client that finds none, instead of being reset by shutdown-sessions.
         _ = backend.killed(ticket) => return Attempt::Retry(Evidence::None),
-        r = Box::pin(connect(shared, node)) => match r {
+        r = Box::pin(connect(shared, route, node)) => match r {
             Ok(s) => {
                 timing.connected = Some(tokio::time::Instant::now());
                 s
@@ -142,7 +148,7 @@ pub(super) async fn connect_and_start(
             // Our own shortage says nothing about the server: not counted against it, not retried
             // (it would fail the same way), and the client is told why.
             Err(ConnectError::Local(e)) => {
-                shared.frontend.local_errors.fetch_add(1, Relaxed);
+                fe.local_errors.fetch_add(1, Relaxed);
                 tracing::error!(server = %cfg.servers[node].address, error = %e,
                     "cannot connect a client: the proxy is out of a local resource; not counted against the server");
                 refuse(client, pending, "53000", LOCAL_MESSAGE).await;
@@ -153,13 +159,13 @@ pub(super) async fn connect_and_start(
     let _ = server.set_nodelay(true);
     tune(&server, cfg.server_keepalive());
 
-    let fe = &shared.frontend;
     let meters = Meters {
         up: [&fe.bin, &c.bin],
         down: [&fe.bout, &c.bout],
     };
     if cfg.listen.inspect_startup {
         phase.set(Phase::Starting, Some(node));
+        let want_standby = shared.wants_standby(&shared.current(), route, node);
         let startup = tokio::select! {
             _ = backend.killed(ticket) => {
                 // Marked DOWN before the server said anything to the client: held for the next
@@ -170,28 +176,42 @@ pub(super) async fn connect_and_start(
                 c.killed.fetch_add(1, Relaxed);
                 return Attempt::Done(Termination::Killed);
             }
-            r = tokio::time::timeout(cfg.listen.timeout_client, Box::pin(startup(client, &server, pending, &meters))) => r,
+            r = tokio::time::timeout(cfg.listen.timeout_client, Box::pin(startup(client, &server, pending, &meters, want_standby))) => r,
         };
         match startup {
             Err(_) => return Attempt::Done(Termination::ClientIdle),
             Ok(Startup::Relay) => {}
             Ok(Startup::Done(t)) => return Attempt::Done(t),
             Ok(Startup::Leaving(code)) => {
-                shared.frontend.replays.fetch_add(1, Relaxed);
+                fe.replays.fetch_add(1, Relaxed);
                 return Attempt::Retry(Evidence::Authoritative(format!(
                     "PostgreSQL answered {code} (shutting down or starting up)"
                 )));
             }
             Ok(Startup::Vanished) => {
-                shared.frontend.replays.fetch_add(1, Relaxed);
+                fe.replays.fetch_add(1, Relaxed);
                 return Attempt::Retry(Evidence::Vanished(
                     "PostgreSQL closed a new connection before answering".into(),
                 ));
             }
             Ok(Startup::Standby) => {
-                shared.frontend.standby_refusals.fetch_add(1, Relaxed);
-                shared.suspect(node, "PostgreSQL reports in_hot_standby = on".into(), true);
-                let _ = write_all(client, &pgwire::error_response("57P03", STANDBY_MESSAGE)).await;
+                fe.standby_refusals.fetch_add(1, Relaxed);
+                match route {
+                    // PostgreSQL's own word: out of the primary's routing until a check confirms.
+                    Route::Primary => {
+                        shared.suspect(node, "PostgreSQL reports in_hot_standby = on".into(), true)
+                    }
+                    // The set's rule decides membership: check it again now.
+                    Route::Set(_) => shared.recheck(
+                        node,
+                        "PostgreSQL reports a role this listener does not route to".into(),
+                    ),
+                }
+                let message = match route {
+                    Route::Primary => STANDBY_MESSAGE,
+                    Route::Set(_) => WRONG_ROLE_MESSAGE,
+                };
+                let _ = write_all(client, &pgwire::error_response("57P03", message)).await;
                 return Attempt::Done(Termination::Standby);
             }
         }
@@ -217,12 +237,13 @@ enum ConnectError {
 /// same server: 1 s turn-around (min(1 s, timeout connect)) after a refusal, none after a timeout
 /// (`haproxy-semantics.md` §2.5). Unlike HAProxy, a retry is abandoned if the node stopped being the
 /// routed primary in the meantime: the session goes back to waiting for the new one.
-async fn connect(shared: &Shared, node: usize) -> Result<TcpStream, ConnectError> {
+async fn connect(shared: &Shared, route: Route, node: usize) -> Result<TcpStream, ConnectError> {
     let cfg = &shared.config();
     // The node's address now (a reload may have moved it since the session was routed).
     let addr = shared.current().nodes[node].server.address;
-    let backend = shared.backend(node);
+    let backend = shared.backend_on(route, node);
     let c = &backend.counters;
+    let fe = shared.frontend_of(route);
     let turn_around = Duration::from_secs(1).min(cfg.listen.timeout_connect);
     let mut attempt = 0;
     loop {
@@ -244,7 +265,7 @@ async fn connect(shared: &Shared, node: usize) -> Result<TcpStream, ConnectError
         };
         if attempt == cfg.listen.retries {
             c.econ.fetch_add(1, Relaxed);
-            shared.frontend.connect_failed.fetch_add(1, Relaxed);
+            fe.connect_failed.fetch_add(1, Relaxed);
             return Err(ConnectError::Failed(if refused {
                 Termination::ConnectRefused
             } else {
@@ -256,8 +277,8 @@ async fn connect(shared: &Shared, node: usize) -> Result<TcpStream, ConnectError
         if refused {
             tokio::time::sleep(turn_around).await;
         }
-        if shared.current().primary != Some(node) {
-            shared.frontend.rerouted.fetch_add(1, Relaxed);
+        if !shared.routes_to(&shared.current(), route, node) {
+            fe.rerouted.fetch_add(1, Relaxed);
             return Err(ConnectError::Rerouted);
         }
     }

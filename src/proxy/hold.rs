@@ -18,34 +18,41 @@ use crate::pgwire::{
     startup::{Pending, Refusal},
 };
 use crate::routing::Claim;
-use crate::state::Shared;
+use crate::state::{Route, Shared};
 
 const FAILOVER_MESSAGE: &str =
     "failover in progress: no primary is available right now (patroni-proxy), retry";
+const NO_MEMBER_MESSAGE: &str =
+    "no server this listener routes to is available right now (patroni-proxy), retry";
 const SHUTDOWN_MESSAGE: &str = "patroni-proxy is shutting down, retry";
 
 /// Waits for a routable primary (not `avoid.0` unless confirmed again after snapshot `avoid.1`).
 /// Meanwhile reads the client's first message so it can be forwarded, or answered on timeout.
 pub(super) async fn hold(
     shared: &Shared,
+    route: Route,
     client: &TcpStream,
     deadline: Instant,
     pending: &mut Pending,
     avoid: Option<(usize, u64)>,
     phase: &SetupGuard<'_>,
 ) -> Result<usize, Termination> {
-    let fe = &shared.frontend;
+    let fe = shared.frontend_of(route);
     let mut rx = shared.subscribe();
     let mut holding: Option<GaugeGuard<Borrowed<'_>>> = None;
     loop {
         let usable = {
             let snap = rx.borrow_and_update();
-            snap.primary.filter(|&p| match avoid {
-                Some((a, seq)) if a == p => {
-                    matches!(snap.nodes[p].claim, Claim::Primary { seq: s, .. } if s > seq)
-                }
-                _ => true,
-            })
+            match route {
+                Route::Primary => snap.primary.filter(|&p| match avoid {
+                    Some((a, seq)) if a == p => {
+                        matches!(snap.nodes[p].claim, Claim::Primary { seq: s, .. } if s > seq)
+                    }
+                    _ => true,
+                }),
+                // Another member than the one that failed this client, while there is one.
+                Route::Set(_) => shared.pick(&snap, route, avoid.map(|(a, _)| a)),
+            }
         };
         if let Some(p) = usable {
             if holding.is_some() {
@@ -64,7 +71,11 @@ pub(super) async fn hold(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
                 fe.hold_timeouts.fetch_add(1, Relaxed);
-                refuse(client, pending, "57P03", FAILOVER_MESSAGE).await;
+                let message = match route {
+                    Route::Primary => FAILOVER_MESSAGE,
+                    Route::Set(_) => NO_MEMBER_MESSAGE,
+                };
+                refuse(client, pending, "57P03", message).await;
                 return Err(Termination::HoldTimeout);
             }
             // Shutting down: the checks have stopped, no primary will be confirmed for it.

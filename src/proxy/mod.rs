@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::net::{register, Acceptor};
-use crate::state::Shared;
+use crate::state::{Route, Shared};
 use balance::{Admission, Job, Threads};
 
 pub use crate::net::Moves;
@@ -46,6 +46,7 @@ pub async fn serve(
     listener: TcpListener,
     moves: Moves,
     shared: Arc<Shared>,
+    route: Route,
     sessions: TaskTracker,
     stop: CancellationToken,
 ) {
@@ -65,6 +66,7 @@ pub async fn serve(
                     threads: balance.clone(),
                     slots: slots.clone(),
                     shared: shared.clone(),
+                    route,
                     sessions: sessions.clone(),
                     stop: stop.clone(),
                 };
@@ -77,7 +79,7 @@ pub async fn serve(
     }
     balance.enter(0);
     let inbox = inboxes.pop().expect("one inbox per thread");
-    let taking = take_handed(inbox, shared.clone(), sessions.clone());
+    let taking = take_handed(inbox, shared.clone(), route, sessions.clone());
     let work = accept_loop(AcceptLoop {
         me: 0,
         listener,
@@ -85,6 +87,7 @@ pub async fn serve(
         threads: balance,
         slots,
         shared,
+        route,
         sessions,
         stop,
     });
@@ -118,6 +121,8 @@ struct AcceptLoop<L> {
     threads: Arc<Threads>,
     slots: Arc<Semaphore>,
     shared: Arc<Shared>,
+    /// The listener its clients came in on.
+    route: Route,
     sessions: TaskTracker,
     stop: CancellationToken,
 }
@@ -135,7 +140,10 @@ async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
             p = a.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
         let on_error = |e: &io::Error, backoff: Duration| {
-            a.shared.frontend.accept_errors.fetch_add(1, Relaxed);
+            a.shared
+                .frontend_of(a.route)
+                .accept_errors
+                .fetch_add(1, Relaxed);
             tracing::error!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed; backing off");
         };
         let next = tokio::select! {
@@ -183,6 +191,7 @@ async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
                 stream,
                 peer,
                 a.shared.clone(),
+                a.route,
                 admission,
                 a.sessions.clone(),
             ));
@@ -192,7 +201,7 @@ async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
             Ok(s) => {
                 if let Err((s, peer, admission)) = a.threads.hand(to, (s, peer, admission)) {
                     // That thread has stopped (shutdown): run the session here after all.
-                    start(s, peer, &a.shared, admission, &a.sessions);
+                    start(s, peer, &a.shared, a.route, admission, &a.sessions);
                 }
             }
             Err(e) => {
@@ -233,10 +242,11 @@ async fn linger_over(old: &Option<(TcpListener, Instant)>) {
 async fn take_handed(
     mut inbox: UnboundedReceiver<Job>,
     shared: Arc<Shared>,
+    route: Route,
     sessions: TaskTracker,
 ) {
     while let Some((s, peer, admission)) = inbox.recv().await {
-        start(s, peer, &shared, admission, &sessions);
+        start(s, peer, &shared, route, admission, &sessions);
     }
     std::future::pending::<()>().await
 }
@@ -246,6 +256,7 @@ fn start(
     s: std::net::TcpStream,
     peer: std::net::SocketAddr,
     shared: &Arc<Shared>,
+    route: Route,
     admission: Admission,
     sessions: &TaskTracker,
 ) {
@@ -255,6 +266,7 @@ fn start(
                 s,
                 peer,
                 shared.clone(),
+                route,
                 admission,
                 sessions.clone(),
             ));
@@ -278,7 +290,7 @@ fn relay_thread(a: AcceptLoop<std::net::TcpListener>, inbox: UnboundedReceiver<J
             rt.block_on(async move {
                 a.threads.enter(i);
                 let sessions = a.sessions.clone();
-                let taking = take_handed(inbox, a.shared.clone(), sessions.clone());
+                let taking = take_handed(inbox, a.shared.clone(), a.route, sessions.clone());
                 let work = async {
                     match TcpListener::from_std(a.listener) {
                         Ok(listener) => {
@@ -289,6 +301,7 @@ fn relay_thread(a: AcceptLoop<std::net::TcpListener>, inbox: UnboundedReceiver<J
                                 threads: a.threads,
                                 slots: a.slots,
                                 shared: a.shared,
+                                route: a.route,
                                 sessions: a.sessions,
                                 stop: a.stop,
                             })

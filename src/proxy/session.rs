@@ -25,19 +25,19 @@ use super::termination::Termination;
 use crate::backend::relaying::{bytes_received, Registered};
 use crate::backend::{Counters, Gauge, GaugeGuard, Ticket};
 use crate::pgwire::startup::Pending;
-use crate::state::Shared;
+use crate::state::{Route, Shared};
 
 /// A session's place in the frontend's `scur`, from accept to the end of the session: the guard
 /// owns its handle, so the relay task that outlives [`run`] takes it over as it is.
-struct ClientSession(Arc<Shared>);
+struct ClientSession(Arc<Shared>, Route);
 
 impl Gauge for ClientSession {
     fn gauge(&self) -> &AtomicU64 {
-        &self.0.frontend.scur
+        &self.0.frontend_of(self.1).scur
     }
 
     fn max(&self) -> Option<&AtomicU64> {
-        Some(&self.0.frontend.smax)
+        Some(&self.0.frontend_of(self.1).smax)
     }
 }
 
@@ -54,15 +54,16 @@ pub async fn run(
     client: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    route: Route,
     admission: Admission,
     sessions: TaskTracker,
 ) {
     let start = Instant::now();
-    shared.frontend.stot.fetch_add(1, Relaxed);
-    let open = GaugeGuard::hold(ClientSession(shared));
+    shared.frontend_of(route).stot.fetch_add(1, Relaxed);
+    let open = GaugeGuard::hold(ClientSession(shared, route));
     let shared = &open.handle().0;
     let mut timing = Timing::default();
-    let (t, node, client) = match establish(client, peer, shared, start, &mut timing).await {
+    let (t, node, client) = match establish(client, peer, shared, route, start, &mut timing).await {
         Setup::Done(t, node, client) => (t, node, client),
         Setup::Relay(s) => {
             let node = s.open.handle().node;
@@ -157,8 +158,9 @@ impl Future for RelayTask {
             shared,
             backend,
             node,
+            route,
         } = this.server.handle();
-        let fe = &shared.frontend;
+        let fe = shared.frontend_of(*route);
         let meters = Meters {
             up: [&fe.bin, &backend.counters.bin],
             down: [&fe.bout, &backend.counters.bout],
@@ -198,11 +200,12 @@ async fn establish(
     client: TcpStream,
     peer: SocketAddr,
     shared: &Arc<Shared>,
+    route: Route,
     start: Instant,
     timing: &mut Timing,
 ) -> Setup {
     // Listed in the sessions view until the setup ends; then, if it relays, in its server's registry.
-    let phase = shared.frontend.setups.join(peer, start);
+    let phase = shared.frontend_of(route).setups.join(peer, start);
     // Small PostgreSQL messages must not wait for Nagle.
     let _ = client.set_nodelay(true);
     // A client that vanished without a FIN (host down, cable cut) would keep its maxconn place
@@ -216,16 +219,27 @@ async fn establish(
     // same node is this client's startup (PostgreSQL drops malformed ones silently).
     let mut vanished_on = None;
     loop {
-        let node = match hold(shared, &client, deadline, &mut pending, avoid, &phase).await {
+        let node = match hold(
+            shared,
+            route,
+            &client,
+            deadline,
+            &mut pending,
+            avoid,
+            &phase,
+        )
+        .await
+        {
             Ok(n) => n,
             Err(t) => return Setup::Done(t, last_node, client),
         };
         last_node = Some(node);
         // Taken before queueing, so a DOWN while this session waits or connects closes it too.
-        let Some(ticket) = shared.ticket_for(node) else {
+        let Some(ticket) = shared.ticket_on(route, node) else {
             continue;
         };
-        match connect_and_start(&client, shared, node, ticket, &mut pending, &phase, timing).await {
+        let to = (route, node);
+        match connect_and_start(&client, shared, to, ticket, &mut pending, &phase, timing).await {
             Attempt::Done(t) => return Setup::Done(t, last_node, client),
             Attempt::Ready { server, slot, open } => {
                 return Setup::Relay(Established {
@@ -335,11 +349,12 @@ mod tests {
         let slots = Arc::new(Semaphore::new(2));
         let (relay, deadline) = Relay::new(Duration::from_secs(1), Duration::from_secs(1));
         let task = RelayTask {
-            _frontend: GaugeGuard::hold(ClientSession(shared.clone())),
+            _frontend: GaugeGuard::hold(ClientSession(shared.clone(), Route::Primary)),
             server: GaugeGuard::hold(ServerSession {
                 shared: shared.clone(),
                 node: 0,
                 backend: shared.backend(0),
+                route: Route::Primary,
             }),
             io: shared
                 .backend(0)

@@ -32,6 +32,7 @@ pub(super) async fn startup(
     server: &TcpStream,
     pending: &mut Pending,
     meters: &Meters<'_>,
+    want_standby: Option<bool>,
 ) -> Startup {
     let up = |n: usize| {
         for m in meters.up {
@@ -43,7 +44,7 @@ pub(super) async fn startup(
             m.fetch_add(n as u64, Relaxed);
         }
     };
-    let mut inspector = Inspector::new(pending);
+    let mut inspector = Inspector::new(pending).expecting(want_standby);
     // What was read during the hold (or a previous attempt) goes first.
     let Verdict { pass, then } = inspector.start();
     if !pass.is_empty() {

@@ -212,6 +212,23 @@ impl SetIo {
     }
 }
 
+/// Which listener a session came in on: the primary port, or the listener of a node set
+/// (`Snapshot::sets`, `Shared::set_io`, same index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Primary,
+    Set(u32),
+}
+
+impl Route {
+    fn set(self) -> Option<usize> {
+        match self {
+            Route::Primary => None,
+            Route::Set(i) => Some(i as usize),
+        }
+    }
+}
+
 /// Told of every finished check (the metrics), by the owner.
 pub trait Observer: Send + Sync {
     fn check(&self, node: usize, result: &CheckResult, transition: Option<Transition>);
@@ -252,7 +269,7 @@ pub fn new(config: Arc<Config>, observer: Arc<dyn Observer>) -> (Arc<Shared>, Ow
         sets: sets::of(&config),
     }));
     let (inputs, inputs_rx) = mpsc::unbounded_channel();
-    let set_io = (sets::rules(&config).iter())
+    let set_io = (sets::specs(&config).iter())
         .map(|_| SetIo::new(&config))
         .collect();
     let shared = Arc::new(Shared {
@@ -290,6 +307,83 @@ impl Shared {
     pub fn ticket_for(&self, node: usize) -> Option<Ticket> {
         let ticket = self.backend(node).ticket();
         (self.current().primary == Some(node)).then_some(ticket)
+    }
+
+    /// The counters of the listener `route` names.
+    pub fn frontend_of(&self, route: Route) -> &crate::backend::Frontend {
+        match route.set().and_then(|i| self.set_io.get(i)) {
+            Some(set) => &set.frontend,
+            None => &self.frontend,
+        }
+    }
+
+    /// `node` as the listener `route` names sees it (its own slots, sessions, kill switch).
+    pub fn backend_on(&self, route: Route, node: usize) -> Arc<Backend> {
+        match route.set().and_then(|i| self.set_io.get(i)) {
+            Some(set) => set.backend(node),
+            None => self.backend(node),
+        }
+    }
+
+    /// The node a new session of `route` goes to in `snap`, if any: the routed primary on the
+    /// primary port; on a set's listener, a member by the listener's balance, other than `avoid`
+    /// while another is there, else the routed primary with `fallback`.
+    pub fn pick(&self, snap: &Snapshot, route: Route, avoid: Option<usize>) -> Option<usize> {
+        let Some(i) = route.set() else {
+            return snap.primary;
+        };
+        let (set, io) = (snap.sets.get(i)?, self.set_io.get(i)?);
+        let others: Vec<usize> = (set.members.iter().copied())
+            .filter(|&n| Some(n) != avoid)
+            .collect();
+        let members = if others.is_empty() {
+            &set.members[..]
+        } else {
+            &others[..]
+        };
+        let turn = io.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let load = |n: usize| {
+            io.backend(n)
+                .counters
+                .scur
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        crate::routing::balance::pick(members, set.balance, load, turn)
+            .or(snap.primary.filter(|_| set.fallback))
+    }
+
+    /// Whether `snap` still lets `route` send new sessions to `node`.
+    pub fn routes_to(&self, snap: &Snapshot, route: Route, node: usize) -> bool {
+        match route.set().and_then(|i| snap.sets.get(i)) {
+            None => snap.primary == Some(node),
+            Some(set) => {
+                set.members.contains(&node)
+                    || (set.fallback && set.members.is_empty() && snap.primary == Some(node))
+            }
+        }
+    }
+
+    /// What a session of `route` to `node` must find in PostgreSQL's `in_hot_standby`: `off` on
+    /// the primary port and for a replica listener's fallback to the primary, `on` for replica and
+    /// standby-leader listeners, either for `any`.
+    pub fn wants_standby(&self, snap: &Snapshot, route: Route, node: usize) -> Option<bool> {
+        match route.set().and_then(|i| snap.sets.get(i)) {
+            None => Some(false),
+            Some(_) if snap.primary == Some(node) => Some(false),
+            Some(set) => match set.rule.role {
+                crate::routing::roles::Role::Any => None,
+                crate::routing::roles::Role::Primary => Some(false),
+                _ => Some(true),
+            },
+        }
+    }
+
+    /// [`Shared::ticket_for`] for any listener: the kill ticket of `node` on `route`, taken
+    /// before confirming that the published snapshot still routes there.
+    pub fn ticket_on(&self, route: Route, node: usize) -> Option<Ticket> {
+        let ticket = self.backend_on(route, node).ticket();
+        self.routes_to(&self.current(), route, node)
+            .then_some(ticket)
     }
 
     /// The IO side of `node` (counters, slots, kill switch). Every index a snapshot holds is

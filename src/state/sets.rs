@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use crate::health::{HealthCounter, Transition};
+use crate::routing::balance::Balance;
 use crate::routing::roles::{admits, Role, Rule};
 use crate::routing::AdminState;
 
@@ -30,6 +31,10 @@ pub struct ListenerSet {
     /// The listener's name (logs, events).
     pub name: String,
     pub rule: Rule,
+    /// How its sessions spread over the members.
+    pub balance: Balance,
+    /// With no member, new sessions go to the routed primary (HAProxy users' `backup` server).
+    pub fallback: bool,
     /// By node index (grows with the nodes).
     pub nodes: Vec<Membership>,
     /// The nodes new sessions may go to now, in index order.
@@ -37,10 +42,12 @@ pub struct ListenerSet {
 }
 
 impl ListenerSet {
-    pub fn new(name: String, rule: Rule, nodes: usize, rise: u32, fall: u32) -> Self {
+    pub fn new(spec: SetSpec, nodes: usize, rise: u32, fall: u32) -> Self {
         Self {
-            name,
-            rule,
+            name: spec.name,
+            rule: spec.rule,
+            balance: spec.balance,
+            fallback: spec.fallback,
             nodes: (0..nodes).map(|_| Membership::new(rise, fall)).collect(),
             members: Arc::from([]),
         }
@@ -60,14 +67,23 @@ impl Membership {
 /// member (fail closed).
 pub fn of(config: &crate::config::Config) -> Vec<ListenerSet> {
     let (rise, fall) = (config.check.rise.get(), config.check.fall.get());
-    rules(config)
+    specs(config)
         .into_iter()
-        .map(|(name, rule)| ListenerSet::new(name, rule, config.servers.len(), rise, fall))
+        .map(|spec| ListenerSet::new(spec, config.servers.len(), rise, fall))
         .collect()
 }
 
-/// The non-primary listeners of `config`, by name, with their rules.
-pub fn rules(_config: &crate::config::Config) -> Vec<(String, Rule)> {
+/// What a non-primary listener of the configuration asks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetSpec {
+    pub name: String,
+    pub rule: Rule,
+    pub balance: Balance,
+    pub fallback: bool,
+}
+
+/// The non-primary listeners of `config`, in its order.
+pub fn specs(_config: &crate::config::Config) -> Vec<SetSpec> {
     // Filled in when the configuration has several listeners (issue 13 item 1).
     Vec::new()
 }

@@ -23,7 +23,13 @@ fn snapshot(role: Role) -> Snapshot {
         role,
         max_lag: Some(1000),
     };
-    snap.sets = vec![ListenerSet::new("replicas".into(), rule, 3, 2, 3)];
+    let spec = SetSpec {
+        name: "replicas".into(),
+        rule,
+        balance: Balance::Leastconn,
+        fallback: false,
+    };
+    snap.sets = vec![ListenerSet::new(spec, 3, 2, 3)];
     snap
 }
 
