@@ -171,7 +171,7 @@ pub async fn run(
         listeners.proxy,
         moves,
         shared.clone(),
-        state::Route::Primary,
+        state::Route::PRIMARY,
         sessions.clone(),
         internal_stop.clone(),
     )));

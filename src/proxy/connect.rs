@@ -31,7 +31,8 @@ const LOCAL_MESSAGE: &str =
 /// owns its handle, so the relay task that outlives the attempt takes it over as it is.
 pub(super) struct ServerSession {
     pub(super) shared: Arc<Shared>,
-    pub(super) node: usize,
+    /// Four bytes, as `route`: both live in every relaying session's task.
+    pub(super) node: u32,
     /// The node's IO side on this listener, held for the session's life (the data path never
     /// looks it up).
     pub(super) backend: Arc<Backend>,
@@ -119,7 +120,7 @@ pub(super) async fn connect_and_start(
     backend.touch_last_session();
     let open = GaugeGuard::hold(ServerSession {
         shared: shared.clone(),
-        node,
+        node: u32::try_from(node).unwrap_or(u32::MAX),
         backend: backend.clone(),
         route,
     });
@@ -196,20 +197,20 @@ pub(super) async fn connect_and_start(
             }
             Ok(Startup::Standby) => {
                 fe.standby_refusals.fetch_add(1, Relaxed);
-                match route {
+                match route.set() {
                     // PostgreSQL's own word: out of the primary's routing until a check confirms.
-                    Route::Primary => {
+                    None => {
                         shared.suspect(node, "PostgreSQL reports in_hot_standby = on".into(), true)
                     }
                     // The set's rule decides membership: check it again now.
-                    Route::Set(_) => shared.recheck(
+                    Some(_) => shared.recheck(
                         node,
                         "PostgreSQL reports a role this listener does not route to".into(),
                     ),
                 }
-                let message = match route {
-                    Route::Primary => STANDBY_MESSAGE,
-                    Route::Set(_) => WRONG_ROLE_MESSAGE,
+                let message = match route.set() {
+                    None => STANDBY_MESSAGE,
+                    Some(_) => WRONG_ROLE_MESSAGE,
                 };
                 let _ = write_all(client, &pgwire::error_response("57P03", message)).await;
                 return Attempt::Done(Termination::Standby);

@@ -43,15 +43,15 @@ pub(super) async fn hold(
     loop {
         let usable = {
             let snap = rx.borrow_and_update();
-            match route {
-                Route::Primary => snap.primary.filter(|&p| match avoid {
+            match route.set() {
+                None => snap.primary.filter(|&p| match avoid {
                     Some((a, seq)) if a == p => {
                         matches!(snap.nodes[p].claim, Claim::Primary { seq: s, .. } if s > seq)
                     }
                     _ => true,
                 }),
                 // Another member than the one that failed this client, while there is one.
-                Route::Set(_) => shared.pick(&snap, route, avoid.map(|(a, _)| a)),
+                Some(_) => shared.pick(&snap, route, avoid.map(|(a, _)| a)),
             }
         };
         if let Some(p) = usable {
@@ -71,9 +71,9 @@ pub(super) async fn hold(
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {
                 fe.hold_timeouts.fetch_add(1, Relaxed);
-                let message = match route {
-                    Route::Primary => FAILOVER_MESSAGE,
-                    Route::Set(_) => NO_MEMBER_MESSAGE,
+                let message = match route.set() {
+                    None => FAILOVER_MESSAGE,
+                    Some(_) => NO_MEMBER_MESSAGE,
                 };
                 refuse(client, pending, "57P03", message).await;
                 return Err(Termination::HoldTimeout);

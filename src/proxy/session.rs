@@ -23,21 +23,21 @@ use super::relay::{End, Meters, Relay, Side};
 use super::tcplog::{Phases, SessionLine, Sockets, Timing};
 use super::termination::Termination;
 use crate::backend::relaying::{bytes_received, Registered};
-use crate::backend::{Counters, Gauge, GaugeGuard, Ticket};
+use crate::backend::{Counters, Frontend, Gauge, GaugeGuard, Ticket};
 use crate::pgwire::startup::Pending;
 use crate::state::{Route, Shared};
 
 /// A session's place in the frontend's `scur`, from accept to the end of the session: the guard
 /// owns its handle, so the relay task that outlives [`run`] takes it over as it is.
-struct ClientSession(Arc<Shared>, Route);
+struct ClientSession(Arc<Frontend>);
 
 impl Gauge for ClientSession {
     fn gauge(&self) -> &AtomicU64 {
-        &self.0.frontend_of(self.1).scur
+        &self.0.scur
     }
 
     fn max(&self) -> Option<&AtomicU64> {
-        Some(&self.0.frontend_of(self.1).smax)
+        Some(&self.0.smax)
     }
 }
 
@@ -60,13 +60,13 @@ pub async fn run(
 ) {
     let start = Instant::now();
     shared.frontend_of(route).stot.fetch_add(1, Relaxed);
-    let open = GaugeGuard::hold(ClientSession(shared, route));
-    let shared = &open.handle().0;
+    let open = GaugeGuard::hold(ClientSession(shared.frontend_of(route).clone()));
+    let shared = &shared;
     let mut timing = Timing::default();
     let (t, node, client) = match establish(client, peer, shared, route, start, &mut timing).await {
         Setup::Done(t, node, client) => (t, node, client),
         Setup::Relay(s) => {
-            let node = s.open.handle().node;
+            let node = s.open.handle().node as usize;
             let backend = s.open.handle().backend.clone();
             let cfg = shared.config();
             let idle = (cfg.listen.timeout_client, cfg.listen.timeout_server);
@@ -180,7 +180,7 @@ impl Future for RelayTask {
         log_end(
             shared,
             *this.peer,
-            Some(*node),
+            Some(*node as usize),
             *this.start,
             t,
             *this.phases,
@@ -349,12 +349,12 @@ mod tests {
         let slots = Arc::new(Semaphore::new(2));
         let (relay, deadline) = Relay::new(Duration::from_secs(1), Duration::from_secs(1));
         let task = RelayTask {
-            _frontend: GaugeGuard::hold(ClientSession(shared.clone(), Route::Primary)),
+            _frontend: GaugeGuard::hold(ClientSession(shared.frontend.clone())),
             server: GaugeGuard::hold(ServerSession {
                 shared: shared.clone(),
                 node: 0,
                 backend: shared.backend(0),
-                route: Route::Primary,
+                route: Route::PRIMARY,
             }),
             io: shared
                 .backend(0)

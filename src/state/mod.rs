@@ -155,7 +155,7 @@ pub struct Shared {
     /// server) *before* a snapshot with that node is published, never shrunk, so an index read
     /// from any snapshot is valid here.
     backends: std::sync::RwLock<Vec<Arc<Backend>>>,
-    pub frontend: crate::backend::Frontend,
+    pub frontend: Arc<crate::backend::Frontend>,
     /// The IO side of each listener that is not the primary port, by set index (as
     /// `Snapshot::sets`): fixed at start (listeners change at a restart).
     pub set_io: Vec<SetIo>,
@@ -172,7 +172,7 @@ pub struct Shared {
 /// sessions and kill switch), and its frontend counters.
 #[derive(Debug)]
 pub struct SetIo {
-    pub frontend: crate::backend::Frontend,
+    pub frontend: Arc<crate::backend::Frontend>,
     backends: std::sync::RwLock<Vec<Arc<Backend>>>,
     /// The balance's turn counter.
     pub turn: std::sync::atomic::AtomicU64,
@@ -214,18 +214,22 @@ impl SetIo {
 
 /// Which listener a session came in on: the primary port, or the listener of a node set
 /// (`Snapshot::sets`, `Shared::set_io`, same index).
+/// Four bytes: it lives in every relaying session's task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Primary,
-    Set(u32),
-}
+pub struct Route(u32);
 
 impl Route {
-    fn set(self) -> Option<usize> {
-        match self {
-            Route::Primary => None,
-            Route::Set(i) => Some(i as usize),
-        }
+    /// The primary port.
+    pub const PRIMARY: Route = Route(u32::MAX);
+
+    /// The listener of set `i`.
+    pub fn of_set(i: usize) -> Route {
+        Route(u32::try_from(i).unwrap_or(u32::MAX - 1).min(u32::MAX - 1))
+    }
+
+    /// The set's index, `None` on the primary port.
+    pub fn set(self) -> Option<usize> {
+        (self != Route::PRIMARY).then_some(self.0 as usize)
     }
 }
 
@@ -310,7 +314,7 @@ impl Shared {
     }
 
     /// The counters of the listener `route` names.
-    pub fn frontend_of(&self, route: Route) -> &crate::backend::Frontend {
+    pub fn frontend_of(&self, route: Route) -> &Arc<crate::backend::Frontend> {
         match route.set().and_then(|i| self.set_io.get(i)) {
             Some(set) => &set.frontend,
             None => &self.frontend,
