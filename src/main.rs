@@ -254,6 +254,14 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let proxy = listener(&mut inherited, config.listen.bind, "listen.bind").await?;
     let stats = listener(&mut inherited, config.stats.bind, "stats.bind").await?;
+    let mut sets = Vec::new();
+    for spec in patroni_proxy::state::sets::specs(&config) {
+        let key = format!("listen '{}' bind", spec.name);
+        let l = listener(&mut inherited, spec.bind, &key).await?;
+        tracing::info!(listener = %spec.name, role = spec.rule.role.as_str(), bind = %l.local_addr()?,
+            "listening; no server is routable until a check admits it");
+        sets.push(l);
+    }
     for why in &inherited.refused {
         tracing::warn!("socket activation: {why}; not used");
     }
@@ -278,6 +286,7 @@ async fn serve(
         Listeners {
             proxy,
             stats: Some(stats),
+            sets,
         },
     );
     // For the dashboard's process line and /stats.json.

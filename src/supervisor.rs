@@ -16,6 +16,8 @@ use crate::{dcs, proxy, stats};
 pub struct Listeners {
     pub proxy: TcpListener,
     pub stats: Option<TcpListener>,
+    /// The listeners that are not the primary port, in the order of `state::sets::specs`.
+    pub sets: Vec<TcpListener>,
 }
 
 /// A running proxy: its state and stats handles (for tests and the binary) and its stop switches.
@@ -175,6 +177,18 @@ pub async fn run(
         sessions.clone(),
         internal_stop.clone(),
     )));
+    for (i, l) in listeners.sets.into_iter().enumerate() {
+        // Their `bind` changes at a restart: nothing moves them.
+        let (_, moves) = tokio::sync::watch::channel(None);
+        supervised.spawn(tasks.track_future(proxy::serve(
+            l,
+            moves,
+            shared.clone(),
+            state::Route::of_set(i),
+            sessions.clone(),
+            internal_stop.clone(),
+        )));
+    }
     if let Some(l) = listeners.stats {
         supervised.spawn(tasks.track_future(stats::serve_moving(
             l,

@@ -77,6 +77,8 @@ pub fn of(config: &crate::config::Config) -> Vec<ListenerSet> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SetSpec {
     pub name: String,
+    /// Where its clients connect.
+    pub bind: std::net::SocketAddr,
     pub rule: Rule,
     pub balance: Balance,
     pub fallback: bool,

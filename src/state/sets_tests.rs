@@ -25,6 +25,7 @@ fn snapshot(role: Role) -> Snapshot {
     };
     let spec = SetSpec {
         name: "replicas".into(),
+        bind: "127.0.0.1:5001".parse().unwrap(),
         rule,
         balance: Balance::Leastconn,
         fallback: false,

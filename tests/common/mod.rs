@@ -204,6 +204,8 @@ pub struct Cluster {
     pub proxy: Option<Running>,
     pub addr: SocketAddr,
     pub stats: SocketAddr,
+    /// The other listeners' addresses, in the configuration's order (`state::sets::specs`).
+    pub set_addrs: Vec<SocketAddr>,
 }
 
 impl Cluster {
@@ -273,11 +275,17 @@ impl Cluster {
         let proxy_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stats_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, stats) = (proxy_l.local_addr().unwrap(), stats_l.local_addr().unwrap());
+        let mut sets = Vec::new();
+        for _ in patroni_proxy::state::sets::specs(&config) {
+            sets.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let set_addrs = sets.iter().map(|l| l.local_addr().unwrap()).collect();
         let running = supervisor::start(
             config,
             Listeners {
                 proxy: proxy_l,
                 stats: Some(stats_l),
+                sets,
             },
         );
         Self {
@@ -285,6 +293,7 @@ impl Cluster {
             proxy: Some(running),
             addr,
             stats,
+            set_addrs,
         }
     }
 
