@@ -46,6 +46,10 @@ pub struct View {
     pub no_primary_total_s: f64,
     pub frontend: FrontendView,
     pub servers: Vec<ServerView>,
+    /// The listeners that are not the primary port (replica, any, standby_leader), each with its
+    /// members and its own counters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<super::listeners::ListenerView>,
     /// The most recent events, oldest first.
     pub events: Vec<Event>,
     /// The etcd watch, when `[etcd]` is configured: endpoint in use, the leader's lease as last
@@ -291,6 +295,104 @@ pub fn tone_of(n: &NodeState, routed: bool) -> Tone {
     }
 }
 
+/// One node's row, with the counters of `b` (its side on one listener).
+pub fn server_view(
+    cfg: &crate::config::Config,
+    n: &NodeState,
+    b: &crate::backend::Backend,
+    routed: bool,
+    now: Instant,
+    wall: SystemTime,
+) -> ServerView {
+    let s = &n.server;
+    let c = &b.counters;
+    let info = n.last_check.as_ref().and_then(|r| r.patroni.as_ref());
+    let last_session = c.last_session.load(Relaxed);
+    ServerView {
+        name: s.name.clone(),
+        address: s.address.to_string(),
+        check_address: cfg.check_target_of(s).to_string(),
+        status: status_text(n),
+        removed: n.removed.is_some(),
+        tone: tone_of(n, routed),
+        admin: n.admin,
+        admin_by: n.admin_by.as_ref().map(|(who, _)| who.clone()),
+        admin_at: n.admin_by.as_ref().map(|(_, at)| epoch(*at)),
+        up: n.counter.is_up(),
+        routed_primary: routed,
+        role: role_of(n),
+        patroni_role: info.and_then(|p| p.role.clone()),
+        patroni_state: info.and_then(|p| p.state.clone()),
+        timeline: info.and_then(|p| p.timeline),
+        claim: n.claim.clone(),
+        last_answer: n.last_answer.clone(),
+        last_check_age_s: n.last_check.as_ref().map(|r| {
+            wall.duration_since(r.finished_at)
+                .unwrap_or_default()
+                .as_secs_f64()
+        }),
+        check_desc: n
+            .last_check
+            .as_ref()
+            .map_or("Initializing", |r| r.status.description()),
+        last_check: n.last_check.clone(),
+        check_rise: cfg.check.rise.get(),
+        check_fall: cfg.check.fall.get(),
+        check_health: n.counter.health(),
+        chkfail: n.chkfail,
+        chkdown: n.chkdown,
+        lastchg_s: now.saturating_duration_since(n.last_change).as_secs(),
+        downtime_s: n.downtime_at(now).as_secs(),
+        scur: c.scur.load(Relaxed),
+        smax: c.smax.load(Relaxed),
+        slim: b.maxconn(),
+        stot: c.stot.load(Relaxed),
+        qcur: c.qcur.load(Relaxed),
+        qmax: c.qmax.load(Relaxed),
+        bin: c.bin.load(Relaxed),
+        bout: c.bout.load(Relaxed),
+        econ: c.econ.load(Relaxed),
+        wretr: c.wretr.load(Relaxed),
+        killed: c.killed.load(Relaxed),
+        cli_abrt: c.cli_abrt.load(Relaxed),
+        srv_abrt: c.srv_abrt.load(Relaxed),
+        lastsess_s: (last_session > 0).then(|| (epoch(wall) as u64).saturating_sub(last_session)),
+    }
+}
+
+/// A listener's frontend counters; `servers` for the queue figures.
+pub fn frontend_view(
+    fe: &crate::backend::Frontend,
+    slim: u32,
+    servers: &[ServerView],
+) -> FrontendView {
+    FrontendView {
+        scur: fe.scur.load(Relaxed),
+        smax: fe.smax.load(Relaxed),
+        slim,
+        stot: fe.stot.load(Relaxed),
+        bin: fe.bin.load(Relaxed),
+        bout: fe.bout.load(Relaxed),
+        qcur: servers.iter().map(|s| s.qcur).sum(),
+        qmax: servers.iter().map(|s| s.qmax).max().unwrap_or(0),
+        refusals: Refusals {
+            no_primary: fe.hold_timeouts.load(Relaxed),
+            queue_timeout: fe.queue_timeout.load(Relaxed),
+            connect_failed: fe.connect_failed.load(Relaxed),
+            standby: fe.standby_refusals.load(Relaxed),
+        },
+        holds: Holds {
+            held: fe.held.load(Relaxed),
+            holding: fe.holding.load(Relaxed),
+            released: fe.hold_released.load(Relaxed),
+            replays: fe.replays.load(Relaxed),
+        },
+        accept_errors: fe.accept_errors.load(Relaxed),
+        local_errors: fe.local_errors.load(Relaxed),
+        log_lines_dropped: crate::logging::dropped_lines(),
+    }
+}
+
 pub fn view(shared: &Shared) -> View {
     let snap = shared.current();
     let now = Instant::now();
@@ -303,64 +405,7 @@ pub fn view(shared: &Shared) -> View {
         .iter()
         .zip(&backends)
         .enumerate()
-        .map(|(i, (n, b))| {
-            let s = &n.server;
-            let c = &b.counters;
-            let routed = snap.primary == Some(i);
-            let info = n.last_check.as_ref().and_then(|r| r.patroni.as_ref());
-            let last_session = c.last_session.load(Relaxed);
-            ServerView {
-                name: s.name.clone(),
-                address: s.address.to_string(),
-                check_address: cfg.check_target_of(s).to_string(),
-                status: status_text(n),
-                removed: n.removed.is_some(),
-                tone: tone_of(n, routed),
-                admin: n.admin,
-                admin_by: n.admin_by.as_ref().map(|(who, _)| who.clone()),
-                admin_at: n.admin_by.as_ref().map(|(_, at)| epoch(*at)),
-                up: n.counter.is_up(),
-                routed_primary: routed,
-                role: role_of(n),
-                patroni_role: info.and_then(|p| p.role.clone()),
-                patroni_state: info.and_then(|p| p.state.clone()),
-                timeline: info.and_then(|p| p.timeline),
-                claim: n.claim.clone(),
-                last_answer: n.last_answer.clone(),
-                last_check_age_s: n.last_check.as_ref().map(|r| {
-                    wall.duration_since(r.finished_at)
-                        .unwrap_or_default()
-                        .as_secs_f64()
-                }),
-                check_desc: n
-                    .last_check
-                    .as_ref()
-                    .map_or("Initializing", |r| r.status.description()),
-                last_check: n.last_check.clone(),
-                check_rise: cfg.check.rise.get(),
-                check_fall: cfg.check.fall.get(),
-                check_health: n.counter.health(),
-                chkfail: n.chkfail,
-                chkdown: n.chkdown,
-                lastchg_s: now.saturating_duration_since(n.last_change).as_secs(),
-                downtime_s: n.downtime_at(now).as_secs(),
-                scur: c.scur.load(Relaxed),
-                smax: c.smax.load(Relaxed),
-                slim: b.maxconn(),
-                stot: c.stot.load(Relaxed),
-                qcur: c.qcur.load(Relaxed),
-                qmax: c.qmax.load(Relaxed),
-                bin: c.bin.load(Relaxed),
-                bout: c.bout.load(Relaxed),
-                econ: c.econ.load(Relaxed),
-                wretr: c.wretr.load(Relaxed),
-                killed: c.killed.load(Relaxed),
-                cli_abrt: c.cli_abrt.load(Relaxed),
-                srv_abrt: c.srv_abrt.load(Relaxed),
-                lastsess_s: (last_session > 0)
-                    .then(|| (epoch(wall) as u64).saturating_sub(last_session)),
-            }
-        })
+        .map(|(i, (n, b))| server_view(cfg, n, b, snap.primary == Some(i), now, wall))
         .collect();
     let mut events = shared.events.recent();
     events.drain(..events.len().saturating_sub(EVENTS_IN_VIEW));
@@ -387,31 +432,8 @@ pub fn view(shared: &Shared) -> View {
             .as_secs_f64(),
         primary_changes: snap.primary_changes,
         no_primary_total_s: snap.no_primary_total_at(now).as_secs_f64(),
-        frontend: FrontendView {
-            scur: fe.scur.load(Relaxed),
-            smax: fe.smax.load(Relaxed),
-            slim: cfg.global.maxconn.get(),
-            stot: fe.stot.load(Relaxed),
-            bin: fe.bin.load(Relaxed),
-            bout: fe.bout.load(Relaxed),
-            qcur: servers.iter().map(|s| s.qcur).sum(),
-            qmax: servers.iter().map(|s| s.qmax).max().unwrap_or(0),
-            refusals: Refusals {
-                no_primary: fe.hold_timeouts.load(Relaxed),
-                queue_timeout: fe.queue_timeout.load(Relaxed),
-                connect_failed: fe.connect_failed.load(Relaxed),
-                standby: fe.standby_refusals.load(Relaxed),
-            },
-            holds: Holds {
-                held: fe.held.load(Relaxed),
-                holding: fe.holding.load(Relaxed),
-                released: fe.hold_released.load(Relaxed),
-                replays: fe.replays.load(Relaxed),
-            },
-            accept_errors: fe.accept_errors.load(Relaxed),
-            local_errors: fe.local_errors.load(Relaxed),
-            log_lines_dropped: crate::logging::dropped_lines(),
-        },
+        frontend: frontend_view(fe, cfg.global.maxconn.get(), &servers),
+        listeners: super::listeners::views(shared, &snap),
         servers,
         events,
         etcd: None,

@@ -32,6 +32,7 @@ pub mod dashboard;
 pub mod export;
 pub mod families;
 pub mod history;
+pub mod listeners;
 pub mod loaded;
 pub mod metrics;
 mod server;
