@@ -1,0 +1,278 @@
+//! `import-haproxy` against real HAProxy files people run in front of Patroni
+//! (`../shared/reference/haproxy-corpus/`, third-party, read in place and never copied here), and
+//! against one fixture per shape (`tests/fixtures/import/NAME.cfg` with the expected
+//! `NAME.toml`, both written for this project).
+
+use super::*;
+use patroni_proxy::config::{Fallback, Role};
+
+fn corpus(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/reference/haproxy-corpus")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Variables the corpus files reference, as their deployments would set them.
+fn env(name: &str) -> Option<String> {
+    Some(
+        match name {
+            "INT_HAPROXY_STATS_PORT" => "7000",
+            "INT_HAPROXY_RW_PORT" => "5000",
+            "INT_HAPROXY_RO_PORT" => "5001",
+            "INT_PATRONI_PORT" => "8008",
+            "INT_PG_PORT" => "5432",
+            "HAPROXY_STATS_USER" | "ADMIN_HAPROXY_USER" => "ops",
+            "HAPROXY_STATS_PASSWORD" | "ADMIN_HAPROXY_PASSWORD" | "STATS_PASSWORD" => "s3cret",
+            n if n.starts_with("HAPROXY_WEIGHT_NODE") => "100",
+            n if n.starts_with("PATRONI") && n.ends_with("_PRIVATE_DOMAIN") => {
+                return Some(format!("10.0.0.{}", &n[7..8]))
+            }
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+/// Host names written as IP addresses: what a user does today, since names are not resolved yet.
+fn with_ips(text: &str) -> String {
+    let mut t = text.to_string();
+    for (i, host) in [
+        "node1",
+        "node2",
+        "node3",
+        "db1",
+        "db2",
+        "db3",
+        "db4",
+        "patroni-node1",
+        "patroni-node2",
+        "patroni-node3",
+        "patroni1",
+        "patroni2",
+        "patroni3",
+        "sys-atl-db01",
+        "sys-atl-db02",
+        "sys-atl-db03",
+    ]
+    .iter()
+    .enumerate()
+    {
+        t = t.replace(&format!(" {host}:"), &format!(" 10.1.0.{}:", i + 1));
+    }
+    t.replace(" host.docker.internal:", " 10.2.0.1:")
+}
+
+enum Outcome {
+    /// Converts, with these roles per listener.
+    Converts(&'static [Role]),
+    /// Refused at this line, the message containing this text.
+    Refused(usize, &'static str),
+}
+
+#[test]
+fn every_corpus_file_converts_or_is_refused_for_its_stated_reason() {
+    use Outcome::*;
+    use Role::*;
+    let cases: [(&str, Outcome); 19] = [
+        ("01-patroni-haproxy.cfg", Converts(&[Primary])),
+        // listen replicas_sync: `OPTIONS /sync`, no role follows synchronous standbys.
+        ("02-vitabaks-postgresql-cluster.cfg", Refused(55, "/sync")),
+        // Stats access by userlist ACLs.
+        ("03-pigsty-pg-test.cfg", Refused(57, "userlist ACLs")),
+        (
+            "04-technotim-frontend-backend-checkssl.cfg",
+            Converts(&[Primary]),
+        ),
+        (
+            "05-rd-tony-blog-ubuntu-default-plus-patroni.cfg",
+            Converts(&[Primary]),
+        ),
+        (
+            "06-percona-docs-ha-haproxy.cfg",
+            Refused(24, "host names are not supported yet"),
+        ),
+        // The stats page over TLS (`bind ... ssl crt`).
+        (
+            "07-jmrenouard-patroni-lab-rhel8-ssl-envvars.cfg",
+            Refused(22, "TLS on the listener"),
+        ),
+        (
+            "08-maborak-patroni-ha-dockerized.cfg",
+            Refused(41, "host names"),
+        ),
+        (
+            "09-jlluesma-routing-bench-callback.cfg",
+            Refused(60, "host names"),
+        ),
+        (
+            "10-aditya41150-patroni-railway-template.cfg",
+            Converts(&[Primary, Replica]),
+        ),
+        (
+            "11-2c9-swarm-pgsql-tests-master.cfg",
+            Refused(28, "host names"),
+        ),
+        (
+            "12-veegres-ivory-dev-host-routing.cfg",
+            Refused(27, "host names"),
+        ),
+        (
+            "13-edb-ansible-setup-haproxy.cfg",
+            Converts(&[Primary, Replica]),
+        ),
+        ("14-erawan-cluster-pgsql-tenant.cfg", Converts(&[Primary])),
+        (
+            "15-volkartd-otus-ubuntu-defaults-master.cfg",
+            Converts(&[Primary]),
+        ),
+        (
+            "16-jamesyeogz-posgresqlHA-consul-master.cfg",
+            Refused(39, "host names"),
+        ),
+        (
+            "17-aleks-sharipov-otus-duplicate-mode.cfg",
+            Refused(39, "host names"),
+        ),
+        (
+            "18-baseharbor-spilo-resolvers.cfg",
+            Refused(18, "DNS service discovery"),
+        ),
+        // Citus: coordinator and workers are separate Patroni clusters.
+        (
+            "19-patroni-confd-citus-rendered.cfg",
+            Refused(28, "two Patroni clusters"),
+        ),
+    ];
+    for (name, outcome) in cases {
+        let text = corpus(name);
+        match (import::convert(&text, &env), outcome) {
+            (Ok(i), Converts(roles)) => {
+                let got: Vec<Role> = i.file.listen.all().iter().map(|l| l.role).collect();
+                assert_eq!(got, roles, "{name}");
+                let printed = import::to_toml(&i.file, &i.notes, name);
+                let back: patroni_proxy::config::FileConfig = toml::from_str(&printed).unwrap();
+                assert_eq!(back, i.file, "{name}: the printed TOML reads back the same");
+            }
+            (Err(e), Refused(line, says)) => {
+                assert_eq!(e.line, line, "{name}: {e}");
+                assert!(e.to_string().contains(says), "{name}: {e}");
+            }
+            (Ok(_), Refused(line, says)) => {
+                panic!("{name}: converted, expected line {line}: {says}")
+            }
+            (Err(e), Converts(_)) => panic!("{name}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn the_host_name_files_convert_once_the_names_are_ip_addresses() {
+    // Everything but the names is a shape the import handles.
+    use Role::*;
+    for (name, roles) in [
+        ("06-percona-docs-ha-haproxy.cfg", &[Primary, Replica][..]),
+        ("08-maborak-patroni-ha-dockerized.cfg", &[Primary, Replica]),
+        (
+            "09-jlluesma-routing-bench-callback.cfg",
+            &[Primary, Replica],
+        ),
+        ("11-2c9-swarm-pgsql-tests-master.cfg", &[Primary]),
+        (
+            "16-jamesyeogz-posgresqlHA-consul-master.cfg",
+            &[Primary, Replica],
+        ),
+        ("17-aleks-sharipov-otus-duplicate-mode.cfg", &[Primary]),
+    ] {
+        let i = import::convert(&with_ips(&corpus(name)), &env)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got: Vec<Role> = i.file.listen.all().iter().map(|l| l.role).collect();
+        assert_eq!(got, roles, "{name}");
+    }
+}
+
+#[test]
+fn ignored_directives_are_noted_once_each_with_their_line() {
+    // Issue 13: "accepted, with one warning line each ... never silently dropped".
+    let i = import::convert(
+        &corpus("05-rd-tony-blog-ubuntu-default-plus-patroni.cfg"),
+        &env,
+    )
+    .unwrap();
+    for (line, directive) in [
+        (2, "log"),
+        (4, "chroot"),
+        (9, "daemon"),
+        (12, "ca-base"),
+        (23, "option httplog"),
+        (28, "errorfile"),
+        (60, "stats uri"),
+        (61, "stats refresh"),
+    ] {
+        assert!(
+            i.notes
+                .iter()
+                .any(|n| n.line == line && n.directive.starts_with(directive)),
+            "no note for line {line} `{directive}`: {:#?}",
+            i.notes
+        );
+    }
+    let printed = import::to_toml(&i.file, &i.notes, "x");
+    assert!(printed.contains("# line 9: `daemon`: "), "{printed}");
+    // `option tcp-check` then `option httpchk`: the last wins, as in HAProxy.
+    assert!(
+        i.notes.iter().any(|n| n.directive == "option tcp-check"),
+        "{:#?}",
+        i.notes
+    );
+    assert!(i.file.check.ssl);
+}
+
+#[test]
+fn a_read_only_section_with_the_primary_as_backup_falls_back_to_the_primary() {
+    let text = "listen ro\n    bind *:5001\n    option httpchk GET /read-only\n    \
+        default-server check port 8008\n    server a 10.0.0.1:5432\n    server b 10.0.0.2:5432\n    \
+        server c 10.0.0.3:5432 backup\n";
+    let i = import::convert(text, &env).unwrap();
+    let l = &i.file.listen.all()[0];
+    assert_eq!(
+        (l.role, l.fallback),
+        (Role::Replica, Some(Fallback::Primary))
+    );
+    let e = Config::from_toml(&import::to_toml(&i.file, &i.notes, "x")).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("role 'replica' is not served by this version yet"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_shape_fixture_gives_its_expected_proxy_toml() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/import");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let cfg = entry.unwrap().path();
+        if cfg.extension().is_none_or(|e| e != "cfg") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let i = import::convert(&text, &env).unwrap_or_else(|e| panic!("{}: {e}", cfg.display()));
+        let printed = import::to_toml(
+            &i.file,
+            &i.notes,
+            &format!(
+                "tests/fixtures/import/{}",
+                cfg.file_name().unwrap().to_string_lossy()
+            ),
+        );
+        let expected = std::fs::read_to_string(cfg.with_extension("toml")).unwrap_or_default();
+        if std::env::var_os("BLESS").is_some() {
+            std::fs::write(cfg.with_extension("toml"), &printed).unwrap();
+        } else {
+            assert_eq!(printed, expected, "{} (BLESS=1 rewrites it)", cfg.display());
+        }
+        n += 1;
+    }
+    assert!(n >= 5, "fixtures missing in {}", dir.display());
+}
