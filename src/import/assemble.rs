@@ -87,6 +87,14 @@ pub(super) fn build(
         origins.insert(format!("{prefix}.name"), (fe.line, fe.kind.clone()));
 
         // Addresses.
+        if let Some(line) = fe.bind_tls {
+            return Err(err(
+                line,
+                "bind ssl",
+                "TLS on a PostgreSQL listener is not supported: clients negotiate TLS with \
+                 PostgreSQL itself through the proxy (sslmode); remove `ssl crt ...`",
+            ));
+        }
         let binds: Vec<SocketAddr> = fe.binds.iter().map(|(_, a)| *a).collect();
         l.bind = Binds::new(binds).ok_or_else(|| {
             err(
@@ -444,11 +452,13 @@ pub(super) fn build(
 
         // Merge the servers: one [[server]] per node (address and check target).
         let mut names = Vec::new();
+        let mut targets = Vec::new();
         for n in &nodes {
             let target = SocketAddr::new(
                 n.p.addr.map_or(n.raw.address.ip(), |(_, ip)| ip),
                 n.check_port,
             );
+            targets.push(target);
             let key = (n.raw.address, target);
             let maxconn = n.p.maxconn.map_or(config::DEFAULT_MAXCONN, |(_, m)| m);
             let idx = match by_target.get(&key) {
@@ -508,17 +518,12 @@ pub(super) fn build(
             names.push(b.servers[idx].name.clone());
         }
         l.servers = Some(names);
-        primaries.push((
-            i,
-            fe.line,
-            l.name.clone(),
-            l.role,
-            l.servers.clone().unwrap_or_default(),
-        ));
+        primaries.push((i, fe.line, l.name.clone(), l.role, targets));
         b.listeners.push(l);
     }
-    // Two primary listeners over disjoint nodes route to two primaries at once: two Patroni
-    // clusters (Citus groups) in one file, where the runtime follows one.
+    // Two primary listeners checking disjoint nodes route to two primaries at once: two Patroni
+    // clusters (Citus groups) in one file, where the runtime follows one. (The same node on two
+    // PostgreSQL ports, pgbouncer's and PostgreSQL's, is the same node: its check target.)
     for (i, _, a, role_a, sa) in &primaries {
         for (j, line, bname, role_b, sb) in &primaries {
             let primary = *role_a == Role::Primary && *role_b == Role::Primary;

@@ -12,7 +12,7 @@
 //! - `noop`: the directives that change nothing here, and why.
 //! - `proxy`: a `defaults`/`listen`/`frontend`/`backend` section into a `Section`.
 //! - `server`: `server` and `default-server` lines.
-//! - `stats`: the stats section.
+//! - `stats`: the stats section; `userlist`: its access rules by userlist.
 //! - `roles`: check URI to listener role.
 //! - `assemble`: sections into listeners, servers and the one `[check]`.
 //! - `shared`: timeouts, retries, keepalive and HAProxy's time format.
@@ -28,6 +28,7 @@ mod sections;
 mod server;
 mod shared;
 mod stats;
+mod userlist;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -65,7 +66,10 @@ impl Note {
 
 impl std::fmt::Display for Note {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}: `{}`: {}", self.line, self.directive, self.why)
+        match self.line {
+            0 => write!(f, "`{}`: {}", self.directive, self.why),
+            line => write!(f, "line {line}: `{}`: {}", self.directive, self.why),
+        }
     }
 }
 
@@ -109,6 +113,7 @@ pub fn convert(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Impor
     let mut defaults = Section::default();
     // Each proxy section with the `defaults` in force where it was written.
     let mut proxies: Vec<(Section, Section)> = Vec::new();
+    let mut userlists = HashMap::new();
     for block in &blocks {
         let name = block.name.clone().unwrap_or_default();
         match block.kind.as_str() {
@@ -116,6 +121,9 @@ pub fn convert(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Impor
             "defaults" => {
                 defaults = parse_section("defaults", &name, block.line, &block.body)?;
                 notes.append(&mut defaults.notes);
+            }
+            "userlist" => {
+                userlists.insert(name.clone(), userlist::parse_userlist(block)?);
             }
             "listen" | "frontend" | "backend" => {
                 let s = parse_section(&block.kind, &name, block.line, &block.body)?;
@@ -125,7 +133,6 @@ pub fn convert(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Impor
                 block.line,
                 &format!("{other} {name}"),
                 match other {
-                    "userlist" => "users for HAProxy ACLs: the stats page takes `stats auth`",
                     "resolvers" => "DNS resolution is not used: servers are IP addresses",
                     _ => "a section that routes no PostgreSQL session",
                 },
@@ -155,8 +162,9 @@ pub fn convert(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Impor
                 ));
             }
             seen_stats = Some(s.line);
-            stats::parse_stats(s, &mut stats, &mut notes)?;
-            notes.extend(s.notes.iter().cloned());
+            stats::parse_stats(s, &userlists, &mut stats, &mut notes)?;
+            // Its ACLs are the access rules just converted.
+            notes.extend(s.notes.iter().filter(|n| n.directive != "acl").cloned());
             continue;
         }
         let backend = match s.kind.as_str() {
@@ -186,7 +194,7 @@ pub fn convert(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Impor
             notes.push(Note::new(
                 s.line,
                 &format!("{} {}", s.kind, s.name),
-                "left out: it serves HTTP, not PostgreSQL (not the stats page); keep HAProxy or                  another proxy for it",
+                "left out: it serves HTTP, not PostgreSQL (not the stats page); keep HAProxy or another proxy for it",
             ));
             continue;
         }
@@ -254,9 +262,39 @@ pub fn convert(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Impor
             &format!("{} (`{}` in proxy.toml)", e.message, e.key),
         )
     })?;
+    Ok(Imported {
+        file,
+        notes: merged(notes),
+    })
+}
+
+/// The notes in line order, one per directive and reason: the same one on several lines (a
+/// `weight` on every `server`) is one note naming the other lines.
+fn merged(mut notes: Vec<Note>) -> Vec<Note> {
     notes.sort_by_key(|n| n.line);
-    notes.dedup();
-    Ok(Imported { file, notes })
+    let mut out: Vec<(Note, Vec<usize>)> = Vec::new();
+    for n in notes {
+        match out
+            .iter_mut()
+            .find(|(o, _)| o.directive == n.directive && o.why == n.why)
+        {
+            Some((o, more)) => {
+                if o.line != n.line && !more.contains(&n.line) {
+                    more.push(n.line);
+                }
+            }
+            None => out.push((n, Vec::new())),
+        }
+    }
+    out.into_iter()
+        .map(|(mut n, more)| {
+            if !more.is_empty() {
+                let lines: Vec<String> = more.iter().map(usize::to_string).collect();
+                n.why = format!("{} (also lines {})", n.why, lines.join(", "));
+            }
+            n
+        })
+        .collect()
 }
 
 /// `global`: `maxconn`, `nbthread`, the TLS bases and defaults; the rest is noted.

@@ -47,6 +47,8 @@ pub(super) struct Section {
     pub(super) origins: Origins,
     /// The lines of `stats` directives (the stats page).
     pub(super) stats: Vec<Line>,
+    /// A `bind` line with `ssl`: refused for PostgreSQL, adapted for the stats page.
+    pub(super) bind_tls: Option<usize>,
     /// A line that answers HTTP itself (`monitor-uri`, `http-request return`).
     pub(super) serves_http: Option<usize>,
     /// Lines this file notes as having no effect, reported only when the section is converted.
@@ -166,6 +168,13 @@ pub(super) fn parse_section(
                      pg_hba.conf or a firewall",
                 ))
             }
+            // Kept with the stats lines: the stats page's access rules refer to them.
+            ("acl", Some(_)) => {
+                s.stats.push(Line { line, w: w.clone() });
+                if let Some(why) = no_effect(kind, w) {
+                    s.notes.push(Note::new(line, "acl", why));
+                }
+            }
             ("stats", Some(_)) => s.stats.push(Line { line, w: w.clone() }),
             ("http-request", Some("return")) => {
                 s.serves_http.get_or_insert(line);
@@ -217,12 +226,11 @@ fn parse_bind(line: usize, w: &[String], s: &mut Section) -> Result<(), ImportEr
     let addrs = w
         .get(1)
         .ok_or_else(|| err(line, "bind", "expected an address"))?;
-    if let Some(opt) = w.get(2) {
+    if w.get(2).is_some_and(|o| o == "ssl") {
+        // Decided once the section is known to be the stats page or not.
+        s.bind_tls = Some(line);
+    } else if let Some(opt) = w.get(2) {
         let why = match opt.as_str() {
-            "ssl" | "crt" => {
-                "TLS on the listener is not supported: PostgreSQL clients negotiate TLS with the \
-                 server through the proxy; for the stats page, put a TLS proxy in front"
-            }
             "accept-proxy" => "the PROXY protocol is not supported",
             _ => "bind options are not supported: write the address only",
         };

@@ -1,24 +1,68 @@
 //! The stats section, in any of its shapes (`listen stats`, `frontend stats`): its address,
 //! `stats auth`, `stats admin if TRUE`; the page's cosmetics are noted as such.
 
+use std::net::{Ipv4Addr, SocketAddr};
+
+use std::collections::HashMap;
+
 use super::proxy::Section;
+use super::sections::Line;
+use super::userlist::{credentials, Users};
 use super::{err, ImportError, Note};
 use crate::config::Stats;
 
 pub(super) fn parse_stats(
     s: &Section,
+    lists: &HashMap<String, Users>,
     stats: &mut Stats,
     notes: &mut Vec<Note>,
 ) -> Result<(), ImportError> {
     match s.binds.as_slice() {
         [] => {}
-        [(_, addr)] => stats.bind = *addr,
+        [(_, addr)] => {
+            stats.bind = *addr;
+            if let Some(line) = s.bind_tls {
+                // Plain HTTP on the network would carry `stats auth` in clear: keep the page on
+                // this host until a TLS proxy is put in front.
+                stats.bind = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port());
+                notes.push(Note::new(
+                    line,
+                    "bind ssl",
+                    &format!(
+                        "the stats page is served without TLS, so it listens on {} instead of {addr}: \
+                         put a TLS proxy in front, or change [stats] bind knowingly",
+                        stats.bind
+                    ),
+                ));
+            }
+        }
         [_, (line, _), ..] => {
             return Err(err(*line, "bind", "the stats listener has one address"));
         }
     }
     let mut admin_line = None;
-    for l in &s.stats {
+    // Access by userlist: `acl`, `stats http-request auth unless`, `stats admin if ACL`.
+    let by_acl = |l: &Line| {
+        l.w[0] == "acl"
+            || (l.w.get(1).is_some_and(|x| x == "http-request"))
+            || (l.w.get(1).is_some_and(|x| x == "admin") && l.w.get(3).is_some_and(|c| c != "TRUE"))
+    };
+    let rules: Vec<Line> = s.stats.iter().filter(|l| by_acl(l)).cloned().collect();
+    if !rules.is_empty() {
+        let (read, admin) = credentials(&rules, lists)?;
+        stats.auth = read;
+        if let Some((u, p)) = admin {
+            stats.admin_user = Some(u);
+            stats.admin_password = Some(p);
+        }
+        notes.push(Note::new(
+            rules[0].line,
+            "acl",
+            "the stats page's userlist rules become [stats] auth (read-only) and admin_user / \
+             admin_password",
+        ));
+    }
+    for l in s.stats.iter().filter(|l| !by_acl(l)) {
         let (line, w) = (l.line, &l.w);
         let word = |i: usize| w.get(i).map(String::as_str);
         let directive = format!("{} {}", w[0], word(1).unwrap_or(""));

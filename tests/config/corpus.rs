@@ -78,8 +78,10 @@ fn every_corpus_file_converts_or_is_refused_for_its_stated_reason() {
         ("01-patroni-haproxy.cfg", Converts(&[Primary])),
         // listen replicas_sync: `OPTIONS /sync`, no role follows synchronous standbys.
         ("02-vitabaks-postgresql-cluster.cfg", Refused(55, "/sync")),
-        // Stats access by userlist ACLs.
-        ("03-pigsty-pg-test.cfg", Refused(57, "userlist ACLs")),
+        (
+            "03-pigsty-pg-test.cfg",
+            Converts(&[Primary, Replica, Primary, Replica]),
+        ),
         (
             "04-technotim-frontend-backend-checkssl.cfg",
             Converts(&[Primary]),
@@ -92,10 +94,10 @@ fn every_corpus_file_converts_or_is_refused_for_its_stated_reason() {
             "06-percona-docs-ha-haproxy.cfg",
             Refused(24, "host names are not supported yet"),
         ),
-        // The stats page over TLS (`bind ... ssl crt`).
+        // Host names; its stats page over TLS is kept on 127.0.0.1 (noted).
         (
             "07-jmrenouard-patroni-lab-rhel8-ssl-envvars.cfg",
-            Refused(22, "TLS on the listener"),
+            Refused(48, "host names"),
         ),
         (
             "08-maborak-patroni-ha-dockerized.cfg",
@@ -172,6 +174,10 @@ fn the_host_name_files_convert_once_the_names_are_ip_addresses() {
     use Role::*;
     for (name, roles) in [
         ("06-percona-docs-ha-haproxy.cfg", &[Primary, Replica][..]),
+        (
+            "07-jmrenouard-patroni-lab-rhel8-ssl-envvars.cfg",
+            &[Primary, Replica],
+        ),
         ("08-maborak-patroni-ha-dockerized.cfg", &[Primary, Replica]),
         (
             "09-jlluesma-routing-bench-callback.cfg",
@@ -275,4 +281,51 @@ fn every_shape_fixture_gives_its_expected_proxy_toml() {
         n += 1;
     }
     assert!(n >= 5, "fixtures missing in {}", dir.display());
+}
+
+#[test]
+fn pigstys_services_become_four_listeners_over_one_set_of_nodes() {
+    // Pigsty: primary on pgbouncer (:6432), default/offline on PostgreSQL (:5432), the same
+    // nodes and REST API; stats access by userlist (admin group = admin rights).
+    let i = import::convert(&corpus("03-pigsty-pg-test.cfg"), &env).unwrap();
+    let f = &i.file;
+    assert_eq!(f.stats.auth.as_deref(), Some("haproxy:haproxy"));
+    assert_eq!(
+        (
+            f.stats.admin_user.as_deref(),
+            f.stats.admin_password.as_deref()
+        ),
+        (Some("admin"), Some("pigsty"))
+    );
+    let names: Vec<&str> = f.servers.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "pg-test-1",
+            "pg-test-2",
+            "pg-test-3",
+            "pg-test-1_5432",
+            "pg-test-2_5432",
+            "pg-test-3_5432"
+        ]
+    );
+    let replica = &f.listen.all()[1];
+    assert_eq!(
+        replica.fallback,
+        Some(Fallback::Primary),
+        "/read-only with the primary as backup"
+    );
+    let offline = &f.listen.all()[3];
+    assert_eq!(
+        offline.servers.as_deref(),
+        Some(&["pg-test-3_5432".to_string(), "pg-test-2_5432".to_string()][..])
+    );
+    // One note for the `weight` on every server line.
+    let weights: Vec<_> = i.notes.iter().filter(|n| n.directive == "weight").collect();
+    assert_eq!(weights.len(), 1, "{weights:#?}");
+    assert!(
+        weights[0].why.contains("also lines 77, 78"),
+        "{}",
+        weights[0].why
+    );
 }
