@@ -329,3 +329,82 @@ fn pigstys_services_become_four_listeners_over_one_set_of_nodes() {
         weights[0].why
     );
 }
+
+#[test]
+fn what_would_change_routing_is_refused_at_its_line_saying_what_to_write() {
+    // Issue 13: "only what changes routing and that we cannot honour ... is an error, naming the
+    // line, the directive and what to write instead".
+    let head = "defaults\n    mode tcp\nfrontend fe\n    bind *:5000\n";
+    let be = "backend be\n    option httpchk GET /primary\n    \
+              server a 10.0.0.1:5432 check port 8008\n";
+    let listen = "listen pg\n    bind *:5000\n    option httpchk GET /primary\n";
+    let srv = "    server a 10.0.0.1:5432 check port 8008\n";
+    for (text, line, directive, says) in [
+        (format!("{head}    use_backend be if {{ src 10.0.0.0/8 }}\n{be}"), 5, "use_backend", "own frontend"),
+        (format!("{head}    use_backend %[req.hdr(host)]\n{be}"), 5, "use_backend", "per request"),
+        (format!("{head}    default_backend nope\n{be}"), 5, "default_backend", "no backend named"),
+        (format!("{listen}    tcp-request content reject\n{srv}"), 4, "tcp-request", "pg_hba.conf"),
+        (
+            "listen pg\n    bind *:5000\n    option tcp-check\n    tcp-check send PING\n".to_string() + srv,
+            3,
+            "option tcp-check",
+            "custom",
+        ),
+        ("listen pg\n    bind *:5000\n".to_string() + srv, 3, "server", "no `option httpchk`"),
+        (format!("{listen}    server-template pg 3 _pg._tcp:5432\n"), 4, "server-template", "list each node"),
+        (format!("{listen}    server a 10.0.0.1:5432 check port 8008 resolvers dns\n"), 4, "server resolvers", "DNS"),
+        (format!("{listen}    server a db1.example:5432 check port 8008\n"), 4, "server", "host names are not supported yet"),
+        (format!("{listen}    server a 10.0.0.1:5432 check port 8008 ssl\n"), 4, "server ssl", "check-ssl"),
+        (format!("{listen}    server a 10.0.0.1:5432 check port ${{NOPE}}\n"), 4, "server a 10.0.0.1:5432 check port ${NOPE}", "`NOPE` is not set"),
+        (
+            format!("{listen}{srv}    server b 10.0.0.2:5432 check port 8008 check-ssl verify none\n"),
+            5,
+            "check-ssl",
+            "every node is checked the same way",
+        ),
+        (
+            format!("{listen}{srv}    server b 10.0.0.2:5432 check port 8008 on-marked-down shutdown-sessions\n"),
+            5,
+            "on-marked-down",
+            "default-server",
+        ),
+        ("listen pg\n    bind *:5000\n    option httpchk GET /sync\n".to_string() + srv, 3, "option httpchk", "/replica"),
+        ("listen pg\n    bind *:5000\n    option httpchk GET /replica?lag=1mb\n".to_string() + srv, 3, "option httpchk", "case-sensitive"),
+        (format!("{listen}    bind *:5001 ssl crt /x.pem\n{srv}"), 4, "bind ssl", "sslmode"),
+        (format!("{listen}    http-check expect string running\n{srv}"), 4, "http-check expect", "status"),
+    ] {
+        let e = import::convert(&text, &env).expect_err(&text);
+        assert_eq!((e.line, e.directive.as_str()), (line, directive), "{text}\n{e}");
+        assert!(e.message.contains(says), "{e}");
+    }
+}
+
+#[test]
+fn import_check_prints_how_each_listener_routes() {
+    let out = bin()
+        .arg("import-haproxy")
+        .arg("--check")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/import/frontend-backend.cfg"),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout,
+        "routing: listen pg_rw on 0.0.0.0:5000, 127.0.0.1:6000 -> role primary: the one confirmed \
+         primary among pg1, pg2, pg3 (fail closed; clients wait up to 10s for one)\n\
+         routing: listen pg_ro on 0.0.0.0:5001 -> role replica: running streaming replicas \
+         within max_lag 10MB among pg1, pg2, pg3, balanced roundrobin; when none qualifies: \
+         refused\n"
+    );
+    // Warnings on stderr, one line each; and that this version cannot serve it yet.
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("line 4: `log`"), "{stderr}");
+    assert!(
+        stderr.contains("not served by this version yet"),
+        "{stderr}"
+    );
+}
