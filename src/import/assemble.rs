@@ -63,7 +63,19 @@ pub(super) fn build(
     let mut by_target: HashMap<(SocketAddr, SocketAddr), usize> = HashMap::new();
     let mut primary_seen = false;
     let mut primaries = Vec::new();
-    for (i, pair) in pairs.iter().enumerate() {
+    // The first primary listener sets [check] and the other shared values, whatever its place
+    // in the file: it is processed first, and the listeners are written in the file's order.
+    let is_primary = |p: &Pair<'_>| {
+        let request = p.be.request.as_ref().or(p.be_defaults.request.as_ref());
+        request.is_some_and(|r| {
+            role_of(r.uri.as_deref().unwrap_or("/")).is_ok_and(|(role, _)| role == Role::Primary)
+        })
+    };
+    let setter = pairs.iter().position(is_primary).unwrap_or(0);
+    let order = std::iter::once(setter).chain((0..pairs.len()).filter(|&i| i != setter));
+    let mut listeners: Vec<Option<Listen>> = vec![None; pairs.len()];
+    for i in order {
+        let pair = &pairs[i];
         let (fe, be) = (pair.fe, pair.be);
         let prefix = if many {
             format!("listen[{i}]")
@@ -192,7 +204,11 @@ pub(super) fn build(
         // HAProxy's default keeps the sessions of a DOWN server.
         l.on_marked_down = first.unwrap_or(OnMarkedDown::None);
 
-        // Timeouts: the frontend's client side, the backend's server side.
+        // Timeouts: the frontend's client side, the backend's server side. HAProxy ignores the
+        // other side's in each (with a warning): so does the import, with a note.
+        if !std::ptr::eq(fe, be) {
+            ignored_sides(fe, be, notes);
+        }
         let tf = fe.timeouts.clone().over(pair.fe_defaults.timeouts.clone());
         let mut t = be.timeouts.clone().over(pair.be_defaults.timeouts.clone());
         t.client = tf.client;
@@ -217,7 +233,7 @@ pub(super) fn build(
 
         // The one [check]: the first listener's (a primary one if any) sets it; the others are
         // compared with it.
-        let sets_check = i == 0;
+        let sets_check = i == setter;
         let mut agree = |key: &'static str,
                          value: String,
                          line: usize,
@@ -519,8 +535,9 @@ pub(super) fn build(
         }
         l.servers = Some(names);
         primaries.push((i, fe.line, l.name.clone(), l.role, targets));
-        b.listeners.push(l);
+        listeners[i] = Some(l);
     }
+    b.listeners = listeners.into_iter().flatten().collect();
     // Two primary listeners checking disjoint nodes route to two primaries at once: two Patroni
     // clusters (Citus groups) in one file, where the runtime follows one. (The same node on two
     // PostgreSQL ports, pgbouncer's and PostgreSQL's, is the same node: its check target.)
@@ -571,6 +588,30 @@ pub(super) fn build(
         }
     }
     Ok(b)
+}
+
+/// The lines of a frontend/backend pair that HAProxy ignores: a frontend's server-side timeouts
+/// and `retries`, a backend's `timeout client` and `maxconn`.
+fn ignored_sides(fe: &Section, be: &Section, notes: &mut Vec<Note>) {
+    let why = |side: &str| {
+        format!("HAProxy ignores it in a {side} (the other side's value applies), and so does the import")
+    };
+    for (key, (line, directive)) in &fe.origins {
+        if !matches!(
+            key.as_str(),
+            "listen.timeout_client" | "listen.client_keepalive"
+        ) {
+            notes.push(Note::new(*line, directive, &why("frontend")));
+        }
+    }
+    for (key, (line, directive)) in &be.origins {
+        if key == "listen.timeout_client" {
+            notes.push(Note::new(*line, directive, &why("backend")));
+        }
+    }
+    if let Some((line, _)) = be.maxconn {
+        notes.push(Note::new(line, "maxconn", &why("backend")));
+    }
 }
 
 /// `file` relative to `base`, as HAProxy reads `ca-file`/`crt` after `ca-base`/`crt-base`.

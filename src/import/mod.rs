@@ -290,7 +290,8 @@ fn merged(mut notes: Vec<Note>) -> Vec<Note> {
         .map(|(mut n, more)| {
             if !more.is_empty() {
                 let lines: Vec<String> = more.iter().map(usize::to_string).collect();
-                n.why = format!("{} (also lines {})", n.why, lines.join(", "));
+                let s = if lines.len() == 1 { "" } else { "s" };
+                n.why = format!("{} (also line{s} {})", n.why, lines.join(", "));
             }
             n
         })

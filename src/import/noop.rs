@@ -35,7 +35,11 @@ pub(super) fn no_effect(section: &str, w: &[String]) -> Option<&'static str> {
         ("global", "node" | "description" | "hard-stop-after" | "server-state-file") => {
             "a process-level setting with no equivalent (shutdown is [global] shutdown_grace)"
         }
-        (_, "log" | "log-format" | "log-tag" | "errorfile" | "description") => logs,
+        (_, "log" | "log-format" | "log-tag") => logs,
+        (_, "errorfile" | "errorloc" | "errorloc302" | "errorloc303") => {
+            "HTTP error pages: patroni-proxy answers PostgreSQL clients with PostgreSQL errors"
+        }
+        (_, "description") => "a label of HAProxy's stats page",
         (_, "option" | "no")
             if matches!(
                 if word(0) == "no" { word(2) } else { word(1) },

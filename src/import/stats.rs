@@ -40,6 +40,21 @@ pub(super) fn parse_stats(
             return Err(err(*line, "bind", "the stats listener has one address"));
         }
     }
+    // The stats listener has its own limits (a header timeout, per-client limits).
+    for (line, directive) in s.origins.values() {
+        notes.push(Note::new(
+            *line,
+            directive,
+            "an HTTP timeout of the stats section: the stats listener has its own limits",
+        ));
+    }
+    if let Some((line, _)) = s.maxconn {
+        notes.push(Note::new(
+            line,
+            "maxconn",
+            "the stats listener has its own small connection limit",
+        ));
+    }
     let mut admin_line = None;
     // Access by userlist: `acl`, `stats http-request auth unless`, `stats admin if ACL`.
     let by_acl = |l: &Line| {

@@ -5,6 +5,7 @@
 
 use super::*;
 use patroni_proxy::config::{Fallback, Role};
+use std::time::Duration;
 
 fn corpus(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -407,4 +408,53 @@ fn import_check_prints_how_each_listener_routes() {
         stderr.contains("not served by this version yet"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_primary_listener_sets_the_one_check_and_other_timers_are_noted() {
+    // One check per node feeds every listener: the primary section's schedule wins wherever it
+    // is in the file; another section's differing `inter` only changes how fast a node enters or
+    // leaves that listener, so it is a note naming both lines.
+    let text = "listen ro\n    bind *:5001\n    option httpchk GET /replica\n    \
+        default-server inter 10s rise 5 check port 8008\n    server a 10.0.0.1:5432\n\
+        listen rw\n    bind *:5000\n    option httpchk GET /primary\n    \
+        default-server inter 2s rise 2 check port 8008\n    server a 10.0.0.1:5432\n";
+    let i = import::convert(text, &env).unwrap();
+    let c = &i.file.check;
+    assert_eq!((c.inter, c.rise.get()), (Duration::from_secs(2), 2));
+    let names: Vec<&str> = i
+        .file
+        .listen
+        .all()
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(names, ["ro", "rw"], "the file's order");
+    let inter = i
+        .notes
+        .iter()
+        .find(|n| n.directive == "inter")
+        .expect("a note");
+    assert_eq!(inter.line, 4);
+    assert!(inter.why.contains("keeps 2s from line 9"), "{}", inter.why);
+}
+
+#[test]
+fn a_frontends_server_timeouts_are_noted_as_haproxy_ignores_them() {
+    let text = "frontend fe\n    bind *:5000\n    timeout client 1m\n    timeout server 9m\n    \
+        default_backend be\nbackend be\n    timeout client 9m\n    timeout server 2m\n    \
+        option httpchk\n    server a 10.0.0.1:5432 check port 8008\n";
+    let i = import::convert(text, &env).unwrap();
+    let l = &i.file.listen;
+    assert_eq!(
+        (l.timeout_client, l.timeout_server),
+        (Duration::from_secs(60), Duration::from_secs(120))
+    );
+    let ignored: Vec<usize> = i
+        .notes
+        .iter()
+        .filter(|n| n.why.starts_with("HAProxy ignores it"))
+        .map(|n| n.line)
+        .collect();
+    assert_eq!(ignored, [4, 7]);
 }
