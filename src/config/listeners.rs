@@ -26,11 +26,6 @@ impl Listeners {
         &self.0
     }
 
-    /// Every listener, to change (tests, the import).
-    pub fn all_mut(&mut self) -> &mut Vec<Listen> {
-        &mut self.0
-    }
-
     /// The listeners given; `None` when there are none (a config always has one).
     pub fn new(listeners: Vec<Listen>) -> Option<Self> {
         (!listeners.is_empty()).then_some(Self(listeners))
