@@ -221,6 +221,11 @@ pub(super) fn build(
         if let Some(d) = t.server {
             l.timeout_server = d;
         }
+        // Once a TCP session is established, HAProxy's `timeout tunnel` replaces both.
+        if let Some(d) = tf.tunnel.or(t.tunnel) {
+            l.timeout_client = d;
+            l.timeout_server = d;
+        }
         if let Some(d) = t.connect {
             l.timeout_connect = d;
         }

@@ -53,6 +53,25 @@ pub(super) fn no_effect(section: &str, w: &[String]) -> Option<&'static str> {
         {
             logs
         }
+        (_, "option" | "no")
+            if matches!(
+                if word(0) == "no" { word(2) } else { word(1) },
+                "splice-auto"
+                    | "splice-request"
+                    | "splice-response"
+                    | "tcp-smart-accept"
+                    | "tcp-smart-connect"
+                    | "nolinger"
+                    | "contstats"
+                    | "independent-streams"
+                    | "socket-stats"
+            ) =>
+        {
+            "a socket-level optimisation of HAProxy's, with no effect on what is routed where"
+        }
+        (_, "option") if word(1) == "allbackups" => {
+            "backup servers are not kept apart here (see `backup`)"
+        }
         (_, "option") if word(1) == "redispatch" => {
             "a failed connect is retried on the node routing chooses again (listen.retries)"
         }

@@ -458,3 +458,25 @@ fn a_frontends_server_timeouts_are_noted_as_haproxy_ignores_them() {
         .collect();
     assert_eq!(ignored, [4, 7]);
 }
+
+#[test]
+fn timeout_tunnel_sets_both_idle_timeouts_as_haproxy_applies_it_in_tcp_mode() {
+    // HAProxy: "In TCP, this timeout is used as soon as no analyzer remains attached to either
+    // connection", superseding `timeout client` and `timeout server`.
+    let text = "defaults\n    timeout client 30s\n    timeout server 30s\n    timeout tunnel 2h\n\
+        listen pg\n    bind *:5000\n    option splice-auto\n    option httpchk\n    \
+        server a 10.0.0.1:5432 check port 8008\n";
+    let i = import::convert(text, &env).unwrap();
+    let l = &i.file.listen;
+    assert_eq!(
+        (l.timeout_client, l.timeout_server),
+        (Duration::from_secs(7200), Duration::from_secs(7200))
+    );
+    assert!(
+        i.notes
+            .iter()
+            .any(|n| n.line == 7 && n.directive == "option splice-auto"),
+        "{:#?}",
+        i.notes
+    );
+}
