@@ -7,9 +7,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use super::merge::{self, Node};
 use super::proxy::Section;
 use super::roles::role_of;
-use super::server::{Params, RawServer};
 use super::{err, ImportError, Note, Origins};
 use crate::config::{
     self, Balance, Binds, Check, Fallback, Listen, OnMarkedDown, Role, Server, Verify,
@@ -40,14 +40,6 @@ pub(super) struct Bases {
     pub(super) ca: Option<String>,
     pub(super) crt: Option<String>,
     pub(super) verify_none: bool,
-}
-
-/// A server of some listener, before the lists are merged.
-struct Node {
-    raw: RawServer,
-    p: Params,
-    check_port: u16,
-    ssl: bool,
 }
 
 pub(super) fn build(
@@ -471,127 +463,14 @@ pub(super) fn build(
         }
         primary_seen |= role == Role::Primary;
 
-        // Merge the servers: one [[server]] per node (address and check target).
-        let mut names = Vec::new();
-        let mut targets = Vec::new();
-        for n in &nodes {
-            let target = SocketAddr::new(
-                n.p.addr.map_or(n.raw.address.ip(), |(_, ip)| ip),
-                n.check_port,
-            );
-            targets.push(target);
-            let key = (n.raw.address, target);
-            let maxconn = n.p.maxconn.map_or(config::DEFAULT_MAXCONN, |(_, m)| m);
-            let idx = match by_target.get(&key) {
-                Some(&idx) => {
-                    let s: &mut Server = &mut b.servers[idx];
-                    if s.maxconn != maxconn {
-                        notes.push(Note::new(
-                            n.raw.line,
-                            "maxconn",
-                            &format!(
-                                "server `{}` has one maxconn for every listener: the larger, {}, is kept",
-                                s.name,
-                                s.maxconn.max(maxconn)
-                            ),
-                        ));
-                        s.maxconn = s.maxconn.max(maxconn);
-                    }
-                    idx
-                }
-                None => {
-                    let mut name = n.raw.name.clone();
-                    if b.servers.iter().any(|s| s.name == name) {
-                        name = format!("{}_{}", n.raw.name, n.raw.address.port());
-                        notes.push(Note::new(
-                            n.raw.line,
-                            "server",
-                            &format!(
-                                "another section has a `{}` at another address: this one is `{name}`, checked on its own",
-                                n.raw.name
-                            ),
-                        ));
-                    }
-                    let j = b.servers.len();
-                    origins.insert(format!("server[{j}].name"), (n.raw.line, "server".into()));
-                    origins.insert(
-                        format!("server[{j}].address"),
-                        (n.raw.line, "server".into()),
-                    );
-                    let mline = n.p.maxconn.map_or(n.raw.line, |(l, _)| l);
-                    let mdir = if mline == n.raw.line {
-                        "server maxconn"
-                    } else {
-                        "default-server maxconn"
-                    };
-                    origins.insert(format!("server[{j}].maxconn"), (mline, mdir.into()));
-                    b.servers.push(Server {
-                        name,
-                        address: n.raw.address,
-                        maxconn,
-                        check_port: Some(n.check_port),
-                        check_addr: n.p.addr.map(|(_, ip)| ip),
-                    });
-                    by_target.insert(key, j);
-                    j
-                }
-            };
-            names.push(b.servers[idx].name.clone());
-        }
+        let (names, targets) = merge::add(&nodes, &mut b.servers, &mut by_target, notes, origins);
         l.servers = Some(names);
         primaries.push((i, fe.line, l.name.clone(), l.role, targets));
         listeners[i] = Some(l);
     }
     b.listeners = listeners.into_iter().flatten().collect();
-    // Two primary listeners checking disjoint nodes route to two primaries at once: two Patroni
-    // clusters (Citus groups) in one file, where the runtime follows one. (The same node on two
-    // PostgreSQL ports, pgbouncer's and PostgreSQL's, is the same node: its check target.)
-    for (i, _, a, role_a, sa) in &primaries {
-        for (j, line, bname, role_b, sb) in &primaries {
-            let primary = *role_a == Role::Primary && *role_b == Role::Primary;
-            if i < j && primary && !sa.iter().any(|n| sb.contains(n)) {
-                return Err(err(
-                    *line,
-                    bname,
-                    &format!(
-                        "listeners `{a}` and `{bname}` both route to the primary but share no node: \
-                         they are two Patroni clusters (or Citus groups), and patroni-proxy follows \
-                         one cluster per configuration; write one configuration per cluster"
-                    ),
-                ));
-            }
-        }
-    }
-
-    // Every listener over every server needs no list.
-    let all: Vec<&String> = b.servers.iter().map(|s| &s.name).collect();
-    for l in &mut b.listeners {
-        if let Some(names) = &l.servers {
-            let mut sorted: Vec<&String> = names.iter().collect();
-            sorted.sort();
-            let mut every = all.clone();
-            every.sort();
-            if sorted == every {
-                l.servers = None;
-            }
-        }
-    }
-    // One shared check port goes to `check.port`; differing ones stay per server.
-    let ports: Vec<u16> = b.servers.iter().filter_map(|s| s.check_port).collect();
-    if let Some(&first) = ports.first() {
-        if ports.iter().all(|&p| p == first) {
-            b.check.port = first;
-            if let Some(line) = origins.get("server[0].name").map(|x| x.0) {
-                origins.insert("check.port".into(), (line, "server port".into()));
-            }
-        }
-    }
-    let port = b.check.port;
-    for s in &mut b.servers {
-        if s.check_port == Some(port) {
-            s.check_port = None;
-        }
-    }
+    merge::one_cluster(&primaries)?;
+    merge::finish(&mut b.listeners, &mut b.servers, &mut b.check, origins);
     Ok(b)
 }
 

@@ -14,13 +14,15 @@
 //! - `server`: `server` and `default-server` lines.
 //! - `stats`: the stats section; `userlist`: its access rules by userlist.
 //! - `roles`: check URI to listener role.
-//! - `assemble`: sections into listeners, servers and the one `[check]`.
+//! - `assemble`: sections into listeners and the one `[check]`; `merge`: their servers into one
+//!   `[[server]]` list.
 //! - `shared`: timeouts, retries, keepalive and HAProxy's time format.
 //!
 //! This file runs the passes and validates the result as `proxy.toml` would be.
 
 mod assemble;
 mod lex;
+mod merge;
 mod noop;
 mod proxy;
 mod roles;
