@@ -154,8 +154,10 @@ pub fn convert(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Impor
         .collect();
     let mut used_backends = Vec::new();
     for (s, d) in &proxies {
-        let is_stats = s.stats.iter().any(|l| l.w[0] == "stats");
-        if is_stats {
+        // The stats page: `stats` lines in an HTTP section (or one without servers); HAProxy
+        // ignores them in a TCP one.
+        let has_stats = s.stats.iter().any(|l| l.w[0] == "stats");
+        if has_stats && (s.mode(d) == "http" || s.servers.is_empty()) {
             if let Some(first) = seen_stats {
                 return Err(err(
                     s.line,
@@ -200,9 +202,22 @@ pub fn convert(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Impor
             ));
             continue;
         }
-        notes.extend(s.notes.iter().cloned());
-        if s.kind == "frontend" {
-            notes.extend(backend.0.notes.iter().cloned());
+        let mut sides = vec![s];
+        if !std::ptr::eq(s, backend.0) {
+            sides.push(backend.0);
+        }
+        for section in sides {
+            notes.extend(section.notes.iter().cloned());
+            // HTTP rules and stats lines of a TCP section: HAProxy ignores them too.
+            let http = section.stats.iter().filter(|l| l.w[0] != "acl");
+            notes.extend(http.map(|l| {
+                Note::new(
+                    l.line,
+                    &directive_name(&l.w),
+                    "HTTP rules and the stats page have no effect in a TCP section (HAProxy \
+                     ignores them there too)",
+                )
+            }));
         }
         pairs.push(Pair {
             fe: s,

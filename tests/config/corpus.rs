@@ -480,3 +480,18 @@ fn timeout_tunnel_sets_both_idle_timeouts_as_haproxy_applies_it_in_tcp_mode() {
         i.notes
     );
 }
+
+#[test]
+fn http_rules_and_stats_lines_in_a_tcp_section_are_noted_not_dropped() {
+    let text = "listen pg\n    bind *:5000\n    stats enable\n    http-request deny\n    \
+        option httpchk\n    server a 10.0.0.1:5432 check port 8008\n";
+    let i = import::convert(text, &env).unwrap();
+    assert_eq!(i.file.listen.name, "pg", "still the PostgreSQL listener");
+    let lines: Vec<usize> = i
+        .notes
+        .iter()
+        .filter(|n| n.why.contains("no effect in a TCP section"))
+        .map(|n| n.line)
+        .collect();
+    assert_eq!(lines, [3, 4]);
+}
