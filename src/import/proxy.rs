@@ -237,11 +237,23 @@ fn parse_bind(line: usize, w: &[String], s: &mut Section) -> Result<(), ImportEr
         return Err(err(line, &format!("bind {opt}"), why));
     }
     for a in addrs.split(',') {
-        let a = a.strip_prefix("ipv4@").unwrap_or(a);
-        let addr = config::parse_bind(a).map_err(|m| err(line, "bind", &m))?;
+        let a = strip_family(a);
+        // HAProxy writes every IPv6 address as `:::PORT`.
+        let a = match a.strip_prefix(":::") {
+            Some(port) => format!("[::]:{port}"),
+            None => a.to_string(),
+        };
+        let addr = config::parse_bind(&a).map_err(|m| err(line, "bind", &m))?;
         s.binds.push((line, addr));
     }
     Ok(())
+}
+
+/// An address without HAProxy's `ipv4@` / `ipv6@` family prefix.
+pub(super) fn strip_family(a: &str) -> &str {
+    a.strip_prefix("ipv4@")
+        .or_else(|| a.strip_prefix("ipv6@"))
+        .unwrap_or(a)
 }
 
 /// `option httpchk`, `option httpchk URI`, `option httpchk METHOD URI [VERSION]`.

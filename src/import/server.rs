@@ -76,10 +76,9 @@ pub(super) fn parse_server(
     let usage = "expected `server NAME IP:PORT ...`";
     let name = w.get(1).ok_or_else(|| err(line, "server", usage))?.clone();
     let addr_text = w.get(2).ok_or_else(|| err(line, "server", usage))?;
+    let addr_text = super::proxy::strip_family(addr_text);
     let address: SocketAddr = addr_text.parse().map_err(|_| {
-        let host = addr_text
-            .rsplit_once(':')
-            .map_or(addr_text.as_str(), |(h, _)| h);
+        let host = addr_text.rsplit_once(':').map_or(addr_text, |(h, _)| h);
         let why = if host.parse::<IpAddr>().is_ok() || !addr_text.contains(':') {
             format!("address {addr_text:?} has no port: write IP:PORT, e.g. 10.0.0.11:5432")
         } else {

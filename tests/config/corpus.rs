@@ -495,3 +495,36 @@ fn http_rules_and_stats_lines_in_a_tcp_section_are_noted_not_dropped() {
         .collect();
     assert_eq!(lines, [3, 4]);
 }
+
+#[test]
+fn every_bind_form_is_read() {
+    // `*:P`, `:P`, `IP:P`, `[IPv6]:P`, `:::P`, `ipv4@`, comma lists and several lines.
+    let text =
+        "listen pg\n    bind *:5000,:5001\n    bind 127.0.0.1:5002\n    bind [::1]:5003\n    \
+        bind :::5004\n    bind ipv4@10.0.0.5:5005\n    option httpchk\n    \
+        server a ipv4@10.0.0.1:5432 check port 8008\n";
+    let i = import::convert(text, &env).unwrap();
+    let binds: Vec<String> = i
+        .file
+        .listen
+        .bind
+        .all()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    assert_eq!(
+        binds,
+        [
+            "0.0.0.0:5000",
+            "0.0.0.0:5001",
+            "127.0.0.1:5002",
+            "[::1]:5003",
+            "[::]:5004",
+            "10.0.0.5:5005"
+        ]
+    );
+    // `*:5000` and `:::5000` are different sockets; the same address twice is refused.
+    let e = import::convert(&text.replace(":5001", ":5000"), &env).unwrap_err();
+    assert!(e.message.contains("already taken"), "{e}");
+    assert_eq!(e.line, 2);
+}
