@@ -258,6 +258,8 @@ pub(super) fn build(
             }
         };
         let timeout_check = t.check;
+        // Notes made while `agree` holds `notes`.
+        let mut unused_ca = Vec::new();
         let sline = be.servers[0].line;
         for n in &nodes {
             let p = &n.p;
@@ -345,9 +347,25 @@ pub(super) fn build(
                     origins.insert("check.fall".into(), (l0, "default-server fall".into()));
                 }
                 c.ssl = n.ssl;
+                if n.ssl && verify == Verify::Required && ca.is_none() {
+                    // HAProxy refuses this too ("verify is enabled by default but no CA file").
+                    return Err(err(
+                        p.ssl.map_or(line, |x| x.0),
+                        "check-ssl",
+                        "the certificate is verified (`verify required`, HAProxy's default) but no \
+                         `ca-file` is given: add `ca-file` with Patroni's CA, or `verify none`",
+                    ));
+                }
+                if n.ssl && verify == Verify::None && ca.is_some() {
+                    unused_ca.push(Note::new(
+                        p.ca_file.as_ref().map_or(line, |x| x.0),
+                        "ca-file",
+                        "unused with `verify none` (HAProxy ignores it too): not written",
+                    ));
+                }
                 if n.ssl {
                     c.verify = verify;
-                    c.ca_file = ca.map(Into::into);
+                    c.ca_file = ca.filter(|_| verify == Verify::Required).map(Into::into);
                     c.crt = crt.map(Into::into);
                     c.sni = sni;
                 }
@@ -377,6 +395,7 @@ pub(super) fn build(
                 );
             }
         }
+        notes.append(&mut unused_ca);
         // The request: a lone primary listener keeps what it sent (as before several listeners
         // existed); otherwise one GET / answers every listener with the JSON they are decided on.
         if pairs.len() == 1 && role == Role::Primary {
