@@ -282,13 +282,13 @@ pub(super) fn build(
             )?;
             agree(
                 "rise",
-                format!("{:?}", p.rise.map(|x| x.1)),
+                p.rise.map_or("default".into(), |x| x.1.to_string()),
                 p.rise.map_or(line, |x| x.0),
                 true,
             )?;
             agree(
                 "fall",
-                format!("{:?}", p.fall.map(|x| x.1)),
+                p.fall.map_or("default".into(), |x| x.1.to_string()),
                 p.fall.map_or(line, |x| x.0),
                 true,
             )?;

@@ -4,7 +4,7 @@
 //! `NAME.toml`, both written for this project).
 
 use super::*;
-use patroni_proxy::config::{Fallback, Role};
+use patroni_proxy::config::{Balance, ByteSize, Fallback, Role};
 use std::time::Duration;
 
 fn corpus(name: &str) -> String {
@@ -550,4 +550,25 @@ fn every_bind_form_is_read() {
     let e = import::convert(&text.replace(":5001", ":5000"), &env).unwrap_err();
     assert!(e.message.contains("already taken"), "{e}");
     assert_eq!(e.line, 2);
+}
+
+#[test]
+fn vitabaks_converts_without_its_sync_and_async_sections() {
+    // Its refusal is only the `/sync` and `/async` ports: the master and replica ports convert.
+    let text = corpus("02-vitabaks-postgresql-cluster.cfg");
+    let head = &text[..text.find("listen replicas_sync").unwrap()];
+    let i = import::convert(head, &env).unwrap();
+    let l = i.file.listen.all();
+    assert_eq!(
+        (l[1].role, l[1].max_lag, l[1].balance),
+        (
+            Role::Replica,
+            Some(ByteSize(100 << 20)),
+            Some(Balance::Roundrobin)
+        )
+    );
+    assert_eq!(
+        (i.file.check.rise.get(), i.file.global.maxconn.get()),
+        (4, 10000)
+    );
 }
