@@ -27,10 +27,14 @@ struct Cli {
 enum Command {
     /// Validate the configuration and print the effective settings (like `haproxy -c`).
     Check,
-    /// Convert an HAProxy configuration of the Patroni template's shape into proxy.toml (stdout).
+    /// Convert an HAProxy configuration in front of Patroni into proxy.toml (stdout); lines
+    /// without an equivalent are warnings on stderr and comments in the output.
     ImportHaproxy {
         /// The haproxy.cfg to read.
         file: PathBuf,
+        /// Print how each listener will route instead of the TOML.
+        #[arg(long)]
+        check: bool,
     },
     /// Make the running proxy (the one serving this configuration's stats.bind) read its
     /// configuration file again: sends it SIGHUP and waits for the outcome, which it prints; exits
@@ -74,7 +78,7 @@ const EXIT_CONFIG: u8 = 64;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::ImportHaproxy { file }) => import(&file),
+        Some(Command::ImportHaproxy { file, check }) => import(&file, check),
         Some(Command::Completions { shell }) => gendocs::completions::<Cli>(shell),
         Some(Command::Man) => gendocs::man::<Cli>(),
         Some(Command::Check) => match Config::load(&cli.config) {
@@ -177,7 +181,7 @@ fn reload(path: &std::path::Path, pid: Option<u32>) -> ExitCode {
     }
 }
 
-fn import(file: &std::path::Path) -> ExitCode {
+fn import(file: &std::path::Path, check: bool) -> ExitCode {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
@@ -185,19 +189,34 @@ fn import(file: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match patroni_proxy::import::import(&text) {
-        Ok(c) => {
-            print!(
-                "{}",
-                patroni_proxy::import::to_toml(&c, &file.display().to_string())
-            );
-            ExitCode::SUCCESS
-        }
+    let imported = match patroni_proxy::import::convert(&text, &|name| std::env::var(name).ok()) {
+        Ok(i) => i,
         Err(e) => {
             eprintln!("error: {}: {e}", file.display());
-            ExitCode::from(EXIT_CONFIG)
+            return ExitCode::from(EXIT_CONFIG);
         }
+    };
+    for n in &imported.notes {
+        eprintln!("warning: {}: {n}", file.display());
     }
+    // The file is for the machine that runs the proxy: its TLS files are not read here. A
+    // version that does not serve everything it asks for says so.
+    if let Err(e) = patroni_proxy::config::served_by_this_version(&imported.file) {
+        eprintln!("warning: {}: `{}`: {}", file.display(), e.key, e.message);
+    }
+    if check {
+        print!("{}", imported.file.routing());
+    } else {
+        print!(
+            "{}",
+            patroni_proxy::import::to_toml(
+                &imported.file,
+                &imported.notes,
+                &file.display().to_string()
+            )
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// The `[etcd]` certificate files, read and parsed as the watch will: an unreadable or malformed
@@ -252,7 +271,7 @@ async fn serve(
     loaded: patroni_proxy::stats::loaded::Loaded,
     mut inherited: patroni_proxy::activation::Inherited,
 ) -> anyhow::Result<()> {
-    let proxy = listener(&mut inherited, config.listen.bind, "listen.bind").await?;
+    let proxy = listener(&mut inherited, config.listen.bind.first(), "listen.bind").await?;
     let stats = listener(&mut inherited, config.stats.bind, "stats.bind").await?;
     let mut sets = Vec::new();
     for spec in patroni_proxy::state::sets::specs(&config) {

@@ -504,3 +504,6 @@ mod import_haproxy;
 
 #[path = "config/properties.rs"]
 mod properties;
+
+#[path = "config/corpus.rs"]
+mod corpus;

@@ -432,9 +432,13 @@ proptest! {
             }
         }
         let text = lines.join("\n");
-        if let Ok(c) = import::import(&text) {
-            let toml = import::to_toml(&c, "generated.cfg");
-            prop_assert_eq!(Config::from_toml(&toml).expect("import writes what check accepts"), c);
+        if let Ok(i) = import::convert(&text, &|_| None) {
+            let toml = import::to_toml(&i.file, &i.notes, "generated.cfg");
+            let back: patroni_proxy::config::FileConfig = toml::from_str(&toml).expect("TOML");
+            prop_assert_eq!(&back, &i.file);
+            if let Ok(c) = import::import(&text) {
+                prop_assert_eq!(Config::from_toml(&toml).expect("import writes what check accepts"), c);
+            }
         }
     }
 

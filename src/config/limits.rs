@@ -75,6 +75,8 @@ pub const LIMITS: &[(&str, Limit)] = &[
     ("listen.timeout_server", IDLE),
     ("listen.timeout_queue", TIMEOUT),
     ("listen.hold_timeout", TIMEOUT),
+    // A pebibyte: beyond it no replica could be too far behind.
+    ("listen.max_lag", count(0, 1 << 50)),
     // Linux caps TCP_KEEPIDLE/TCP_KEEPINTVL at 32767 s and TCP_KEEPCNT at 127; past 2 h idle the
     // kernel's own default applies and keepalive stops being a dead-peer detector.
     (

@@ -6,6 +6,7 @@
 //! TCP keepalive, which is on (see [`Listen::client_keepalive`]).
 //!
 //! - `sections`: one struct per TOML section, with its defaults.
+//! - `listeners`: one `[listen]` or several `[[listen]]`, their addresses, roles and lag sizes.
 //! - `values`: how durations, addresses and the closed sets of words are written.
 //! - [`limits`]: the range of every duration and count.
 //! - `validate`: the checks that turn a [`FileConfig`] into a [`Config`].
@@ -15,6 +16,7 @@
 
 mod etcd;
 pub mod limits;
+mod listeners;
 mod position;
 mod sections;
 mod summary;
@@ -30,10 +32,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use etcd::{Endpoint as EtcdEndpoint, DEFAULT_RESYNC as DEFAULT_ETCD_RESYNC};
+pub use listeners::{Balance, Binds, ByteSize, Fallback, Listeners, Role};
 pub use sections::{
     Check, Etcd, FileConfig, Global, Listen, Log, Server, Stats, DEFAULT_MAXCONN, MAX_THREADS,
 };
-pub use validate::KeyError;
+pub use validate::{served_by_this_version, KeyError};
 pub use values::{
     format_duration, parse_bind, parse_duration, CheckMethod, HttpVersion, LogFormat, OnMarkedDown,
     Verify,
@@ -92,6 +95,19 @@ impl Config {
         let file = FileConfig::deserialize(toml_edit::de::Deserializer::from(doc.clone()))
             .map_err(|e| position::describe_serde_error(&doc, &e))?;
         file.validate().map_err(|e| position::locate(&doc, e))
+    }
+
+    /// A config from a file that passed every check but [`served_by_this_version`]: for tests of
+    /// code that will serve several listeners (the reload plan) before the runtime does.
+    #[cfg(test)]
+    pub(crate) fn unserved(text: &str) -> Result<Self, String> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        file.check_keys()
+            .map_err(|e| format!("{}: {}", e.key, e.message))?;
+        Ok(Self {
+            file,
+            check_tls: None,
+        })
     }
 
     /// The file form of this config, e.g. to print it as TOML.
@@ -205,7 +221,7 @@ mod tests {
         assert_eq!(c.global.maxconn.get(), 100);
         assert_eq!(c.servers[0].maxconn.get(), 100);
         assert_eq!(c.check_target(0), "127.0.0.11:8008".parse().unwrap());
-        assert_eq!(c.listen.bind, "0.0.0.0:5000".parse().unwrap());
+        assert_eq!(c.listen.bind.first(), "0.0.0.0:5000".parse().unwrap());
         // "Check connect timeout | min(inter, timeout connect) = 3 s"
         assert_eq!(c.check_connect_timeout(), Duration::from_secs(3));
         // "timeout queue | unset, so = timeout connect = 4 s"
@@ -220,7 +236,7 @@ mod tests {
         assert_eq!(empty, FileConfig::default());
         let c = Config::from_toml(MINIMAL).unwrap();
         assert_eq!(
-            (&c.global, &c.listen, &c.check, &c.stats),
+            (&c.global, &*c.listen, &c.check, &c.stats),
             (
                 &Global::default(),
                 &Listen::default(),
@@ -282,14 +298,15 @@ mod tests {
     fn every_ranged_key_is_checked_and_every_checked_key_has_a_range() {
         // validate() checks what ranged_values() lists against limits::LIMITS: the two must agree,
         // or a key would go unchecked (or fail as "no range is defined").
-        let c = Config::from_toml(&format!(
-            "[global]\nthreads = 2\n[listen]\ntimeout_queue = \"1s\"\n\
-             [check]\nfastinter = \"1s\"\ndowninter = \"1s\"\n\
+        // Every optional key set; a replica listener for `max_lag` (checked, not yet served).
+        let file: FileConfig = toml::from_str(&format!(
+            "[global]\nthreads = 2\n[listen]\ntimeout_queue = \"1s\"\nrole = \"replica\"\n\
+             max_lag = \"1MB\"\n[check]\nfastinter = \"1s\"\ndowninter = \"1s\"\n\
              [etcd]\nendpoints = [\"127.0.0.1:2379\"]\nscope = \"pg\"\n{MINIMAL}"
         ))
         .unwrap();
-        let checked: HashSet<String> = c
-            .to_file()
+        file.check_keys().unwrap();
+        let checked: HashSet<String> = file
             .ranged_values()
             .into_iter()
             .map(|(k, _)| k.replace("server[0]", "server"))

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use super::etcd::Etcd;
+use super::listeners::{Balance, Binds, ByteSize, Fallback, Listeners, Role};
 use super::values::{
     bind_addr, duration, opt_duration, CheckMethod, HttpVersion, LogFormat, OnMarkedDown, Verify,
 };
@@ -18,7 +19,9 @@ use super::values::{
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
     pub global: Global,
-    pub listen: Listen,
+    /// One `[listen]` table, or several `[[listen]]` tables (one per HAProxy `listen` or
+    /// `frontend`). Reads as the first listener (`config.listen.bind`).
+    pub listen: Listeners,
     pub check: Check,
     /// The PostgreSQL nodes, in order. HAProxy's `server` lines. At least one.
     #[serde(rename = "server")]
@@ -86,15 +89,40 @@ impl Global {
     }
 }
 
-/// The client-facing listener and how sessions are handled (HAProxy's `defaults` + `listen postgres`).
+/// A client-facing listener and how its sessions are handled (HAProxy's `defaults` + `listen
+/// postgres`, or a `frontend` with its `backend`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Listen {
-    /// Name shown in logs, stats and metrics (HAProxy's proxy name). Default `postgres`.
+    /// Name shown in logs, stats and metrics (HAProxy's proxy name); unique among listeners.
+    /// Default `postgres`.
     pub name: String,
-    /// Address clients connect to. `*:PORT` means `0.0.0.0:PORT`, as in HAProxy. Default `*:5000`.
-    #[serde(with = "bind_addr")]
-    pub bind: SocketAddr,
+    /// Address clients connect to, or a list of them (HAProxy's several `bind` lines). `*:PORT`
+    /// means `0.0.0.0:PORT`, as in HAProxy. No two listeners share an address. Default `*:5000`.
+    pub bind: Binds,
+    /// Which nodes get new sessions: `primary` (the one confirmed primary, fail closed, with the
+    /// hold), `replica` (running streaming replicas within `max_lag`), `any` (the primary or a
+    /// replica, Patroni's `/read-only`) or `standby_leader` (a standby cluster's leader). Default
+    /// `primary`.
+    #[serde(skip_serializing_if = "is_default_role")]
+    pub role: Role,
+    /// `replica`/`any` only: `leastconn` (the node with the fewest sessions) or `roundrobin`
+    /// (HAProxy's `balance`). Default `leastconn`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<Balance>,
+    /// `replica`/`any` only: a replica whose replay is more than this many bytes behind the
+    /// primary gets no new session (Patroni's `/replica?lag=`), written `16384`, `"10MB"`,
+    /// `"1GB"` (units B, kB, MB, GB, TB, powers of 1024). Default: no limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_lag: Option<ByteSize>,
+    /// `replica` only: where a session goes when no replica qualifies: `none` (refused) or
+    /// `primary` (what HAProxy setups build with the primary as a `backup` server). Default
+    /// `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+    /// The `[[server]]` names this listener routes to, a subset of them. Default: every server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Vec<String>>,
     /// Extra connection attempts to a server after the first one fails (HAProxy `retries`). Default 2.
     pub retries: u32,
     /// Time allowed for each TCP connection attempt to a server. Default `4s`.
@@ -153,6 +181,9 @@ pub struct Listen {
 
 // The keepalive keys came after the import's golden output: at their defaults they are not written,
 // so importing an HAProxy file prints what it printed before they existed.
+fn is_default_role(r: &Role) -> bool {
+    *r == Role::default()
+}
 fn is_default_client_keepalive(on: &bool) -> bool {
     *on == Listen::default().client_keepalive
 }
@@ -307,7 +338,12 @@ impl Default for Listen {
         let idle = Duration::from_secs(30 * 60);
         Self {
             name: "postgres".into(),
-            bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5000),
+            bind: Binds::from(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 5000)),
+            role: Role::Primary,
+            balance: None,
+            max_lag: None,
+            fallback: None,
+            servers: None,
             retries: 2,
             timeout_connect: Duration::from_secs(4),
             timeout_client: idle,

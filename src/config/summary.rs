@@ -3,12 +3,60 @@
 
 use std::fmt;
 
-use super::{format_duration as d, Config};
+use super::{format_duration as d, Config, FileConfig, Listen, Role};
+
+impl FileConfig {
+    /// How each listener routes, one line each: what `import-haproxy --check` prints and
+    /// `check` starts with.
+    pub fn routing(&self) -> String {
+        let every: Vec<&str> = self.servers.iter().map(|s| s.name.as_str()).collect();
+        self.listen
+            .all()
+            .iter()
+            .map(|l| format!("{}\n", route(l, &every)))
+            .collect()
+    }
+}
+
+fn route(l: &Listen, every: &[&str]) -> String {
+    let servers = match &l.servers {
+        Some(names) => names.join(", "),
+        None => every.join(", "),
+    };
+    let lag = l
+        .max_lag
+        .map(|g| format!(" within max_lag {g}"))
+        .unwrap_or_default();
+    let balance = l.balance.unwrap_or_default();
+    let who = match l.role {
+        Role::Primary => format!(
+            "the one confirmed primary among {servers} (fail closed; clients wait up to {} for one)",
+            d(l.hold_timeout)
+        ),
+        Role::Replica => format!(
+            "running streaming replicas{lag} among {servers}, balanced {balance}; when none \
+             qualifies: {}",
+            match l.fallback.unwrap_or_default() {
+                super::Fallback::None => "refused",
+                super::Fallback::Primary => "the primary",
+            }
+        ),
+        Role::Any => format!(
+            "the primary or running streaming replicas{lag} among {servers}, balanced {balance}"
+        ),
+        Role::StandbyLeader => format!("the standby cluster's leader among {servers}"),
+    };
+    format!(
+        "routing: listen {} on {} -> role {}: {who}",
+        l.name, l.bind, l.role
+    )
+}
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (l, c) = (&self.listen, &self.check);
+        let (l, c) = (&*self.listen, &self.check);
         let on_off = |b: bool| if b { "on" } else { "off" };
+        f.write_str(&self.routing())?;
         writeln!(
             f,
             "listen {} on {} (maxconn {}, retries {}, timeout connect {} / client {} / server {} / \
@@ -142,6 +190,8 @@ mod tests {
         .unwrap();
         let shown = c.to_string();
         for line in [
+            "routing: listen postgres on 0.0.0.0:5000 -> role primary: the one confirmed primary \
+             among a (fail closed; clients wait up to 10s for one)\n",
             "listen postgres on 0.0.0.0:5000 (maxconn 100, retries 2, timeout connect 4s / \
              client 30m / server 30m / queue 4s, on-marked-down ShutdownSessions)\n",
             "check HEAD / HTTP/1.1 expect 200 every 3s (fastinter 3s, downinter 10s), rise 2 \
@@ -153,5 +203,25 @@ mod tests {
         ] {
             assert!(shown.contains(line), "{line:?} not in:\n{shown}");
         }
+    }
+
+    #[test]
+    fn routing_says_how_each_listener_routes() {
+        // Issue 13: "`import-haproxy --check` prints how each listener will route".
+        let file: crate::config::FileConfig = toml::from_str(
+            "[[listen]]\nname = \"rw\"\n[[listen]]\nname = \"ro\"\nbind = [\"*:5001\", \"[::1]:5001\"]\n\
+             role = \"replica\"\nmax_lag = \"100MB\"\nfallback = \"primary\"\nservers = [\"b\"]\n\
+             [[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n\
+             [[server]]\nname = \"b\"\naddress = \"127.0.0.12:5432\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            file.routing(),
+            "routing: listen rw on 0.0.0.0:5000 -> role primary: the one confirmed primary among \
+             a, b (fail closed; clients wait up to 10s for one)\n\
+             routing: listen ro on 0.0.0.0:5001, [::1]:5001 -> role replica: running streaming \
+             replicas within max_lag 100MB among b, balanced leastconn; when none qualifies: the \
+             primary\n"
+        );
     }
 }

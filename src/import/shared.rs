@@ -16,6 +16,9 @@ pub(super) struct Timeouts {
     pub(super) connect: Option<Duration>,
     pub(super) check: Option<Duration>,
     pub(super) queue: Option<Duration>,
+    /// `timeout tunnel`: in TCP mode it replaces both idle timeouts once the session is
+    /// established, as HAProxy applies it.
+    pub(super) tunnel: Option<Duration>,
     /// `option clitcpka` / `no option clitcpka` (and `tcpka` for both sides).
     cli_ka: Option<bool>,
     srv_ka: Option<bool>,
@@ -98,6 +101,7 @@ impl Timeouts {
             connect: self.connect.or(d.connect),
             check: self.check.or(d.check),
             queue: self.queue.or(d.queue),
+            tunnel: self.tunnel.or(d.tunnel),
             cli_ka: self.cli_ka.or(d.cli_ka),
             srv_ka: self.srv_ka.or(d.srv_ka),
             cli_idle: self.cli_idle.or(d.cli_idle),
@@ -143,11 +147,12 @@ pub(super) fn parse_shared(
                 "connect" => (&mut t.connect, "listen.timeout_connect"),
                 "check" => (&mut t.check, "check.timeout"),
                 "queue" => (&mut t.queue, "listen.timeout_queue"),
+                "tunnel" => (&mut t.tunnel, "listen.timeout_client"),
                 _ => {
                     return Err(err(
                         line,
                         &directive,
-                        "supported timeouts: client, server, connect, check, queue",
+                        "supported timeouts: client, server, connect, check, queue, tunnel",
                     ))
                 }
             };

@@ -147,7 +147,11 @@ impl Reloader {
         // New sockets are bound and listening before anything changes: if one cannot be, the
         // reload is refused and the proxy keeps listening where it did.
         let running = self.shared.config();
-        let moved = match rebind("listen.bind", running.listen.bind, new.listen.bind) {
+        let moved = match rebind(
+            "listen.bind",
+            running.listen.bind.first(),
+            new.listen.bind.first(),
+        ) {
             Ok(l) => l,
             Err(why) => return Outcome::Refused(why),
         };

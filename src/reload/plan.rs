@@ -76,86 +76,20 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     );
     key("global.threads", *threads != old.global.threads, false);
 
-    // Sessions read these when they start (or at the phase that uses them): from the next session.
-    let Listen {
-        name,
-        bind,
-        retries,
-        timeout_connect,
-        timeout_client,
-        timeout_server,
-        timeout_queue,
-        on_marked_down,
-        hold_timeout,
-        inspect_startup,
-        client_keepalive,
-        server_keepalive,
-        keepalive_idle,
-        keepalive_interval,
-        keepalive_count,
-    } = &new.listen;
-    let o = &old.listen;
-    // The proxy's name labels every metric series, registered once.
-    key("listen.name", *name != o.name, false);
-    // Moved live: the new socket is bound before the old one closes (`crate::proxy::Moves`).
-    key("listen.bind", *bind != o.bind, true);
-    key("listen.retries", *retries != o.retries, true);
+    // The listeners are made once, each with its role, membership and sockets: adding,
+    // removing or renaming one needs a restart.
+    let names =
+        |c: &Config| -> Vec<String> { c.listen.all().iter().map(|l| l.name.clone()).collect() };
     key(
-        "listen.timeout_connect",
-        *timeout_connect != o.timeout_connect,
-        true,
+        "listen (the set of listeners)",
+        names(new) != names(old),
+        false,
     );
-    key(
-        "listen.timeout_client",
-        *timeout_client != o.timeout_client,
-        true,
-    );
-    key(
-        "listen.timeout_server",
-        *timeout_server != o.timeout_server,
-        true,
-    );
-    key(
-        "listen.timeout_queue",
-        *timeout_queue != o.timeout_queue,
-        true,
-    );
-    key(
-        "listen.on_marked_down",
-        *on_marked_down != o.on_marked_down,
-        true,
-    );
-    key("listen.hold_timeout", *hold_timeout != o.hold_timeout, true);
-    key(
-        "listen.inspect_startup",
-        *inspect_startup != o.inspect_startup,
-        true,
-    );
-    key(
-        "listen.client_keepalive",
-        *client_keepalive != o.client_keepalive,
-        true,
-    );
-    key(
-        "listen.server_keepalive",
-        *server_keepalive != o.server_keepalive,
-        true,
-    );
-    key(
-        "listen.keepalive_idle",
-        *keepalive_idle != o.keepalive_idle,
-        true,
-    );
-    key(
-        "listen.keepalive_interval",
-        *keepalive_interval != o.keepalive_interval,
-        true,
-    );
-    key(
-        "listen.keepalive_count",
-        *keepalive_count != o.keepalive_count,
-        true,
-    );
+    for l in new.listen.all() {
+        if let Some(o) = old.listen.all().iter().find(|o| o.name == l.name) {
+            listener(&mut key, l, o);
+        }
+    }
 
     // The state owner answers each check with the delay before the next one, and builds the
     // request each checker sends: these apply from each node's next check.
@@ -315,6 +249,102 @@ fn server_keys(old: &Server, new: &Server) -> Vec<&'static str> {
     .into_iter()
     .filter_map(|(k, differs)| differs.then_some(k))
     .collect()
+}
+
+/// The keys of one listener present in both configurations.
+fn listener(key: &mut impl FnMut(&'static str, bool, bool), new: &Listen, o: &Listen) {
+    // Sessions read these when they start (or at the phase that uses them): from the next session.
+    let Listen {
+        name,
+        bind,
+        role,
+        balance,
+        max_lag,
+        fallback,
+        servers,
+        retries,
+        timeout_connect,
+        timeout_client,
+        timeout_server,
+        timeout_queue,
+        on_marked_down,
+        hold_timeout,
+        inspect_startup,
+        client_keepalive,
+        server_keepalive,
+        keepalive_idle,
+        keepalive_interval,
+        keepalive_count,
+    } = new;
+    // Listeners are matched by name: a renamed one is in the set of listeners above.
+    key("listen.name", *name != o.name, false);
+    // Moved live: the new socket is bound before the old one closes (`crate::proxy::Moves`).
+    // One address moves live; a second one is a socket the runtime makes at start.
+    let single = bind.all().len() == 1 && o.bind.all().len() == 1;
+    key("listen.bind", *bind != o.bind, single);
+    // Membership rules are built with the listener.
+    key("listen.role", *role != o.role, false);
+    key("listen.balance", *balance != o.balance, false);
+    key("listen.max_lag", *max_lag != o.max_lag, false);
+    key("listen.fallback", *fallback != o.fallback, false);
+    key("listen.servers", *servers != o.servers, false);
+    key("listen.retries", *retries != o.retries, true);
+    key(
+        "listen.timeout_connect",
+        *timeout_connect != o.timeout_connect,
+        true,
+    );
+    key(
+        "listen.timeout_client",
+        *timeout_client != o.timeout_client,
+        true,
+    );
+    key(
+        "listen.timeout_server",
+        *timeout_server != o.timeout_server,
+        true,
+    );
+    key(
+        "listen.timeout_queue",
+        *timeout_queue != o.timeout_queue,
+        true,
+    );
+    key(
+        "listen.on_marked_down",
+        *on_marked_down != o.on_marked_down,
+        true,
+    );
+    key("listen.hold_timeout", *hold_timeout != o.hold_timeout, true);
+    key(
+        "listen.inspect_startup",
+        *inspect_startup != o.inspect_startup,
+        true,
+    );
+    key(
+        "listen.client_keepalive",
+        *client_keepalive != o.client_keepalive,
+        true,
+    );
+    key(
+        "listen.server_keepalive",
+        *server_keepalive != o.server_keepalive,
+        true,
+    );
+    key(
+        "listen.keepalive_idle",
+        *keepalive_idle != o.keepalive_idle,
+        true,
+    );
+    key(
+        "listen.keepalive_interval",
+        *keepalive_interval != o.keepalive_interval,
+        true,
+    );
+    key(
+        "listen.keepalive_count",
+        *keepalive_count != o.keepalive_count,
+        true,
+    );
 }
 
 #[cfg(test)]

@@ -155,3 +155,45 @@ fn every_etcd_key_needs_a_restart_and_is_named() {
     );
     assert!(plan(&old, &with(etcd)).restart.is_empty());
 }
+
+#[test]
+fn the_listeners_and_their_routing_need_a_restart_their_session_keys_do_not() {
+    // Issue 13: the set of listeners, role/balance/max_lag/fallback/servers and a second bind
+    // are built with the listeners; today's live keys stay live for every listener.
+    let two = |ro: &str| {
+        Config::unserved(&format!(
+            "[[listen]]\nname = \"rw\"\n[[listen]]\nname = \"ro\"\nbind = \"*:5001\"\n\
+             role = \"replica\"\n{ro}\n{BASE}"
+        ))
+        .unwrap()
+    };
+    let before = two("");
+    for (change, key) in [
+        (
+            "role = \"replica\"\nbalance = \"roundrobin\"",
+            "listen.balance",
+        ),
+        ("max_lag = \"1MB\"", "listen.max_lag"),
+        ("fallback = \"primary\"", "listen.fallback"),
+        ("servers = [\"b\"]", "listen.servers"),
+        ("bind = [\"*:5001\", \"*:5002\"]", "listen.bind"),
+    ] {
+        let text = format!(
+            "[[listen]]\nname = \"rw\"\n[[listen]]\nname = \"ro\"\nbind = \"*:5001\"\n\
+             role = \"replica\"\n{change}\n{BASE}"
+        )
+        .replace(
+            "bind = \"*:5001\"\nrole = \"replica\"\nbind",
+            "role = \"replica\"\nbind",
+        )
+        .replace("role = \"replica\"\nrole", "role");
+        let p = plan(&before, &Config::unserved(&text).unwrap());
+        assert_eq!(p.restart, [key], "{change}");
+    }
+    let p = plan(&before, &two("retries = 5"));
+    assert!(p.applies_live(), "{p:?}");
+    assert_eq!(p.live, ["listen.retries"]);
+    let one = Config::unserved(BASE).unwrap();
+    let p = plan(&one, &before);
+    assert_eq!(p.restart, ["listen (the set of listeners)"]);
+}

@@ -413,7 +413,7 @@ pub fn view(shared: &Shared) -> View {
         Claim::Primary { timeline, .. } => *timeline,
         _ => None,
     });
-    let v = View {
+    View {
         proxy: cfg.listen.name.clone(),
         version: env!("CARGO_PKG_VERSION"),
         pid: std::process::id(),
@@ -437,8 +437,7 @@ pub fn view(shared: &Shared) -> View {
         servers,
         events,
         etcd: None,
-    };
-    v
+    }
 }
 
 #[cfg(test)]

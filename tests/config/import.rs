@@ -36,24 +36,34 @@ fn importing_the_seed_haproxy_cfg_gives_proxy_toml_but_the_addresses() {
 #[test]
 fn import_rejects_what_it_cannot_carry_over_by_line_and_directive() {
     let seed = std::fs::read_to_string(dir("seed-haproxy.cfg")).unwrap();
+    // Issue 13: what changes routing and cannot be honoured is refused at its line.
     let cases = [
         (
-            "    timeout check 5s\n",
-            "    timeout check 5s\n    option redispatch\n",
-            "option redispatch",
+            "    option httpchk\n",
+            "    option httpchk\n    tcp-request content reject\n",
+            "tcp-request",
         ),
         (
             "    option httpchk\n",
-            "    option httpchk\n    balance leastconn\n",
-            "balance",
+            "    option httpchk GET /sync\n",
+            "option httpchk",
+        ),
+        (
+            "    option httpchk\n",
+            "    option httpchk\n    server-template pg 3 _pg._tcp.example:5432 check\n",
+            "server-template",
         ),
         (
             "    maxconn 100\n",
-            "    maxconn 100\n    daemon\n",
-            "daemon",
+            "    maxconn 100\n    lua-load /x.lua\n",
+            "lua-load",
         ),
         (" check port 8008\n", " check\n", "server"),
-        ("    mode tcp\n", "    mode http\n", "mode"),
+        (
+            "192.0.2.11:5432 maxconn",
+            "db1.example:5432 maxconn",
+            "server",
+        ),
     ];
     for (from, to, directive) in cases {
         let text = seed.replacen(from, to, 1);
@@ -203,7 +213,7 @@ fn import_maps_haproxy_tcpka_options() {
         );
     let c = import::import(&text).unwrap();
     assert!(!c.listen.client_keepalive && c.listen.server_keepalive);
-    let printed = import::to_toml(&c, "x");
+    let printed = import::to_toml(&c.to_file(), &[], "x");
     assert!(printed.contains("client_keepalive = false"), "{printed}");
     assert_eq!(Config::from_toml(&printed).unwrap(), c);
 

@@ -136,7 +136,7 @@ proptest! {
     #[test]
     fn an_accepted_import_always_loads_as_proxy_toml(cfg in haproxy_cfg()) {
         if let Ok(c) = import::import(&cfg) {
-            let printed = import::to_toml(&c, "generated");
+            let printed = import::to_toml(&c.to_file(), &[], "generated");
             let back = Config::from_toml(&printed);
             prop_assert!(back.is_ok(), "{cfg}\n->\n{printed}\n{:?}", back.err());
             prop_assert_eq!(back.unwrap(), c);

@@ -1,0 +1,162 @@
+//! One `[[server]]` list from every listener's `server` lines: a node is its address and check
+//! target, listed once whatever the sections that route to it, so one check feeds them all. Also
+//! what only the whole list shows: two clusters in one file, listeners over every server, one
+//! shared check port.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::server::{Params, RawServer};
+use super::{err, ImportError, Note, Origins};
+use crate::config::{self, Check, Listen, Role, Server};
+
+/// A server of some listener, before the lists are merged: its line, its parameters over
+/// `default-server`, where and how it is checked.
+pub(super) struct Node {
+    pub(super) raw: RawServer,
+    pub(super) p: Params,
+    pub(super) check_port: u16,
+    pub(super) ssl: bool,
+}
+
+/// The servers known so far, by (PostgreSQL address, check target).
+pub(super) type ByTarget = HashMap<(SocketAddr, SocketAddr), usize>;
+
+/// Adds a listener's nodes; returns the names it routes to and their check targets.
+pub(super) fn add(
+    nodes: &[Node],
+    servers: &mut Vec<Server>,
+    by_target: &mut ByTarget,
+    notes: &mut Vec<Note>,
+    origins: &mut Origins,
+) -> (Vec<String>, Vec<SocketAddr>) {
+    let mut names = Vec::new();
+    let mut targets = Vec::new();
+    for n in nodes {
+        let target = SocketAddr::new(
+            n.p.addr.map_or(n.raw.address.ip(), |(_, ip)| ip),
+            n.check_port,
+        );
+        targets.push(target);
+        let key = (n.raw.address, target);
+        let maxconn = n.p.maxconn.map_or(config::DEFAULT_MAXCONN, |(_, m)| m);
+        let idx = match by_target.get(&key) {
+            Some(&idx) => {
+                let s = &mut servers[idx];
+                if s.maxconn != maxconn {
+                    let kept = s.maxconn.max(maxconn);
+                    notes.push(Note::new(
+                        n.raw.line,
+                        "maxconn",
+                        &format!(
+                            "server `{}` has one maxconn for every listener: the larger, {kept}, \
+                             is kept",
+                            s.name
+                        ),
+                    ));
+                    s.maxconn = kept;
+                }
+                idx
+            }
+            None => {
+                let mut name = n.raw.name.clone();
+                if servers.iter().any(|s| s.name == name) {
+                    name = format!("{}_{}", n.raw.name, n.raw.address.port());
+                    notes.push(Note::new(
+                        n.raw.line,
+                        "server",
+                        &format!(
+                            "another section has a `{}` at another address: this one is \
+                             `{name}`, checked on its own",
+                            n.raw.name
+                        ),
+                    ));
+                }
+                let j = servers.len();
+                let line = n.raw.line;
+                origins.insert(format!("server[{j}].name"), (line, "server".into()));
+                origins.insert(format!("server[{j}].address"), (line, "server".into()));
+                let mline = n.p.maxconn.map_or(line, |(l, _)| l);
+                let mdir = if mline == line {
+                    "server maxconn"
+                } else {
+                    "default-server maxconn"
+                };
+                origins.insert(format!("server[{j}].maxconn"), (mline, mdir.into()));
+                servers.push(Server {
+                    name,
+                    address: n.raw.address,
+                    maxconn,
+                    check_port: Some(n.check_port),
+                    check_addr: n.p.addr.map(|(_, ip)| ip),
+                });
+                by_target.insert(key, j);
+                j
+            }
+        };
+        names.push(servers[idx].name.clone());
+    }
+    (names, targets)
+}
+
+/// A listener as the cluster rule sees it: index, header line, name, role, check targets.
+pub(super) type Routed = (usize, usize, String, Role, Vec<SocketAddr>);
+
+/// Two primary listeners checking disjoint nodes route to two primaries at once: two Patroni
+/// clusters (Citus groups) in one file, where the runtime follows one. (The same node on two
+/// PostgreSQL ports, pgbouncer's and PostgreSQL's, is the same node: its check target.)
+pub(super) fn one_cluster(listeners: &[Routed]) -> Result<(), ImportError> {
+    for (i, _, a, role_a, sa) in listeners {
+        for (j, line, b, role_b, sb) in listeners {
+            let primary = *role_a == Role::Primary && *role_b == Role::Primary;
+            if i < j && primary && !sa.iter().any(|n| sb.contains(n)) {
+                return Err(err(
+                    *line,
+                    b,
+                    &format!(
+                        "listeners `{a}` and `{b}` both route to the primary but share no node: \
+                         they are two Patroni clusters (or Citus groups), and patroni-proxy follows \
+                         one cluster per configuration; write one configuration per cluster"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A listener over every server needs no `servers` list; one check port shared by every server
+/// is `check.port`.
+pub(super) fn finish(
+    listeners: &mut [Listen],
+    servers: &mut [Server],
+    check: &mut Check,
+    origins: &mut Origins,
+) {
+    let mut every: Vec<&String> = servers.iter().map(|s| &s.name).collect();
+    every.sort();
+    for l in listeners {
+        if let Some(names) = &l.servers {
+            let mut sorted: Vec<&String> = names.iter().collect();
+            sorted.sort();
+            if sorted == every {
+                l.servers = None;
+            }
+        }
+    }
+    let ports: Vec<u16> = servers.iter().filter_map(|s| s.check_port).collect();
+    if let Some(&first) = ports.first() {
+        if ports.iter().all(|&p| p == first) {
+            check.port = first;
+            if let Some(line) = origins.get("server[0].name").map(|x| x.0) {
+                origins.insert("check.port".into(), (line, "server port".into()));
+            }
+        }
+    }
+    let port = check.port;
+    for s in servers {
+        if s.check_port == Some(port) {
+            s.check_port = None;
+        }
+    }
+}
