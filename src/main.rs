@@ -274,12 +274,17 @@ async fn serve(
     let proxy = listener(&mut inherited, config.listen.bind.first(), "listen.bind").await?;
     let stats = listener(&mut inherited, config.stats.bind, "stats.bind").await?;
     let mut sets = Vec::new();
-    for spec in patroni_proxy::state::sets::specs(&config) {
+    for (i, spec) in patroni_proxy::state::sets::specs(&config)
+        .into_iter()
+        .enumerate()
+    {
         let key = format!("listen '{}' bind", spec.name);
-        let l = listener(&mut inherited, spec.bind, &key).await?;
-        tracing::info!(listener = %spec.name, role = spec.rule.role.as_str(), bind = %l.local_addr()?,
-            "listening; no server is routable until a check admits it");
-        sets.push(l);
+        for bind in spec.binds {
+            let l = listener(&mut inherited, bind, &key).await?;
+            tracing::info!(listener = %spec.name, role = spec.rule.role.as_str(), bind = %l.local_addr()?,
+                "listening; no server is routable until a check admits it");
+            sets.push((i, l));
+        }
     }
     for why in &inherited.refused {
         tracing::warn!("socket activation: {why}; not used");

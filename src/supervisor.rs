@@ -16,8 +16,9 @@ use crate::{dcs, proxy, stats};
 pub struct Listeners {
     pub proxy: TcpListener,
     pub stats: Option<TcpListener>,
-    /// The listeners that are not the primary port, in the order of `state::sets::specs`.
-    pub sets: Vec<TcpListener>,
+    /// The sockets of the listeners that are not the primary port, each with its set's index
+    /// (`state::sets::specs`; a listener with several binds has several).
+    pub sets: Vec<(usize, TcpListener)>,
 }
 
 /// A running proxy: its state and stats handles (for tests and the binary) and its stop switches.
@@ -177,7 +178,7 @@ pub async fn run(
         sessions.clone(),
         internal_stop.clone(),
     )));
-    for (i, l) in listeners.sets.into_iter().enumerate() {
+    for (i, l) in listeners.sets {
         // Their `bind` changes at a restart: nothing moves them.
         let (_, moves) = tokio::sync::watch::channel(None);
         supervised.spawn(tasks.track_future(proxy::serve(

@@ -441,22 +441,26 @@ mod tests {
     }
 
     #[test]
-    fn this_version_refuses_what_its_runtime_does_not_serve_yet() {
-        // Until several listeners run: one listener, role primary, one bind, every server.
+    fn this_version_serves_a_primary_port_first_and_node_sets_after_it() {
+        // The first listener is the primary port (one bind, every server); the others are
+        // replica, any or standby_leader listeners, with several binds or a subset if they like.
         for (listen, says) in [
             (
-                "[[listen]]\nname = \"rw\"\n[[listen]]\nname = \"ro\"\nbind = \"*:5001\"\n",
-                "`listen[1]`",
+                "[[listen]]\nname = \"rw\"\n[[listen]]\nname = \"rw2\"\nbind = \"*:5001\"\n",
+                "one listener of role 'primary'",
             ),
             (
                 "[listen]\nrole = \"replica\"\n",
-                "role 'replica' is not served by this version yet",
+                "the first listener is the primary port",
             ),
             (
                 "[listen]\nbind = [\"*:5000\", \"*:5001\"]\n",
-                "several bind addresses",
+                "one bind address in this version",
             ),
-            ("[listen]\nservers = [\"a\"]\n", "a subset of servers"),
+            (
+                "[listen]\nservers = [\"a\"]\n",
+                "routes over every [[server]]",
+            ),
         ] {
             keys(listen).unwrap();
             let e = Config::from_toml(&format!("{listen}{SERVERS}"))
@@ -464,6 +468,9 @@ mod tests {
                 .to_string();
             assert!(e.contains(says), "{listen}: {e}");
         }
+        let served = "[[listen]]\nname = \"rw\"\n[[listen]]\nname = \"ro\"\n\
+                      bind = [\"*:5001\", \"*:5002\"]\nrole = \"replica\"\nservers = [\"a\"]\n";
+        Config::from_toml(&format!("{served}{SERVERS}")).unwrap();
     }
 
     #[test]

@@ -321,30 +321,21 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
-/// What the running proxy serves today: one listener, of role `primary`, on one address, over
-/// every server. The configuration format already describes more (several listeners, read
-/// roles); until the runtime serves them, a file asking for them is refused here, naming the
-/// listener and key, rather than started with part of it ignored. Remove this function when the
-/// runtime of several listeners lands.
+/// The shapes of listeners the runtime serves: the first listener is the primary port (role
+/// `primary`, one address, every server; a reload can move it); the others are replica, any or
+/// standby_leader listeners (node sets, `state::sets`), with any number of addresses and an
+/// optional subset of servers. A file asking for another shape is refused here, naming the
+/// listener and key, rather than started with part of it ignored.
 pub fn served_by_this_version(file: &FileConfig) -> Result<(), KeyError> {
     let all = file.listen.all();
-    if let Some(second) = all.get(1) {
-        return Err(key_error(
-            "listen[1]",
-            format!(
-                "listener '{}': several listeners are not served by this version yet (one \
-                 `[listen]` of role primary is)",
-                second.name
-            ),
-        ));
-    }
     let l = &all[0];
     let p = file.listen.key(0);
     if l.role != Role::Primary {
         return Err(key_error(
             &format!("{p}.role"),
             format!(
-                "listener '{}': role '{}' is not served by this version yet (only 'primary' is)",
+                "listener '{}': the first listener is the primary port (role 'primary'); put the \
+                 '{}' listener after it",
                 l.name, l.role
             ),
         ));
@@ -353,7 +344,8 @@ pub fn served_by_this_version(file: &FileConfig) -> Result<(), KeyError> {
         return Err(key_error(
             &format!("{p}.bind"),
             format!(
-                "listener '{}': several bind addresses are not served by this version yet (one is)",
+                "listener '{}': the primary port has one bind address in this version (the other \
+                 listeners may have several)",
                 l.name
             ),
         ));
@@ -362,11 +354,23 @@ pub fn served_by_this_version(file: &FileConfig) -> Result<(), KeyError> {
         return Err(key_error(
             &format!("{p}.servers"),
             format!(
-                "listener '{}': a subset of servers is not served by this version yet (it routes \
-                 over every [[server]])",
+                "listener '{}': the primary port routes over every [[server]] in this version \
+                 (the other listeners may name a subset)",
                 l.name
             ),
         ));
+    }
+    for (i, other) in all.iter().enumerate().skip(1) {
+        if other.role == Role::Primary {
+            return Err(key_error(
+                &format!("{}.role", file.listen.key(i)),
+                format!(
+                    "listener '{}': one listener of role 'primary' in this version (the first); \
+                     give it several bind addresses instead",
+                    other.name
+                ),
+            ));
+        }
     }
     Ok(())
 }

@@ -2,15 +2,8 @@
 //! member with the fewest sessions now, ties taken in turn) or `roundrobin` (each in turn). Pure:
 //! the caller reads the session counts and keeps the turn counter.
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Balance {
-    #[default]
-    Leastconn,
-    Roundrobin,
-}
+/// HAProxy's `balance` (the configuration's).
+pub use crate::config::Balance;
 
 /// The member of `members` (node indices) for the next session; `sessions(node)` is its current
 /// session count on this listener, `turn` a counter the caller moves on each pick.

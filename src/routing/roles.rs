@@ -4,35 +4,10 @@
 //! 5 threads and a backlog of 5). `docs/health-checking.md` compares each rule with the Patroni
 //! endpoint of the same purpose (`patroni-and-peers.md` §1.2-1.4).
 
-use serde::{Deserialize, Serialize};
-
 use crate::health::patroni::PatroniInfo;
 
-/// What a listener routes to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Exactly one routed primary, fail closed (`routing::choose`): Patroni's `/primary`.
-    #[default]
-    Primary,
-    /// Streaming replicas within `max_lag`: Patroni's `/replica?lag=`.
-    Replica,
-    /// The routed primary or a replica: Patroni's `/read-only`.
-    Any,
-    /// A standby cluster's leader: Patroni's `/standby-leader`.
-    StandbyLeader,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Primary => "primary",
-            Role::Replica => "replica",
-            Role::Any => "any",
-            Role::StandbyLeader => "standby_leader",
-        }
-    }
-}
+/// What a listener routes to (the configuration's `role`).
+pub use crate::config::Role;
 
 /// What a non-primary listener asks of a node, beyond its role.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

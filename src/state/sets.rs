@@ -35,6 +35,8 @@ pub struct ListenerSet {
     pub balance: Balance,
     /// With no member, new sessions go to the routed primary (HAProxy users' `backup` server).
     pub fallback: bool,
+    /// Only these servers (by name) may be members, when the listener names some.
+    pub only: Option<Vec<String>>,
     /// By node index (grows with the nodes).
     pub nodes: Vec<Membership>,
     /// The nodes new sessions may go to now, in index order.
@@ -48,6 +50,7 @@ impl ListenerSet {
             rule: spec.rule,
             balance: spec.balance,
             fallback: spec.fallback,
+            only: spec.servers,
             nodes: (0..nodes).map(|_| Membership::new(rise, fall)).collect(),
             members: Arc::from([]),
         }
@@ -78,16 +81,29 @@ pub fn of(config: &crate::config::Config) -> Vec<ListenerSet> {
 pub struct SetSpec {
     pub name: String,
     /// Where its clients connect.
-    pub bind: std::net::SocketAddr,
+    pub binds: Vec<std::net::SocketAddr>,
     pub rule: Rule,
     pub balance: Balance,
     pub fallback: bool,
+    /// Only these servers (by name), when the listener names some.
+    pub servers: Option<Vec<String>>,
 }
 
-/// The non-primary listeners of `config`, in its order.
-pub fn specs(_config: &crate::config::Config) -> Vec<SetSpec> {
-    // Filled in when the configuration has several listeners (issue 13 item 1).
-    Vec::new()
+/// The listeners of `config` after the first (the primary port), in its order.
+pub fn specs(config: &crate::config::Config) -> Vec<SetSpec> {
+    (config.listen.all().iter().skip(1))
+        .map(|l| SetSpec {
+            name: l.name.clone(),
+            binds: l.bind.all().to_vec(),
+            rule: Rule {
+                role: l.role,
+                max_lag: l.max_lag.map(|b| b.0),
+            },
+            balance: l.balance.unwrap_or_default(),
+            fallback: l.fallback == Some(crate::config::Fallback::Primary),
+            servers: l.servers.clone(),
+        })
+        .collect()
 }
 
 /// What a check of one node did to one listener's set.
@@ -192,17 +208,22 @@ pub(super) fn on_check(
 /// says so; always an `any` listener's).
 pub fn recompute(snap: &mut Snapshot) {
     let primary = snap.primary;
-    let ready: Vec<bool> = (snap.nodes.iter())
-        .map(|n| n.removed.is_none() && n.admin == AdminState::Ready)
-        .collect();
     for l in &mut snap.sets {
+        let ready: Vec<bool> = (snap.nodes.iter())
+            .map(|n| {
+                let listed = (l.only.as_ref()).is_none_or(|only| only.contains(&n.server.name));
+                listed && n.removed.is_none() && n.admin == AdminState::Ready
+            })
+            .collect();
         let members: Vec<usize> = (l.nodes.iter().enumerate())
             .filter(|&(i, m)| {
                 let checked = m.counter.is_up() && matches!(m.verdict, Some(Ok(())));
                 let ok = match l.rule.role {
                     Role::Any => checked || primary == Some(i),
                     Role::Replica => checked && primary != Some(i),
-                    Role::StandbyLeader | Role::Primary => checked,
+                    Role::StandbyLeader => checked,
+                    // Not a set's role (the guard keeps it to the first listener).
+                    Role::Primary => primary == Some(i),
                 };
                 ok && ready.get(i).copied().unwrap_or(false)
             })

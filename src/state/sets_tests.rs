@@ -25,10 +25,11 @@ fn snapshot(role: Role) -> Snapshot {
     };
     let spec = SetSpec {
         name: "replicas".into(),
-        bind: "127.0.0.1:5001".parse().unwrap(),
+        binds: vec!["127.0.0.1:5001".parse().unwrap()],
         rule,
         balance: Balance::Leastconn,
         fallback: false,
+        servers: None,
     };
     snap.sets = vec![ListenerSet::new(spec, 3, 2, 3)];
     snap

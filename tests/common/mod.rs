@@ -276,10 +276,10 @@ impl Cluster {
         let stats_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, stats) = (proxy_l.local_addr().unwrap(), stats_l.local_addr().unwrap());
         let mut sets = Vec::new();
-        for _ in patroni_proxy::state::sets::specs(&config) {
-            sets.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        for i in 0..patroni_proxy::state::sets::specs(&config).len() {
+            sets.push((i, TcpListener::bind("127.0.0.1:0").await.unwrap()));
         }
-        let set_addrs = sets.iter().map(|l| l.local_addr().unwrap()).collect();
+        let set_addrs = sets.iter().map(|(_, l)| l.local_addr().unwrap()).collect();
         let running = supervisor::start(
             config,
             Listeners {

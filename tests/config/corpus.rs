@@ -254,7 +254,7 @@ fn a_read_only_section_with_the_primary_as_backup_falls_back_to_the_primary() {
     let e = Config::from_toml(&import::to_toml(&i.file, &i.notes, "x")).unwrap_err();
     assert!(
         e.to_string()
-            .contains("role 'replica' is not served by this version yet"),
+            .contains("the first listener is the primary port (role 'primary')"),
         "{e}"
     );
 }
@@ -407,11 +407,12 @@ fn import_check_prints_how_each_listener_routes() {
          within max_lag 10MB among pg1, pg2, pg3, balanced roundrobin; when none qualifies: \
          refused\n"
     );
-    // Warnings on stderr, one line each; and that this version cannot serve it yet.
+    // Warnings on stderr, one line each; and that this version cannot serve it as it is (two
+    // binds on the primary port).
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("line 4: `log`"), "{stderr}");
     assert!(
-        stderr.contains("not served by this version yet"),
+        stderr.contains("one bind address in this version"),
         "{stderr}"
     );
 }

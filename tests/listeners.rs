@@ -1,0 +1,131 @@
+//! Issue 13 item 1, several listeners, on in-process fakes: a replica listener spreads over the
+//! streaming replicas and never hands out the primary, a promoted replica leaves its set at once
+//! and its sessions there end by `on-marked-down`, the fallback to the primary, and one check per
+//! node per interval however many listeners there are.
+
+mod common;
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use common::{connect, Cluster, Mode};
+
+#[allow(non_snake_case)]
+fn SECS(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+const PRIMARY: Mode = Mode::Primary { timeline: 1 };
+
+/// A primary port and a replica port (`balance`, `fallback` as given).
+fn listeners(replica: &str) -> String {
+    format!(
+        "[[listen]]\nname = \"rw\"\nbind = \"127.0.0.1:0\"\n\
+         [[listen]]\nname = \"ro\"\nbind = \"127.0.0.1:0\"\nrole = \"replica\"\n{replica}\n\
+         [check]\ninter = \"1s\"\n"
+    )
+}
+
+fn members(c: &Cluster) -> Vec<usize> {
+    c.shared().current().sets[0].members.to_vec()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_listener_spreads_over_the_replicas_and_never_the_primary() {
+    let c = Cluster::start(vec![PRIMARY, Mode::Replica, Mode::Replica], &listeners("")).await;
+    c.wait_for(SECS(10), "both replicas admitted", |c| {
+        members(c) == [1, 2] && c.primary() == Some(0)
+    })
+    .await;
+    let ro = c.set_addrs[0];
+    // leastconn: with every session held open, they alternate.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(connect(ro).await.expect("connected").0);
+    }
+    held.sort();
+    assert_eq!(held.iter().filter(|n| *n == "node1").count(), 5, "{held:?}");
+    assert_eq!(held.iter().filter(|n| *n == "node2").count(), 5, "{held:?}");
+    assert_eq!(c.nodes[0].db.accepted.load(SeqCst), 0, "never the primary");
+    // The primary port is unchanged.
+    assert_eq!(connect(c.addr).await.expect("connected").0, "node0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_promoted_replica_leaves_at_once_and_its_replica_sessions_end_at_fall() {
+    // "sessions on a replica that gets promoted ... end by the same on-marked-down rule as
+    // HAProxy"; "a new connection is never sent to a node that is not in recovery".
+    let c = Cluster::start(
+        vec![PRIMARY, Mode::Replica, Mode::Replica],
+        &listeners("balance = \"roundrobin\""),
+    )
+    .await;
+    c.wait_for(SECS(10), "both replicas admitted", |c| members(c) == [1, 2])
+        .await;
+    let ro = c.set_addrs[0];
+    let mut on_node1 = None;
+    for _ in 0..2 {
+        let (node, client) = connect(ro).await.expect("connected");
+        if node == "node1" {
+            on_node1 = Some(client);
+        }
+    }
+    let mut on_node1 = on_node1.expect("roundrobin reached node1");
+    c.nodes[1].rest.set(Mode::Primary { timeline: 2 });
+    c.nodes[0].rest.set(Mode::Replica);
+    c.wait_for(SECS(5), "node1 out of the replica set", |c| {
+        members(c) == [2]
+    })
+    .await;
+    assert!(on_node1.alive().await, "one answer does not cut, fall does");
+    for _ in 0..6 {
+        assert_eq!(connect(ro).await.expect("connected").0, "node2");
+    }
+    // Three failed answers (fall) later, its replica sessions are closed.
+    assert!(on_node1.closed_within(SECS(10)).await);
+    // And the primary port moved to node1 (the higher timeline).
+    c.wait_for(SECS(10), "node1 routed", |c| c.primary() == Some(1))
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_replica_the_fallback_sends_reads_to_the_primary() {
+    let starting = Mode::Raw(
+        "HTTP/1.0 503 Service Unavailable\r\n\r\n{\"state\": \"starting\", \"role\": \"replica\"}"
+            .into(),
+    );
+    let c = Cluster::start(
+        vec![PRIMARY, starting.clone(), starting],
+        &listeners("fallback = \"primary\""),
+    )
+    .await;
+    c.wait_for(SECS(10), "node0 routed", |c| c.primary() == Some(0))
+        .await;
+    assert!(members(&c).is_empty());
+    assert_eq!(connect(c.set_addrs[0]).await.expect("connected").0, "node0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_check_per_node_per_interval_feeds_every_listener() {
+    // "One check connection per node per interval feeds every listener, however many there are".
+    let three = format!(
+        "{}[[listen]]\nname = \"any\"\nbind = \"127.0.0.1:0\"\nrole = \"any\"\n",
+        listeners("").replace("[check]\ninter = \"1s\"\n", "")
+    ) + "[check]\ninter = \"1s\"\n";
+    let c = Cluster::start(vec![PRIMARY, Mode::Replica, Mode::Replica], &three).await;
+    c.wait_for(SECS(10), "both sets filled", |c| {
+        let s = c.shared().current();
+        s.sets.len() == 2 && s.sets[0].members.len() == 2 && s.sets[1].members.len() == 3
+    })
+    .await;
+    let before: Vec<usize> = c.nodes.iter().map(|n| n.rest.checks.load(SeqCst)).collect();
+    tokio::time::sleep(SECS(10)).await;
+    for (i, n) in c.nodes.iter().enumerate() {
+        let checks = n.rest.checks.load(SeqCst) - before[i];
+        // At `inter` = 1 s: 10 in 10 s (one more if a check straddles the window's edges).
+        assert!(
+            (10..=11).contains(&checks),
+            "node{i}: {checks} checks in 10 s"
+        );
+    }
+}
