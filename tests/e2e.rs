@@ -10,7 +10,7 @@
 //! strictly; timings only as generous upper bounds, and printed and written to `target/e2e/*.json`.
 //! The scenario and probe code is shared with `examples/failover_compare.rs` (HAProxy side by side).
 
-use patroni_proxy_e2e::{harness, instances, pictures, reloads, scenarios};
+use patroni_proxy_e2e::{harness, instances, pictures, reloads, replicas, scenarios};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -391,6 +391,75 @@ async fn reloads_under_pgbench_fail_no_transaction_and_cut_no_session() {
     assert!(r.cut.is_empty(), "long sessions cut: {:?}", r.cut);
     let v = harness::stats_json(p.stats).await.expect("stats");
     assert_eq!(v["reloads"]["ok"], 6, "{v}");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the real cluster: scripts/test starts it"]
+async fn the_replica_port_spreads_reads_follows_lag_and_never_hands_out_the_primary() {
+    // Issue 13, "Real cluster": a replica listener spreads reads over both streaming replicas; a
+    // replica whose replay is paused while writes go on leaves the set once past max_lag and comes
+    // back after pg_wal_replay_resume(); during 5 switchovers the replica port never hands out a
+    // session on the primary (fallback off) and the primary port's figures stay as today.
+    harness::restore().await.expect("the cluster is healthy");
+    let leader = harness::leader().await.expect("a leader");
+    let p = Proxy::patroni_proxy_with(&bin(), "patroni-proxy", &replicas::config())
+        .await
+        .expect("patroni-proxy starts");
+    let ro = replicas::replica_port(&p).expect("the replica port");
+    p.wait_routes(&leader, Duration::from_secs(20))
+        .await
+        .expect("the primary routed");
+    let spread = harness::poll(
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        "both replicas in the set",
+        || async {
+            let s = replicas::spread(ro, 10).await.ok()?;
+            (s.per_node.len() == 2).then_some(s)
+        },
+    )
+    .await
+    .expect("reads spread");
+    println!("replica port, 10 sessions held: {spread:?}");
+    assert_eq!(spread.not_in_recovery, 0, "{spread:?}");
+    assert!(!spread.per_node.contains_key(&leader.name), "{spread:?}");
+    assert!(
+        spread.per_node.values().all(|&n| n == 5),
+        "leastconn: {spread:?}"
+    );
+
+    let lag = replicas::lag(&p, &leader, ro).await.expect("the lag run");
+    println!("replay paused past max_lag {}: {lag:?}", replicas::MAX_LAG);
+    assert!(
+        !lag.while_out.per_node.contains_key(&lag.replica),
+        "{lag:?}"
+    );
+    assert_eq!(lag.while_out.not_in_recovery, 0, "{lag:?}");
+
+    let reader = replicas::Reader::start(ro);
+    let reports = scenarios::switchover(&[&p], 5).await.expect("switchovers");
+    let (attempts, on_primary, failed) = reader.finish().await;
+    println!(
+        "replica port during 5 switchovers: {attempts} sessions, {on_primary} on a primary, \
+         {failed} failed"
+    );
+    save("replica-port-switchovers", &reports);
+    write_json(
+        "replica-port",
+        &serde_json::json!({
+            "spread": spread, "lag": lag,
+            "switchovers": {"attempts": attempts, "on_primary": on_primary, "failed": failed},
+        }),
+    )
+    .expect("write the JSON report");
+    assert_eq!(on_primary, 0, "the replica port handed out the primary");
+    assert!(attempts > 20, "{attempts}");
+    for r in &reports {
+        assert_one_primary(r);
+        assert_eq!(r.client_errors, 0, "{}:\n{}", r.summary(), r.failures());
+        assert!(r.longest_wait_s <= 6.0, "{}", r.summary());
+    }
     p.stop().await;
 }
 

@@ -4,11 +4,12 @@
 //! [`scenarios`] are the failovers run through them; [`browser`] drives a headless Chromium and
 //! [`pictures`] watches a switchover on the dashboard's pictures; [`instances`] compares
 //! several proxy instances in front of the one cluster; [`reloads`] reloads the configuration
-//! under load.
+//! under load; [`replicas`] follows the read-only port.
 
 pub mod browser;
 pub mod harness;
 pub mod instances;
 pub mod pictures;
 pub mod reloads;
+pub mod replicas;
 pub mod scenarios;
