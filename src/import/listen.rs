@@ -394,6 +394,7 @@ pub(super) fn parse_server(
             maxconn,
             check_port: None,
             check_addr,
+            member: None,
         },
         port,
         own.maxconn.is_some(),
