@@ -155,3 +155,17 @@ fn every_etcd_key_needs_a_restart_and_is_named() {
     );
     assert!(plan(&old, &with(etcd)).restart.is_empty());
 }
+
+#[test]
+fn the_ride_through_and_a_servers_member_name_apply_live() {
+    // Both are read by the state owner at each decision (docs/configuration.md).
+    let etcd = "[etcd]\nendpoints = [\"127.0.0.21:2379\"]\nscope = \"postgres\"\n";
+    let old = with(etcd);
+    let new = config(&format!(
+        "{etcd}ride_through = false\n{BASE}member = \"postgresql1\"\n"
+    ));
+    let p = plan(&old, &new);
+    assert!(p.applies_live(), "{p:?}");
+    assert_eq!(p.live, ["etcd.ride_through"]);
+    assert_eq!(p.changed, [("b".to_string(), vec!["member"])]);
+}
