@@ -191,6 +191,9 @@ pub struct ServerView {
     pub ride_through_since: Option<f64>,
     /// Its Patroni member name: `member` as configured, else as its REST answer gave it.
     pub member: Option<String>,
+    /// What its REST answer, etcd and PostgreSQL say about it being the primary, and whether they
+    /// agree.
+    pub signals: super::signals::Signals,
     pub role: Role,
     /// The role and state exactly as Patroni's last answer spelled them.
     pub patroni_role: Option<String>,
@@ -334,6 +337,7 @@ pub fn view(shared: &Shared) -> View {
                 rest_unreachable_leader_alive: n.ride.since.is_some(),
                 ride_through_since: n.ride.since.map(epoch),
                 member: s.member.clone().or_else(|| n.ride.learned.clone()),
+                signals: super::signals::of(&snap, n, now),
                 role: role_of(n),
                 patroni_role: info.and_then(|p| p.role.clone()),
                 patroni_state: info.and_then(|p| p.state.clone()),
