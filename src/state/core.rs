@@ -323,7 +323,7 @@ pub fn on_input(
             )
         }
         Input::LeaderChanged { leader } => {
-            ride = super::ride::on_leader(cfg, &mut snap, leader.as_deref(), now, wall);
+            ride = super::ride::on_leader(cfg, &mut snap, leader.as_deref(), wall);
             // Every "primary" answer predates the change: the REST check must confirm the new
             // state before anything is routed again.
             for n in &mut snap.nodes {

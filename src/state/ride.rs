@@ -302,13 +302,12 @@ pub fn on_lease(
 }
 
 /// The leader key changed (the watch's event): the reading of it is replaced (its lease unknown
-/// until read), and a rider whose member no longer holds it stops riding. Returns the ride's end
+/// until read), and a ride ends. Returns the ride's end
 /// to say and the node to cut, for [`super::core::on_input`] to add to its decision.
 pub fn on_leader(
     cfg: &Config,
     snap: &mut Snapshot,
     leader: Option<&str>,
-    now: Instant,
     wall: SystemTime,
 ) -> Step {
     let same = snap
@@ -321,18 +320,16 @@ pub fn on_leader(
             live_until: None,
         });
     }
+    // Any event of the leader key ends a ride: the core takes every primary claim back
+    // (`Claim::Unconfirmed`), and only its REST check, which is what is missing, could give it back.
     match rider(snap) {
-        Some(r) if !same => {
+        Some(r) => {
             let why = format!(
                 "etcd's leader key now names {}",
                 leader.unwrap_or("no one (deleted)")
             );
             end(cfg, snap, r, &why, wall)
         }
-        Some(r) => match why_not_dcs(cfg, snap, r, now) {
-            Some(why) => end(cfg, snap, r, &why, wall),
-            None => Step::default(),
-        },
         None => Step::default(),
     }
 }
