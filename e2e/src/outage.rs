@@ -160,6 +160,15 @@ pub async fn rest_unreachable(
     }
     for (l, r) in live.lanes.iter().zip(&mut rides) {
         let p = l.proxy;
+        r.session_kept = l.session.as_ref().is_some_and(|s| s.cut().is_none());
+        let during: Vec<_> = (l.probe.finished().into_iter())
+            .filter(|a| a.start >= event && a.end <= end)
+            .collect();
+        r.attempts_during = during.len();
+        r.errors_during = during.iter().filter(|a| !a.outcome.is_ok()).count();
+        if p.kind != Kind::PatroniProxy {
+            continue;
+        }
         let v = stats_json(p.stats).await?;
         let server = v["servers"]
             .as_array()
@@ -169,12 +178,6 @@ pub async fn rest_unreachable(
         r.riding =
             server["routed_primary"] == true && server["rest_unreachable_leader_alive"] == true;
         r.metric = metric(p, &old.server()).await;
-        r.session_kept = l.session.as_ref().is_some_and(|s| s.cut().is_none());
-        let during: Vec<_> = (l.probe.finished().into_iter())
-            .filter(|a| a.start >= event && a.end <= end)
-            .collect();
-        r.attempts_during = during.len();
-        r.errors_during = during.iter().filter(|a| !a.outcome.is_ok()).count();
     }
     let candidate = Node::all()
         .into_iter()
