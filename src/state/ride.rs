@@ -116,7 +116,8 @@ fn why_not_dcs(cfg: &Config, snap: &Snapshot, node: usize, now: Instant) -> Opti
 }
 
 /// After the check of `node` was applied to `snap` (counter, claim, `last_check`), before
-/// routing is recomputed. `was_routed`: it was the routed primary when the check began.
+/// routing is recomputed (so `snap.primary` is still the one the check began under);
+/// `went_down`: this check marked it DOWN.
 pub fn on_check(
     cfg: &Config,
     snap: &mut Snapshot,
