@@ -5,7 +5,7 @@
 //! closed, a 503 or a non-primary body stops new connections at once, the higher timeline wins, a
 //! switchover request or PostgreSQL's own word takes a node out of routing, the failover pace).
 //! Timeline fencing ([`super::fence`]), the REST outage ride-through ([`super::ride`]) and an
-//! operator's orders ([`super::admin`]) are decided in their own modules, called from here.
+//! operator's orders (`state::admin`) are decided in their own modules, called from here.
 //! [`super::owner`] only carries the effects out, in the order given.
 
 use std::sync::Arc;
