@@ -8,10 +8,10 @@
 //! scenario code is the end-to-end tests' (`tests/e2e/`). Not part of the test suite.
 //!
 //! ```text
-//! failover_compare [--switchovers N] [--freeze SECS] [--only crash,switchover,kill-patroni,hung-rest,restart]
+//! failover_compare [--switchovers N] [--freeze SECS] [--only crash,switchover,kill-patroni,hung-rest,rest-unreachable,restart]
 //! ```
 
-use patroni_proxy_e2e::{harness, scenarios};
+use patroni_proxy_e2e::{harness, outage, scenarios};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,11 +27,12 @@ struct Args {
     bin: PathBuf,
 }
 
-const ALL: [&str; 5] = [
+const ALL: [&str; 6] = [
     "crash",
     "switchover",
     "kill-patroni",
     "hung-rest",
+    "rest-unreachable",
     "restart",
 ];
 
@@ -107,6 +108,9 @@ async fn main() -> anyhow::Result<()> {
                 "switchover" => scenarios::switchover(&proxies, a.switchovers).await,
                 "kill-patroni" => scenarios::kill_patroni(&proxies).await,
                 "hung-rest" => scenarios::hung_rest(&proxies, a.freeze).await,
+                "rest-unreachable" => outage::rest_unreachable(&proxies, Duration::from_secs(40))
+                    .await
+                    .map(|(r, _)| r),
                 _ => unreachable!(),
             };
             ha.stop().await;

@@ -156,6 +156,24 @@ pub async fn run(
         internal_stop.clone(),
     )));
     if let Some(etcd) = cfg.etcd.clone() {
+        if etcd.ride_through {
+            let unnamed: Vec<&str> = (cfg.servers.iter())
+                .filter(|s| s.member.is_none())
+                .map(|s| s.name.as_str())
+                .collect();
+            tracing::info!(target: "patroni_proxy::routing",
+            "REST outage ride-through on (etcd.ride_through){}",
+            if unnamed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; Patroni member names of {} will be read from their REST answers \
+                     (patroni.name): without one, no ride-through for that server (set \
+                     `member` in its [[server]])",
+                    unnamed.join(", ")
+                )
+            });
+        }
         let to_owner = shared.clone();
         let sink = dcs::Sink {
             signal: Box::new(move |s| {

@@ -1,7 +1,8 @@
 //! The real-cluster harness of patroni-proxy, one crate shared by the end-to-end tests
 //! (`tests/e2e.rs`), `scripts/failover-compare` (`examples/failover_compare.rs`) and `scripts/soak`
 //! (`examples/soak`): [`harness`] drives the cluster and the proxies and records what clients see;
-//! [`scenarios`] are the failovers run through them; [`browser`] drives a headless Chromium and
+//! [`scenarios`] are the failovers run through them, [`outage`] the primary's REST API cut off by
+//! a firewall rule; [`browser`] drives a headless Chromium and
 //! [`pictures`] watches a switchover on the dashboard's pictures; [`instances`] compares
 //! several proxy instances in front of the one cluster; [`reloads`] reloads the configuration
 //! under load; [`replicas`] follows the read-only port.
@@ -9,6 +10,7 @@
 pub mod browser;
 pub mod harness;
 pub mod instances;
+pub mod outage;
 pub mod pictures;
 pub mod reloads;
 pub mod replicas;

@@ -138,19 +138,19 @@ impl Report {
 }
 
 /// One proxy's probe and long session during a scenario.
-struct Lane<'a> {
-    proxy: &'a Proxy,
-    probe: Probe,
-    session: Option<Session>,
+pub(crate) struct Lane<'a> {
+    pub(crate) proxy: &'a Proxy,
+    pub(crate) probe: Probe,
+    pub(crate) session: Option<Session>,
 }
 
-struct Live<'a> {
-    lanes: Vec<Lane<'a>>,
+pub(crate) struct Live<'a> {
+    pub(crate) lanes: Vec<Lane<'a>>,
     watcher: Watcher,
 }
 
 /// What was recorded, once the probes have stopped.
-struct Done {
+pub(crate) struct Done {
     attempts: Vec<Attempt>,
     run: String,
     session: Option<(String, Option<(f64, String)>)>,
@@ -171,7 +171,7 @@ pub async fn prepare(proxies: &[&Proxy]) -> Result<Node> {
     Ok(leader)
 }
 
-async fn begin<'a>(
+pub(crate) async fn begin<'a>(
     proxies: &[&'a Proxy],
     scenario: &str,
     iteration: usize,
@@ -231,7 +231,7 @@ async fn session_on(p: &Proxy, leader: &Node) -> Result<Session> {
 impl Live<'_> {
     /// Waits (bounded; a proxy that never gets there is reported, not failed) until every probe has
     /// written to `node` after `after`.
-    async fn wait_all_ok(&self, node: &Node, after: f64, limit: Duration) {
+    pub(crate) async fn wait_all_ok(&self, node: &Node, after: f64, limit: Duration) {
         let _ = poll(
             limit,
             Duration::from_millis(50),
@@ -246,7 +246,7 @@ impl Live<'_> {
         .await;
     }
 
-    async fn finish(self) -> (Vec<Done>, Watcher) {
+    pub(crate) async fn finish(self) -> (Vec<Done>, Watcher) {
         let mut done = Vec::new();
         for l in self.lanes {
             let run = l.probe.run.clone();
@@ -457,7 +457,7 @@ async fn analyze(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn analyze_all(
+pub(crate) async fn analyze_all(
     scenario: &str,
     iteration: usize,
     proxies: &[&Proxy],

@@ -45,6 +45,17 @@ pub struct Etcd {
     /// PEM private key of `cert_file`. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
+    /// Ride through an outage of the routed primary's REST API: while its checks time out or are
+    /// refused, etcd shows the same member holding the leader key with a live lease, and its
+    /// PostgreSQL port still accepts connections, keep routing to it and keep its sessions
+    /// (docs/health-checking.md, "REST outage ride-through"). `false`: HAProxy's behaviour (DOWN
+    /// after `fall` failed checks, sessions cut). Default `true`.
+    #[serde(default = "default_ride_through")]
+    pub ride_through: bool,
+}
+
+fn default_ride_through() -> bool {
+    true
 }
 
 /// The default of `etcd.resync`: a lapsed leader lease or a silent watch is seen within this

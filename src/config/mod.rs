@@ -165,6 +165,12 @@ impl Config {
         )
     }
 
+    /// Whether the REST outage ride-through applies: `[etcd]` is configured and its `ride_through`
+    /// is on (the default). Without etcd there is no second signal: HAProxy's behaviour.
+    pub fn ride_through(&self) -> bool {
+        self.etcd.as_ref().is_some_and(|e| e.ride_through)
+    }
+
     /// Basic-auth credentials of the stats listener, split at the first `:`.
     pub fn stats_credentials(&self) -> Option<(&str, &str)> {
         self.stats.auth.as_deref().and_then(|a| a.split_once(':'))

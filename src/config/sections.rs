@@ -296,6 +296,12 @@ pub struct Server {
     /// REST address for the health check (HAProxy `addr`). Default: the server's IP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_addr: Option<IpAddr>,
+    /// Patroni's member name of this node (its `name` in patroni.yml, the value of the leader key
+    /// in etcd when it leads), for the REST outage ride-through (`etcd.ride_through`). Default:
+    /// none: the name this node's own REST answer gives (`patroni.name`, sent by Patroni 4) is
+    /// used once a check has read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 /// The stats listener: dashboard, CSV/JSON exports and Prometheus metrics.

@@ -154,6 +154,22 @@ impl fmt::Display for Config {
                 file(&e.cert_file),
                 file(&e.key_file),
             )?;
+            let named: Vec<String> = (self.servers.iter())
+                .map(|s| match &s.member {
+                    Some(m) => format!("{}={m}", s.name),
+                    None => format!("{}=(from its REST answer)", s.name),
+                })
+                .collect();
+            writeln!(
+                f,
+                "REST outage ride-through {}{}",
+                on_off(e.ride_through),
+                if e.ride_through {
+                    format!(" (Patroni members: {})", named.join(", "))
+                } else {
+                    String::new()
+                },
+            )?;
         }
         writeln!(
             f,

@@ -108,6 +108,7 @@ impl FileConfig {
         }
         let mut names = HashSet::new();
         let mut addrs = HashSet::new();
+        let mut members = HashSet::new();
         for (i, s) in self.servers.iter().enumerate() {
             if s.name.is_empty() || s.name.chars().any(|c| c.is_whitespace() || c == ',') {
                 return Err(err(
@@ -135,6 +136,21 @@ impl FileConfig {
                         s.address
                     ),
                 ));
+            }
+            if let Some(m) = &s.member {
+                // The leader key's value is matched to it byte for byte.
+                if m.is_empty() || m.chars().any(char::is_control) {
+                    return Err(err(
+                        &format!("server[{i}].member"),
+                        format!("invalid member name {m:?}: give Patroni's `name` of this node"),
+                    ));
+                }
+                if !members.insert(m.as_str()) {
+                    return Err(err(
+                        &format!("server[{i}].member"),
+                        format!("duplicate member name {m:?}: each Patroni member is one server"),
+                    ));
+                }
             }
             if s.address.port() == 0 || s.check_port == Some(0) {
                 return Err(err(

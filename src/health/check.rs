@@ -302,6 +302,9 @@ impl Verdict {
 }
 
 /// The state of an answer read so far.
+// A return value consumed at once, never stored or sent: boxing the verdict would only add an
+// allocation per check.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parse {
     /// More bytes can change the verdict.

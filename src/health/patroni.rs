@@ -54,6 +54,9 @@ pub struct PatroniInfo {
     pub failsafe_mode_is_active: bool,
     /// `cluster_unlocked: true`: Patroni sees no leader lock (or no DCS).
     pub cluster_unlocked: bool,
+    /// `patroni.name`: the member's name (the leader key's value when it leads), sent by Patroni 4.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 /// The WAL positions of a Patroni body (`xlog`), in bytes.
@@ -115,6 +118,10 @@ impl PatroniInfo {
             pause: flag("pause"),
             failsafe_mode_is_active: flag("failsafe_mode_is_active"),
             cluster_unlocked: flag("cluster_unlocked"),
+            member: (obj.get("patroni").and_then(|p| p.get("name")))
+                .and_then(|n| n.as_str())
+                .filter(|n| !n.is_empty() && n.len() <= 256)
+                .map(str::to_string),
         })
     }
 }
@@ -210,6 +217,28 @@ mod tests {
             info: None,
             patroni: body.and_then(|b| PatroniInfo::parse(b.as_bytes())),
             finished_at: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn the_member_name_is_read_from_patronis_own_object() {
+        // Patroni 4.1.5's GET / body ends with `"patroni": {"version", "scope", "name"}`: the name
+        // is what the leader key holds when this node leads (the ride-through's mapping).
+        let body = br#"{"state":"running","role":"primary","timeline":3,
+            "patroni":{"version":"4.1.5","scope":"postgres","name":"postgresql1"}}"#;
+        let info = PatroniInfo::parse(body).unwrap();
+        assert_eq!(info.member.as_deref(), Some("postgresql1"));
+        for odd in [
+            r#"{"patroni":{"version":"3.0.0"}}"#,
+            r#"{"patroni":{"name":""}}"#,
+            r#"{"patroni":{"name":7}}"#,
+            r#"{"patroni":"x"}"#,
+        ] {
+            assert_eq!(
+                PatroniInfo::parse(odd.as_bytes()).unwrap().member,
+                None,
+                "{odd}"
+            );
         }
     }
 

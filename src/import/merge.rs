@@ -89,6 +89,8 @@ pub(super) fn add(
                     maxconn,
                     check_port: Some(n.check_port),
                     check_addr: n.p.addr.map(|(_, ip)| ip),
+                    // Learned from each node's REST answer (`patroni.name`) when not given.
+                    member: None,
                 });
                 by_target.insert(key, j);
                 j

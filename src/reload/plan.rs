@@ -185,6 +185,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
                 ca_file,
                 cert_file,
                 key_file,
+                ride_through,
             } = n;
             key("etcd.endpoints", *endpoints != o.endpoints, false);
             key("etcd.namespace", *namespace != o.namespace, false);
@@ -195,6 +196,8 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
             key("etcd.ca_file", *ca_file != o.ca_file, false);
             key("etcd.cert_file", *cert_file != o.cert_file, false);
             key("etcd.key_file", *key_file != o.key_file, false);
+            // Read by the state owner at each decision.
+            key("etcd.ride_through", *ride_through != o.ride_through, true);
         }
         (n, o) => key("etcd", n != o, false),
     }
@@ -239,12 +242,14 @@ fn server_keys(old: &Server, new: &Server) -> Vec<&'static str> {
         maxconn,
         check_port,
         check_addr,
+        member,
     } = new;
     [
         ("address", *address != old.address),
         ("maxconn", *maxconn != old.maxconn),
         ("check_port", *check_port != old.check_port),
         ("check_addr", *check_addr != old.check_addr),
+        ("member", *member != old.member),
     ]
     .into_iter()
     .filter_map(|(k, differs)| differs.then_some(k))

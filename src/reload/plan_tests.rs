@@ -197,3 +197,17 @@ fn the_listeners_and_their_routing_need_a_restart_their_session_keys_do_not() {
     let p = plan(&one, &before);
     assert_eq!(p.restart, ["listen (the set of listeners)"]);
 }
+
+#[test]
+fn the_ride_through_and_a_servers_member_name_apply_live() {
+    // Both are read by the state owner at each decision (docs/configuration.md).
+    let etcd = "[etcd]\nendpoints = [\"127.0.0.21:2379\"]\nscope = \"postgres\"\n";
+    let old = with(etcd);
+    let new = config(&format!(
+        "{etcd}ride_through = false\n{BASE}member = \"postgresql1\"\n"
+    ));
+    let p = plan(&old, &new);
+    assert!(p.applies_live(), "{p:?}");
+    assert_eq!(p.live, ["etcd.ride_through"]);
+    assert_eq!(p.changed, [("b".to_string(), vec!["member"])]);
+}

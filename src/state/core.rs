@@ -4,6 +4,8 @@
 //! log lines in its wording), and so do our deliberate differences (one routed primary, fail
 //! closed, a 503 or a non-primary body stops new connections at once, the higher timeline wins, a
 //! switchover request or PostgreSQL's own word takes a node out of routing, the failover pace).
+//! Timeline fencing ([`super::fence`]), the REST outage ride-through ([`super::ride`]) and an
+//! operator's orders (`state::admin`) are decided in their own modules, called from here.
 //! [`super::owner`] only carries the effects out, in the order given.
 
 use std::sync::Arc;
@@ -11,11 +13,11 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::{AdminOrder, EventKind, Input, NodeState, Scope, Snapshot};
+use super::{EventKind, Input, Snapshot};
 use crate::config::{Config, OnMarkedDown, Server};
 use crate::health::patroni::Answer;
 use crate::health::{CheckResult, Transition};
-use crate::routing::{self, AdminState, Candidate, Claim};
+use crate::routing::{self, Candidate, Claim};
 
 /// Longest a node stays "leaving" after a switchover request, in case the end is never seen.
 const LEAVING_LIMIT: Duration = Duration::from_secs(60);
@@ -81,6 +83,9 @@ pub enum Effect {
     KillSet { set: usize, node: usize },
     /// Cut the wait before the next check of every node but `except`.
     WakeAll { except: Option<usize> },
+    /// Try a TCP connect to `node`'s PostgreSQL port and answer [`Input::PgProbe`] (the REST
+    /// outage ride-through, [`super::ride`]).
+    Probe(usize),
     /// Add the IO side of node `node` (a reload added it): before the snapshot that has it is
     /// published, so that every index a session reads is valid.
     AddBackend { node: usize, maxconn: u32 },
@@ -126,6 +131,7 @@ pub fn on_check(
     let answer = Answer::of(&result);
     let seq = snap.seq;
     let n = &mut snap.nodes[node];
+    let before = n.last_answer.clone();
     match &answer {
         Answer::Primary { timeline } => {
             n.claim = Claim::Primary {
@@ -171,6 +177,15 @@ pub fn on_check(
         None => {}
     }
     let normal = cfg.interval_for(n.counter.is_fully_up(), n.counter.is_fully_down());
+    let went_down = step.transition == Some(Transition::WentDown);
+    let ride = super::ride::on_check(cfg, &mut snap, node, went_down, now, wall);
+    effects.extend(super::fence::on_check(
+        cfg,
+        &snap,
+        node,
+        before.as_ref(),
+        wall,
+    ));
     let active = snap
         .nodes
         .iter()
@@ -179,7 +194,7 @@ pub fn on_check(
     let mut kills = Vec::new();
     match step.transition {
         Some(Transition::WentDown) => {
-            if cfg.listen.on_marked_down == OnMarkedDown::ShutdownSessions {
+            if cfg.listen.on_marked_down == OnMarkedDown::ShutdownSessions && !ride.keep_sessions {
                 kills.push(node);
             }
             let sessions = io.sessions.get(node).copied().unwrap_or(0);
@@ -218,6 +233,8 @@ pub fn on_check(
         )),
         None => {}
     }
+    effects.extend(ride.effects);
+    kills.extend(ride.kill);
 
     reroute(
         cfg,
@@ -269,11 +286,16 @@ pub fn on_input(
     // PostgreSQL restarts under a held lock answers 200 while refusing clients, and re-checking it
     // on every refusal would spin.
     let mut except = None;
+    let mut ride = super::ride::Step::default();
     let names: Vec<Arc<Server>> = current.nodes.iter().map(|n| n.server.clone()).collect();
     let name = |i: usize| names.get(i).map_or("?", |s| s.name.as_str());
     let message = match input {
-        Input::Recheck { .. } | Input::LeaderLease(_) => return None,
-        Input::Admin(order) => return on_admin(cfg, snap, io, order, now, wall),
+        Input::Recheck { .. } => return None,
+        Input::LeaderLease(seen) => return super::ride::on_lease(cfg, snap, io, seen, now, wall),
+        Input::PgProbe { node, accepted } => {
+            return super::ride::on_probe(cfg, snap, io, node, accepted, now, wall)
+        }
+        Input::Admin(order) => return super::admin::on_admin(cfg, snap, io, order, now, wall),
         Input::Reloaded { message, previous } => {
             let reload = super::servers::Reload {
                 message,
@@ -301,6 +323,7 @@ pub fn on_input(
             )
         }
         Input::LeaderChanged { leader } => {
+            ride = super::ride::on_leader(cfg, &mut snap, leader.as_deref(), wall);
             // Every "primary" answer predates the change: the REST check must confirm the new
             // state before anything is routed again.
             for n in &mut snap.nodes {
@@ -341,7 +364,8 @@ pub fn on_input(
         wall,
         message,
     )];
-    let mut kills = Vec::new();
+    effects.extend(ride.effects);
+    let mut kills: Vec<usize> = ride.kill.into_iter().collect();
     reroute(
         cfg,
         &mut snap,
@@ -372,106 +396,10 @@ fn in_doubt(snap: &Snapshot) -> bool {
             let n = &snap.nodes[p];
             let confirmed = n.last_check.as_ref().is_some_and(|r| r.status.passed())
                 && matches!(n.last_answer, Some(Answer::Primary { .. }));
-            !confirmed
+            // A ride-through is no doubt: etcd vouches for it, and its end wakes every checker.
+            !confirmed && n.ride.since.is_none()
         }
     }
-}
-
-/// An operator's `drain`, `maint` or `ready` (HAProxy's `set server ... state`), on `snap` (the
-/// current snapshot, already numbered). The state is kept through every check until the next
-/// order; only `ready` gives the node back to its checks. The deliberate difference with HAProxy:
-/// its checks go on in MAINT (HAProxy suspends them and, on `ready`, declares the server UP at once,
-/// `haproxy-semantics.md` §1.4, routing a 503-answering replica until its next check), so on
-/// `ready` routing follows the latest check at once and stays fail closed.
-fn on_admin(
-    cfg: &Config,
-    mut snap: Snapshot,
-    io: &Io,
-    order: AdminOrder,
-    now: Instant,
-    wall: SystemTime,
-) -> Option<Decision> {
-    let Scope::Server(node) = order.scope;
-    let px = &cfg.listen.name;
-    let name = snap.nodes.get(node)?.server.name.clone();
-    let n = snap.nodes.get_mut(node)?;
-    let (was, state, who) = (n.admin, order.state, order.who);
-    n.admin = state;
-    n.admin_by = Some((who.clone(), wall));
-    let sessions = io.sessions.get(node).copied().unwrap_or(0);
-    let queued = io.queued.get(node).copied().unwrap_or(0);
-    let mut kills = Vec::new();
-    let (level, message) = match (was, state) {
-        (w, s) if w == s => (
-            Level::Info,
-            format!(
-                "Server {px}/{name} is already in {} ({who}): nothing changes.",
-                s.word()
-            ),
-        ),
-        (_, AdminState::Maint) => {
-            // haproxy-semantics.md §2.2: entering MAINT shuts the sessions down like a DOWN.
-            if cfg.listen.on_marked_down == OnMarkedDown::ShutdownSessions {
-                kills.push(node);
-            }
-            let active = snap
-                .nodes
-                .iter()
-                .filter(|n| {
-                    n.counter.is_up() && n.admin != AdminState::Maint && n.removed.is_none()
-                })
-                .count();
-            (
-                Level::Warn,
-                format!(
-                    "Server {px}/{name} is going DOWN for maintenance ({who}). {active} active and \
-                     0 backup servers left. {sessions} sessions active, 0 requeued, {queued} \
-                     remaining in queue."
-                ),
-            )
-        }
-        (_, AdminState::Drain) => (
-            Level::Warn,
-            format!(
-                "Server {px}/{name} enters drain state ({who}): no new sessions, {sessions} \
-                 sessions continue."
-            ),
-        ),
-        (was, AdminState::Ready) => (
-            Level::Info,
-            format!(
-                "Server {px}/{name} is READY, leaving forced {} ({who}): its checks decide again.",
-                if was == AdminState::Maint {
-                    "maintenance"
-                } else {
-                    "drain"
-                }
-            ),
-        ),
-    };
-    let mut effects = vec![say(
-        level,
-        Topic::Admin,
-        Some((EventKind::Admin, Some(node))),
-        wall,
-        message,
-    )];
-    let reason = format!("{} by an operator", state.word());
-    reroute(
-        cfg,
-        &mut snap,
-        io,
-        now,
-        wall,
-        &reason,
-        &mut effects,
-        &mut kills,
-    );
-    conclude(&mut snap, kills, &mut effects, None);
-    Some(Decision {
-        snapshot: snap,
-        effects,
-    })
 }
 
 /// How every decision that may change routing ends: the failover pace follows doubt (every node
@@ -527,9 +455,11 @@ pub(super) fn reroute(
     let px = &cfg.listen.name;
     let names: Vec<Arc<Server>> = snap.nodes.iter().map(|n| n.server.clone()).collect();
     let name = |i: usize| names.get(i).map_or("?", |s| s.name.as_str());
-    let candidates: Vec<Candidate<'_>> = snap.nodes.iter().map(NodeState::candidate).collect();
+    let floor = snap.max_timeline;
+    let candidates: Vec<Candidate<'_>> = snap.nodes.iter().map(|n| n.candidate(floor)).collect();
     let chosen = routing::choose(snap.primary, &candidates);
     if chosen == snap.primary {
+        super::fence::record(snap);
         return;
     }
     let old = snap.primary;
@@ -537,6 +467,7 @@ pub(super) fn reroute(
         snap.no_primary_total += now.saturating_duration_since(snap.primary_since);
     }
     snap.primary = chosen;
+    super::fence::record(snap);
     // How long the previous state (a primary, or none) lasted.
     let gap = now.saturating_duration_since(snap.primary_since);
     snap.primary_since = now;

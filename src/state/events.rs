@@ -27,6 +27,8 @@ pub enum EventKind {
     Suspect,
     /// An operator's `drain`, `maint` or `ready`.
     Admin,
+    /// The REST outage ride-through began or ended (`state::ride`).
+    RideThrough,
 }
 
 /// The recent events, newest last, bounded.

@@ -5,9 +5,12 @@
 //! registries, the events) and report evidence through it; checkers hold a
 //! [`crate::health::checker::Link`]. The dashboard's event list lives in [`events`].
 
+mod admin;
 pub mod core;
 mod events;
+pub mod fence;
 pub mod owner;
+pub mod ride;
 mod servers;
 pub mod sets;
 
@@ -60,6 +63,8 @@ pub struct NodeState {
     pub admin: AdminState,
     /// Who set `admin` last, and when (`None` until an operator acts).
     pub admin_by: Option<(String, SystemTime)>,
+    /// What the REST outage ride-through knows of it ([`ride`]).
+    pub ride: ride::NodeRide,
 }
 
 impl NodeState {
@@ -80,14 +85,18 @@ impl NodeState {
             leaving_since: None,
             admin: AdminState::Ready,
             admin_by: None,
+            ride: ride::NodeRide::default(),
         }
     }
 
-    /// Routable only if not leaving, still configured, and the operator, the counter and the
-    /// claim allow it. A removed node is drained: no new sessions, its own continue.
-    pub fn candidate(&self) -> Candidate<'_> {
+    /// Routable only if not leaving, still configured, not fenced by the timeline `floor`
+    /// ([`fence`]), and the operator, the counter (or a REST outage ride-through, [`ride`]) and
+    /// the claim allow it. A removed node is drained: no new sessions, its own continue.
+    pub fn candidate(&self, floor: Option<u64>) -> Candidate<'_> {
         Candidate {
-            up: self.counter.is_up() && self.leaving_since.is_none(),
+            up: (self.counter.is_up() || self.ride.since.is_some())
+                && self.leaving_since.is_none()
+                && !fence::fenced(&self.claim, floor),
             claim: &self.claim,
             admin: if self.removed.is_some() {
                 AdminState::Drain
@@ -131,6 +140,11 @@ pub struct Snapshot {
     pub primary_wal: Option<u64>,
     /// The node sets of the listeners that are not the primary port, in the configuration's order.
     pub sets: Vec<sets::ListenerSet>,
+    /// The highest timeline a routed primary reported: a node claiming the role on a lower one
+    /// is fenced ([`fence`]).
+    pub max_timeline: Option<u64>,
+    /// The latest etcd reading of the leader key and its lease (kept with the ride-through on).
+    pub dcs_leader: Option<ride::DcsLeader>,
 }
 
 impl Snapshot {
@@ -271,6 +285,8 @@ pub fn new(config: Arc<Config>, observer: Arc<dyn Observer>) -> (Arc<Shared>, Ow
         failover_pace: true,
         primary_wal: None,
         sets: sets::of(&config),
+        max_timeline: None,
+        dcs_leader: None,
     }));
     let (inputs, inputs_rx) = mpsc::unbounded_channel();
     let set_io = (sets::specs(&config).iter())
@@ -495,8 +511,10 @@ pub enum Input {
     /// The `failover` key is gone: the switchover finished or was cancelled.
     SwitchoverEnded,
     /// The leader key's holder and its lease, as read from etcd (every resync, watch start and
-    /// leader change). Not acted on yet: the REST ride-through (issue 14 item 2) will use it.
+    /// leader change): what the REST outage ride-through ([`ride`]) relies on.
     LeaderLease(crate::dcs::LeaderLease),
+    /// The answer of a TCP probe of `node`'s PostgreSQL port ([`core::Effect::Probe`]).
+    PgProbe { node: usize, accepted: bool },
     /// An operator's `drain`, `maint` or `ready` (the stats listener's admin API).
     Admin(AdminOrder),
     /// The shared configuration was just replaced by a reload (the `reload` module); `message` says

@@ -304,6 +304,27 @@ impl Owner {
                     }
                 });
             }
+            Effect::Probe(node) => {
+                // A TCP connect and close, no startup packet: PostgreSQL accepting connections
+                // is all the ride-through asks (bounded like a session's connect).
+                let Some(address) = snapshot.nodes.get(node).map(|n| n.server.address) else {
+                    return;
+                };
+                let config = s.config();
+                let limit = config.listen.timeout_connect.min(config.check.inter);
+                let (shared, stop) = (s.clone(), self.stop.clone());
+                self.timers.spawn(async move {
+                    let connect =
+                        tokio::time::timeout(limit, tokio::net::TcpStream::connect(address));
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        r = connect => {
+                            let accepted = matches!(r, Ok(Ok(_)));
+                            shared.send(Input::PgProbe { node, accepted });
+                        }
+                    }
+                });
+            }
             Effect::WakeAll { except } => {
                 for (i, w) in self.wake.iter().enumerate() {
                     if Some(i) != except {

@@ -145,6 +145,8 @@ pub fn server_cells(s: &ServerView) -> Cells {
             ),
         ),
     );
+    let (word, detail) = super::signals::text(&s.signals);
+    c.insert("signals", titled(word, detail));
     match &s.last_check {
         Some(r) => {
             let desc = match &r.info {

@@ -21,6 +21,7 @@ const COLUMNS: &[(&str, &str, Option<&str>, &str)] = &[
     ("addr", "Address", None, "Address"),
     ("role", "Role", None, "Role"),
     ("status", "Status", None, "Status"),
+    ("signals", "Signals", None, "Signals"),
     ("chk", "Last check", Some("Last check"), "Result"),
     ("code", "HTTP code", Some("Last check"), "Code"),
     ("dur", "Check took", Some("Last check"), "Took"),

@@ -42,6 +42,9 @@ pub struct View {
     /// Seconds since the routed primary last changed (to a node or to none).
     pub primary_since_s: f64,
     pub primary_changes: u64,
+    /// The highest timeline a routed primary reported: a node claiming the role on a lower one
+    /// is not routed (timeline fencing).
+    pub max_timeline: Option<u64>,
     /// Seconds without a routable primary since start-up, the current period included.
     pub no_primary_total_s: f64,
     pub frontend: FrontendView,
@@ -185,6 +188,16 @@ pub struct ServerView {
     /// The rise/fall counter says UP.
     pub up: bool,
     pub routed_primary: bool,
+    /// Routed although its REST checks time out or are refused, because etcd shows it holding
+    /// the leader key with a live lease and its PostgreSQL port accepts connections (the REST
+    /// outage ride-through); since when (Unix time).
+    pub rest_unreachable_leader_alive: bool,
+    pub ride_through_since: Option<f64>,
+    /// Its Patroni member name: `member` as configured, else as its REST answer gave it.
+    pub member: Option<String>,
+    /// What its REST answer, etcd and PostgreSQL say about it being the primary, and whether they
+    /// agree.
+    pub signals: super::signals::Signals,
     pub role: Role,
     /// The role and state exactly as Patroni's last answer spelled them.
     pub patroni_role: Option<String>,
@@ -298,6 +311,7 @@ pub fn tone_of(n: &NodeState, routed: bool) -> Tone {
 /// One node's row, with the counters of `b` (its side on one listener).
 pub fn server_view(
     cfg: &crate::config::Config,
+    snap: &crate::state::Snapshot,
     n: &NodeState,
     b: &crate::backend::Backend,
     routed: bool,
@@ -320,6 +334,10 @@ pub fn server_view(
         admin_at: n.admin_by.as_ref().map(|(_, at)| epoch(*at)),
         up: n.counter.is_up(),
         routed_primary: routed,
+        rest_unreachable_leader_alive: n.ride.since.is_some(),
+        ride_through_since: n.ride.since.map(epoch),
+        member: s.member.clone().or_else(|| n.ride.learned.clone()),
+        signals: super::signals::of(snap, n, now),
         role: role_of(n),
         patroni_role: info.and_then(|p| p.role.clone()),
         patroni_state: info.and_then(|p| p.state.clone()),
@@ -405,7 +423,7 @@ pub fn view(shared: &Shared) -> View {
         .iter()
         .zip(&backends)
         .enumerate()
-        .map(|(i, (n, b))| server_view(cfg, n, b, snap.primary == Some(i), now, wall))
+        .map(|(i, (n, b))| server_view(cfg, &snap, n, b, snap.primary == Some(i), now, wall))
         .collect();
     let mut events = shared.events.recent();
     events.drain(..events.len().saturating_sub(EVENTS_IN_VIEW));
@@ -431,6 +449,7 @@ pub fn view(shared: &Shared) -> View {
             .saturating_duration_since(snap.primary_since)
             .as_secs_f64(),
         primary_changes: snap.primary_changes,
+        max_timeline: snap.max_timeline,
         no_primary_total_s: snap.no_primary_total_at(now).as_secs_f64(),
         frontend: frontend_view(fe, cfg.global.maxconn.get(), &servers),
         listeners: super::listeners::views(shared, &snap),

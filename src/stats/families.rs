@@ -156,6 +156,14 @@ pub const SERVER_ROUTED_PRIMARY: Family = Family {
     help: "1 for the node new connections go to, else 0.",
 };
 
+pub const REST_UNREACHABLE_LEADER_ALIVE: Family = Family {
+    name: "patroni_proxy_rest_unreachable_leader_alive",
+    kind: Kind::Gauge,
+    help: "1 while the node is routed through a REST outage: its checks time out or are refused, \
+           etcd shows it holding the leader key with a live lease, its PostgreSQL port accepts \
+           connections.",
+};
+
 pub const SERVER_ROLE: Family = Family {
     name: "patroni_proxy_server_role",
     kind: Kind::Gauge,
@@ -319,6 +327,7 @@ pub const FAMILIES: &[&Family] = &[
     &SERVER_UP,
     &SERVER_CHECK_HEALTH,
     &SERVER_ROUTED_PRIMARY,
+    &REST_UNREACHABLE_LEADER_ALIVE,
     &SERVER_ROLE,
     &SERVER_ADMIN_STATE,
     &SERVER_SESSIONS_CURRENT,

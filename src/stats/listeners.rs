@@ -36,7 +36,7 @@ pub fn views(shared: &Shared, snap: &Snapshot) -> Vec<ListenerView> {
             let backends = io.backends();
             let servers: Vec<ServerView> = (snap.nodes.iter().zip(&backends).enumerate())
                 .map(|(i, (n, b))| {
-                    let mut v = server_view(&cfg, n, b, false, now, wall);
+                    let mut v = server_view(&cfg, snap, n, b, false, now, wall);
                     if let Some(m) = set.nodes.get(i) {
                         // This listener's own rise/fall over its rule.
                         v.up = m.counter.is_up() && set.members.contains(&i);

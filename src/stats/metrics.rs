@@ -89,6 +89,7 @@ struct NodeSeries {
     up: Gauge,
     health: Gauge,
     routed: Gauge,
+    riding: Gauge,
     /// In the order of [`ROLES`].
     roles: Vec<Gauge>,
     /// One per [`AdminState::ALL`].
@@ -313,6 +314,11 @@ impl Metrics {
             n.up.set(if s.up { 1.0 } else { 0.0 });
             n.health.set(s.check_health);
             n.routed.set(if s.routed_primary { 1.0 } else { 0.0 });
+            n.riding.set(if s.rest_unreachable_leader_alive {
+                1.0
+            } else {
+                0.0
+            });
             for (g, role) in n.roles.iter().zip(ROLES) {
                 g.set(if s.role == role { 1.0 } else { 0.0 });
             }
@@ -344,6 +350,7 @@ fn node_series(r: &Registrar<'_>, name: &str) -> NodeSeries {
         up: r.gauge(&SERVER_UP, l),
         health: r.gauge(&SERVER_CHECK_HEALTH, l),
         routed: r.gauge(&SERVER_ROUTED_PRIMARY, l),
+        riding: r.gauge(&REST_UNREACHABLE_LEADER_ALIVE, l),
         roles: ROLES
             .iter()
             .map(|role| r.gauge(&SERVER_ROLE, &[("server", name), ("role", role.as_str())]))

@@ -37,6 +37,7 @@ pub mod loaded;
 pub mod metrics;
 mod server;
 pub mod sessions;
+pub mod signals;
 
 pub use server::{serve, serve_moving, Limits, Refusal};
 
