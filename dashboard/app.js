@@ -86,6 +86,9 @@
     summary.className = "summary tone-" + (view.primary ? "primary" : "down");
     updateRows(view);
     updateEvents(view.events);
+    // Built and escaped by the proxy (dashboard::listeners_html).
+    const listeners = document.getElementById("listeners");
+    if (listeners && typeof view.listeners_html === "string") listeners.innerHTML = view.listeners_html;
     document.title = view.proxy + (view.primary ? " · " + view.primary : " · no primary") + " · patroni-proxy";
   }
 

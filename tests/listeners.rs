@@ -129,3 +129,87 @@ async fn one_check_per_node_per_interval_feeds_every_listener() {
         );
     }
 }
+
+#[tokio::test]
+async fn each_listener_has_its_csv_section_json_entry_and_metrics() {
+    // Issue 13 item 4: "the CSV has its FRONTEND/servers/BACKEND rows per listener, metrics carry
+    // a bounded listener label".
+    let c = Cluster::start(
+        vec![PRIMARY, Mode::Replica, Mode::Replica],
+        &listeners("").replace("inter = \"1s\"", "inter = \"100ms\""),
+    )
+    .await;
+    c.wait_for(SECS(10), "both replicas admitted", |c| members(c) == [1, 2])
+        .await;
+    let (_node, _held) = connect(c.set_addrs[0]).await.expect("connected");
+    let (code, csv) = common::binary::get(c.stats, "/;csv").await.expect("csv");
+    assert_eq!(code, 200);
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let ro: Vec<(&str, &str)> = (rows.iter())
+        .filter(|r| r[0] == "ro")
+        .map(|r| (r[1], r[17]))
+        .collect();
+    assert_eq!(
+        ro,
+        [
+            ("FRONTEND", "OPEN"),
+            ("node0", "DOWN"),
+            ("node1", "UP"),
+            ("node2", "UP"),
+            ("BACKEND", "UP")
+        ],
+        "{csv}"
+    );
+    let (_, json) = common::binary::get(c.stats, "/stats.json")
+        .await
+        .expect("json");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let l = &v["listeners"][0];
+    assert_eq!(l["name"], "ro");
+    assert_eq!(l["role"], "replica");
+    assert_eq!(l["members"], serde_json::json!(["node1", "node2"]));
+    assert_eq!(l["out"][0][0], "node0");
+    assert_eq!(l["out"][0][1], "role is primary");
+    assert_eq!(l["frontend"]["scur"], 1);
+    let (_, metrics) = common::binary::get(c.stats, "/metrics")
+        .await
+        .expect("metrics");
+    for line in [
+        "patroni_proxy_listener_member{listener=\"ro\",server=\"node0\"} 0",
+        "patroni_proxy_listener_member{listener=\"ro\",server=\"node1\"} 1",
+        "patroni_proxy_listener_sessions_current{listener=\"ro\"} 1",
+        "patroni_proxy_listener_sessions_total{listener=\"ro\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_has_a_section_per_listener() {
+    let c = Cluster::start(
+        vec![PRIMARY, Mode::Replica, Mode::Replica],
+        &listeners("").replace("inter = \"1s\"", "inter = \"100ms\""),
+    )
+    .await;
+    c.wait_for(SECS(10), "both replicas admitted", |c| members(c) == [1, 2])
+        .await;
+    let (_, page) = common::binary::get(c.stats, "/").await.expect("the page");
+    assert!(
+        page.contains("<section class=\"listener\" data-listener=\"ro\">"),
+        "{page}"
+    );
+    assert!(page.contains("members: node1, node2"), "{page}");
+    assert!(page.contains("no: role is primary"), "{page}");
+    let (_, data) = common::binary::get(c.stats, "/dashboard/data.json")
+        .await
+        .expect("data");
+    let v: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert!(v["listeners_html"]
+        .as_str()
+        .unwrap()
+        .contains("data-listener=\"ro\""));
+}

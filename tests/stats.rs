@@ -434,8 +434,11 @@ async fn every_series_exists_from_start_up() {
     // Issue 4: "Bounded labels; every series present from start-up." Slow answers keep every
     // check from finishing before the scrape.
     let slow = |m| Mode::Delayed(Duration::from_secs(30), Box::new(m));
-    // With an [etcd] section (its endpoint dead), so that its series exist too.
-    let etcd = "[etcd]\nendpoints = [\"127.0.0.1:9\"]\nscope = \"postgres\"\n";
+    // With an [etcd] section (its endpoint dead) and a replica listener, so that their series
+    // exist too.
+    let etcd = "[etcd]\nendpoints = [\"127.0.0.1:9\"]\nscope = \"postgres\"\n\
+                [[listen]]\nname = \"rw\"\nbind = \"127.0.0.1:0\"\n\
+                [[listen]]\nname = \"ro\"\nbind = \"127.0.0.1:0\"\nrole = \"replica\"\n";
     let c = Cluster::start(vec![slow(PRIMARY), slow(Mode::Replica)], etcd).await;
     let m = scrape(&c).await;
     for (name, kind, _) in patroni_proxy::stats::families::families() {
@@ -518,11 +521,14 @@ async fn every_series_exists_from_start_up() {
             assert!(
                 [
                     "server", "role", "state", "result", "to", "reason", "version", "le",
-                    "endpoint"
+                    "endpoint", "listener"
                 ]
                 .contains(&k),
                 "{series}"
             );
+            if k == "listener" {
+                assert_eq!(v, "\"ro\"", "a configured listener: {series}");
+            }
             if k == "server" {
                 assert!(v == "\"node0\"" || v == "\"node1\"", "{series}");
             }

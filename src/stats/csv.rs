@@ -1,9 +1,22 @@
 //! `/;csv`: the view in HAProxy 2.6's CSV layout (`haproxy-semantics.md` §3.5), so scripts, Zabbix
 //! and Nagios checks written against HAProxy's stats keep working. Same header, same column order,
-//! same row order (FRONTEND, one row per server, BACKEND), the trailing comma on every line; columns
-//! that mean the same thing here are filled, the others are left empty as HAProxy leaves N/A fields.
+//! same row order (per listener, as per HAProxy proxy: FRONTEND, one row per server, BACKEND), the
+//! trailing comma on every line; columns that mean the same thing here are filled, the others are
+//! left empty as HAProxy leaves N/A fields.
 
-use super::export::View;
+use super::export::{FrontendView, ServerView, View};
+
+/// One listener's rows: its name (`pxname`), number (`iid`), counters and servers, and what its
+/// BACKEND row says (routable now, seconds since that changed, seconds it was not).
+struct Section<'a> {
+    px: &'a str,
+    iid: usize,
+    frontend: &'a FrontendView,
+    servers: &'a [ServerView],
+    routable: bool,
+    lastchg_s: u64,
+    downtime_s: u64,
+}
 
 /// The header HAProxy 2.6.12 emits, verbatim (without the leading `# ` and the trailing comma).
 pub const HEADER: &str = "pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie,mode,algo,conn_rate,conn_rate_max,conn_tot,intercepted,dcon,dses,wrew,connect,reuse,cache_lookups,cache_hits,srv_icur,src_ilim,qtime_max,ctime_max,rtime_max,ttime_max,eint,idle_conn_cur,safe_conn_cur,used_conn_cur,need_conn_est,uweight,agg_server_status,agg_server_check_status,agg_check_status,-,ssl_sess,ssl_reused_sess,ssl_failed_handshake,h2_headers_rcvd,h2_data_rcvd,h2_settings_rcvd,h2_rst_stream_rcvd,h2_goaway_rcvd,h2_detected_conn_protocol_errors,h2_detected_strm_protocol_errors,h2_rst_stream_resp,h2_goaway_resp,h2_open_connections,h2_backend_open_streams,h2_total_connections,h2_backend_total_streams,h1_open_connections,h1_open_streams,h1_total_connections,h1_total_streams,h1_bytes_in,h1_bytes_out,h1_spliced_bytes_in,h1_spliced_bytes_out";
@@ -19,14 +32,14 @@ struct Row {
 }
 
 impl Row {
-    fn new(view: &View, svname: &str, kind: u8) -> Self {
+    fn new(section: &Section<'_>, svname: &str, kind: u8) -> Self {
         let mut r = Self {
             fields: vec![String::new(); HEADER.split(',').count()],
         };
-        r.set("pxname", &view.proxy);
+        r.set("pxname", section.px);
         r.set("svname", svname);
         r.set("pid", 1);
-        r.set("iid", 1);
+        r.set("iid", section.iid);
         r.set("type", kind);
         r.set("mode", "tcp");
         r
@@ -42,13 +55,58 @@ impl Row {
     }
 }
 
-/// Renders the view: header line, FRONTEND, servers, BACKEND. `only_up` is HAProxy's `;up`
-/// (server rows that are DOWN are left out).
+/// Renders the view: header line, then per listener (the primary port first) FRONTEND, servers,
+/// BACKEND. `only_up` is HAProxy's `;up` (server rows that are DOWN are left out).
 pub fn render(view: &View, only_up: bool) -> String {
     let mut rows = Vec::new();
+    // The BACKEND is "UP" when it can take a connection: here, when a primary is routable (HAProxy:
+    // total weight of usable servers > 0).
+    rows.extend(section_rows(
+        &Section {
+            px: &view.proxy,
+            iid: 1,
+            frontend: &view.frontend,
+            servers: &view.servers,
+            routable: view.primary.is_some(),
+            lastchg_s: view.primary_since_s as u64,
+            downtime_s: view.no_primary_total_s as u64,
+        },
+        only_up,
+    ));
+    for (i, l) in view.listeners.iter().enumerate() {
+        rows.extend(section_rows(
+            &Section {
+                px: &l.name,
+                iid: i + 2,
+                frontend: &l.frontend,
+                servers: &l.servers,
+                routable: !l.members.is_empty() || (l.fallback && view.primary.is_some()),
+                // Not tracked per listener: HAProxy's N/A.
+                lastchg_s: 0,
+                downtime_s: 0,
+            },
+            only_up,
+        ));
+    }
 
-    let f = &view.frontend;
-    let mut fe = Row::new(view, "FRONTEND", TYPE_FRONTEND);
+    let mut w = ::csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    for r in &rows {
+        // The empty last field gives HAProxy's trailing comma.
+        w.write_record(r.fields.iter().map(String::as_str).chain([""]))
+            .expect("writing to memory");
+    }
+    let body = String::from_utf8(w.into_inner().expect("writing to memory"))
+        .expect("the fields are UTF-8");
+    format!("# {HEADER},\n{body}")
+}
+
+/// One listener's FRONTEND, server and BACKEND rows.
+fn section_rows(section: &Section<'_>, only_up: bool) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let f = section.frontend;
+    let mut fe = Row::new(section, "FRONTEND", TYPE_FRONTEND);
     fe.set("scur", f.scur);
     fe.set("smax", f.smax);
     fe.set("slim", f.slim);
@@ -59,11 +117,11 @@ pub fn render(view: &View, only_up: bool) -> String {
     fe.set("conn_tot", f.stot);
     rows.push(fe);
 
-    for (i, s) in view.servers.iter().enumerate() {
+    for (i, s) in section.servers.iter().enumerate() {
         if only_up && !s.up {
             continue;
         }
-        let mut r = Row::new(view, &s.name, TYPE_SERVER);
+        let mut r = Row::new(section, &s.name, TYPE_SERVER);
         r.set("sid", i + 1);
         r.set("qcur", s.qcur);
         r.set("qmax", s.qmax);
@@ -118,11 +176,10 @@ pub fn render(view: &View, only_up: bool) -> String {
         rows.push(r);
     }
 
-    // The backend is "UP" when it can take a connection: here, when a primary is routable (HAProxy:
-    // total weight of usable servers > 0). `act` counts the servers that get traffic, so 0 or 1.
-    let routable = view.primary.is_some();
-    let sum = |g: fn(&super::export::ServerView) -> u64| view.servers.iter().map(g).sum::<u64>();
-    let mut be = Row::new(view, "BACKEND", TYPE_BACKEND);
+    // `act` counts the servers that get traffic.
+    let routable = section.routable;
+    let sum = |g: fn(&ServerView) -> u64| section.servers.iter().map(g).sum::<u64>();
+    let mut be = Row::new(section, "BACKEND", TYPE_BACKEND);
     be.set("qcur", f.qcur);
     be.set("qmax", f.qmax);
     be.set("scur", sum(|s| s.scur));
@@ -139,24 +196,13 @@ pub fn render(view: &View, only_up: bool) -> String {
     be.set("uweight", u8::from(routable));
     be.set("act", u8::from(routable));
     be.set("bck", 0);
-    be.set("lastchg", view.primary_since_s as u64);
-    be.set("downtime", view.no_primary_total_s as u64);
+    be.set("lastchg", section.lastchg_s);
+    be.set("downtime", section.downtime_s);
     be.set("lbtot", sum(|s| s.stot));
     be.set("cli_abrt", sum(|s| s.cli_abrt));
     be.set("srv_abrt", sum(|s| s.srv_abrt));
     rows.push(be);
-
-    let mut w = ::csv::WriterBuilder::new()
-        .has_headers(false)
-        .from_writer(Vec::new());
-    for r in &rows {
-        // The empty last field gives HAProxy's trailing comma.
-        w.write_record(r.fields.iter().map(String::as_str).chain([""]))
-            .expect("writing to memory");
-    }
-    let body = String::from_utf8(w.into_inner().expect("writing to memory"))
-        .expect("the fields are UTF-8");
-    format!("# {HEADER},\n{body}")
+    rows
 }
 
 #[cfg(test)]

@@ -170,6 +170,7 @@ pub fn render_page(v: &View, pictures: &str, admin: &str) -> String {
     let (process, primary) = (page_field(&d, "process"), page_field(&d, "primary"));
     let primary_detail = page_field(&d, "primary_detail");
     let refusals = page_field(&d, "refusals");
+    let listeners = listeners_html(v);
     fill(INDEX_HTML, |name| {
         Some(match name {
             "proxy" => proxy.as_str(),
@@ -185,6 +186,7 @@ pub fn render_page(v: &View, pictures: &str, admin: &str) -> String {
             "events" => &events,
             "pictures" => pictures,
             "admin" => admin,
+            "listeners" => &listeners,
             _ => return None,
         })
     })
@@ -203,7 +205,56 @@ pub fn data(v: &View) -> serde_json::Value {
     }
     json["frontend"]["display"] = cells(d.frontend);
     json["display"] = cells(d.page);
+    json["listeners_html"] = listeners_html(v).into();
     json
+}
+
+/// One section per listener other than the primary port (HAProxy's stats page has one per proxy):
+/// its role, members, and per server its status for that listener, why it is out, its sessions
+/// there. Escaped here; `app.js` puts it in place as it is on each refresh.
+pub fn listeners_html(v: &View) -> String {
+    let mut out = String::new();
+    for l in &v.listeners {
+        let lag = l
+            .max_lag
+            .map(|b| format!(", max_lag {b} bytes"))
+            .unwrap_or_default();
+        let fallback = if l.fallback {
+            ", fallback to the primary"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "<section class=\"listener\" data-listener=\"{name}\">\n<h2>{name} <span class=\"role\">{role}, {balance}{lag}{fallback}</span></h2>\n\
+             <p class=\"members\">{members} · {scur} sessions now, {stot} in all</p>\n\
+             <table class=\"listener-servers\"><thead><tr><th>Server</th><th>Status</th><th>Member</th><th>Sessions</th><th>Total</th></tr></thead><tbody>\n",
+            name = esc(&l.name),
+            role = esc(l.role),
+            balance = l.balance,
+            members = if l.members.is_empty() {
+                "no member: new clients wait, then get 57P03".to_string()
+            } else {
+                format!("members: {}", esc(&l.members.join(", ")))
+            },
+            scur = l.frontend.scur,
+            stot = l.frontend.stot,
+        ));
+        for s in &l.servers {
+            let why = (l.out.iter())
+                .find(|(n, _)| *n == s.name)
+                .map_or_else(|| "yes".to_string(), |(_, why)| format!("no: {}", esc(why)));
+            out.push_str(&format!(
+                "<tr class=\"tone-{tone}\"><td>{name}</td><td>{status}</td><td>{why}</td><td>{scur}</td><td>{stot}</td></tr>\n",
+                tone = if l.members.contains(&s.name) { "replica" } else { "down" },
+                name = esc(&s.name),
+                status = esc(&s.status),
+                scur = s.scur,
+                stot = s.stot,
+            ));
+        }
+        out.push_str("</tbody></table>\n</section>\n");
+    }
+    out
 }
 
 /// Replaces each `{{name}}` of `template` with `value(name)`, in one pass: inserted text is never
@@ -211,7 +262,7 @@ pub fn data(v: &View) -> serde_json::Value {
 /// text. Values are HTML already (escaped by the caller). A name without a value, or a `{{` without
 /// `}}`, is kept as it is (a unit test checks the page template has no such placeholder).
 ///
-/// Hand-written rather than a template crate: the page has eleven placeholders, all filled with
+/// Hand-written rather than a template crate: the page has a dozen placeholders, all filled with
 /// fragments built and escaped above, which an engine would have to take as raw HTML anyway.
 fn fill<'a>(template: &str, value: impl Fn(&str) -> Option<&'a str>) -> String {
     let mut out = String::with_capacity(template.len() * 2);

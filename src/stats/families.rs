@@ -303,6 +303,42 @@ pub const CONFIG_RELOADS_TOTAL: Family = Family {
     help: "Configuration reloads (SIGHUP, patroni-proxy reload), by result: ok (applied), failed (invalid file, or a change that needs a restart; the running configuration is unchanged).",
 };
 
+pub const LISTENER_MEMBER: Family = Family {
+    name: "patroni_proxy_listener_member",
+    kind: Kind::Gauge,
+    help: "1 while a replica, any or standby_leader listener may send new sessions to this server (its rule holds, UP for it, ready), else 0.",
+};
+
+pub const LISTENER_SESSIONS_CURRENT: Family = Family {
+    name: "patroni_proxy_listener_sessions_current",
+    kind: Kind::Gauge,
+    help: "Client sessions open now on a replica, any or standby_leader listener.",
+};
+
+pub const LISTENER_SESSIONS_TOTAL: Family = Family {
+    name: "patroni_proxy_listener_sessions_total",
+    kind: Kind::Counter,
+    help: "Client sessions accepted on a replica, any or standby_leader listener.",
+};
+
+pub const LISTENER_BYTES_IN_TOTAL: Family = Family {
+    name: "patroni_proxy_listener_bytes_in_total",
+    kind: Kind::Counter,
+    help: "Bytes from clients to servers on a replica, any or standby_leader listener.",
+};
+
+pub const LISTENER_BYTES_OUT_TOTAL: Family = Family {
+    name: "patroni_proxy_listener_bytes_out_total",
+    kind: Kind::Counter,
+    help: "Bytes from servers to clients on a replica, any or standby_leader listener.",
+};
+
+pub const LISTENER_REFUSALS_TOTAL: Family = Family {
+    name: "patroni_proxy_listener_refusals_total",
+    kind: Kind::Counter,
+    help: "Clients of a replica, any or standby_leader listener closed without reaching a server, by reason: no_member (none within hold_timeout), queue_timeout, connect_failed, wrong_role (the server reported the other in_hot_standby).",
+};
+
 pub const FAMILIES: &[&Family] = &[
     &BUILD_INFO,
     &UPTIME_SECONDS,
@@ -351,6 +387,12 @@ pub const FAMILIES: &[&Family] = &[
     &ETCD_ENDPOINT_IN_USE,
     &CONFIG_RELOADS_TOTAL,
     &STATS_CONNECTIONS_REFUSED_TOTAL,
+    &LISTENER_MEMBER,
+    &LISTENER_SESSIONS_CURRENT,
+    &LISTENER_SESSIONS_TOTAL,
+    &LISTENER_BYTES_IN_TOTAL,
+    &LISTENER_BYTES_OUT_TOTAL,
+    &LISTENER_REFUSALS_TOTAL,
 ];
 
 /// Every family with its kind and help text, for documentation tests.

@@ -47,6 +47,7 @@ pub struct Metrics {
     primary_changes: Counter,
     no_primary: Gauge,
     fe: FrontendSeries,
+    listeners: Vec<ListenerSeries>,
     /// By node index; a reload that adds a server appends its series ([`Metrics::add_node`]).
     nodes: std::sync::RwLock<Vec<NodeSeries>>,
     /// Kept to register the series of servers added later.
@@ -62,6 +63,75 @@ pub struct Metrics {
     /// In the order of [`Refusal::ALL`]; counted as it happens (the stats listener has no other
     /// counters).
     stats_refused: Vec<Counter>,
+}
+
+/// One replica, any or standby_leader listener's series (`listener` label: its name, fixed at
+/// start).
+#[derive(Debug)]
+struct ListenerSeries {
+    /// By node index, at start (a server added by a reload has no series here until a restart).
+    members: Vec<Gauge>,
+    scur: Gauge,
+    stot: Counter,
+    bin: Counter,
+    bout: Counter,
+    /// `no_member`, `queue_timeout`, `connect_failed`, `wrong_role`.
+    refusals: [Counter; 4],
+}
+
+impl ListenerSeries {
+    fn new(r: &Registrar<'_>, listener: &str, servers: &[crate::config::Server]) -> Self {
+        let l: &[(&'static str, &str)] = &[("listener", listener)];
+        let refusal = |why: &str| {
+            r.counter(
+                &LISTENER_REFUSALS_TOTAL,
+                &[("listener", listener), ("reason", why)],
+            )
+        };
+        Self {
+            members: (servers.iter())
+                .map(|s| {
+                    r.gauge(
+                        &LISTENER_MEMBER,
+                        &[("listener", listener), ("server", &s.name)],
+                    )
+                })
+                .collect(),
+            scur: r.gauge(&LISTENER_SESSIONS_CURRENT, l),
+            stot: r.counter(&LISTENER_SESSIONS_TOTAL, l),
+            bin: r.counter(&LISTENER_BYTES_IN_TOTAL, l),
+            bout: r.counter(&LISTENER_BYTES_OUT_TOTAL, l),
+            refusals: [
+                refusal("no_member"),
+                refusal("queue_timeout"),
+                refusal("connect_failed"),
+                refusal("wrong_role"),
+            ],
+        }
+    }
+
+    fn set(&self, v: &super::listeners::ListenerView) {
+        for (g, s) in self.members.iter().zip(&v.servers) {
+            g.set(if v.members.contains(&s.name) {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        let f = &v.frontend;
+        self.scur.set(f.scur as f64);
+        self.stot.absolute(f.stot);
+        self.bin.absolute(f.bin);
+        self.bout.absolute(f.bout);
+        let r = &f.refusals;
+        for (c, n) in
+            self.refusals
+                .iter()
+                .zip([r.no_primary, r.queue_timeout, r.connect_failed, r.standby])
+        {
+            c.absolute(n);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -195,6 +265,9 @@ impl Metrics {
             primary_changes: r.counter(&PRIMARY_CHANGES_TOTAL, &[]),
             no_primary: r.gauge(&NO_PRIMARY_SECONDS, &[]),
             fe,
+            listeners: (crate::state::sets::specs(config).iter())
+                .map(|spec| ListenerSeries::new(&r, &spec.name, &config.servers))
+                .collect(),
             nodes: std::sync::RwLock::new(nodes),
             etcd_up: config.etcd.as_ref().map(|_| r.gauge(&ETCD_UP, &[])),
             etcd_in_use: config
@@ -269,6 +342,9 @@ impl Metrics {
 
     /// Copies a view (snapshot + IO counters) into the series and renders the exposition text.
     pub fn render(&self, view: &View, etcd: &EtcdStatus) -> String {
+        for (series, l) in self.listeners.iter().zip(&view.listeners) {
+            series.set(l);
+        }
         for ((_, n), c) in etcd.counts().zip(&self.etcd_failures) {
             c.absolute(n);
         }
