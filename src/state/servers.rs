@@ -196,7 +196,9 @@ pub(super) fn on_grace_over(
     }
     let sessions = io.sessions.get(node).copied().unwrap_or(0);
     let queued = io.queued.get(node).copied().unwrap_or(0);
-    if sessions + queued == 0 {
+    // The counts are the primary port's; the other listeners' sessions are closed with them
+    // (a kill of a listener without any is a no-op).
+    if sessions + queued == 0 && snap.sets.is_empty() {
         return None;
     }
     let message = format!(
@@ -205,18 +207,20 @@ pub(super) fn on_grace_over(
         cfg.listen.name, n.server.name,
     );
     snap.seq += 1;
+    let mut effects = vec![
+        say(
+            Level::Warn,
+            Topic::Admin,
+            Some((EventKind::Admin, Some(node))),
+            wall,
+            message,
+        ),
+        Effect::Kill(node),
+    ];
+    effects.extend((0..snap.sets.len()).map(|set| Effect::KillSet { set, node }));
     Some(Decision {
         snapshot: snap,
-        effects: vec![
-            say(
-                Level::Warn,
-                Topic::Admin,
-                Some((EventKind::Admin, Some(node))),
-                wall,
-                message,
-            ),
-            Effect::Kill(node),
-        ],
+        effects,
     })
 }
 

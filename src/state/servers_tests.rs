@@ -231,6 +231,39 @@ fn the_grace_timer_closes_what_is_left_unless_the_server_came_back() {
 }
 
 #[test]
+fn the_grace_timer_closes_the_sessions_of_every_listener() {
+    // A removed server's sessions on the replica, any and standby_leader listeners end with its
+    // primary-port ones.
+    let mut r = Run::routed(&format!("{A}{B}"));
+    r.snap.sets = vec![crate::state::sets::ListenerSet::new(
+        crate::state::sets::SetSpec {
+            name: "ro".into(),
+            binds: vec!["127.0.0.1:5001".parse().unwrap()],
+            rule: crate::routing::roles::Rule {
+                role: crate::config::Role::Replica,
+                max_lag: None,
+            },
+            balance: Default::default(),
+            fallback: false,
+            servers: None,
+        },
+        2,
+        2,
+        3,
+    )];
+    r.reload(A);
+    let removed_at = r.snap.nodes[1].removed.unwrap();
+    let effects = r
+        .input(Input::RemovedGraceOver {
+            node: 1,
+            removed_at,
+        })
+        .expect("the other listeners may hold sessions");
+    assert!(effects.contains(&Effect::Kill(1)));
+    assert!(effects.contains(&Effect::KillSet { set: 0, node: 1 }));
+}
+
+#[test]
 fn a_server_added_back_reuses_its_slot_and_starts_fail_closed() {
     let mut r = Run::routed(&format!("{A}{B}"));
     r.reload(A);
