@@ -71,7 +71,7 @@ pub enum Effect {
         message: String,
     },
     /// Publish the new snapshot. Always before any [`Effect::Kill`]: a session takes its kill
-    /// ticket and then reads the snapshot ([`super::Shared::ticket_for`]), so one that took its
+    /// ticket and then reads the snapshot ([`super::Shared::ticket_on`]), so one that took its
     /// ticket after a kill reads a snapshot that no longer routes to that server, and one that took
     /// it before is reached by the kill. Killing first left a window in which a session read the
     /// old snapshot with a fresh ticket and relayed to a server just marked DOWN (issue 11 item 3).

@@ -320,15 +320,6 @@ impl Shared {
         new(config, Arc::new(Unobserved)).0
     }
 
-    /// A session's admission to `node`: its kill ticket, taken *before* confirming that the
-    /// published snapshot still routes there. `None`: no longer routed, pick again. Together with
-    /// the owner's order (publish, then kill: [`core::Effect`]) no session can relay to a server
-    /// whose sessions were shut down after it was chosen.
-    pub fn ticket_for(&self, node: usize) -> Option<Ticket> {
-        let ticket = self.backend(node).ticket();
-        (self.current().primary == Some(node)).then_some(ticket)
-    }
-
     /// The counters of the listener `route` names.
     pub fn frontend_of(&self, route: Route) -> &Arc<crate::backend::Frontend> {
         match route.set().and_then(|i| self.set_io.get(i)) {
@@ -398,8 +389,10 @@ impl Shared {
         }
     }
 
-    /// [`Shared::ticket_for`] for any listener: the kill ticket of `node` on `route`, taken
-    /// before confirming that the published snapshot still routes there.
+    /// A session's admission to `node` on `route`: its kill ticket, taken *before* confirming that the
+    /// published snapshot still routes there. `None`: no longer routed, pick again. Together with
+    /// the owner's order (publish, then kill: [`core::Effect`]) no session can relay to a server
+    /// whose sessions were shut down after it was chosen.
     pub fn ticket_on(&self, route: Route, node: usize) -> Option<Ticket> {
         let ticket = self.backend_on(route, node).ticket();
         self.routes_to(&self.current(), route, node)

@@ -427,7 +427,7 @@ mod tests {
     async fn no_session_is_admitted_where_the_kill_cannot_reach_it() {
         // Issue 11 item 3: "a session that read the old snapshot and took its slot after the kill
         // relays to the DOWN node. Make it impossible by construction (publish, then kill ...)".
-        // Every interleaving of a session's admission (`ticket_for`: ticket, then snapshot) with
+        // Every interleaving of a session's admission (`ticket_on`: ticket, then snapshot) with
         // the effects of the decision that moves the primary away from node a: the session is
         // either refused or reached by the kill.
         let len = {
@@ -449,7 +449,7 @@ mod tests {
             for e in effects.by_ref().take(split) {
                 owner.effect(&snapshot, e);
             }
-            let admitted = shared.ticket_for(0);
+            let admitted = shared.ticket_on(super::super::Route::PRIMARY, 0);
             for e in effects {
                 owner.effect(&snapshot, e);
             }
