@@ -272,6 +272,12 @@ async fn serve(
     mut inherited: patroni_proxy::activation::Inherited,
 ) -> anyhow::Result<()> {
     let proxy = listener(&mut inherited, config.listen.bind.first(), "listen.bind").await?;
+    let mut proxy_more = Vec::new();
+    for &bind in &config.listen.bind.all()[1..] {
+        let l = listener(&mut inherited, bind, "listen.bind").await?;
+        tracing::info!(listener = %config.listen.name, bind = %l.local_addr()?, "listening");
+        proxy_more.push(l);
+    }
     let stats = listener(&mut inherited, config.stats.bind, "stats.bind").await?;
     let mut sets = Vec::new();
     for (i, spec) in patroni_proxy::state::sets::specs(&config)
@@ -309,6 +315,7 @@ async fn serve(
         config,
         Listeners {
             proxy,
+            proxy_more,
             stats: Some(stats),
             sets,
         },

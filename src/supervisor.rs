@@ -15,6 +15,8 @@ use crate::{dcs, proxy, stats};
 /// The bound sockets the proxy serves on. Binding is the caller's job so tests can use port 0.
 pub struct Listeners {
     pub proxy: TcpListener,
+    /// The primary port's other bind addresses (`listen.bind` with several): the same listener.
+    pub proxy_more: Vec<TcpListener>,
     pub stats: Option<TcpListener>,
     /// The sockets of the listeners that are not the primary port, each with its set's index
     /// (`state::sets::specs`; a listener with several binds has several).
@@ -196,6 +198,18 @@ pub async fn run(
         sessions.clone(),
         internal_stop.clone(),
     )));
+    for l in listeners.proxy_more {
+        // A listener with several addresses changes them at a restart: nothing moves them.
+        let (_, moves) = tokio::sync::watch::channel(None);
+        supervised.spawn(tasks.track_future(proxy::serve(
+            l,
+            moves,
+            shared.clone(),
+            state::Route::PRIMARY,
+            sessions.clone(),
+            internal_stop.clone(),
+        )));
+    }
     for (i, l) in listeners.sets {
         // Their `bind` changes at a restart: nothing moves them.
         let (_, moves) = tokio::sync::watch::channel(None);

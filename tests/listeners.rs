@@ -213,3 +213,68 @@ async fn the_dashboard_has_a_section_per_listener() {
         .unwrap()
         .contains("data-listener=\"ro\""));
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_bind_of_the_primary_port_routes_to_the_one_primary_and_follows_it() {
+    // Issue 13: `bind` forms "several binds" on the read-write section (a frontend with
+    // `bind :5000` and `bind 127.0.0.1:6000`): each address is the same primary listener.
+    let c = Cluster::start(
+        vec![PRIMARY, Mode::Replica, Mode::Replica],
+        "[listen]\nbind = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\n[check]\ninter = \"1s\"\n",
+    )
+    .await;
+    c.wait_for(SECS(10), "node0 routed", |c| c.primary() == Some(0))
+        .await;
+    let second = c.more_addrs[0];
+    let (node, mut on_second) = connect(second).await.expect("connected");
+    assert_eq!(node, "node0");
+    assert_eq!(connect(c.addr).await.expect("connected").0, "node0");
+    // A new primary: the sessions of every bind end (on-marked-down), new ones go to node1.
+    c.nodes[0].rest.set(Mode::Replica);
+    c.nodes[1].rest.set(Mode::Primary { timeline: 2 });
+    c.wait_for(SECS(10), "node1 routed", |c| c.primary() == Some(1))
+        .await;
+    assert!(on_second.closed_within(SECS(10)).await);
+    assert_eq!(connect(second).await.expect("connected").0, "node1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sync_listener_takes_the_synchronous_standby_and_an_async_one_the_others() {
+    // Patroni's `/sync` and `/async` from the one GET answer (`sync_standby: true`), as
+    // vitabaks/autobase's replicas_sync and replicas_async ports route (corpus file 02).
+    let sync = Mode::Raw(
+        "HTTP/1.0 503 Service Unavailable\r\n\r\n{\"state\": \"running\", \"role\": \"replica\", \
+         \"timeline\": 1, \"replication_state\": \"streaming\", \"sync_standby\": true}"
+            .into(),
+    );
+    let c = Cluster::start(
+        vec![PRIMARY, sync, Mode::Replica],
+        "[[listen]]\nname = \"rw\"\nbind = \"127.0.0.1:0\"\n\
+         [[listen]]\nname = \"sync\"\nbind = \"127.0.0.1:0\"\nrole = \"sync\"\n\
+         [[listen]]\nname = \"async\"\nbind = \"127.0.0.1:0\"\nrole = \"async\"\n\
+         [check]\ninter = \"1s\"\n",
+    )
+    .await;
+    let sets = |c: &Cluster| -> Vec<Vec<usize>> {
+        (c.shared().current().sets.iter())
+            .map(|s| s.members.to_vec())
+            .collect()
+    };
+    c.wait_for(SECS(10), "each standby in its set", |c| {
+        sets(c) == [vec![1], vec![2]]
+    })
+    .await;
+    assert_eq!(connect(c.set_addrs[0]).await.expect("connected").0, "node1");
+    assert_eq!(connect(c.set_addrs[1]).await.expect("connected").0, "node2");
+    // The synchronous standby changes: each set follows at the next checks.
+    c.nodes[1].rest.set(Mode::Replica);
+    c.nodes[2].rest.set(Mode::Raw(
+        "HTTP/1.0 503 Service Unavailable\r\n\r\n{\"state\": \"running\", \"role\": \"replica\", \
+         \"timeline\": 1, \"replication_state\": \"streaming\", \"sync_standby\": true}"
+            .into(),
+    ));
+    c.wait_for(SECS(20), "the sets swapped", |c| {
+        sets(c) == [vec![2], vec![1]]
+    })
+    .await;
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::address::ServerAddr;
 pub use super::etcd::Etcd;
 use super::listeners::{Balance, Binds, ByteSize, Fallback, Listeners, Role};
 use super::values::{
@@ -238,6 +239,11 @@ pub struct Check {
     /// HAProxy's pace. Default `200ms`.
     #[serde(with = "duration")]
     pub failover_inter: Duration,
+    /// How long the address a server's host name resolved to is used before the name is resolved
+    /// again (by the next check after it). Servers written with an IP address are never resolved.
+    /// Default `10s` (HAProxy's `hold valid`).
+    #[serde(with = "duration", skip_serializing_if = "is_default_resolve_interval")]
+    pub resolve_interval: Duration,
     /// Run every check over TLS, for Patroni's REST API served over HTTPS (`restapi.certfile`):
     /// HAProxy's `check-ssl`. The handshake counts against `timeout`, as the HTTP exchange does.
     /// Default `false`.
@@ -284,8 +290,11 @@ fn is_default_verify(v: &Verify) -> bool {
 pub struct Server {
     /// Unique name, used in logs, stats and metrics labels.
     pub name: String,
-    /// PostgreSQL address, `IP:PORT`.
-    pub address: SocketAddr,
+    /// PostgreSQL address: `IP:PORT`, `[IPv6]:PORT` or `NAME:PORT`. A host name is resolved by the
+    /// system resolver (`/etc/hosts`, then DNS) when the proxy runs, before each check once
+    /// `check.resolve_interval` has passed; `check` does not resolve it. A name that does not
+    /// resolve fails that server's checks (visible on the dashboard), it is not a start-up error.
+    pub address: ServerAddr,
     /// Maximum concurrent sessions to this server; more wait in a FIFO queue for `timeout_queue`.
     /// Default 100.
     #[serde(default = "default_server_maxconn")]
@@ -302,6 +311,10 @@ pub struct Server {
     /// used once a check has read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+}
+
+fn is_default_resolve_interval(d: &Duration) -> bool {
+    *d == Check::default().resolve_interval
 }
 
 /// The stats listener: dashboard, CSV/JSON exports and Prometheus metrics.
@@ -382,6 +395,7 @@ impl Default for Check {
             fall: NonZeroU32::new(3).expect("non-zero"),
             timeout: Duration::from_secs(5),
             failover_inter: Duration::from_millis(200),
+            resolve_interval: Duration::from_secs(10),
             ssl: false,
             verify: Verify::Required,
             ca_file: None,

@@ -45,6 +45,12 @@ fn route(l: &Listen, every: &[&str]) -> String {
             "the primary or running streaming replicas{lag} among {servers}, balanced {balance}"
         ),
         Role::StandbyLeader => format!("the standby cluster's leader among {servers}"),
+        Role::Sync => format!(
+            "running streaming synchronous standbys{lag} among {servers}, balanced {balance}"
+        ),
+        Role::Async => format!(
+            "running streaming asynchronous replicas{lag} among {servers}, balanced {balance}"
+        ),
     };
     format!(
         "routing: listen {} on {} -> role {}: {who}",
@@ -111,7 +117,7 @@ impl fmt::Display for Config {
                 srv.name,
                 srv.address,
                 srv.maxconn,
-                self.check_target(i)
+                self.check_address_of(&self.servers[i])
             )?;
         }
         writeln!(

@@ -52,6 +52,7 @@ impl FileConfig {
             ("check.fall".into(), Count(c.fall.get().into())),
             ("check.timeout".into(), D(c.timeout)),
             ("check.failover_inter".into(), D(c.failover_inter)),
+            ("check.resolve_interval".into(), D(c.resolve_interval)),
         ]);
         if let Some(e) = &self.etcd {
             v.push(("etcd.resync".into(), D(e.resync)));
@@ -128,7 +129,7 @@ impl FileConfig {
                     ),
                 ));
             }
-            if !addrs.insert(s.address) {
+            if !addrs.insert(&s.address) {
                 return Err(err(
                     &format!("server[{i}].address"),
                     format!(
@@ -353,16 +354,6 @@ pub fn served_by_this_version(file: &FileConfig) -> Result<(), KeyError> {
                 "listener '{}': the first listener is the primary port (role 'primary'); put the \
                  '{}' listener after it",
                 l.name, l.role
-            ),
-        ));
-    }
-    if l.bind.all().len() > 1 {
-        return Err(key_error(
-            &format!("{p}.bind"),
-            format!(
-                "listener '{}': the primary port has one bind address in this version (the other \
-                 listeners may have several)",
-                l.name
             ),
         ));
     }

@@ -4,15 +4,16 @@
 //! from the node's health (`srv_getinter`) and the failover pace. The state owner can cut a wait
 //! short (`Link::wake`) to re-check at once; it never starts a second check in parallel.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::check::{self, CheckResult, CheckSpec};
+use super::check::{self, CheckResult, CheckSpec, CheckStatus};
+use super::resolve::Target;
 
 /// What a checker sends to the state owner.
 #[derive(Debug)]
@@ -21,6 +22,9 @@ pub enum Report {
     Check {
         node: usize,
         result: Box<CheckResult>,
+        /// The address the server's host name resolved to for this check (`None` for a server
+        /// written with an IP address).
+        resolved: Option<IpAddr>,
         reply: oneshot::Sender<Duration>,
     },
     /// A check that could not run for want of a local resource: counted, never held against the
@@ -40,7 +44,7 @@ pub struct Link {
 }
 
 /// Runs checks for `link.node` until `stop` is cancelled or the state owner is gone.
-pub async fn run(target: SocketAddr, first_delay: Duration, link: Link, stop: CancellationToken) {
+pub async fn run(mut target: Target, first_delay: Duration, link: Link, stop: CancellationToken) {
     let node = link.node;
     let mut delay = first_delay;
     loop {
@@ -51,9 +55,20 @@ pub async fn run(target: SocketAddr, first_delay: Duration, link: Link, stop: Ca
         }
         // Read per check: a reload's new request applies from the next check.
         let spec = link.spec.load_full();
+        target.every = spec.resolve_interval;
+        let address = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = target.next(spec.connect_timeout) => a,
+        };
+        let resolved = address.as_ref().ok().and_then(|a| a.server_ip);
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = check::run(target, &spec) => match r {
+            r = async {
+                match address {
+                    Ok(a) => check::run(a.check, &spec).await,
+                    Err(why) => unresolved(why),
+                }
+            } => match r {
                 check::Outcome::Finished(r) => r,
                 check::Outcome::Local(e) => {
                     // Our own shortage says nothing about the node: no result goes to the state
@@ -71,6 +86,7 @@ pub async fn run(target: SocketAddr, first_delay: Duration, link: Link, stop: Ca
             .send(Report::Check {
                 node,
                 result,
+                resolved,
                 reply,
             })
             .is_err()
@@ -82,6 +98,19 @@ pub async fn run(target: SocketAddr, first_delay: Duration, link: Link, stop: Ca
             Err(_) => return,
         };
     }
+}
+
+/// A check that could not connect for want of an address: HAProxy's connect failure (`L4CON`),
+/// counted against the node like a refused connect, with the resolver's reason.
+fn unresolved(why: String) -> check::Outcome {
+    check::Outcome::Finished(Box::new(CheckResult {
+        status: CheckStatus::L4CON,
+        code: None,
+        duration: Duration::ZERO,
+        info: Some(why),
+        patroni: None,
+        finished_at: SystemTime::now(),
+    }))
 }
 
 /// HAProxy's start offsets: node `i` of `n` first checks at `i * inter / n`.

@@ -4,11 +4,10 @@
 //! shared check port.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
 use super::server::{Params, RawServer};
 use super::{err, ImportError, Note, Origins};
-use crate::config::{self, Check, Listen, Role, Server};
+use crate::config::{self, Check, Host, Listen, Role, Server, ServerAddr};
 
 /// A server of some listener, before the lists are merged: its line, its parameters over
 /// `default-server`, where and how it is checked.
@@ -20,7 +19,7 @@ pub(super) struct Node {
 }
 
 /// The servers known so far, by (PostgreSQL address, check target).
-pub(super) type ByTarget = HashMap<(SocketAddr, SocketAddr), usize>;
+pub(super) type ByTarget = HashMap<(ServerAddr, ServerAddr), usize>;
 
 /// Adds a listener's nodes; returns the names it routes to and their check targets.
 pub(super) fn add(
@@ -29,16 +28,30 @@ pub(super) fn add(
     by_target: &mut ByTarget,
     notes: &mut Vec<Note>,
     origins: &mut Origins,
-) -> (Vec<String>, Vec<SocketAddr>) {
+) -> (Vec<String>, Vec<ServerAddr>) {
     let mut names = Vec::new();
     let mut targets = Vec::new();
     for n in nodes {
-        let target = SocketAddr::new(
-            n.p.addr.map_or(n.raw.address.ip(), |(_, ip)| ip),
-            n.check_port,
-        );
-        targets.push(target);
-        let key = (n.raw.address, target);
+        const NAMED: &str = "server (host name)";
+        if n.raw.address.name().is_some() && !notes.iter().any(|x| x.directive == NAMED) {
+            notes.push(Note::new(
+                n.raw.line,
+                NAMED,
+                "host names are kept: patroni-proxy resolves them when it runs and again every \
+                 check.resolve_interval (10s), where HAProxy without `resolvers` resolves them \
+                 once at start-up; a name that does not resolve fails that server's checks \
+                 instead of stopping the start",
+            ));
+        }
+        let target = ServerAddr {
+            host: n
+                .p
+                .addr
+                .map_or(n.raw.address.host.clone(), |(_, ip)| Host::Ip(ip)),
+            port: n.check_port,
+        };
+        targets.push(target.clone());
+        let key = (n.raw.address.clone(), target);
         let maxconn = n.p.maxconn.map_or(config::DEFAULT_MAXCONN, |(_, m)| m);
         let idx = match by_target.get(&key) {
             Some(&idx) => {
@@ -85,7 +98,7 @@ pub(super) fn add(
                 origins.insert(format!("server[{j}].maxconn"), (mline, mdir.into()));
                 servers.push(Server {
                     name,
-                    address: n.raw.address,
+                    address: n.raw.address.clone(),
                     maxconn,
                     check_port: Some(n.check_port),
                     check_addr: n.p.addr.map(|(_, ip)| ip),
@@ -102,7 +115,7 @@ pub(super) fn add(
 }
 
 /// A listener as the cluster rule sees it: index, header line, name, role, check targets.
-pub(super) type Routed = (usize, usize, String, Role, Vec<SocketAddr>);
+pub(super) type Routed = (usize, usize, String, Role, Vec<ServerAddr>);
 
 /// Two primary listeners checking disjoint nodes route to two primaries at once: two Patroni
 /// clusters (Citus groups) in one file, where the runtime follows one. (The same node on two

@@ -106,6 +106,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         fall,
         timeout,
         failover_inter,
+        resolve_interval,
         ssl,
         verify,
         ca_file,
@@ -133,6 +134,12 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     key(
         "check.failover_inter",
         *failover_inter != o.failover_inter,
+        true,
+    );
+    // Each checker reads it before its next check.
+    key(
+        "check.resolve_interval",
+        *resolve_interval != o.resolve_interval,
         true,
     );
     // The check carries its TLS client config, built when the file was validated: a reload

@@ -303,6 +303,9 @@ pub fn on_input(
             };
             return Some(super::servers::on_reload(cfg, snap, io, reload, now, wall));
         }
+        Input::Resolved { node, ip } => {
+            return super::servers::on_resolved(cfg, snap, io, node, ip, now, wall)
+        }
         Input::RemovedGraceOver { node, removed_at } => {
             return super::servers::on_grace_over(cfg, snap, io, node, removed_at, wall)
         }

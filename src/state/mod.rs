@@ -65,6 +65,10 @@ pub struct NodeState {
     pub admin_by: Option<(String, SystemTime)>,
     /// What the REST outage ride-through knows of it ([`ride`]).
     pub ride: ride::NodeRide,
+    /// The address its host name resolved to for the checks that decide its state (`None` for a
+    /// server written with an IP address, and for a name not resolved yet): the address its
+    /// sessions connect to ([`NodeState::address`]).
+    pub resolved: Option<std::net::IpAddr>,
 }
 
 impl NodeState {
@@ -86,7 +90,18 @@ impl NodeState {
             admin: AdminState::Ready,
             admin_by: None,
             ride: ride::NodeRide::default(),
+            resolved: None,
         }
+    }
+
+    /// Where its PostgreSQL is: its IP address, or the address its host name resolved to; `None`
+    /// for a name not resolved yet (such a node has passed no check, so it is never routed).
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        let a = &self.server.address;
+        a.ip_addr().or_else(|| {
+            self.resolved
+                .map(|ip| std::net::SocketAddr::new(ip, a.port()))
+        })
     }
 
     /// Routable only if not leaving, still configured, not fenced by the timeline `floor`
@@ -508,6 +523,9 @@ pub enum Input {
     LeaderLease(crate::dcs::LeaderLease),
     /// The answer of a TCP probe of `node`'s PostgreSQL port ([`core::Effect::Probe`]).
     PgProbe { node: usize, accepted: bool },
+    /// `node`'s host name resolved to `ip` for the check about to be applied: a first address is
+    /// recorded; a different one means another PostgreSQL (`servers::on_resolved`).
+    Resolved { node: usize, ip: std::net::IpAddr },
     /// An operator's `drain`, `maint` or `ready` (the stats listener's admin API).
     Admin(AdminOrder),
     /// The shared configuration was just replaced by a reload (the `reload` module); `message` says

@@ -7,7 +7,13 @@
 //! later). Node indices are slots that only grow, so every index a session or the stats side holds
 //! stays valid; a removed node keeps its slot (and its counters, shown as REMOVED) until the
 //! process restarts or its name comes back.
+//!
+//! A server written with a host name gets its address from its checker (`health::resolve`): the
+//! first address is recorded; a later different one is decided here as a reload's new address is,
+//! since it is another machine: the node starts over fail-closed, its sessions to the old address
+//! continue.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -117,7 +123,7 @@ pub(super) fn on_reload(
             continue;
         }
         n.counter = n.counter.with_thresholds(rise, fall);
-        if previous.check_target_of(&old) != cfg.check_target_of(s) {
+        if previous.check_address_of(&old) != cfg.check_address_of(s) {
             // The same PostgreSQL, checked elsewhere: its state stands until those checks say
             // otherwise (`fall` of them, as for any check failure).
             after.push(Effect::StopChecker(i));
@@ -218,6 +224,78 @@ pub(super) fn on_grace_over(
         Effect::Kill(node),
     ];
     effects.extend((0..snap.sets.len()).map(|set| Effect::KillSet { set, node }));
+    Some(Decision {
+        snapshot: snap,
+        effects,
+    })
+}
+
+/// `node`'s host name resolved to `ip` for the check about to be applied. `None` when that changes
+/// nothing (an IP server, the same address, a removed node).
+pub(super) fn on_resolved(
+    cfg: &Config,
+    mut snap: Snapshot,
+    io: &Io,
+    node: usize,
+    ip: IpAddr,
+    now: Instant,
+    wall: SystemTime,
+) -> Option<Decision> {
+    let (rise, fall) = (cfg.check.rise.get(), cfg.check.fall.get());
+    let n = snap.nodes.get_mut(node)?;
+    let host = n.server.address.name()?.to_string();
+    if n.removed.is_some() || n.resolved == Some(ip) {
+        return None;
+    }
+    let px = &cfg.listen.name;
+    let name = n.server.name.clone();
+    let mut effects = Vec::new();
+    let Some(old) = n.resolved.replace(ip) else {
+        effects.push(say(
+            Level::Info,
+            Topic::Health,
+            Some((EventKind::Address, Some(node))),
+            wall,
+            format!("Server {px}/{name}: host name {host} resolves to {ip}."),
+        ));
+        conclude(&mut snap, Vec::new(), &mut effects, None);
+        return Some(Decision {
+            snapshot: snap,
+            effects,
+        });
+    };
+    // Another machine answers under the name: nothing the checks at `old` said holds for it.
+    let mut fresh = renewed(n, rise, fall, now, wall);
+    fresh.resolved = Some(ip);
+    *n = fresh;
+    for set in &mut snap.sets {
+        if let Some(m) = set.nodes.get_mut(node) {
+            *m = super::sets::Membership::new(rise, fall);
+        }
+    }
+    let sessions = io.sessions.get(node).copied().unwrap_or(0);
+    effects.push(say(
+        Level::Warn,
+        Topic::Health,
+        Some((EventKind::Address, Some(node))),
+        wall,
+        format!(
+            "Server {px}/{name}: host name {host} now resolves to {ip} (was {old}): not routed \
+             until its checks at {ip} confirm it; its {sessions} sessions to {old} continue."
+        ),
+    ));
+    let mut kills = Vec::new();
+    reroute(
+        cfg,
+        &mut snap,
+        io,
+        now,
+        wall,
+        "its host name resolves to another address",
+        &mut effects,
+        &mut kills,
+    );
+    conclude(&mut snap, kills, &mut effects, None);
     Some(Decision {
         snapshot: snap,
         effects,

@@ -171,7 +171,11 @@ impl Tone {
 #[derive(Debug, Serialize)]
 pub struct ServerView {
     pub name: String,
+    /// As configured: `IP:PORT` or `NAME:PORT`.
     pub address: String,
+    /// The address its sessions connect to: `address`, or what its host name resolved to for
+    /// the checks that decide its state (`null` while the name has not resolved).
+    pub resolved: Option<String>,
     pub check_address: String,
     /// HAProxy's status string (`UP`, `UP 2/3`, `DOWN 1/2`, `DOWN`), or `INI` before the first check;
     /// `REMOVED` once a reload removed the server.
@@ -325,7 +329,8 @@ pub fn server_view(
     ServerView {
         name: s.name.clone(),
         address: s.address.to_string(),
-        check_address: cfg.check_target_of(s).to_string(),
+        resolved: n.address().map(|a| a.to_string()),
+        check_address: cfg.check_address_of(s),
         status: status_text(n),
         removed: n.removed.is_some(),
         tone: tone_of(n, routed),
