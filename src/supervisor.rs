@@ -190,11 +190,15 @@ pub async fn run(
         };
         supervised.spawn(tasks.track_future(dcs::watch(etcd, sink, internal_stop.clone())));
     }
+    // `global.maxconn`: one count of client sessions for every listener, as HAProxy's.
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        shared.config().global.maxconn.get() as usize,
+    ));
     supervised.spawn(tasks.track_future(proxy::serve(
         listeners.proxy,
         moves,
         shared.clone(),
-        state::Route::PRIMARY,
+        (state::Route::PRIMARY, slots.clone()),
         sessions.clone(),
         internal_stop.clone(),
     )));
@@ -205,7 +209,7 @@ pub async fn run(
             l,
             moves,
             shared.clone(),
-            state::Route::PRIMARY,
+            (state::Route::PRIMARY, slots.clone()),
             sessions.clone(),
             internal_stop.clone(),
         )));
@@ -217,7 +221,7 @@ pub async fn run(
             l,
             moves,
             shared.clone(),
-            state::Route::of_set(i),
+            (state::Route::of_set(i), slots.clone()),
             sessions.clone(),
             internal_stop.clone(),
         )));

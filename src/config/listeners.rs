@@ -454,10 +454,6 @@ mod tests {
         // standby_leader listeners, with a subset if they like. Each may have several binds.
         for (listen, says) in [
             (
-                "[[listen]]\nname = \"rw\"\n[[listen]]\nname = \"rw2\"\nbind = \"*:5001\"\n",
-                "one listener of role 'primary'",
-            ),
-            (
                 "[listen]\nrole = \"replica\"\n",
                 "the first listener is the primary port",
             ),

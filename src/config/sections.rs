@@ -124,6 +124,12 @@ pub struct Listen {
     /// The `[[server]]` names this listener routes to, a subset of them. Default: every server.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub servers: Option<Vec<String>>,
+    /// The PostgreSQL port this listener connects to on each node, instead of the port of the
+    /// server's `address`: one cluster served on two ports, pgbouncer's (the servers' addresses)
+    /// and PostgreSQL's own (a listener with `server_port = 5432`), as Pigsty's services are.
+    /// The node, its check and its state are the same. Default: the address's port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_port: Option<u16>,
     /// Extra connection attempts to a server after the first one fails (HAProxy `retries`). Default 2.
     pub retries: u32,
     /// Time allowed for each TCP connection attempt to a server. Default `4s`.
@@ -363,6 +369,7 @@ impl Default for Listen {
             max_lag: None,
             fallback: None,
             servers: None,
+            server_port: None,
             retries: 2,
             timeout_connect: Duration::from_secs(4),
             timeout_client: idle,

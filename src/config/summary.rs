@@ -19,10 +19,13 @@ impl FileConfig {
 }
 
 fn route(l: &Listen, every: &[&str]) -> String {
-    let servers = match &l.servers {
+    let mut servers = match &l.servers {
         Some(names) => names.join(", "),
         None => every.join(", "),
     };
+    if let Some(port) = l.server_port {
+        servers.push_str(&format!(" (on their port {port})"));
+    }
     let lag = l
         .max_lag
         .map(|g| format!(" within max_lag {g}"))

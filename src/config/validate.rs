@@ -270,6 +270,12 @@ fn check_listeners(file: &FileConfig) -> Result<(), KeyError> {
             }
             taken.push((*addr, format!("listener '{}'", l.name)));
         }
+        if l.server_port == Some(0) {
+            return Err(key_error(
+                &format!("{p}.server_port"),
+                "port 0 is not a server port: give the PostgreSQL port, e.g. 5432".into(),
+            ));
+        }
         let only = |key: &str, set: bool, allowed: bool, roles: &str| {
             if set && !allowed {
                 Err(key_error(
@@ -339,9 +345,9 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 /// The shapes of listeners the runtime serves: the first listener is the primary port (role
-/// `primary`, one address, every server; a reload can move it); the others are replica, any or
-/// standby_leader listeners (node sets, `state::sets`), with any number of addresses and an
-/// optional subset of servers. A file asking for another shape is refused here, naming the
+/// `primary`, every server; a reload can move its one address); the others are node sets
+/// (`state::sets`) of any role (a second `primary` one follows the one routed primary), each
+/// with an optional subset of servers. Every listener may have several addresses. A file asking for another shape is refused here, naming the
 /// listener and key, rather than started with part of it ignored.
 pub fn served_by_this_version(file: &FileConfig) -> Result<(), KeyError> {
     let all = file.listen.all();
@@ -366,18 +372,6 @@ pub fn served_by_this_version(file: &FileConfig) -> Result<(), KeyError> {
                 l.name
             ),
         ));
-    }
-    for (i, other) in all.iter().enumerate().skip(1) {
-        if other.role == Role::Primary {
-            return Err(key_error(
-                &format!("{}.role", file.listen.key(i)),
-                format!(
-                    "listener '{}': one listener of role 'primary' in this version (the first); \
-                     give it several bind addresses instead",
-                    other.name
-                ),
-            ));
-        }
     }
     Ok(())
 }

@@ -482,9 +482,10 @@ pub(super) fn build(
         }
         primary_seen |= role == Role::Primary;
 
-        let (names, targets) = merge::add(&nodes, &mut b.servers, &mut by_target, notes, origins);
-        l.servers = Some(names);
-        primaries.push((i, fe.line, l.name.clone(), l.role, targets));
+        let added = merge::add(&nodes, &mut b.servers, &mut by_target, notes, origins);
+        l.servers = Some(added.names);
+        l.server_port = added.server_port;
+        primaries.push((i, fe.line, l.name.clone(), l.role, added.targets));
         listeners[i] = Some(l);
     }
     b.listeners = listeners.into_iter().flatten().collect();

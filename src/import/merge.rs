@@ -21,14 +21,74 @@ pub(super) struct Node {
 /// The servers known so far, by (PostgreSQL address, check target).
 pub(super) type ByTarget = HashMap<(ServerAddr, ServerAddr), usize>;
 
-/// Adds a listener's nodes; returns the names it routes to and their check targets.
+/// Where a node's check goes: its `addr` or its host, and its check port.
+fn target_of(n: &Node) -> ServerAddr {
+    ServerAddr {
+        host: n
+            .p
+            .addr
+            .map_or(n.raw.address.host.clone(), |(_, ip)| Host::Ip(ip)),
+        port: n.check_port,
+    }
+}
+
+/// A listener whose every node is a known server (same host, same check) on one other PostgreSQL
+/// port: the same cluster served on another port (Pigsty's pgbouncer port 6432 and PostgreSQL's
+/// 5432). Returns that port and the servers, in the listener's order.
+fn on_another_port(nodes: &[Node], by_target: &ByTarget) -> Option<(u16, Vec<usize>)> {
+    let mut port = None;
+    let mut found = Vec::new();
+    for n in nodes {
+        let target = target_of(n);
+        if by_target.contains_key(&(n.raw.address.clone(), target.clone())) {
+            return None;
+        }
+        let (_, &i) = by_target.iter().find(|((a, t), _)| {
+            a.host == n.raw.address.host && *t == target && a.port != n.raw.address.port
+        })?;
+        if *port.get_or_insert(n.raw.address.port) != n.raw.address.port {
+            return None;
+        }
+        found.push(i);
+    }
+    Some((port?, found))
+}
+
+/// What a listener's nodes became: the server names it routes to, their check targets, and the
+/// PostgreSQL port it connects to when that is not the servers' own (`listen.server_port`).
+pub(super) struct Added {
+    pub(super) names: Vec<String>,
+    pub(super) targets: Vec<ServerAddr>,
+    pub(super) server_port: Option<u16>,
+}
+
+/// Adds a listener's nodes.
 pub(super) fn add(
     nodes: &[Node],
     servers: &mut Vec<Server>,
     by_target: &mut ByTarget,
     notes: &mut Vec<Note>,
     origins: &mut Origins,
-) -> (Vec<String>, Vec<ServerAddr>) {
+) -> Added {
+    if let Some((port, found)) = on_another_port(nodes, by_target) {
+        let names: Vec<String> = found.iter().map(|&i| servers[i].name.clone()).collect();
+        if let Some(n) = nodes.first() {
+            notes.push(Note::new(
+                n.raw.line,
+                "server",
+                &format!(
+                    "the same nodes as servers {} (same hosts, same checks) on PostgreSQL port \
+                     {port}: this listener connects to them there (server_port = {port})",
+                    names.join(", ")
+                ),
+            ));
+        }
+        return Added {
+            names,
+            targets: nodes.iter().map(target_of).collect(),
+            server_port: Some(port),
+        };
+    }
     let mut names = Vec::new();
     let mut targets = Vec::new();
     for n in nodes {
@@ -43,13 +103,7 @@ pub(super) fn add(
                  instead of stopping the start",
             ));
         }
-        let target = ServerAddr {
-            host: n
-                .p
-                .addr
-                .map_or(n.raw.address.host.clone(), |(_, ip)| Host::Ip(ip)),
-            port: n.check_port,
-        };
+        let target = target_of(n);
         targets.push(target.clone());
         let key = (n.raw.address.clone(), target);
         let maxconn = n.p.maxconn.map_or(config::DEFAULT_MAXCONN, |(_, m)| m);
@@ -111,7 +165,11 @@ pub(super) fn add(
         };
         names.push(servers[idx].name.clone());
     }
-    (names, targets)
+    Added {
+        names,
+        targets,
+        server_port: None,
+    }
 }
 
 /// A listener as the cluster rule sees it: index, header line, name, role, check targets.

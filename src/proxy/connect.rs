@@ -242,7 +242,7 @@ async fn connect(shared: &Shared, route: Route, node: usize) -> Result<TcpStream
     let cfg = &shared.config();
     // The node's address now (a reload, or its host name resolving elsewhere, may have moved it
     // since the session was routed). Without one it cannot be routed: wait for the next primary.
-    let Some(addr) = shared.current().nodes[node].address() else {
+    let Some(addr) = shared.address_on(&shared.current(), route, node) else {
         return Err(ConnectError::Rerouted);
     };
     let backend = shared.backend_on(route, node);

@@ -274,6 +274,7 @@ fn listener(key: &mut impl FnMut(&'static str, bool, bool), new: &Listen, o: &Li
         max_lag,
         fallback,
         servers,
+        server_port,
         retries,
         timeout_connect,
         timeout_client,
@@ -300,6 +301,8 @@ fn listener(key: &mut impl FnMut(&'static str, bool, bool), new: &Listen, o: &Li
     key("listen.max_lag", *max_lag != o.max_lag, false);
     key("listen.fallback", *fallback != o.fallback, false);
     key("listen.servers", *servers != o.servers, false);
+    // Read by each connect.
+    key("listen.server_port", *server_port != o.server_port, true);
     key("listen.retries", *retries != o.retries, true);
     key(
         "listen.timeout_connect",

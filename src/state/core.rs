@@ -420,7 +420,20 @@ pub(super) fn conclude(
     super::sets::recompute(snap);
     effects.push(Effect::Publish);
     kills.dedup();
-    effects.extend(kills.into_iter().map(Effect::Kill));
+    // A second primary listener (another port over the same cluster) loses its sessions to a
+    // node with the primary port's, by the same rule and at the same moment.
+    let primary_sets: Vec<usize> = (snap.sets.iter().enumerate())
+        .filter(|(_, s)| s.rule.role == crate::routing::roles::Role::Primary)
+        .map(|(i, _)| i)
+        .collect();
+    for node in kills {
+        effects.push(Effect::Kill(node));
+        effects.extend(
+            primary_sets
+                .iter()
+                .map(|&set| Effect::KillSet { set, node }),
+        );
+    }
     if snap.failover_pace && !was_fast {
         effects.push(Effect::WakeAll { except: checked });
     }

@@ -392,6 +392,23 @@ impl Shared {
     /// What a session of `route` to `node` must find in PostgreSQL's `in_hot_standby`: `off` on
     /// the primary port and for a replica listener's fallback to the primary, `on` for replica and
     /// standby-leader listeners, either for `any`.
+    /// Where a session of `route` connects on `node`: the node's address, with the listener's
+    /// `server_port` when it has one; `None` while the node's host name has not resolved.
+    pub fn address_on(
+        &self,
+        snap: &Snapshot,
+        route: Route,
+        node: usize,
+    ) -> Option<std::net::SocketAddr> {
+        let mut address = snap.nodes.get(node)?.address()?;
+        let cfg = self.config();
+        let index = route.set().map_or(0, |i| i + 1);
+        if let Some(port) = cfg.listen.all().get(index).and_then(|l| l.server_port) {
+            address.set_port(port);
+        }
+        Some(address)
+    }
+
     pub fn wants_standby(&self, snap: &Snapshot, route: Route, node: usize) -> Option<bool> {
         match route.set().and_then(|i| snap.sets.get(i)) {
             None => Some(false),
