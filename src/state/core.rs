@@ -457,6 +457,33 @@ pub(super) fn say(
 
 /// Recomputes the routed primary; on a change, says so and, when another node takes over, adds the
 /// previous primary to `kills` (never two primaries: its sessions are closed once published).
+/// The end of a decision that may move the routed primary for `reason`: reroute, kill `kills` and
+/// what the reroute ends (after the publish), conclude.
+pub(super) fn rerouted(
+    cfg: &Config,
+    mut snap: Snapshot,
+    io: &Io,
+    (now, wall): (Instant, SystemTime),
+    reason: &str,
+    (mut effects, mut kills): (Vec<Effect>, Vec<usize>),
+) -> Decision {
+    reroute(
+        cfg,
+        &mut snap,
+        io,
+        now,
+        wall,
+        reason,
+        &mut effects,
+        &mut kills,
+    );
+    conclude(&mut snap, kills, &mut effects, None);
+    Decision {
+        snapshot: snap,
+        effects,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn reroute(
     cfg: &Config,
@@ -558,3 +585,19 @@ fn describe(r: &CheckResult) -> String {
 #[cfg(test)]
 #[path = "core_tests.rs"]
 mod tests;
+
+/// The messages said with an event of `kind`: what the rule tests read of a decision.
+#[cfg(test)]
+pub(super) fn said(effects: &[Effect], kind: EventKind) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Say {
+                event: Some((k, _)),
+                message,
+                ..
+            } if *k == kind => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}

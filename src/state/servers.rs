@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use super::core::{conclude, reroute, say, Decision, Effect, Io, Level, Topic};
+use super::core::{conclude, reroute, rerouted, say, Decision, Effect, Io, Level, Topic};
 use super::{EventKind, NodeState, Snapshot};
 use crate::config::Config;
 
@@ -92,12 +92,7 @@ pub(super) fn on_reload(
         let revived = n.removed.take().is_some();
         if revived || old.address != s.address {
             // Another PostgreSQL (or one we stopped checking): nothing its checks said holds.
-            *n = renewed(n, rise, fall, now, wall);
-            for set in &mut snap.sets {
-                if let Some(m) = set.nodes.get_mut(i) {
-                    *m = super::sets::Membership::new(rise, fall);
-                }
-            }
+            start_over(&mut snap, i, (rise, fall), now, wall);
             if !revived {
                 after.push(Effect::StopChecker(i));
             }
@@ -171,6 +166,24 @@ pub(super) fn on_reload(
     Decision {
         snapshot: snap,
         effects,
+    }
+}
+
+/// Node `i` is another PostgreSQL under the same name (a new address, or added back): fail closed
+/// on every listener, as at start-up.
+fn start_over(
+    snap: &mut Snapshot,
+    i: usize,
+    (rise, fall): (u32, u32),
+    now: Instant,
+    wall: SystemTime,
+) {
+    let n = &mut snap.nodes[i];
+    *n = renewed(n, rise, fall, now, wall);
+    for set in &mut snap.sets {
+        if let Some(m) = set.nodes.get_mut(i) {
+            *m = super::sets::Membership::new(rise, fall);
+        }
     }
 }
 
@@ -265,14 +278,8 @@ pub(super) fn on_resolved(
         });
     };
     // Another machine answers under the name: nothing the checks at `old` said holds for it.
-    let mut fresh = renewed(n, rise, fall, now, wall);
-    fresh.resolved = Some(ip);
-    *n = fresh;
-    for set in &mut snap.sets {
-        if let Some(m) = set.nodes.get_mut(node) {
-            *m = super::sets::Membership::new(rise, fall);
-        }
-    }
+    start_over(&mut snap, node, (rise, fall), now, wall);
+    snap.nodes[node].resolved = Some(ip);
     let sessions = io.sessions.get(node).copied().unwrap_or(0);
     effects.push(say(
         Level::Warn,
@@ -284,22 +291,15 @@ pub(super) fn on_resolved(
              until its checks at {ip} confirm it; its {sessions} sessions to {old} continue."
         ),
     ));
-    let mut kills = Vec::new();
-    reroute(
+    let reason = "its host name resolves to another address";
+    Some(rerouted(
         cfg,
-        &mut snap,
+        snap,
         io,
-        now,
-        wall,
-        "its host name resolves to another address",
-        &mut effects,
-        &mut kills,
-    );
-    conclude(&mut snap, kills, &mut effects, None);
-    Some(Decision {
-        snapshot: snap,
-        effects,
-    })
+        (now, wall),
+        reason,
+        (effects, Vec::new()),
+    ))
 }
 
 #[cfg(test)]

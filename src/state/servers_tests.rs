@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::super::core::{on_check, on_input, Effect, Io};
+use super::super::core::{on_check, on_input, said, Effect, Io};
 use crate::config::Config;
 use crate::health::patroni::PatroniInfo;
 use crate::health::{CheckResult, CheckStatus};
@@ -128,17 +128,7 @@ fn publish(effects: &[Effect]) -> usize {
 }
 
 fn admin_said(effects: &[Effect]) -> Vec<String> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Say {
-                event: Some((EventKind::Admin, _)),
-                message,
-                ..
-            } => Some(message.clone()),
-            _ => None,
-        })
-        .collect()
+    said(effects, EventKind::Admin)
 }
 
 #[test]
@@ -354,20 +344,6 @@ fn the_order_of_the_sections_moves_no_node() {
         e,
         Effect::StartChecker(_) | Effect::StopChecker(_) | Effect::AddBackend { .. }
     )));
-}
-
-fn said(effects: &[Effect], kind: EventKind) -> Vec<String> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Say {
-                event: Some((k, _)),
-                message,
-                ..
-            } if *k == kind => Some(message.clone()),
-            _ => None,
-        })
-        .collect()
 }
 
 const NAMED_A: &str = "[[server]]\nname = \"a\"\naddress = \"db1:5432\"\n";
