@@ -175,6 +175,13 @@ pub async fn restore() -> Result<()> {
     // A REST outage scenario that ended without its guard (a killed test) left its rule.
     crate::outage::unblock();
     let status = cluster(&["status"]).await.unwrap_or_else(|e| e.to_string());
+    // An etcd fault (`faults::etcd_stopped`) that ended without its guard left etcd stopped.
+    if status
+        .lines()
+        .any(|l| l.starts_with("etcd ") && !l.contains("health=true"))
+    {
+        cluster(&["start-etcd"]).await?;
+    }
     for node in Node::all() {
         let line = status
             .lines()
@@ -984,6 +991,26 @@ impl Proxy {
 
     pub fn label(&self) -> &str {
         &self.name
+    }
+
+    /// The process id, while it runs (for its RSS and descriptors in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// patroni-proxy's routed primary (the server `/stats.json` says `routed_primary` of), or
+    /// `None` when it routes none; always `None` for HAProxy, which has no such notion.
+    pub async fn routed(&self) -> Option<String> {
+        if self.kind != Kind::PatroniProxy {
+            return None;
+        }
+        let v = stats_json(self.stats).await.ok()?;
+        v["servers"]
+            .as_array()?
+            .iter()
+            .find(|s| s["routed_primary"] == true)
+            .and_then(|s| s["name"].as_str())
+            .map(str::to_string)
     }
 
     pub fn changes(&self) -> Vec<ServerChange> {
