@@ -381,6 +381,23 @@ pub struct EtcdFacts {
     pub patroni: Vec<NodeSaid>,
 }
 
+/// When a node first said `failsafe_mode_is_active` after `after`, having said otherwise before:
+/// Patroni keeps the flag up for a while after an earlier outage, so a node's first reading
+/// proves nothing.
+fn failsafe_became_active(said: &[NodeSaid], after: f64) -> Option<f64> {
+    said.iter()
+        .enumerate()
+        .filter(|(_, s)| s.at > after && s.failsafe_mode_is_active)
+        .find(|(i, s)| {
+            said[..*i]
+                .iter()
+                .rev()
+                .find(|p| p.node == s.node)
+                .is_some_and(|p| !p.failsafe_mode_is_active)
+        })
+        .map(|(_, s)| s.at)
+}
+
 /// etcd stopped for `outage` with Patroni's `failsafe_mode` set to `failsafe`, then started again.
 pub async fn etcd_stopped(
     proxies: &[&Proxy],
@@ -443,10 +460,7 @@ pub async fn etcd_stopped(
         failsafe_mode: failsafe,
         outage_s: started - event,
         old_primary_left_s: left.map(|t| t - event),
-        failsafe_active_s: said
-            .iter()
-            .find(|s| s.at > event && s.failsafe_mode_is_active)
-            .map(|s| s.at - event),
+        failsafe_active_s: failsafe_became_active(&said, event).map(|t| t - event),
         leader_after: Some(primary.name.clone()),
         primary_again_s: left.and_then(|_| {
             said.iter()
