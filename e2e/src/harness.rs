@@ -142,6 +142,20 @@ pub async fn cluster(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `scripts/cluster status`'s lines, healthy or not: it exits 1 when the cluster is unhealthy,
+/// which is when its lines matter (which component is down).
+pub async fn cluster_status() -> String {
+    Command::new(repo().join("scripts/cluster"))
+        .arg("status")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 fn parse_node(out: &str) -> Result<Node> {
     let ip = out
         .split_whitespace()
@@ -174,7 +188,7 @@ pub async fn wait_leader_other_than(old: &Node, limit: Duration) -> Result<Node>
 pub async fn restore() -> Result<()> {
     // A REST outage scenario that ended without its guard (a killed test) left its rule.
     crate::outage::unblock();
-    let status = cluster(&["status"]).await.unwrap_or_else(|e| e.to_string());
+    let status = cluster_status().await;
     // An etcd fault (`faults::etcd_stopped`) that ended without its guard left etcd stopped.
     if status
         .lines()
