@@ -147,6 +147,8 @@ pub struct CheckSpec {
     pub expect_body: bool,
     /// With `check.ssl`: the TLS client the check runs over.
     pub tls: Option<crate::config::tls::CheckTls>,
+    /// With `[check.sql]`: the SQL check that follows the REST check when due.
+    pub sql: Option<crate::config::sql::SqlSpec>,
 }
 
 impl CheckSpec {
@@ -154,6 +156,7 @@ impl CheckSpec {
     pub fn of(cfg: &crate::config::Config) -> Self {
         Self {
             tls: cfg.check_tls().cloned(),
+            sql: cfg.sql_check().cloned(),
             ..Self::new(
                 cfg.check.method.as_str(),
                 &cfg.check.uri,
@@ -187,6 +190,7 @@ impl CheckSpec {
             response_timeout,
             expect_body: method != "HEAD",
             tls: None,
+            sql: None,
         }
     }
 }

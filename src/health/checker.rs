@@ -2,7 +2,9 @@
 //! check staggered by `i * inter / N` (HAProxy's `start_check_task`), and each next check `interval`
 //! after the previous one *completes* (`process_chk_conn`), the interval chosen by the state owner
 //! from the node's health (`srv_getinter`) and the failover pace. The state owner can cut a wait
-//! short (`Link::wake`) to re-check at once; it never starts a second check in parallel.
+//! short (`Link::wake`) to re-check at once; it never starts a second check in parallel. With
+//! `[check.sql]`, the SQL check ([`super::sql`]) follows the REST check when due, on the same
+//! task (so at most one of either in flight per node), its time taken from the wait that follows.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +25,11 @@ pub enum Report {
         result: Box<CheckResult>,
         reply: oneshot::Sender<Duration>,
     },
+    /// A finished SQL check, sent after the REST check it followed.
+    Sql {
+        node: usize,
+        result: Box<super::sql::SqlResult>,
+    },
     /// A check that could not run for want of a local resource: counted, never held against the
     /// node.
     Local,
@@ -39,10 +46,18 @@ pub struct Link {
     pub spec: Arc<ArcSwap<CheckSpec>>,
 }
 
+/// Where a checker's checks go: the REST API, and PostgreSQL itself for the SQL check.
+#[derive(Debug, Clone, Copy)]
+pub struct Targets {
+    pub rest: SocketAddr,
+    pub postgres: SocketAddr,
+}
+
 /// Runs checks for `link.node` until `stop` is cancelled or the state owner is gone.
-pub async fn run(target: SocketAddr, first_delay: Duration, link: Link, stop: CancellationToken) {
-    let node = link.node;
+pub async fn run(targets: Targets, first_delay: Duration, link: Link, stop: CancellationToken) {
+    let (node, target) = (link.node, targets.rest);
     let mut delay = first_delay;
+    let mut last_sql: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -65,6 +80,10 @@ pub async fn run(target: SocketAddr, first_delay: Duration, link: Link, stop: Ca
                 }
             },
         };
+        let claims = matches!(
+            super::patroni::Answer::of(&result),
+            super::patroni::Answer::Primary { .. }
+        );
         let (reply, next) = oneshot::channel();
         if link
             .reports
@@ -81,6 +100,32 @@ pub async fn run(target: SocketAddr, first_delay: Duration, link: Link, stop: Ca
             Ok(d) => d,
             Err(_) => return,
         };
+        let Some(sql) = &spec.sql else { continue };
+        let now = tokio::time::Instant::now();
+        if !super::sql::due(claims, last_sql, now, sql.every) {
+            continue;
+        }
+        last_sql = Some(now);
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = super::sql::run(targets.postgres, sql) => r,
+        };
+        // The REST check keeps its pace: the SQL check's time comes out of the wait.
+        delay = delay.saturating_sub(now.elapsed());
+        let report = match result {
+            Ok(result) => Report::Sql {
+                node,
+                result: Box::new(result),
+            },
+            Err(e) => {
+                tracing::error!(target: "patroni_proxy::health", node, error = %e,
+                    "SQL check not run: the proxy is out of a local resource; not counted against the server");
+                Report::Local
+            }
+        };
+        if link.reports.send(report).is_err() {
+            return;
+        }
     }
 }
 

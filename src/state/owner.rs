@@ -124,14 +124,17 @@ impl Owner {
         let Some(n) = self.shared.current().nodes.get(node).cloned() else {
             return;
         };
-        let target = self.shared.config().check_target_of(&n.server);
+        let targets = checker::Targets {
+            rest: self.shared.config().check_target_of(&n.server),
+            postgres: n.server.address,
+        };
         let stop = self.stop.child_token();
         if let Some(old) = self.checker_stops[node].replace(stop.clone()) {
             old.cancel();
         }
         let link = self.link(node);
         self.checkers.spawn(async move {
-            checker::run(target, first, link, stop).await;
+            checker::run(targets, first, link, stop).await;
             node
         });
     }
@@ -167,6 +170,8 @@ impl Owner {
                 // A checker that stopped waiting is shutting down; nothing to do.
                 let _ = reply.send(next);
             }
+            // The same road as every other input: on_input hands it to `state::sql`.
+            Report::Sql { node, result } => self.input(Input::Sql { node, result }),
             Report::Local => {
                 self.shared.frontend.local_errors.fetch_add(1, Relaxed);
             }
@@ -240,6 +245,7 @@ impl Owner {
                 result,
                 transition,
             } => self.observer.check(node, &result, transition),
+            Effect::ObserveSql { node, result } => self.observer.sql(node, &result),
             Effect::Say {
                 level,
                 topic,
