@@ -6,7 +6,9 @@
 //!   that claim says `false`**: it can withhold a primary, never create one (the REST claim, the
 //!   timeline fence, the counter and the operator still decide as before);
 //! - `true` (in recovery) **takes a routed primary out of routing** at once: PostgreSQL's own
-//!   word, as a session's `in_hot_standby = on` or Patroni's "promoted, still in recovery";
+//!   word, as a session's `in_hot_standby = on` or Patroni's "promoted, still in recovery"; a
+//!   REST outage ride-through (`state::ride`) ends on it, its sessions cut: the one thing the
+//!   ride could not see, whether the primary is still out of recovery, is what this says;
 //! - a check that gets **no answer** (refused, timed out, 57P03) or is **refused** (password,
 //!   `pg_hba.conf`, TLS: `[check.sql]` needs fixing) withholds a node not yet routed, and is
 //!   shown, but **never unroutes the routed primary**: a typo in the monitoring role's password,
@@ -120,6 +122,17 @@ pub fn on_sql(
         ));
     }
     let mut kills = Vec::new();
+    if gate && verdict == Verdict::Standby && snap.nodes[node].ride.since.is_some() {
+        let end = super::ride::end(
+            cfg,
+            &mut snap,
+            node,
+            "its SQL check says pg_is_in_recovery() = true",
+            wall,
+        );
+        effects.extend(end.effects);
+        kills.extend(end.kill);
+    }
     core::reroute(
         cfg,
         &mut snap,

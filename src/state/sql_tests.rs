@@ -190,6 +190,32 @@ fn in_recovery_takes_the_routed_primary_out_at_once() {
 }
 
 #[test]
+fn in_recovery_ends_a_rest_outage_ride_through_and_its_sessions() {
+    // "A REST outage ride-through ends on it, its sessions cut": the ride trusts etcd's lease
+    // and a TCP connect, which cannot say whether PostgreSQL is still out of recovery.
+    let mut r = Run::a_routed(SQL);
+    // (The ride's own entry is tested in ride_tests.rs; here it is under way.)
+    r.snap.nodes[0].ride.since = Some(SystemTime::now());
+    assert!(r
+        .sql(0, failed())
+        .iter()
+        .all(|e| !matches!(e, Effect::Kill(_))));
+    assert!(
+        r.snap.nodes[0].ride.since.is_some(),
+        "no answer ends nothing"
+    );
+    let effects = r.sql(0, Verdict::Standby);
+    assert_eq!(r.snap.nodes[0].ride.since, None);
+    assert_eq!(r.snap.primary, None);
+    let publish = effects.iter().position(|e| *e == Effect::Publish);
+    let kill = effects.iter().position(|e| *e == Effect::Kill(0));
+    assert!(
+        matches!((publish, kill), (Some(p), Some(k)) if p < k),
+        "published, then cut: {effects:?}"
+    );
+}
+
+#[test]
 fn failures_never_unroute_the_routed_primary() {
     // "A check that gets no answer or is refused ... is shown, but never unroutes the routed
     // primary: a typo in the monitoring role's password ... must not take the database away."
