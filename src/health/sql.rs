@@ -219,10 +219,18 @@ fn failure(e: &tokio_postgres::Error, tls: &Seen) -> Verdict {
         };
     }
     let text = e.to_string();
-    // tokio-postgres' own words when `sslmode = "require"` meets a server without TLS.
+    // tokio-postgres' own words when `sslmode = "require"` meets a server without TLS, and when
+    // the server asks for a password none of `password*` gave.
     if text.contains("server does not support TLS") {
         return Verdict::Refused {
             info: "the server does not offer TLS and sslmode is \"require\"".into(),
+        };
+    }
+    if text.contains("password missing") {
+        return Verdict::Refused {
+            info: "the server asks for a password: set check.sql.password, password_file or \
+                   password_env"
+                .into(),
         };
     }
     Verdict::Failed { info: text }
