@@ -26,7 +26,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the configuration and print the effective settings (like `haproxy -c`).
-    Check,
+    Check {
+        /// Also run the SQL check (`[check.sql]`) once against every server, and exit 64 if
+        /// any refuses the monitoring role's login (a wrong password, no pg_hba.conf line, TLS).
+        #[arg(long)]
+        sql: bool,
+    },
     /// Convert an HAProxy configuration in front of Patroni into proxy.toml (stdout); lines
     /// without an equivalent are warnings on stderr and comments in the output.
     ImportHaproxy {
@@ -81,11 +86,15 @@ fn main() -> ExitCode {
         Some(Command::ImportHaproxy { file, check }) => import(&file, check),
         Some(Command::Completions { shell }) => gendocs::completions::<Cli>(shell),
         Some(Command::Man) => gendocs::man::<Cli>(),
-        Some(Command::Check) => match Config::load(&cli.config) {
+        Some(Command::Check { sql }) => match Config::load(&cli.config) {
             Ok(c) => match etcd_files(&c) {
                 Ok(()) => {
                     print!("{}: OK\n{c}", cli.config.display());
-                    ExitCode::SUCCESS
+                    if sql {
+                        sql_once(&c)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -326,6 +335,41 @@ async fn serve(
 }
 
 /// The small runtime of the commands that talk to a running proxy (`ctl`, `reload`).
+/// `check --sql`: one SQL check per server, one line each; a refused login is a configuration
+/// error (exit 64), a node that does not answer is not.
+fn sql_once(config: &Config) -> ExitCode {
+    use patroni_proxy::health::sql::{self, Verdict};
+    let Some(spec) = config.sql_check() else {
+        eprintln!("error: --sql: the configuration has no [check.sql]");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let runtime = match client_runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let mut refused = 0;
+    for s in &config.servers {
+        let line = match runtime.block_on(sql::run(s.address, spec)) {
+            Ok(r) => {
+                refused += usize::from(matches!(r.verdict, Verdict::Refused { .. }));
+                format!(
+                    "{} in {} ms{}",
+                    r.verdict.describe(),
+                    r.duration.as_millis(),
+                    if r.tls { " over TLS" } else { "" }
+                )
+            }
+            Err(e) => format!("not run: {e}"),
+        };
+        println!("SQL check of {} ({}): {line}", s.name, s.address);
+    }
+    if refused > 0 {
+        eprintln!("error: {refused} server(s) refused the SQL check's login: fix [check.sql]");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    ExitCode::SUCCESS
+}
+
 fn client_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

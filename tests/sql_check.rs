@@ -96,3 +96,48 @@ async fn without_the_gate_the_sql_check_is_shown_and_decides_nothing() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn check_sql_runs_one_check_per_server_and_a_node_without_answer_is_no_config_error() {
+    // `patroni-proxy check --sql`: "fail the config check loudly ... where possible"; a refused login
+    // exits 64 (tests/e2e/sql_check.rs, against PostgreSQL), a node that does not answer does not.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{SQL}[[server]]\nname = \"a\"\naddress = \"{}\"\n",
+            silent.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_patroni-proxy"))
+        .args(["check", "--sql", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("SQL check: SELECT pg_is_in_recovery() as pp_monitor")
+            && stdout.contains("SQL check of a (")
+            && stdout.contains("no answer (no answer within 300ms)"),
+        "{stdout}"
+    );
+    // Without [check.sql], --sql is a configuration error.
+    std::fs::write(
+        &path,
+        "[[server]]\nname = \"a\"\naddress = \"127.0.0.1:5432\"\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_patroni-proxy"))
+        .args(["check", "--sql", "--config"])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [check.sql]"));
+}

@@ -87,6 +87,34 @@ async fn in_process(leader: &Node) -> anyhow::Result<()> {
         matches!(&closed.verdict, sql::Verdict::Failed { .. }),
         "{closed:?}"
     );
+    // `patroni-proxy check --sql`: a wrong password fails the configuration check (exit 64).
+    for (password, code) in [("pp-monitor-pass", 0), ("not-the-password", 64)] {
+        let text = harness::patroni_proxy_config_with(
+            "127.0.0.1",
+            &sql_keys("").replace("pp-monitor-pass", password),
+        );
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, text)?;
+        let out = tokio::process::Command::new(bin())
+            .args(["check", "--sql", "--config"])
+            .arg(&path)
+            .output()
+            .await?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = said
+            .lines()
+            .filter(|l| l.starts_with("SQL check of"))
+            .collect();
+        println!(
+            "check --sql with password {password:?}: exit {:?}\n{}",
+            out.status.code(),
+            lines.join("\n")
+        );
+        anyhow::ensure!(
+            out.status.code() == Some(code) && lines.len() == 3,
+            "check --sql: {out:?}"
+        );
+    }
     println!(
         "refused: {}; untrusted: {}; closed port: {}",
         wrong.verdict.describe(),
