@@ -12,6 +12,7 @@
 //! - `validate`: the checks that turn a [`FileConfig`] into a [`Config`].
 //! - `position`: where an error is in the text.
 //! - [`tls`]: the PEM files of `[check]`'s TLS keys, read and built into a rustls client config.
+//! - [`sql`]: `[check.sql]`, the SQL check's role, password and TLS, read into a [`sql::SqlSpec`].
 //! - `summary`: the effective settings, as `patroni-proxy check` prints them (`Display`).
 
 pub mod address;
@@ -20,6 +21,7 @@ pub mod limits;
 mod listeners;
 mod position;
 mod sections;
+pub mod sql;
 mod summary;
 pub mod tls;
 mod validate;
@@ -65,6 +67,7 @@ pub enum ConfigError {
 pub struct Config {
     file: FileConfig,
     check_tls: Option<tls::CheckTls>,
+    sql: Option<sql::SqlSpec>,
 }
 
 impl Deref for Config {
@@ -108,6 +111,7 @@ impl Config {
         Ok(Self {
             file,
             check_tls: None,
+            sql: None,
         })
     }
 
@@ -125,6 +129,17 @@ impl Config {
     /// validated.
     pub fn check_tls(&self) -> Option<&tls::CheckTls> {
         self.check_tls.as_ref()
+    }
+
+    /// The SQL check, when `[check.sql]` is present: its password and TLS client read when this
+    /// config was validated.
+    pub fn sql_check(&self) -> Option<&sql::SqlSpec> {
+        self.sql.as_ref()
+    }
+
+    /// Whether the SQL check's answer decides routing (`[check.sql]` present, `gate` on).
+    pub fn sql_gate(&self) -> bool {
+        self.sql.as_ref().is_some_and(|s| s.gate)
     }
 
     /// The effective check interval for a health counter (HAProxy `srv_getinter`): `inter` when fully
@@ -307,6 +322,7 @@ mod tests {
         let file: FileConfig = toml::from_str(&format!(
             "[global]\nthreads = 2\n[listen]\ntimeout_queue = \"1s\"\nrole = \"replica\"\n\
              max_lag = \"1MB\"\n[check]\nfastinter = \"1s\"\ndowninter = \"1s\"\n\
+             [check.sql]\nuser = \"m\"\n\
              [etcd]\nendpoints = [\"127.0.0.1:2379\"]\nscope = \"pg\"\n{MINIMAL}"
         ))
         .unwrap();

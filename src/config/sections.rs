@@ -280,6 +280,10 @@ pub struct Check {
     /// certificate must name the check address as an IP address (subjectAltName `IP:`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// `[check.sql]`: also ask each node's PostgreSQL `SELECT pg_is_in_recovery()` as a
+    /// monitoring role (docs/health-checking.md, "The SQL check"). Default: none (off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sql: Option<super::sql::SqlCheck>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -409,6 +413,7 @@ impl Default for Check {
             crt: None,
             key: None,
             sni: None,
+            sql: None,
         }
     }
 }

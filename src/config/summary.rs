@@ -113,6 +113,9 @@ impl fmt::Display for Config {
                     .unwrap_or_default(),
             )?;
         }
+        if let Some(sql) = self.sql_check() {
+            writeln!(f, "{}", sql.summary())?;
+        }
         for (i, srv) in self.servers.iter().enumerate() {
             writeln!(
                 f,

@@ -57,6 +57,9 @@ impl FileConfig {
         if let Some(e) = &self.etcd {
             v.push(("etcd.resync".into(), D(e.resync)));
         }
+        if let Some(s) = &c.sql {
+            v.push(("check.sql.timeout".into(), D(s.timeout)));
+        }
         let optional = [
             ("global.threads", g.threads.map(|n| Count(n.get().into()))),
             ("check.fastinter", c.fastinter.map(D)),
@@ -84,9 +87,13 @@ impl FileConfig {
         served_by_this_version(&self)?;
         // Last: the files are read only once everything else holds.
         let check_tls = super::tls::load(&self.check)?;
+        let sql = super::sql::load(self.check.sql.as_ref(), self.check.inter, &|var| {
+            std::env::var(var).ok()
+        })?;
         Ok(Config {
             file: self,
             check_tls,
+            sql,
         })
     }
 
@@ -190,6 +197,9 @@ impl FileConfig {
         check_admin(&self.stats.admin_user, &self.stats.admin_password)?;
         if let Some(etcd) = &self.etcd {
             etcd.check().map_err(|(key, message)| err(key, message))?;
+        }
+        if let Some(sql) = &self.check.sql {
+            super::sql::check(sql)?;
         }
         Ok(())
     }

@@ -150,6 +150,8 @@ pub struct CheckSpec {
     pub expect_body: bool,
     /// With `check.ssl`: the TLS client the check runs over.
     pub tls: Option<crate::config::tls::CheckTls>,
+    /// With `[check.sql]`: the SQL check that follows the REST check when due.
+    pub sql: Option<crate::config::sql::SqlSpec>,
 }
 
 impl CheckSpec {
@@ -158,6 +160,7 @@ impl CheckSpec {
         Self {
             tls: cfg.check_tls().cloned(),
             resolve_interval: cfg.check.resolve_interval,
+            sql: cfg.sql_check().cloned(),
             ..Self::new(
                 cfg.check.method.as_str(),
                 &cfg.check.uri,
@@ -192,6 +195,7 @@ impl CheckSpec {
             response_timeout,
             expect_body: method != "HEAD",
             tls: None,
+            sql: None,
         }
     }
 }

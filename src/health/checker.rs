@@ -2,7 +2,9 @@
 //! check staggered by `i * inter / N` (HAProxy's `start_check_task`), and each next check `interval`
 //! after the previous one *completes* (`process_chk_conn`), the interval chosen by the state owner
 //! from the node's health (`srv_getinter`) and the failover pace. The state owner can cut a wait
-//! short (`Link::wake`) to re-check at once; it never starts a second check in parallel.
+//! short (`Link::wake`) to re-check at once; it never starts a second check in parallel. With
+//! `[check.sql]`, the SQL check ([`super::sql`]) follows the REST check when due, on the same
+//! task (so at most one of either in flight per node), its time taken from the wait that follows.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,6 +29,11 @@ pub enum Report {
         resolved: Option<IpAddr>,
         reply: oneshot::Sender<Duration>,
     },
+    /// A finished SQL check, sent after the REST check it followed.
+    Sql {
+        node: usize,
+        result: Box<super::sql::SqlResult>,
+    },
     /// A check that could not run for want of a local resource: counted, never held against the
     /// node.
     Local,
@@ -47,6 +54,7 @@ pub struct Link {
 pub async fn run(mut target: Target, first_delay: Duration, link: Link, stop: CancellationToken) {
     let node = link.node;
     let mut delay = first_delay;
+    let mut last_sql: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -61,6 +69,8 @@ pub async fn run(mut target: Target, first_delay: Duration, link: Link, stop: Ca
             a = target.next(spec.connect_timeout) => a,
         };
         let resolved = address.as_ref().ok().and_then(|a| a.server_ip);
+        // The SQL check goes to the PostgreSQL this REST check was about.
+        let postgres = address.as_ref().ok().map(|a| a.postgres);
         let result = tokio::select! {
             _ = stop.cancelled() => return,
             r = async {
@@ -80,6 +90,10 @@ pub async fn run(mut target: Target, first_delay: Duration, link: Link, stop: Ca
                 }
             },
         };
+        let claims = matches!(
+            super::patroni::Answer::of(&result),
+            super::patroni::Answer::Primary { .. }
+        );
         let (reply, next) = oneshot::channel();
         if link
             .reports
@@ -97,6 +111,34 @@ pub async fn run(mut target: Target, first_delay: Duration, link: Link, stop: Ca
             Ok(d) => d,
             Err(_) => return,
         };
+        let (Some(sql), Some(postgres)) = (&spec.sql, postgres) else {
+            continue;
+        };
+        let now = tokio::time::Instant::now();
+        if !super::sql::due(claims, last_sql, now, sql.every) {
+            continue;
+        }
+        last_sql = Some(now);
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = super::sql::run(postgres, sql) => r,
+        };
+        // The REST check keeps its pace: the SQL check's time comes out of the wait.
+        delay = delay.saturating_sub(now.elapsed());
+        let report = match result {
+            Ok(result) => Report::Sql {
+                node,
+                result: Box::new(result),
+            },
+            Err(e) => {
+                tracing::error!(target: "patroni_proxy::health", node, error = %e,
+                    "SQL check not run: the proxy is out of a local resource; not counted against the server");
+                Report::Local
+            }
+        };
+        if link.reports.send(report).is_err() {
+            return;
+        }
     }
 }
 

@@ -48,8 +48,9 @@ pub fn choose(current: Option<IpAddr>, answer: &[IpAddr]) -> Option<IpAddr> {
 /// Where one node's checks go, and what its checker knows of its host name.
 #[derive(Clone)]
 pub struct Target {
-    /// The server's host (its `address`).
+    /// The server's host and PostgreSQL port (its `address`).
     pub host: Host,
+    pub port: u16,
     /// `check_addr`, when set: the checks go there whatever the name resolves to.
     pub check_ip: Option<IpAddr>,
     pub check_port: u16,
@@ -65,6 +66,8 @@ pub struct Resolved {
     pub check: SocketAddr,
     /// `None` for a server written with an IP address.
     pub server_ip: Option<IpAddr>,
+    /// The server's PostgreSQL at that address (where the SQL check goes).
+    pub postgres: SocketAddr,
 }
 
 impl Target {
@@ -73,10 +76,10 @@ impl Target {
     pub async fn next(&mut self, timeout: Duration) -> Result<Resolved, String> {
         let name = match &self.host {
             Host::Ip(ip) => {
-                let ip = self.check_ip.unwrap_or(*ip);
                 return Ok(Resolved {
-                    check: SocketAddr::new(ip, self.check_port),
+                    check: SocketAddr::new(self.check_ip.unwrap_or(*ip), self.check_port),
                     server_ip: None,
+                    postgres: SocketAddr::new(*ip, self.port),
                 });
             }
             Host::Name(name) => name.clone(),
@@ -123,6 +126,7 @@ impl Target {
         Ok(Resolved {
             check: SocketAddr::new(self.check_ip.unwrap_or(ip), self.check_port),
             server_ip: Some(ip),
+            postgres: SocketAddr::new(ip, self.port),
         })
     }
 }
@@ -150,6 +154,7 @@ mod tests {
     fn target(lookup: Lookup) -> Target {
         Target {
             host: Host::Name("db1".into()),
+            port: 5432,
             check_ip: None,
             check_port: 8008,
             resolved: None,

@@ -113,6 +113,7 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         crt,
         key: tls_key,
         sni,
+        sql,
     } = &new.check;
     let o = &old.check;
     key("check.method", *method != o.method, true);
@@ -156,6 +157,14 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     key(
         "check TLS files (contents)",
         same_keys && new.check_tls() != old.check_tls(),
+        true,
+    );
+
+    // The SQL check's spec travels with the check's (read before each check), and the gate is
+    // read at each decision; a changed password file or CA file is a change too.
+    key(
+        "check.sql",
+        *sql != o.sql || new.sql_check() != old.sql_check(),
         true,
     );
 

@@ -4,8 +4,9 @@
 //! log lines in its wording), and so do our deliberate differences (one routed primary, fail
 //! closed, a 503 or a non-primary body stops new connections at once, the higher timeline wins, a
 //! switchover request or PostgreSQL's own word takes a node out of routing, the failover pace).
-//! Timeline fencing ([`super::fence`]), the REST outage ride-through ([`super::ride`]) and an
-//! operator's orders (`state::admin`) are decided in their own modules, called from here.
+//! Timeline fencing ([`super::fence`]), the REST outage ride-through ([`super::ride`]), the SQL
+//! check's gate ([`super::sql`]) and an operator's orders (`state::admin`) are decided in their
+//! own modules, called from here.
 //! [`super::owner`] only carries the effects out, in the order given.
 
 use std::sync::Arc;
@@ -61,6 +62,11 @@ pub enum Effect {
         node: usize,
         result: Box<CheckResult>,
         transition: Option<Transition>,
+    },
+    /// Record a finished SQL check in the metrics.
+    ObserveSql {
+        node: usize,
+        result: Box<crate::health::sql::SqlResult>,
     },
     /// Log a line and, with `event`, record it on the dashboard's timeline at `at`.
     Say {
@@ -292,6 +298,9 @@ pub fn on_input(
     let message = match input {
         Input::Recheck { .. } => return None,
         Input::LeaderLease(seen) => return super::ride::on_lease(cfg, snap, io, seen, now, wall),
+        Input::Sql { node, result } => {
+            return super::sql::on_sql(cfg, current, io, node, *result, now, wall)
+        }
         Input::PgProbe { node, accepted } => {
             return super::ride::on_probe(cfg, snap, io, node, accepted, now, wall)
         }
@@ -499,7 +508,10 @@ pub(super) fn reroute(
     let names: Vec<Arc<Server>> = snap.nodes.iter().map(|n| n.server.clone()).collect();
     let name = |i: usize| names.get(i).map_or("?", |s| s.name.as_str());
     let floor = snap.max_timeline;
-    let candidates: Vec<Candidate<'_>> = snap.nodes.iter().map(|n| n.candidate(floor)).collect();
+    let gate = cfg.sql_gate();
+    let candidates: Vec<Candidate<'_>> = (snap.nodes.iter().enumerate())
+        .map(|(i, n)| n.candidate(floor, gate, snap.primary == Some(i)))
+        .collect();
     let chosen = routing::choose(snap.primary, &candidates);
     if chosen == snap.primary {
         super::fence::record(snap);

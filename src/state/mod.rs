@@ -13,6 +13,7 @@ pub mod owner;
 pub mod ride;
 mod servers;
 pub mod sets;
+pub mod sql;
 
 pub use events::{Event, EventKind, Events};
 pub use owner::Owner;
@@ -69,6 +70,8 @@ pub struct NodeState {
     /// server written with an IP address, and for a name not resolved yet): the address its
     /// sessions connect to ([`NodeState::address`]).
     pub resolved: Option<std::net::IpAddr>,
+    /// The last SQL check (`[check.sql]`), if any ([`sql`]).
+    pub sql: Option<sql::Seen>,
 }
 
 impl NodeState {
@@ -91,6 +94,7 @@ impl NodeState {
             admin_by: None,
             ride: ride::NodeRide::default(),
             resolved: None,
+            sql: None,
         }
     }
 
@@ -105,13 +109,16 @@ impl NodeState {
     }
 
     /// Routable only if not leaving, still configured, not fenced by the timeline `floor`
-    /// ([`fence`]), and the operator, the counter (or a REST outage ride-through, [`ride`]) and
-    /// the claim allow it. A removed node is drained: no new sessions, its own continue.
-    pub fn candidate(&self, floor: Option<u64>) -> Candidate<'_> {
+    /// ([`fence`]), not held back by the SQL check (with `sql_gate`; `routed`: it is the primary
+    /// now, [`sql::allows`]), and the operator, the counter (or a REST outage ride-through,
+    /// [`ride`]) and the claim allow it. A removed node is drained: no new sessions, its own
+    /// continue.
+    pub fn candidate(&self, floor: Option<u64>, sql_gate: bool, routed: bool) -> Candidate<'_> {
         Candidate {
             up: (self.counter.is_up() || self.ride.since.is_some())
                 && self.leaving_since.is_none()
-                && !fence::fenced(&self.claim, floor),
+                && !fence::fenced(&self.claim, floor)
+                && sql::allows(sql_gate, self.sql.as_ref(), &self.claim, routed),
             claim: &self.claim,
             admin: if self.removed.is_some() {
                 AdminState::Drain
@@ -265,6 +272,8 @@ impl Route {
 /// Told of every finished check (the metrics), by the owner.
 pub trait Observer: Send + Sync {
     fn check(&self, node: usize, result: &CheckResult, transition: Option<Transition>);
+    /// A finished SQL check (`[check.sql]`).
+    fn sql(&self, _node: usize, _result: &crate::health::sql::SqlResult) {}
     /// A reload added node `node` (the next index), before its first check.
     fn node_added(&self, _node: usize, _name: &str) {}
 }
@@ -538,6 +547,11 @@ pub enum Input {
     /// The leader key's holder and its lease, as read from etcd (every resync, watch start and
     /// leader change): what the REST outage ride-through ([`ride`]) relies on.
     LeaderLease(crate::dcs::LeaderLease),
+    /// A finished SQL check of `node` ([`sql`]).
+    Sql {
+        node: usize,
+        result: Box<crate::health::sql::SqlResult>,
+    },
     /// The answer of a TCP probe of `node`'s PostgreSQL port ([`core::Effect::Probe`]).
     PgProbe { node: usize, accepted: bool },
     /// `node`'s host name resolved to `ip` for the check about to be applied: a first address is

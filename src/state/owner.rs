@@ -128,6 +128,7 @@ impl Owner {
         let cfg = self.shared.config();
         let target = resolve::Target {
             host: n.server.address.host.clone(),
+            port: n.server.address.port(),
             check_ip: n.server.check_addr,
             check_port: cfg.check_port_of(&n.server),
             // A restarted checker (a reload) keeps the address the node's state was checked at.
@@ -182,6 +183,8 @@ impl Owner {
                 // A checker that stopped waiting is shutting down; nothing to do.
                 let _ = reply.send(next);
             }
+            // The same road as every other input: on_input hands it to `state::sql`.
+            Report::Sql { node, result } => self.input(Input::Sql { node, result }),
             Report::Local => {
                 self.shared.frontend.local_errors.fetch_add(1, Relaxed);
             }
@@ -255,6 +258,7 @@ impl Owner {
                 result,
                 transition,
             } => self.observer.check(node, &result, transition),
+            Effect::ObserveSql { node, result } => self.observer.sql(node, &result),
             Effect::Say {
                 level,
                 topic,

@@ -202,6 +202,9 @@ pub struct ServerView {
     /// What its REST answer, etcd and PostgreSQL say about it being the primary, and whether they
     /// agree.
     pub signals: super::signals::Signals,
+    /// The last SQL check (`[check.sql]`): `result` (`primary`, `standby`, `failed`,
+    /// `refused`), `info` for the last two, `tls`, `duration_ms`, `finished_at`.
+    pub last_sql: Option<crate::health::sql::SqlResult>,
     pub role: Role,
     /// The role and state exactly as Patroni's last answer spelled them.
     pub patroni_role: Option<String>,
@@ -343,6 +346,7 @@ pub fn server_view(
         ride_through_since: n.ride.since.map(epoch),
         member: s.member.clone().or_else(|| n.ride.learned.clone()),
         signals: super::signals::of(snap, n, now),
+        last_sql: n.sql.as_ref().map(|s| s.result.clone()),
         role: role_of(n),
         patroni_role: info.and_then(|p| p.role.clone()),
         patroni_state: info.and_then(|p| p.state.clone()),
