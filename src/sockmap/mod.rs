@@ -1,0 +1,260 @@
+//! The kernel relay's BPF program and maps (`listen.relay = "kernel" | "auto"`): loaded once at
+//! start, and a session's two sockets put into them when its relay begins and taken out when it
+//! ends. The program (`bpf/relay.bpf.c`, built by `build.rs`) is an `sk_skb` stream verdict that
+//! redirects every segment arriving on one socket to its peer, inside the kernel, and counts the
+//! bytes and the time of the last segment per socket for the proxy's counters and idle timers.
+//!
+//! Two socket maps: `targets`, with no program, is where the verdict finds a peer; `socks`, with
+//! the verdict attached, holds the sockets whose data it redirects. A session's sockets enter
+//! `targets` first, so the first segment the verdict sees always finds its peer there (a missing
+//! peer would make the kernel drop it); bytes that arrived before a socket entered `socks` wait
+//! in its receive queue until [`crate::backend::relaying::kick`] hands them to the verdict.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::{Arc, Mutex};
+
+use aya::maps::{HashMap, MapData, SockHash};
+use aya::programs::SkSkb;
+use aya::Ebpf;
+
+/// Why the kernel relay is not available, said once at start (log, dashboard, `relay_mode`).
+pub type Unavailable = String;
+
+/// Per socket: its peer's cookie, bytes redirected from it, the time of its last segment
+/// (`bpf_ktime_get_ns`, CLOCK_MONOTONIC). As `struct link` in `bpf/relay.bpf.c`.
+type Link = [u64; 3];
+
+/// The loaded program and its maps. The program stays attached while this lives.
+pub struct Sockmap {
+    maps: Mutex<Maps>,
+}
+
+struct Maps {
+    socks: SockHash<MapData, u64>,
+    targets: SockHash<MapData, u64>,
+    links: HashMap<MapData, u64, Link>,
+    // Owns the loaded program (and so its attachment to `socks`).
+    _ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Sockmap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sockmap")
+    }
+}
+
+/// Whether the kernel relay can be used, decided once at start.
+#[derive(Debug)]
+pub enum Availability {
+    /// Every listener relays in user space: nothing was loaded.
+    NotAsked,
+    Ready(Arc<Sockmap>),
+    /// A listener asked for it and it could not be loaded: why.
+    Unavailable(Unavailable),
+}
+
+impl Availability {
+    /// Loads the program if a listener of `config` asks for the kernel relay (`kernel`/`auto`).
+    pub fn for_config(config: &crate::config::Config) -> Self {
+        use crate::config::RelayMode;
+        if config
+            .listen
+            .all()
+            .iter()
+            .all(|l| l.relay == RelayMode::User)
+        {
+            return Availability::NotAsked;
+        }
+        match Sockmap::load() {
+            Ok(m) => Availability::Ready(m),
+            Err(why) => Availability::Unavailable(why),
+        }
+    }
+
+    pub fn ready(&self) -> Option<&Arc<Sockmap>> {
+        match self {
+            Availability::Ready(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Who relays the sessions of a listener with `mode`: `"kernel"` or `"user"`.
+    pub fn mode_of(&self, mode: crate::config::RelayMode) -> &'static str {
+        match (mode, self) {
+            (crate::config::RelayMode::User, _) => "user",
+            (_, Availability::Ready(_)) => "kernel",
+            _ => "user",
+        }
+    }
+}
+
+#[cfg(kernel_relay)]
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/relay.bpf.o"));
+
+impl Sockmap {
+    /// Loads and attaches the program. The error says what the kernel (or the build) answered:
+    /// the errno, and the verifier's log when it refused the program.
+    pub fn load() -> Result<Arc<Self>, Unavailable> {
+        #[cfg(not(kernel_relay))]
+        {
+            Err(format!(
+                "this build has no BPF program ({})",
+                env!("PATRONI_PROXY_NO_KERNEL_RELAY")
+            ))
+        }
+        #[cfg(kernel_relay)]
+        {
+            Self::load_object(OBJECT)
+        }
+    }
+
+    #[cfg_attr(not(kernel_relay), allow(dead_code))]
+    fn load_object(object: &[u8]) -> Result<Arc<Self>, Unavailable> {
+        let mut ebpf = Ebpf::load(object).map_err(|e| format!("loading the BPF maps: {e}"))?;
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| format!("the BPF object has no map {name}"))
+        };
+        let socks: SockHash<MapData, u64> = take(&mut ebpf, "socks")?
+            .try_into()
+            .map_err(|e| format!("map socks: {e}"))?;
+        let targets: SockHash<MapData, u64> = take(&mut ebpf, "targets")?
+            .try_into()
+            .map_err(|e| format!("map targets: {e}"))?;
+        let links: HashMap<MapData, u64, Link> = take(&mut ebpf, "links")?
+            .try_into()
+            .map_err(|e| format!("map links: {e}"))?;
+        let prog: &mut SkSkb = ebpf
+            .program_mut("relay")
+            .ok_or("the BPF object has no program relay")?
+            .try_into()
+            .map_err(|e| format!("program relay: {e}"))?;
+        prog.load()
+            .map_err(|e| describe("loading the program", &e))?;
+        prog.attach(socks.fd())
+            .map_err(|e| describe("attaching the program", &e))?;
+        Ok(Arc::new(Self {
+            maps: Mutex::new(Maps {
+                socks,
+                targets,
+                links,
+                _ebpf: ebpf,
+            }),
+        }))
+    }
+
+    /// Puts a session's sockets into the maps: from now on the kernel relays their data. On an
+    /// error nothing of the session is left in the maps, and the caller relays in user space.
+    pub fn join(self: &Arc<Self>, client: impl AsFd, server: impl AsFd) -> io::Result<Joined> {
+        let cookies = [cookie(&client)?, cookie(&server)?];
+        let joined = Joined {
+            map: self.clone(),
+            cookies,
+        };
+        {
+            let mut m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+            let [c, s] = cookies;
+            m.links.insert(c, [s, 0, 0], 0).map_err(io_err)?;
+            m.links.insert(s, [c, 0, 0], 0).map_err(io_err)?;
+            m.targets
+                .insert(c, client.as_fd().as_raw_fd(), 0)
+                .map_err(io_err)?;
+            m.targets
+                .insert(s, server.as_fd().as_raw_fd(), 0)
+                .map_err(io_err)?;
+            m.socks
+                .insert(c, client.as_fd().as_raw_fd(), 0)
+                .map_err(io_err)?;
+            m.socks
+                .insert(s, server.as_fd().as_raw_fd(), 0)
+                .map_err(io_err)?;
+        }
+        // Bytes that arrived before the socket entered `socks` are still in its receive queue.
+        crate::backend::relaying::kick(client.as_fd())?;
+        crate::backend::relaying::kick(server.as_fd())?;
+        Ok(joined)
+    }
+
+    /// Entries in the maps now: `(socks, targets, links)`. For tests and the leak check.
+    pub fn entries(&self) -> (usize, usize, usize) {
+        let m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let n = |it: &mut dyn Iterator<Item = Result<u64, aya::maps::MapError>>| it.count();
+        (
+            n(&mut m.socks.keys()),
+            n(&mut m.targets.keys()),
+            n(&mut m.links.keys()),
+        )
+    }
+}
+
+/// A session's sockets in the maps; dropping it takes them out (before the sockets close).
+#[derive(Debug)]
+pub struct Joined {
+    map: Arc<Sockmap>,
+    /// The client's and the server's socket cookie.
+    cookies: [u64; 2],
+}
+
+/// What the program counted on one socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counted {
+    /// Bytes that arrived on it and were redirected to its peer.
+    pub bytes: u64,
+    /// CLOCK_MONOTONIC nanoseconds of the last segment, 0 = none yet.
+    pub last_ns: u64,
+}
+
+impl Joined {
+    /// The client's and the server's counts (zero where the lookup fails).
+    pub fn counted(&self) -> [Counted; 2] {
+        let m = self.map.maps.lock().unwrap_or_else(|p| p.into_inner());
+        self.cookies.map(|c| match m.links.get(&c, 0) {
+            Ok([_, bytes, last_ns]) => Counted { bytes, last_ns },
+            Err(_) => Counted::default(),
+        })
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        let mut m = self.map.maps.lock().unwrap_or_else(|p| p.into_inner());
+        for c in self.cookies {
+            // `socks` first: no segment is redirected from a socket whose link is gone. A socket
+            // that already closed has left the socket maps by itself (ENOENT here).
+            let _ = m.socks.remove(&c);
+            let _ = m.targets.remove(&c);
+            let _ = m.links.remove(&c);
+        }
+    }
+}
+
+fn cookie(fd: impl AsFd) -> io::Result<u64> {
+    Ok(rustix::net::sockopt::socket_cookie(fd)?)
+}
+
+fn io_err(e: aya::maps::MapError) -> io::Error {
+    match e {
+        aya::maps::MapError::SyscallError(s) => s.io_error,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+/// The error with its source chain; a verifier refusal carries the verifier's log.
+fn describe(what: &str, e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            format!("{what}: {io_error}; verifier log: {verifier_log}")
+        }
+        aya::programs::ProgramError::SyscallError(s) => {
+            format!("{what}: {}: {}", s.call, s.io_error)
+        }
+        other => format!("{what}: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
