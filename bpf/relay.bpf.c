@@ -25,7 +25,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, __u32);
 } socks SEC(".maps");
 
 // The same sockets, without a program: where the verdict finds a peer (src/sockmap says why).
@@ -33,7 +33,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, __u64);
+	__type(value, __u32);
 } targets SEC(".maps");
 
 struct {
