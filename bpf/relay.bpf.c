@@ -49,6 +49,12 @@ struct {
 SEC("sk_skb/stream_verdict")
 int relay(struct __sk_buff *skb)
 {
+	// A FIN without data arrives as an empty segment. TCP has already noted the end of the
+	// stream (the proxy sees EPOLLRDHUP and passes the half-close on); redirected, the kernel's
+	// psock worker would "send" zero bytes, take that for a broken pipe, report EPIPE on the
+	// peer and stop sending to it.
+	if (skb->len == 0)
+		return SK_DROP;
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct link *l = bpf_map_lookup_elem(&links, &cookie);
 	if (!l)
