@@ -23,10 +23,7 @@ fn entries(c: &Cluster) -> Option<(usize, usize, usize)> {
     match c.shared().sockmap.ready() {
         Some(m) => Some(m.entries()),
         None => {
-            eprintln!(
-                "kernel relay not tested here: {:?}",
-                c.shared().sockmap
-            );
+            eprintln!("kernel relay not tested here: {:?}", c.shared().sockmap);
             None
         }
     }
@@ -51,8 +48,10 @@ async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
 
 async fn started(extra: &str) -> Cluster {
     let c = Cluster::start(vec![PRIMARY], extra).await;
-    c.wait_for(Duration::from_secs(5), "a primary", |c| c.primary() == Some(0))
-        .await;
+    c.wait_for(Duration::from_secs(5), "a primary", |c| {
+        c.primary() == Some(0)
+    })
+    .await;
     c
 }
 
@@ -80,7 +79,11 @@ async fn bytes_move_in_the_kernel_are_counted_and_nothing_stays_in_the_maps() {
         fe.scur.load(Relaxed) == 0
     })
     .await;
-    assert_eq!(entries(&c), Some((0, 0, 0)), "a session leaves nothing behind");
+    assert_eq!(
+        entries(&c),
+        Some((0, 0, 0)),
+        "a session leaves nothing behind"
+    );
     // The program's counts: the echo node's greeting came before the kernel took over (the
     // startup inspection relays it); everything after, both ways.
     let node = &c.shared().backend(0).counters;
@@ -115,8 +118,10 @@ async fn a_half_close_passes_after_the_bytes_before_it_and_the_answer_comes_back
     // Not PostgreSQL: relayed from the start, without the startup inspection.
     let extra = "[listen]\nrelay = \"kernel\"\ninspect_startup = false\n";
     let c = Cluster::start_on(vec![PRIMARY], extra, vec![counting_server().await]).await;
-    c.wait_for(Duration::from_secs(5), "a primary", |c| c.primary() == Some(0))
-        .await;
+    c.wait_for(Duration::from_secs(5), "a primary", |c| {
+        c.primary() == Some(0)
+    })
+    .await;
     if entries(&c).is_none() {
         return;
     }
@@ -168,7 +173,11 @@ async fn an_idle_kernel_session_times_out_and_a_busy_one_does_not() {
         .expect("the idle session was closed");
     assert!(matches!(idle_end, Ok(0) | Err(_)));
     busy.write_all(b"q").await.unwrap();
-    assert_eq!(read_n(&mut busy, 1).await, b"q", "the busy one is still open");
+    assert_eq!(
+        read_n(&mut busy, 1).await,
+        b"q",
+        "the busy one is still open"
+    );
 }
 
 #[tokio::test]

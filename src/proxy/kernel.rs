@@ -1,7 +1,8 @@
 //! A relaying session whose bytes the kernel moves (`listen.relay = "kernel"`, `crate::sockmap`):
 //! the proxy keeps both sockets but never reads them. It waits only for the end of either stream or
 //! an error, passes half-closes on, attributes errors to their side, and runs the idle timer on the
-//! time of the last segment the BPF program saw; the program's byte counts feed the counters.
+//! time of the last segment the BPF program saw; the program's byte counts feed the counters
+//! (`crate::sockmap` adds them when the stats are read, and at the session's end).
 //!
 //! The sockets are watched through an epoll instance of the session's own, asking for
 //! `EPOLLRDHUP` (errors and hang-ups are always reported) and never `EPOLLIN`: a mapped socket still
@@ -20,7 +21,6 @@ use std::mem::MaybeUninit;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use rustix::event::epoll;
 use tokio::io::unix::AsyncFd;
 use tokio::time::{Instant, Sleep};
 
-use super::relay::{End, Meters, Side};
+use super::relay::{End, Side};
 use crate::backend::relaying::{bytes_written, Registered};
 use crate::sockmap::{Counted, Joined};
 
@@ -46,8 +46,6 @@ pub struct KernelRelay {
     watch: AsyncFd<OwnedFd>,
     /// Bytes written to the client's and the server's socket before the kernel took over.
     base: [u64; 2],
-    /// Bytes from the client and from the server already added to the counters.
-    reported: [u64; 2],
     /// The last activity known when the timer last fired (at first, when the kernel took over),
     /// and the byte counts then: a count that moved means a segment since.
     last: Instant,
@@ -85,7 +83,6 @@ impl KernelRelay {
             joined,
             watch,
             base,
-            reported: [0; 2],
             last: start,
             seen: [0; 2],
             limit,
@@ -105,24 +102,20 @@ impl KernelRelay {
         &mut self,
         cx: &mut Context<'_>,
         io: &Registered<TcpStream>,
-        meters: &Meters<'_>,
         mut sleep: Pin<&mut Sleep>,
     ) -> Poll<End> {
         let socks = [io.client(), io.server()];
         loop {
             if let Err(end) = self.events(cx, socks) {
-                self.report(meters);
                 return Poll::Ready(end);
             }
             let waiting = match self.pass_half_closes(socks) {
                 Ok(w) => w,
                 Err(end) => {
-                    self.report(meters);
                     return Poll::Ready(end);
                 }
             };
             if self.passed == [true, true] {
-                self.report(meters);
                 return Poll::Ready(End::Closed);
             }
             if waiting {
@@ -133,7 +126,7 @@ impl KernelRelay {
             }
             // The timer fired: look at the drain again, or at the idle time.
             if !waiting {
-                let counted = self.report(meters);
+                let counted = self.joined.flush();
                 self.note_activity(counted);
                 let deadline = crate::time::deadline(self.last, self.limit);
                 if Instant::now() >= deadline {
@@ -192,7 +185,7 @@ impl KernelRelay {
                 continue;
             }
             let to = 1 - from;
-            let counted = *counted.get_or_insert_with(|| self.joined.counted());
+            let counted = *counted.get_or_insert_with(|| self.joined.flush());
             // A socket that can no longer send (shut down by a kill, or reset) has nothing to
             // wait for; nor does a kernel without the counters (older than 4.19).
             if let Some((written, true)) = bytes_written(socks[to].as_fd()) {
@@ -209,21 +202,6 @@ impl KernelRelay {
             self.passed[from] = true;
         }
         Ok(waiting)
-    }
-
-    /// Adds the bytes the program counted since the last call to the counters; returns the counts.
-    fn report(&mut self, meters: &Meters<'_>) -> [Counted; 2] {
-        let counted = self.joined.counted();
-        for (i, m) in [meters.up, meters.down].into_iter().enumerate() {
-            let new = counted[i].bytes.saturating_sub(self.reported[i]);
-            if new > 0 {
-                self.reported[i] = counted[i].bytes;
-                for c in m {
-                    c.fetch_add(new, Relaxed);
-                }
-            }
-        }
-        counted
     }
 
     /// Moves `last` to the last segment either way if there was one since the previous look. The

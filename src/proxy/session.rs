@@ -224,10 +224,11 @@ impl Engine for KernelRelay {
         &mut self,
         cx: &mut Context<'_>,
         io: &Registered<std::net::TcpStream>,
-        meters: &Meters<'_>,
+        // Its bytes reach the counters through `crate::sockmap` (read from the program).
+        _meters: &Meters<'_>,
         sleep: Pin<&mut Sleep>,
     ) -> Poll<End> {
-        KernelRelay::poll(self, cx, io, meters, sleep)
+        KernelRelay::poll(self, cx, io, sleep)
     }
     fn eof(&self) -> (bool, bool) {
         KernelRelay::eof(self)
@@ -263,7 +264,11 @@ fn start_kernel_relay(
         return Err(Some(s));
     };
     let base = written_before(&s.client, &s.server);
-    let joined = match map.join(&s.client, &s.server) {
+    let to = crate::sockmap::Counters {
+        frontend: shared.frontend_of(s.open.handle().route).clone(),
+        backend: backend.clone(),
+    };
+    let joined = match map.join(&s.client, &s.server, to) {
         Ok(j) => j,
         Err(e) => {
             tracing::debug!(error = %e, "kernel relay refused this session's sockets; relaying it in user space");

@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex};
 use aya::maps::{HashMap, MapData, SockHash};
 use aya::programs::SkSkb;
 use aya::Ebpf;
+use slab::Slab;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::backend::{Backend, Frontend};
 
 /// Why the kernel relay is not available, said once at start (log, dashboard, `relay_mode`).
 pub type Unavailable = String;
@@ -28,6 +32,46 @@ type Link = [u64; 3];
 /// The loaded program and its maps. The program stays attached while this lives.
 pub struct Sockmap {
     maps: Mutex<Maps>,
+    /// The sessions in the maps, with the counters their bytes go to: [`Sockmap::flush`] brings
+    /// those up to date when the stats are read, so open sessions' bytes show as they move.
+    live: Mutex<Slab<Live>>,
+}
+
+/// Where a kernel-relayed session's counts go.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    pub frontend: Arc<Frontend>,
+    pub backend: Arc<Backend>,
+}
+
+struct Live {
+    cookies: [u64; 2],
+    /// Bytes from the client and from the server already added to the counters.
+    reported: [u64; 2],
+    to: Counters,
+}
+
+impl Live {
+    /// Adds what the program counted since the last call; returns its counts.
+    fn flush(&mut self, links: &HashMap<MapData, u64, Link>) -> [Counted; 2] {
+        let counted = self.cookies.map(|c| match links.get(&c, 0) {
+            Ok([_, bytes, last_ns]) => Counted { bytes, last_ns },
+            Err(_) => Counted::default(),
+        });
+        let fe = &self.to.frontend;
+        let be = &self.to.backend.counters;
+        let meters = [[&fe.bin, &be.bin], [&fe.bout, &be.bout]];
+        for (i, m) in meters.into_iter().enumerate() {
+            let new = counted[i].bytes.saturating_sub(self.reported[i]);
+            if new > 0 {
+                self.reported[i] = counted[i].bytes;
+                for c in m {
+                    c.fetch_add(new, Relaxed);
+                }
+            }
+        }
+        counted
+    }
 }
 
 struct Maps {
@@ -141,20 +185,33 @@ impl Sockmap {
                 links,
                 _ebpf: ebpf,
             }),
+            live: Mutex::default(),
         }))
     }
 
     /// Puts a session's sockets into the maps: from now on the kernel relays their data. On an
     /// error nothing of the session is left in the maps, and the caller relays in user space.
-    pub fn join(self: &Arc<Self>, client: impl AsFd, server: impl AsFd) -> io::Result<Joined> {
+    /// Their bytes are added to `to` as they are read ([`Sockmap::flush`], [`Joined::flush`]).
+    pub fn join(
+        self: &Arc<Self>,
+        client: impl AsFd,
+        server: impl AsFd,
+        to: Counters,
+    ) -> io::Result<Joined> {
         let cookies = [cookie(&client)?, cookie(&server)?];
+        let [c, s] = cookies;
+        let key = self.lock_live().insert(Live {
+            cookies,
+            reported: [0; 2],
+            to,
+        });
+        // From here on, an error drops `joined`, which takes out whatever was put in.
         let joined = Joined {
             map: self.clone(),
-            cookies,
+            key,
         };
         {
-            let mut m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
-            let [c, s] = cookies;
+            let mut m = self.lock_maps();
             m.links.insert(c, [s, 0, 0], 0).map_err(io_err)?;
             m.links.insert(s, [c, 0, 0], 0).map_err(io_err)?;
             m.targets
@@ -176,9 +233,27 @@ impl Sockmap {
         Ok(joined)
     }
 
+    /// Adds every open session's new bytes to its counters: called before the stats are read.
+    pub fn flush(&self) {
+        let mut live = self.lock_live();
+        let maps = self.lock_maps();
+        for (_, l) in live.iter_mut() {
+            l.flush(&maps.links);
+        }
+    }
+
+    // Always `live` before `maps` where both are taken.
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, Slab<Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Entries in the maps now: `(socks, targets, links)`. For tests and the leak check.
     pub fn entries(&self) -> (usize, usize, usize) {
-        let m = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.lock_maps();
         let n = |it: &mut dyn Iterator<Item = Result<u64, aya::maps::MapError>>| it.count();
         (
             n(&mut m.socks.keys()),
@@ -188,12 +263,13 @@ impl Sockmap {
     }
 }
 
-/// A session's sockets in the maps; dropping it takes them out (before the sockets close).
+/// A session's sockets in the maps; dropping it counts their last bytes and takes them out
+/// (before the sockets close).
 #[derive(Debug)]
 pub struct Joined {
     map: Arc<Sockmap>,
-    /// The client's and the server's socket cookie.
-    cookies: [u64; 2],
+    /// The session in `live`.
+    key: usize,
 }
 
 /// What the program counted on one socket.
@@ -206,20 +282,27 @@ pub struct Counted {
 }
 
 impl Joined {
-    /// The client's and the server's counts (zero where the lookup fails).
-    pub fn counted(&self) -> [Counted; 2] {
-        let m = self.map.maps.lock().unwrap_or_else(|p| p.into_inner());
-        self.cookies.map(|c| match m.links.get(&c, 0) {
-            Ok([_, bytes, last_ns]) => Counted { bytes, last_ns },
-            Err(_) => Counted::default(),
-        })
+    /// Adds the session's new bytes to its counters; returns the client's and the server's
+    /// counts (zero where the lookup fails).
+    pub fn flush(&self) -> [Counted; 2] {
+        let mut live = self.map.lock_live();
+        let maps = self.map.lock_maps();
+        match live.get_mut(self.key) {
+            Some(l) => l.flush(&maps.links),
+            None => [Counted::default(); 2],
+        }
     }
 }
 
 impl Drop for Joined {
     fn drop(&mut self) {
-        let mut m = self.map.maps.lock().unwrap_or_else(|p| p.into_inner());
-        for c in self.cookies {
+        let mut live = self.map.lock_live();
+        let mut m = self.map.lock_maps();
+        let Some(mut l) = live.try_remove(self.key) else {
+            return;
+        };
+        l.flush(&m.links);
+        for c in l.cookies {
             // `socks` first: no segment is redirected from a socket whose link is gone. A socket
             // that already closed has left the socket maps by itself (ENOENT here).
             let _ = m.socks.remove(&c);

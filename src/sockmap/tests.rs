@@ -17,6 +17,13 @@ fn loaded() -> Option<Arc<Sockmap>> {
     }
 }
 
+fn counters() -> Counters {
+    Counters {
+        frontend: Arc::default(),
+        backend: Arc::new(Backend::new(10)),
+    }
+}
+
 /// A connected pair: (the far end, the proxy's end).
 fn pair() -> (TcpStream, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -46,7 +53,7 @@ fn bytes_move_both_ways_are_counted_and_the_maps_empty_after() {
         std::thread::yield_now();
     }
     assert_eq!(map.entries(), (0, 0, 0));
-    let joined = map.join(&client, &server).unwrap();
+    let joined = map.join(&client, &server, counters()).unwrap();
     assert_eq!(map.entries(), (2, 2, 2));
     assert_eq!(read_exactly(&mut db, 5), b"early");
     db.write_all(b"answer!").unwrap();
@@ -54,7 +61,7 @@ fn bytes_move_both_ways_are_counted_and_the_maps_empty_after() {
     let big = vec![7u8; 1 << 20];
     app.write_all(&big).unwrap();
     assert_eq!(read_exactly(&mut db, big.len()), big);
-    let counted = joined.counted();
+    let counted = joined.flush();
     assert_eq!(counted.map(|c| c.bytes), [5 + (1 << 20), 7]);
     assert!(counted.iter().all(|c| c.last_ns > 0));
     drop(joined);
@@ -70,7 +77,7 @@ fn a_closed_socket_leaves_the_socket_maps_by_itself() {
     let Some(map) = loaded() else { return };
     let (_app, client) = pair();
     let (server, _db) = pair();
-    let joined = map.join(&client, &server).unwrap();
+    let joined = map.join(&client, &server, counters()).unwrap();
     drop(client);
     drop(server);
     assert_eq!(map.entries(), (0, 0, 2));

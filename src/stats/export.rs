@@ -412,6 +412,10 @@ pub fn frontend_view(
 }
 
 pub fn view(shared: &Shared) -> View {
+    // Kernel-relayed sessions' bytes reach the counters when read.
+    if let Some(m) = shared.sockmap.ready() {
+        m.flush();
+    }
     let snap = shared.current();
     let now = Instant::now();
     let wall = SystemTime::now();
