@@ -210,3 +210,89 @@ async fn shutdown_sessions_ends_kernel_relayed_sessions_and_empties_the_maps() {
     .await;
     assert_eq!(c.shared().backend(0).counters.killed.load(Relaxed), 3);
 }
+
+/// Runs the built proxy as `nobody` (no `CAP_BPF`) with `relay`, until its stderr has a line
+/// with `until` (then stops it) or until it exits; returns its stderr and, if it exited, its
+/// status.
+fn unprivileged(relay: &str, until: Option<&str>) -> (String, Option<std::process::ExitStatus>) {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    // Readable by `nobody`.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("proxy.toml");
+    let port = |_: ()| common::binary::free_port();
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\nbind = \"127.0.0.1:{}\"\nrelay = \"{relay}\"\n[stats]\nbind = \"127.0.0.1:{}\"\n\
+             [[server]]\nname = \"pg0\"\naddress = \"127.0.0.1:1\"\n",
+            port(()),
+            port(())
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_patroni-proxy"))
+        .arg("-c")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv runs");
+    let mut log = String::new();
+    let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+        if until.is_some_and(|u| line.contains(u)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (log, None);
+        }
+    }
+    (log, Some(child.wait().unwrap()))
+}
+
+fn root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+#[test]
+fn auto_falls_back_to_user_space_without_cap_bpf_and_says_why_once() {
+    if !root() {
+        eprintln!("needs root to drop to nobody; skipped");
+        return;
+    }
+    let (log, _) = unprivileged("auto", Some("relays in user space"));
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("relays in user space"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once: {log}");
+    assert!(
+        said[0].contains("listener postgres") && said[0].contains("cannot be used: "),
+        "{}",
+        said[0]
+    );
+    // The kernel's answer is in it: no permission.
+    assert!(said[0].contains("Operation not permitted"), "{}", said[0]);
+}
+
+#[test]
+fn kernel_without_cap_bpf_refuses_to_start_and_names_the_key() {
+    if !root() {
+        eprintln!("needs root to drop to nobody; skipped");
+        return;
+    }
+    let (log, status) = unprivileged("kernel", None);
+    assert!(!status.expect("it exits").success(), "{log}");
+    assert!(
+        log.contains("listen.relay = \"kernel\" but the kernel relay cannot be used"),
+        "{log}"
+    );
+}

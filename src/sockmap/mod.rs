@@ -155,7 +155,8 @@ impl Sockmap {
 
     #[cfg_attr(not(kernel_relay), allow(dead_code))]
     fn load_object(object: &[u8]) -> Result<Arc<Self>, Unavailable> {
-        let mut ebpf = Ebpf::load(object).map_err(|e| format!("loading the BPF maps: {e}"))?;
+        let mut ebpf =
+            Ebpf::load(object).map_err(|e| format!("loading the BPF maps: {}", chain(&e)))?;
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| format!("the BPF object has no map {name}"))
@@ -312,6 +313,18 @@ impl Drop for Joined {
     }
 }
 
+/// An error and its sources, the kernel's answer (errno) last.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    s
+}
+
 fn cookie(fd: impl AsFd) -> io::Result<u64> {
     Ok(rustix::net::sockopt::socket_cookie(fd)?)
 }
@@ -335,7 +348,7 @@ fn describe(what: &str, e: &aya::programs::ProgramError) -> String {
         aya::programs::ProgramError::SyscallError(s) => {
             format!("{what}: {}: {}", s.call, s.io_error)
         }
-        other => format!("{what}: {other}"),
+        other => format!("{what}: {}", chain(other)),
     }
 }
 
