@@ -267,7 +267,7 @@ pub fn bytes_received(s: impl AsFd, eof: Option<bool>) -> Option<u64> {
 /// `TCP_INFO` (Linux 4.19+): `tcpi_bytes_sent - tcpi_bytes_retrans + tcpi_notsent_bytes`, and whether
 /// the socket can still send (`ESTABLISHED` or `CLOSE_WAIT`: no FIN sent yet). `None` on an older
 /// kernel. The kernel relay waits for the bytes it redirected to a socket to be written to it
-/// before passing the other side's half-close on (`crate::proxy::kernel`).
+/// before passing the other side's half-close on (`src/proxy/kernel.rs`).
 pub fn bytes_written(fd: BorrowedFd<'_>) -> Option<(u64, bool)> {
     const ESTABLISHED: u8 = 1;
     const CLOSE_WAIT: u8 = 8;
@@ -295,7 +295,7 @@ pub fn bytes_written(fd: BorrowedFd<'_>) -> Option<(u64, bool)> {
 /// Hands the bytes waiting in a socket's receive queue to its `sk_data_ready`: setting
 /// `SO_RCVLOWAT` makes TCP check whether readers must be woken now (`tcp_set_rcvlowat`), and on a
 /// socket in the kernel relay's map that reader is the BPF verdict. Bytes that arrived before the
-/// socket entered the map would otherwise wait for the next segment (`crate::sockmap`).
+/// socket entered the map would otherwise wait for the next segment (`src/sockmap`).
 pub fn kick(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     let one: libc::c_int = 1;
     // SAFETY: `fd` is open (the caller borrows it); the kernel reads `size_of::<c_int>()` bytes.

@@ -75,7 +75,7 @@ pub async fn run(
             let idle = (cfg.listen.timeout_client, cfg.listen.timeout_server);
             let mode = listen_of(&cfg, route).relay;
             let s = match start_kernel_relay(s, mode, shared, &backend, start, idle) {
-                Ok(kernel) => {
+                Handover::Kernel(kernel) => {
                     // The relay task takes over both gauges, the slots and the log line.
                     sessions.spawn(RelayTask {
                         _frontend: open,
@@ -92,8 +92,8 @@ pub async fn run(
                     });
                     return;
                 }
-                Err(Some(s)) => s,
-                Err(None) => {
+                Handover::User(s) => s,
+                Handover::Killed => {
                     backend.counters.killed.fetch_add(1, Relaxed);
                     let phases = Phases::new(start, timing);
                     log_end(
@@ -103,7 +103,7 @@ pub async fn run(
                         start,
                         Termination::Killed,
                         phases,
-                        || Sockets::default(),
+                        Sockets::default,
                     );
                     return;
                 }
@@ -245,10 +245,18 @@ struct Kernel {
     open: GaugeGuard<ServerSession>,
 }
 
+/// Who relays a session that is through its startup.
+enum Handover {
+    Kernel(Kernel),
+    /// The proxy's threads: the mode is `user`, the program is not loaded, or the kernel refused
+    /// these sockets (said at debug; the session still works).
+    User(Established),
+    /// A kill came after the session's ticket was taken (or its sockets failed on the way).
+    Killed,
+}
+
 /// Puts the session's sockets into the kernel relay when its listener asks for it and the
-/// program is loaded. `Err(Some)` gives the session back for a relay in user space (the mode is
-/// `user`, the program is not loaded, or the kernel refused these sockets: said at debug, the
-/// session still works); `Err(None)`: a kill came after the session's ticket was taken.
+/// program is loaded.
 fn start_kernel_relay(
     s: Established,
     mode: RelayMode,
@@ -256,12 +264,12 @@ fn start_kernel_relay(
     backend: &Arc<crate::backend::Backend>,
     since: Instant,
     idle: (std::time::Duration, std::time::Duration),
-) -> Result<Kernel, Option<Established>> {
+) -> Handover {
     let Some(map) = (mode != RelayMode::User)
         .then(|| shared.sockmap.ready())
         .flatten()
     else {
-        return Err(Some(s));
+        return Handover::User(s);
     };
     let base = written_before(&s.client, &s.server);
     let to = crate::sockmap::Counters {
@@ -272,27 +280,27 @@ fn start_kernel_relay(
         Ok(j) => j,
         Err(e) => {
             tracing::debug!(error = %e, "kernel relay refused this session's sockets; relaying it in user space");
-            return Err(Some(s));
+            return Handover::User(s);
         }
     };
     // Out of tokio's event loop (see `proxy::kernel`); the sockets stay non-blocking.
     let (client, server) = match (s.client.into_std(), s.server.into_std()) {
         (Ok(c), Ok(v)) => (c, v),
         // Deregistering failed: the sockets are gone with the error; so is the session.
-        _ => return Err(None),
+        _ => return Handover::Killed,
     };
     let (relay, deadline) = match KernelRelay::new(&client, &server, base, joined, idle.0, idle.1) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "watching a kernel-relayed session failed; closing it");
-            return Err(None);
+            return Handover::Killed;
         }
     };
-    let io = backend
-        .relaying
-        .insert(client, server, since, || !backend.is_killed(s.ticket))
-        .map_err(|_| None)?;
-    Ok(Kernel {
+    let Ok(io) = (backend.relaying).insert(client, server, since, || !backend.is_killed(s.ticket))
+    else {
+        return Handover::Killed;
+    };
+    Handover::Kernel(Kernel {
         relay,
         deadline,
         io,
