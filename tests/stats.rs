@@ -539,7 +539,10 @@ async fn every_series_exists_from_start_up() {
             );
             // `relay_mode` names every listener; the other listener series the non-primary ones.
             if k == "listener" && series.starts_with("patroni_proxy_relay_mode") {
-                assert!(v == "\"rw\"" || v == "\"ro\"", "a configured listener: {series}");
+                assert!(
+                    v == "\"rw\"" || v == "\"ro\"",
+                    "a configured listener: {series}"
+                );
             } else if k == "listener" {
                 assert_eq!(v, "\"ro\"", "a configured listener: {series}");
             }

@@ -155,8 +155,12 @@ impl Sockmap {
 
     #[cfg_attr(not(kernel_relay), allow(dead_code))]
     fn load_object(object: &[u8]) -> Result<Arc<Self>, Unavailable> {
-        let mut ebpf =
-            Ebpf::load(object).map_err(|e| format!("loading the BPF maps: {}", chain(&e)))?;
+        // Without the kernel's BTF: the program needs no CO-RE relocation, and parsing
+        // /sys/kernel/btf/vmlinux (several MiB) stayed in the idle proxy's RSS (docs/benchmarks.md).
+        let mut ebpf = aya::EbpfLoader::new()
+            .btf(None)
+            .load(object)
+            .map_err(|e| format!("loading the BPF maps: {}", chain(&e)))?;
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| format!("the BPF object has no map {name}"))
