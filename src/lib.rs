@@ -3,7 +3,7 @@
 //! Layout, in the order data flows (docs/architecture.md follows the paths through them):
 //! - [`config`]: the TOML file, its defaults and validation; [`import`] converts an HAProxy config.
 //! - [`health`]: HTTP checks against Patroni's REST API, what an answer says about the node's role,
-//!   and the pure rise/fall state machine.
+//!   the optional SQL check of PostgreSQL itself, and the pure rise/fall state machine.
 //! - [`state`]: the snapshot, its pure core (input -> next snapshot + effects) and its one owner.
 //! - [`dcs`]: the optional etcd watch of Patroni's leader and failover keys.
 //! - [`routing`]: the pure choice of the one routed primary.

@@ -26,7 +26,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the configuration and print the effective settings (like `haproxy -c`).
-    Check,
+    Check {
+        /// Also run the SQL check (`[check.sql]`) once against every server, and exit 64 if
+        /// any refuses the monitoring role's login (a wrong password, no pg_hba.conf line, TLS).
+        #[arg(long)]
+        sql: bool,
+    },
     /// Convert an HAProxy configuration in front of Patroni into proxy.toml (stdout); lines
     /// without an equivalent are warnings on stderr and comments in the output.
     ImportHaproxy {
@@ -72,6 +77,27 @@ enum CtlAction {
     Show,
 }
 
+/// Writes a command's output to stdout. A reader that went away (`patroni-proxy check | head`)
+/// ends the command quietly, as other Unix tools do, instead of Rust's panic on a broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        out!($($arg)*);
+        out!("\n");
+    }};
+}
+
 /// sysexits' EX_CONFIG-style code for an unusable configuration, as linkerd2-proxy uses.
 const EXIT_CONFIG: u8 = 64;
 
@@ -81,11 +107,15 @@ fn main() -> ExitCode {
         Some(Command::ImportHaproxy { file, check }) => import(&file, check),
         Some(Command::Completions { shell }) => gendocs::completions::<Cli>(shell),
         Some(Command::Man) => gendocs::man::<Cli>(),
-        Some(Command::Check) => match Config::load(&cli.config) {
+        Some(Command::Check { sql }) => match Config::load(&cli.config) {
             Ok(c) => match etcd_files(&c) {
                 Ok(()) => {
-                    print!("{}: OK\n{c}", cli.config.display());
-                    ExitCode::SUCCESS
+                    out!("{}: OK\n{c}", cli.config.display());
+                    if sql {
+                        sql_once(&c)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -127,7 +157,7 @@ fn ctl(path: &std::path::Path, action: CtlAction) -> ExitCode {
     let password = std::env::var(ctl::PASSWORD_ENV).ok();
     match runtime.block_on(ctl::run(&config, &request, password)) {
         Ok(json) => {
-            println!("{json}");
+            outln!("{json}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -171,7 +201,7 @@ fn reload(path: &std::path::Path, pid: Option<u32>) -> ExitCode {
     };
     match runtime.block_on(patroni_proxy::ctl::reload(&config, &loaded.sha256, pid)) {
         Ok(said) => {
-            println!("{said}");
+            outln!("{said}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -205,9 +235,9 @@ fn import(file: &std::path::Path, check: bool) -> ExitCode {
         eprintln!("warning: {}: `{}`: {}", file.display(), e.key, e.message);
     }
     if check {
-        print!("{}", imported.file.routing());
+        out!("{}", imported.file.routing());
     } else {
-        print!(
+        out!(
             "{}",
             patroni_proxy::import::to_toml(
                 &imported.file,
@@ -272,6 +302,12 @@ async fn serve(
     mut inherited: patroni_proxy::activation::Inherited,
 ) -> anyhow::Result<()> {
     let proxy = listener(&mut inherited, config.listen.bind.first(), "listen.bind").await?;
+    let mut proxy_more = Vec::new();
+    for &bind in &config.listen.bind.all()[1..] {
+        let l = listener(&mut inherited, bind, "listen.bind").await?;
+        tracing::info!(listener = %config.listen.name, bind = %l.local_addr()?, "listening");
+        proxy_more.push(l);
+    }
     let stats = listener(&mut inherited, config.stats.bind, "stats.bind").await?;
     let mut sets = Vec::new();
     for (i, spec) in patroni_proxy::state::sets::specs(&config)
@@ -309,6 +345,7 @@ async fn serve(
         config,
         Listeners {
             proxy,
+            proxy_more,
             stats: Some(stats),
             sets,
         },
@@ -323,6 +360,61 @@ async fn serve(
         stats_move_to: running.stats_move_to.clone(),
     };
     patroni_proxy::signals::serve_until_stopped(running, signals, Some(reloader)).await
+}
+
+/// `check --sql`: one SQL check per server, one line each; a refused login is a configuration
+/// error (exit 64), a node that does not answer is not.
+fn sql_once(config: &Config) -> ExitCode {
+    use patroni_proxy::health::sql::{self, Verdict};
+    let Some(spec) = config.sql_check() else {
+        eprintln!("error: --sql: the configuration has no [check.sql]");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let runtime = match client_runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let mut refused = 0;
+    for s in &config.servers {
+        // A host name is resolved here as the running proxy would (the system resolver).
+        let address = runtime.block_on(async {
+            match s.address.ip_addr() {
+                Some(a) => Ok(a),
+                None => tokio::net::lookup_host(s.address.to_string())
+                    .await
+                    .and_then(|mut a| a.next().ok_or_else(|| std::io::Error::other("no address"))),
+            }
+        });
+        let address = match address {
+            Ok(a) => a,
+            Err(e) => {
+                outln!(
+                    "SQL check of {} ({}): not run: host name does not resolve: {e}",
+                    s.name,
+                    s.address
+                );
+                continue;
+            }
+        };
+        let line = match runtime.block_on(sql::run(address, spec)) {
+            Ok(r) => {
+                refused += usize::from(matches!(r.verdict, Verdict::Refused { .. }));
+                format!(
+                    "{} in {} ms{}",
+                    r.verdict.describe(),
+                    r.duration.as_millis(),
+                    if r.tls { " over TLS" } else { "" }
+                )
+            }
+            Err(e) => format!("not run: {e}"),
+        };
+        outln!("SQL check of {} ({}): {line}", s.name, s.address);
+    }
+    if refused > 0 {
+        eprintln!("error: {refused} server(s) refused the SQL check's login: fix [check.sql]");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    ExitCode::SUCCESS
 }
 
 /// The small runtime of the commands that talk to a running proxy (`ctl`, `reload`).

@@ -15,6 +15,8 @@ use crate::{dcs, proxy, stats};
 /// The bound sockets the proxy serves on. Binding is the caller's job so tests can use port 0.
 pub struct Listeners {
     pub proxy: TcpListener,
+    /// The primary port's other bind addresses (`listen.bind` with several): the same listener.
+    pub proxy_more: Vec<TcpListener>,
     pub stats: Option<TcpListener>,
     /// The sockets of the listeners that are not the primary port, each with its set's index
     /// (`state::sets::specs`; a listener with several binds has several).
@@ -208,14 +210,30 @@ pub async fn run(
         };
         supervised.spawn(tasks.track_future(dcs::watch(etcd, sink, internal_stop.clone())));
     }
+    // `global.maxconn`: one count of client sessions for every listener, as HAProxy's.
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        shared.config().global.maxconn.get() as usize,
+    ));
     supervised.spawn(tasks.track_future(proxy::serve(
         listeners.proxy,
         moves,
         shared.clone(),
-        state::Route::PRIMARY,
+        (state::Route::PRIMARY, slots.clone()),
         sessions.clone(),
         internal_stop.clone(),
     )));
+    for l in listeners.proxy_more {
+        // A listener with several addresses changes them at a restart: nothing moves them.
+        let (_, moves) = tokio::sync::watch::channel(None);
+        supervised.spawn(tasks.track_future(proxy::serve(
+            l,
+            moves,
+            shared.clone(),
+            (state::Route::PRIMARY, slots.clone()),
+            sessions.clone(),
+            internal_stop.clone(),
+        )));
+    }
     for (i, l) in listeners.sets {
         // Their `bind` changes at a restart: nothing moves them.
         let (_, moves) = tokio::sync::watch::channel(None);
@@ -223,7 +241,7 @@ pub async fn run(
             l,
             moves,
             shared.clone(),
-            state::Route::of_set(i),
+            (state::Route::of_set(i), slots.clone()),
             sessions.clone(),
             internal_stop.clone(),
         )));

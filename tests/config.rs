@@ -384,11 +384,11 @@ fn errors_locate_keys_however_they_are_written() {
         ),
         (
             format!(
-                "{}[[server]]\nname = \"b\"\naddress = \"db1:5432\"\n",
+                "{}[[server]]\nname = \"b\"\naddress = \"db 1:5432\"\n",
                 with_server("")
             ),
             "key `server[1].address`: TOML parse error at line 7, column 11",
-            "db1:5432",
+            "\"db 1:5432\": host name \"db 1\" contains ' '",
         ),
     ];
     for (text, at, says) in cases {

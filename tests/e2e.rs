@@ -3,7 +3,8 @@
 //! during a crash of the primary, planned switchovers, Patroni killed, a hung REST API and a proxy
 //! restart (issue 3 items 3-4, issue 6 "Measured on the real cluster"), and two proxy instances
 //! deciding the same events (issue 15 item 5; the analysis' pure functions are tested here too,
-//! without a cluster), and reloads under a pgbench load (issue 15 item 1).
+//! without a cluster), reloads under a pgbench load (issue 15 item 1), and the SQL check over TLS
+//! gating a switchover (issue 14 item 1, `tests/e2e/sql_check.rs`).
 //!
 //! `scripts/test` starts the cluster (`scripts/cluster up --profile fast`) and runs
 //! `cargo test --locked --test e2e -- --ignored --test-threads=1 --nocapture`. Correctness is asserted
@@ -17,6 +18,10 @@ use std::time::Duration;
 
 use harness::{write_json, Kind, Outcome, Proxy, ProxyEvent};
 use scenarios::Report;
+
+// The SQL check's scenario, in a file of its own (`tests/e2e/`, not a test target by itself).
+#[path = "e2e/sql_check.rs"]
+mod sql_check;
 
 /// The binary under test: the one cargo built beside this test, or `PATRONI_PROXY_BIN` (a copy of
 /// it, when the target directory is shared and another build may replace it during the run).

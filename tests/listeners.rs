@@ -8,7 +8,7 @@ mod common;
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use common::{connect, Cluster, Mode};
+use common::{connect, Cluster, FakeDb, FakePatroni, Mode};
 
 #[allow(non_snake_case)]
 fn SECS(n: u64) -> Duration {
@@ -212,4 +212,178 @@ async fn the_dashboard_has_a_section_per_listener() {
         .as_str()
         .unwrap()
         .contains("data-listener=\"ro\""));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_bind_of_the_primary_port_routes_to_the_one_primary_and_follows_it() {
+    // Issue 13: `bind` forms "several binds" on the read-write section (a frontend with
+    // `bind :5000` and `bind 127.0.0.1:6000`): each address is the same primary listener.
+    let c = Cluster::start(
+        vec![PRIMARY, Mode::Replica, Mode::Replica],
+        "[listen]\nbind = [\"127.0.0.1:0\", \"127.0.0.2:0\"]\n[check]\ninter = \"1s\"\n",
+    )
+    .await;
+    c.wait_for(SECS(10), "node0 routed", |c| c.primary() == Some(0))
+        .await;
+    let second = c.more_addrs[0];
+    let (node, mut on_second) = connect(second).await.expect("connected");
+    assert_eq!(node, "node0");
+    assert_eq!(connect(c.addr).await.expect("connected").0, "node0");
+    // A new primary: the sessions of every bind end (on-marked-down), new ones go to node1.
+    c.nodes[0].rest.set(Mode::Replica);
+    c.nodes[1].rest.set(Mode::Primary { timeline: 2 });
+    c.wait_for(SECS(10), "node1 routed", |c| c.primary() == Some(1))
+        .await;
+    assert!(on_second.closed_within(SECS(10)).await);
+    assert_eq!(connect(second).await.expect("connected").0, "node1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sync_listener_takes_the_synchronous_standby_and_an_async_one_the_others() {
+    // Patroni's `/sync` and `/async` from the one GET answer (`sync_standby: true`), as
+    // vitabaks/autobase's replicas_sync and replicas_async ports route (corpus file 02).
+    let sync = Mode::Raw(
+        "HTTP/1.0 503 Service Unavailable\r\n\r\n{\"state\": \"running\", \"role\": \"replica\", \
+         \"timeline\": 1, \"replication_state\": \"streaming\", \"sync_standby\": true}"
+            .into(),
+    );
+    let c = Cluster::start(
+        vec![PRIMARY, sync, Mode::Replica],
+        "[[listen]]\nname = \"rw\"\nbind = \"127.0.0.1:0\"\n\
+         [[listen]]\nname = \"sync\"\nbind = \"127.0.0.1:0\"\nrole = \"sync\"\n\
+         [[listen]]\nname = \"async\"\nbind = \"127.0.0.1:0\"\nrole = \"async\"\n\
+         [check]\ninter = \"1s\"\n",
+    )
+    .await;
+    let sets = |c: &Cluster| -> Vec<Vec<usize>> {
+        (c.shared().current().sets.iter())
+            .map(|s| s.members.to_vec())
+            .collect()
+    };
+    c.wait_for(SECS(10), "each standby in its set", |c| {
+        sets(c) == [vec![1], vec![2]]
+    })
+    .await;
+    assert_eq!(connect(c.set_addrs[0]).await.expect("connected").0, "node1");
+    assert_eq!(connect(c.set_addrs[1]).await.expect("connected").0, "node2");
+    // The synchronous standby changes: each set follows at the next checks.
+    c.nodes[1].rest.set(Mode::Replica);
+    c.nodes[2].rest.set(Mode::Raw(
+        "HTTP/1.0 503 Service Unavailable\r\n\r\n{\"state\": \"running\", \"role\": \"replica\", \
+         \"timeline\": 1, \"replication_state\": \"streaming\", \"sync_standby\": true}"
+            .into(),
+    ));
+    c.wait_for(SECS(20), "the sets swapped", |c| {
+        sets(c) == [vec![2], vec![1]]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_second_primary_port_on_postgresqls_own_port_follows_the_one_primary() {
+    // Issue 13: Pigsty's services (corpus file 03): the same nodes through pgbouncer (the servers'
+    // port) and PostgreSQL itself (`server_port`). One check per node, one routed primary; the
+    // second port's sessions end with the primary port's.
+    let mut rest = Vec::new();
+    let mut toml = String::from(
+        "[global]\nthreads = 1\nshutdown_grace = \"1s\"\n[check]\ninter = \"200ms\"\n\
+         [[listen]]\nname = \"rw\"\nbind = \"127.0.0.1:0\"\n",
+    );
+    let (mut bouncer_port, mut pg_port) = (0, 0);
+    let mut dbs = Vec::new();
+    for i in 0..2 {
+        let mode = match i {
+            0 => PRIMARY,
+            _ => Mode::Replica,
+        };
+        rest.push(FakePatroni::start(mode).await);
+        let host = format!("127.0.0.4{}", i + 1);
+        let bouncer =
+            FakeDb::start_at(&format!("{host}:{bouncer_port}"), &format!("bouncer{i}")).await;
+        let pg = FakeDb::start_at(&format!("{host}:{pg_port}"), &format!("pg{i}")).await;
+        (bouncer_port, pg_port) = (bouncer.addr.port(), pg.addr.port());
+        toml.push_str(&format!(
+            "[[server]]\nname = \"node{i}\"\naddress = \"{host}:{bouncer_port}\"\n\
+             check_addr = \"127.0.0.1\"\ncheck_port = {}\n",
+            rest[i].addr.port()
+        ));
+        dbs.push((bouncer, pg));
+    }
+    toml.push_str(&format!(
+        "[[listen]]\nname = \"rw-direct\"\nbind = \"127.0.0.2:0\"\nserver_port = {pg_port}\n"
+    ));
+    let config = std::sync::Arc::new(patroni_proxy::config::Config::from_toml(&toml).unwrap());
+    let rw_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let direct_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (rw, direct) = (rw_l.local_addr().unwrap(), direct_l.local_addr().unwrap());
+    let running = patroni_proxy::supervisor::start(
+        config,
+        patroni_proxy::supervisor::Listeners {
+            proxy: rw_l,
+            proxy_more: Vec::new(),
+            stats: None,
+            sets: vec![(0, direct_l)],
+        },
+    );
+    let shared = running.shared.clone();
+    let until = |f: Box<dyn Fn() -> bool>| async move {
+        let deadline = tokio::time::Instant::now() + SECS(10);
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let s = shared.clone();
+    until(Box::new(move || {
+        s.current().primary == Some(0) && *s.current().sets[0].members == [0]
+    }))
+    .await;
+    let (node, mut on_rw) = connect(rw).await.expect("a session");
+    assert_eq!(node, "bouncer0");
+    let (node, mut on_direct) = connect(direct).await.expect("a session");
+    assert_eq!(node, "pg0");
+    // A switchover: both ports move to node1 at once; both old sessions end.
+    rest[0].set(Mode::Replica);
+    rest[1].set(Mode::Primary { timeline: 2 });
+    let s = shared.clone();
+    until(Box::new(move || s.current().primary == Some(1))).await;
+    assert!(on_rw.closed_within(SECS(5)).await);
+    // Cut with the primary port's, not `fall` checks later by its own counter.
+    assert!(on_direct.closed_within(Duration::from_millis(100)).await);
+    assert_eq!(connect(direct).await.expect("a session").0, "pg1");
+    assert_eq!(connect(rw).await.expect("a session").0, "bouncer1");
+    assert_eq!(
+        dbs[1].1.accepted.load(SeqCst),
+        1,
+        "pg1 only after the switchover"
+    );
+    // One check per node feeds both ports: 2 nodes, never a second checker per node.
+    assert_eq!(shared.current().nodes.len(), 2);
+    running.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn global_maxconn_counts_the_sessions_of_every_listener() {
+    // haproxy-semantics.md §2.4: `global maxconn` is the process's limit: at it, no listener
+    // accepts; a freed slot serves the waiting client, whichever listener it came to.
+    let c = Cluster::start(
+        vec![PRIMARY, Mode::Replica],
+        &format!("[global]\nmaxconn = 2\n{}", listeners("")),
+    )
+    .await;
+    c.wait_for(SECS(10), "routed", |c| {
+        c.primary() == Some(0) && members(c) == [1]
+    })
+    .await;
+    let (_, first) = connect(c.addr).await.unwrap();
+    let (_, _second) = connect(c.set_addrs[0]).await.unwrap();
+    let ro = c.set_addrs[0];
+    let third = tokio::spawn(async move { connect(ro).await.map(|(n, _)| n) });
+    tokio::time::sleep(SECS(20)).await;
+    assert!(
+        !third.is_finished(),
+        "the replica port waits too at the global limit"
+    );
+    drop(first);
+    assert_eq!(third.await.unwrap().as_deref(), Some("node1"));
 }

@@ -142,6 +142,20 @@ pub async fn cluster(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `scripts/cluster status`'s lines, healthy or not: it exits 1 when the cluster is unhealthy,
+/// which is when its lines matter (which component is down).
+pub async fn cluster_status() -> String {
+    Command::new(repo().join("scripts/cluster"))
+        .arg("status")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 fn parse_node(out: &str) -> Result<Node> {
     let ip = out
         .split_whitespace()
@@ -174,7 +188,14 @@ pub async fn wait_leader_other_than(old: &Node, limit: Duration) -> Result<Node>
 pub async fn restore() -> Result<()> {
     // A REST outage scenario that ended without its guard (a killed test) left its rule.
     crate::outage::unblock();
-    let status = cluster(&["status"]).await.unwrap_or_else(|e| e.to_string());
+    let status = cluster_status().await;
+    // An etcd fault (`faults::etcd_stopped`) that ended without its guard left etcd stopped.
+    if status
+        .lines()
+        .any(|l| l.starts_with("etcd ") && !l.contains("health=true"))
+    {
+        cluster(&["start-etcd"]).await?;
+    }
     for node in Node::all() {
         let line = status
             .lines()
@@ -990,6 +1011,26 @@ impl Proxy {
 
     pub fn label(&self) -> &str {
         &self.name
+    }
+
+    /// The process id, while it runs (for its RSS and descriptors in `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// patroni-proxy's routed primary (the server `/stats.json` says `routed_primary` of), or
+    /// `None` when it routes none; always `None` for HAProxy, which has no such notion.
+    pub async fn routed(&self) -> Option<String> {
+        if self.kind != Kind::PatroniProxy {
+            return None;
+        }
+        let v = stats_json(self.stats).await.ok()?;
+        v["servers"]
+            .as_array()?
+            .iter()
+            .find(|s| s["routed_primary"] == true)
+            .and_then(|s| s["name"].as_str())
+            .map(str::to_string)
     }
 
     pub fn changes(&self) -> Vec<ServerChange> {

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::harness::*;
-use crate::scenarios::{analyze_all, begin, prepare, Report};
+use crate::scenarios::{analyze_all, begin, prepare, Live, Report};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 
@@ -128,37 +128,37 @@ async fn request_switchover(leader: &Node, candidate: &Node) -> Result<()> {
     Ok(())
 }
 
-/// The primary's REST API unreachable for `outage`, then a switchover through the DCS while it
-/// still is; the rule is removed once a new primary is routed.
-pub async fn rest_unreachable(
-    proxies: &[&Proxy],
-    outage: Duration,
-) -> Result<(Vec<Report>, Vec<Ride>)> {
-    let old = prepare(proxies).await?;
-    let live = begin(proxies, "rest-unreachable", 0, &old, true, 10).await?;
-    let event = now();
-    let block = Blocked::rest_of(&old)?;
-    let mut rides: Vec<Ride> = proxies
-        .iter()
-        .map(|p| Ride {
-            proxy: p.label().to_string(),
-            ..Ride::default()
-        })
-        .collect();
-    for (l, r) in live.lanes.iter().zip(&mut rides) {
+/// One [`Ride`] per lane, with the time each proxy marked `old` DOWN after `event` (waited for up
+/// to 40 s, `None` past that: a proxy that never marks it DOWN is reported, not failed).
+pub(crate) async fn wait_down(live: &Live<'_>, old: &Node, event: f64) -> Vec<Ride> {
+    let mut rides = Vec::new();
+    for l in &live.lanes {
         let p = l.proxy;
         let down = poll(SECS(40), Duration::from_millis(50), "DOWN", || async {
             p.status_at(&old.server(), event, |c| c.status.starts_with("DOWN"))
         })
         .await
         .ok();
-        r.down_s = down.map(|d| d - event);
+        rides.push(Ride {
+            proxy: p.label().to_string(),
+            down_s: down.map(|d| d - event),
+            ..Ride::default()
+        });
     }
-    let end = event + outage.as_secs_f64();
-    if now() < end {
-        tokio::time::sleep(Duration::from_secs_f64(end - now())).await;
-    }
-    for (l, r) in live.lanes.iter().zip(&mut rides) {
+    rides
+}
+
+/// What each lane saw from `event` to `end` (the outage): its attempts and errors, whether the
+/// long session lived through it, and (patroni-proxy) whether `old` was still routed by the
+/// ride-through at its end.
+pub(crate) async fn ride_window(
+    live: &Live<'_>,
+    old: &Node,
+    event: f64,
+    end: f64,
+    rides: &mut [Ride],
+) -> Result<()> {
+    for (l, r) in live.lanes.iter().zip(rides) {
         let p = l.proxy;
         r.session_kept = l.session.as_ref().is_some_and(|s| s.cut().is_none());
         let during: Vec<_> = (l.probe.finished().into_iter())
@@ -179,6 +179,25 @@ pub async fn rest_unreachable(
             server["routed_primary"] == true && server["rest_unreachable_leader_alive"] == true;
         r.metric = metric(p, &old.server()).await;
     }
+    Ok(())
+}
+
+/// The primary's REST API unreachable for `outage`, then a switchover through the DCS while it
+/// still is; the rule is removed once a new primary is routed.
+pub async fn rest_unreachable(
+    proxies: &[&Proxy],
+    outage: Duration,
+) -> Result<(Vec<Report>, Vec<Ride>)> {
+    let old = prepare(proxies).await?;
+    let live = begin(proxies, "rest-unreachable", 0, &old, true, 10).await?;
+    let event = now();
+    let block = Blocked::rest_of(&old)?;
+    let mut rides = wait_down(&live, &old, event).await;
+    let end = event + outage.as_secs_f64();
+    if now() < end {
+        tokio::time::sleep(Duration::from_secs_f64(end - now())).await;
+    }
+    ride_window(&live, &old, event, end, &mut rides).await?;
     let candidate = Node::all()
         .into_iter()
         .find(|n| *n != old)

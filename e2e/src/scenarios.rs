@@ -162,7 +162,16 @@ pub(crate) struct Done {
 /// The cluster healthy, the probe table present, every proxy routing the leader.
 pub async fn prepare(proxies: &[&Proxy]) -> Result<Node> {
     restore().await?;
-    let leader = leader().await.ok_or_else(|| anyhow::anyhow!("no leader"))?;
+    // Healthy a moment ago, yet between leaders now: a fault that restore() undid (etcd started
+    // again) may have made the primary step down just before. Patroni elects one within seconds.
+    let leader = match leader().await {
+        Some(l) => l,
+        None => {
+            poll(SECS(60), Duration::from_millis(250), "a leader", leader).await?;
+            cluster(&["wait-healthy", "180"]).await?;
+            leader().await.ok_or_else(|| anyhow::anyhow!("no leader"))?
+        }
+    };
     create_probe_table(&leader).await?;
     for p in proxies {
         p.wait_settled(&leader, SECS(30)).await?;

@@ -104,6 +104,8 @@ pub const LIMITS: &[(&str, Limit)] = &[
     ("check.fall", count(1, 1000)),
     ("check.timeout", TIMEOUT),
     ("check.failover_inter", INTERVAL),
+    ("check.resolve_interval", INTERVAL),
+    ("check.sql.timeout", TIMEOUT),
     ("server.maxconn", CONNECTIONS),
     // Under a second the re-reads add load on etcd for nothing (Patroni's own loop is 10 s);
     // over ten minutes a lapsed leader lease or a deaf watch goes unseen too long.

@@ -12,25 +12,28 @@
 //! - `validate`: the checks that turn a [`FileConfig`] into a [`Config`].
 //! - `position`: where an error is in the text.
 //! - [`tls`]: the PEM files of `[check]`'s TLS keys, read and built into a rustls client config.
+//! - [`sql`]: `[check.sql]`, the SQL check's role, password and TLS, read into a [`sql::SqlSpec`].
 //! - `summary`: the effective settings, as `patroni-proxy check` prints them (`Display`).
 
+pub mod address;
 mod etcd;
 pub mod limits;
 mod listeners;
 mod position;
 mod sections;
+pub mod sql;
 mod summary;
 pub mod tls;
 mod validate;
 mod values;
 
-use std::net::SocketAddr;
 use std::ops::Deref;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use address::{Host, ServerAddr};
 pub use etcd::{Endpoint as EtcdEndpoint, DEFAULT_RESYNC as DEFAULT_ETCD_RESYNC};
 pub use listeners::{Balance, Binds, ByteSize, Fallback, Listeners, Role};
 pub use sections::{
@@ -64,6 +67,7 @@ pub enum ConfigError {
 pub struct Config {
     file: FileConfig,
     check_tls: Option<tls::CheckTls>,
+    sql: Option<sql::SqlSpec>,
 }
 
 impl Deref for Config {
@@ -107,6 +111,7 @@ impl Config {
         Ok(Self {
             file,
             check_tls: None,
+            sql: None,
         })
     }
 
@@ -124,6 +129,17 @@ impl Config {
     /// validated.
     pub fn check_tls(&self) -> Option<&tls::CheckTls> {
         self.check_tls.as_ref()
+    }
+
+    /// The SQL check, when `[check.sql]` is present: its password and TLS client read when this
+    /// config was validated.
+    pub fn sql_check(&self) -> Option<&sql::SqlSpec> {
+        self.sql.as_ref()
+    }
+
+    /// Whether the SQL check's answer decides routing (`[check.sql]` present, `gate` on).
+    pub fn sql_gate(&self) -> bool {
+        self.sql.as_ref().is_some_and(|s| s.gate)
     }
 
     /// The effective check interval for a health counter (HAProxy `srv_getinter`): `inter` when fully
@@ -151,18 +167,16 @@ impl Config {
             .unwrap_or(self.listen.timeout_connect)
     }
 
-    /// Where the health check of server `i` connects.
-    pub fn check_target(&self, i: usize) -> SocketAddr {
-        self.check_target_of(&self.servers[i])
+    /// Where the health check of server `s` connects, as written: its `check_addr`, else its host
+    /// (a host name is resolved when the proxy runs), and its `check_port`, else `check.port`.
+    pub fn check_address_of(&self, s: &Server) -> String {
+        let host = s.check_addr.map_or(s.address.host.clone(), Host::Ip);
+        format!("{host}:{}", self.check_port_of(s))
     }
 
-    /// Where the health check of server `s` connects (its `check_addr`/`check_port`, else its
-    /// address's IP and `check.port`).
-    pub fn check_target_of(&self, s: &Server) -> SocketAddr {
-        SocketAddr::new(
-            s.check_addr.unwrap_or(s.address.ip()),
-            s.check_port.unwrap_or(self.check.port),
-        )
+    /// The REST port the health check of server `s` connects to.
+    pub fn check_port_of(&self, s: &Server) -> u16 {
+        s.check_port.unwrap_or(self.check.port)
     }
 
     /// Whether the REST outage ride-through applies: `[etcd]` is configured and its `ride_through`
@@ -226,7 +240,7 @@ mod tests {
         assert_eq!(c.listen.timeout_client, Duration::from_secs(1800));
         assert_eq!(c.global.maxconn.get(), 100);
         assert_eq!(c.servers[0].maxconn.get(), 100);
-        assert_eq!(c.check_target(0), "127.0.0.11:8008".parse().unwrap());
+        assert_eq!(c.check_address_of(&c.servers[0]), "127.0.0.11:8008");
         assert_eq!(c.listen.bind.first(), "0.0.0.0:5000".parse().unwrap());
         // "Check connect timeout | min(inter, timeout connect) = 3 s"
         assert_eq!(c.check_connect_timeout(), Duration::from_secs(3));
@@ -308,6 +322,7 @@ mod tests {
         let file: FileConfig = toml::from_str(&format!(
             "[global]\nthreads = 2\n[listen]\ntimeout_queue = \"1s\"\nrole = \"replica\"\n\
              max_lag = \"1MB\"\n[check]\nfastinter = \"1s\"\ndowninter = \"1s\"\n\
+             [check.sql]\nuser = \"m\"\n\
              [etcd]\nendpoints = [\"127.0.0.1:2379\"]\nscope = \"pg\"\n{MINIMAL}"
         ))
         .unwrap();

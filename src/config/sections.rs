@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::address::ServerAddr;
 pub use super::etcd::Etcd;
 use super::listeners::{Balance, Binds, ByteSize, Fallback, Listeners, Role};
 use super::values::{
@@ -124,6 +125,12 @@ pub struct Listen {
     /// The `[[server]]` names this listener routes to, a subset of them. Default: every server.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub servers: Option<Vec<String>>,
+    /// The PostgreSQL port this listener connects to on each node, instead of the port of the
+    /// server's `address`: one cluster served on two ports, pgbouncer's (the servers' addresses)
+    /// and PostgreSQL's own (a listener with `server_port = 5432`), as Pigsty's services are.
+    /// The node, its check and its state are the same. Default: the address's port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_port: Option<u16>,
     /// Extra connection attempts to a server after the first one fails (HAProxy `retries`). Default 2.
     pub retries: u32,
     /// Time allowed for each TCP connection attempt to a server. Default `4s`.
@@ -249,6 +256,11 @@ pub struct Check {
     /// HAProxy's pace. Default `200ms`.
     #[serde(with = "duration")]
     pub failover_inter: Duration,
+    /// How long the address a server's host name resolved to is used before the name is resolved
+    /// again (by the next check after it). Servers written with an IP address are never resolved.
+    /// Default `10s` (HAProxy's `hold valid`).
+    #[serde(with = "duration", skip_serializing_if = "is_default_resolve_interval")]
+    pub resolve_interval: Duration,
     /// Run every check over TLS, for Patroni's REST API served over HTTPS (`restapi.certfile`):
     /// HAProxy's `check-ssl`. The handshake counts against `timeout`, as the HTTP exchange does.
     /// Default `false`.
@@ -279,6 +291,10 @@ pub struct Check {
     /// certificate must name the check address as an IP address (subjectAltName `IP:`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// `[check.sql]`: also ask each node's PostgreSQL `SELECT pg_is_in_recovery()` as a
+    /// monitoring role (docs/health-checking.md, "The SQL check"). Default: none (off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sql: Option<super::sql::SqlCheck>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -295,8 +311,11 @@ fn is_default_verify(v: &Verify) -> bool {
 pub struct Server {
     /// Unique name, used in logs, stats and metrics labels.
     pub name: String,
-    /// PostgreSQL address, `IP:PORT`.
-    pub address: SocketAddr,
+    /// PostgreSQL address: `IP:PORT`, `[IPv6]:PORT` or `NAME:PORT`. A host name is resolved by the
+    /// system resolver (`/etc/hosts`, then DNS) when the proxy runs, before each check once
+    /// `check.resolve_interval` has passed; `check` does not resolve it. A name that does not
+    /// resolve fails that server's checks (visible on the dashboard), it is not a start-up error.
+    pub address: ServerAddr,
     /// Maximum concurrent sessions to this server; more wait in a FIFO queue for `timeout_queue`.
     /// Default 100.
     #[serde(default = "default_server_maxconn")]
@@ -313,6 +332,10 @@ pub struct Server {
     /// used once a check has read it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+}
+
+fn is_default_resolve_interval(d: &Duration) -> bool {
+    *d == Check::default().resolve_interval
 }
 
 /// The stats listener: dashboard, CSV/JSON exports and Prometheus metrics.
@@ -361,6 +384,7 @@ impl Default for Listen {
             max_lag: None,
             fallback: None,
             servers: None,
+            server_port: None,
             retries: 2,
             timeout_connect: Duration::from_secs(4),
             timeout_client: idle,
@@ -394,12 +418,14 @@ impl Default for Check {
             fall: NonZeroU32::new(3).expect("non-zero"),
             timeout: Duration::from_secs(5),
             failover_inter: Duration::from_millis(200),
+            resolve_interval: Duration::from_secs(10),
             ssl: false,
             verify: Verify::Required,
             ca_file: None,
             crt: None,
             key: None,
             sni: None,
+            sql: None,
         }
     }
 }

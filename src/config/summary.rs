@@ -19,10 +19,13 @@ impl FileConfig {
 }
 
 fn route(l: &Listen, every: &[&str]) -> String {
-    let servers = match &l.servers {
+    let mut servers = match &l.servers {
         Some(names) => names.join(", "),
         None => every.join(", "),
     };
+    if let Some(port) = l.server_port {
+        servers.push_str(&format!(" (on their port {port})"));
+    }
     let lag = l
         .max_lag
         .map(|g| format!(" within max_lag {g}"))
@@ -45,6 +48,12 @@ fn route(l: &Listen, every: &[&str]) -> String {
             "the primary or running streaming replicas{lag} among {servers}, balanced {balance}"
         ),
         Role::StandbyLeader => format!("the standby cluster's leader among {servers}"),
+        Role::Sync => format!(
+            "running streaming synchronous standbys{lag} among {servers}, balanced {balance}"
+        ),
+        Role::Async => format!(
+            "running streaming asynchronous replicas{lag} among {servers}, balanced {balance}"
+        ),
     };
     format!(
         "routing: listen {} on {} -> role {}: {who}",
@@ -104,6 +113,9 @@ impl fmt::Display for Config {
                     .unwrap_or_default(),
             )?;
         }
+        if let Some(sql) = self.sql_check() {
+            writeln!(f, "{}", sql.summary())?;
+        }
         for (i, srv) in self.servers.iter().enumerate() {
             writeln!(
                 f,
@@ -111,7 +123,7 @@ impl fmt::Display for Config {
                 srv.name,
                 srv.address,
                 srv.maxconn,
-                self.check_target(i)
+                self.check_address_of(&self.servers[i])
             )?;
         }
         writeln!(

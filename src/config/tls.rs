@@ -115,7 +115,7 @@ pub fn load(check: &Check) -> Result<Option<CheckTls>, KeyError> {
             ))
         }
         (Verify::Required, Some(path)) => {
-            let roots = roots(path, &mut digest)?;
+            let roots = roots("check.ca_file", path, &mut digest)?;
             builder.with_root_certificates(roots)
         }
         (Verify::None, None) => builder
@@ -161,7 +161,7 @@ pub fn load(check: &Check) -> Result<Option<CheckTls>, KeyError> {
 }
 
 /// Reads `path` for `key`, adding its bytes to the digest.
-fn read(key: &str, path: &Path, digest: &mut Sha256) -> Result<Vec<u8>, KeyError> {
+pub(super) fn read(key: &str, path: &Path, digest: &mut Sha256) -> Result<Vec<u8>, KeyError> {
     let bytes = std::fs::read(path)
         .map_err(|e| err(key, format!("cannot read {}: {e}", path.display())))?;
     digest.update(path.as_os_str().as_encoded_bytes());
@@ -170,9 +170,12 @@ fn read(key: &str, path: &Path, digest: &mut Sha256) -> Result<Vec<u8>, KeyError
     Ok(bytes)
 }
 
-/// The CA certificates of `check.ca_file`: at least one, each a valid X.509 certificate.
-fn roots(path: &Path, digest: &mut Sha256) -> Result<RootCertStore, KeyError> {
-    let key = "check.ca_file";
+/// The CA certificates of the file `key` names: at least one, each a valid X.509 certificate.
+pub(super) fn roots(
+    key: &str,
+    path: &Path,
+    digest: &mut Sha256,
+) -> Result<RootCertStore, KeyError> {
     let pem = read(key, path, digest)?;
     let certs = certificates(key, path, &pem)?;
     let mut roots = RootCertStore::empty();
@@ -247,7 +250,7 @@ fn client_identity(
 /// `verify = "none"`: any certificate, any name. The handshake's signatures are still checked, so
 /// the peer holds the key of the certificate it sent, whatever that certificate is.
 #[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
+pub(super) struct AcceptAny(pub(super) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AcceptAny {
     fn verify_server_cert(

@@ -52,9 +52,13 @@ impl FileConfig {
             ("check.fall".into(), Count(c.fall.get().into())),
             ("check.timeout".into(), D(c.timeout)),
             ("check.failover_inter".into(), D(c.failover_inter)),
+            ("check.resolve_interval".into(), D(c.resolve_interval)),
         ]);
         if let Some(e) = &self.etcd {
             v.push(("etcd.resync".into(), D(e.resync)));
+        }
+        if let Some(s) = &c.sql {
+            v.push(("check.sql.timeout".into(), D(s.timeout)));
         }
         let optional = [
             ("global.threads", g.threads.map(|n| Count(n.get().into()))),
@@ -83,9 +87,13 @@ impl FileConfig {
         served_by_this_version(&self)?;
         // Last: the files are read only once everything else holds.
         let check_tls = super::tls::load(&self.check)?;
+        let sql = super::sql::load(self.check.sql.as_ref(), self.check.inter, &|var| {
+            std::env::var(var).ok()
+        })?;
         Ok(Config {
             file: self,
             check_tls,
+            sql,
         })
     }
 
@@ -128,7 +136,7 @@ impl FileConfig {
                     ),
                 ));
             }
-            if !addrs.insert(s.address) {
+            if !addrs.insert(&s.address) {
                 return Err(err(
                     &format!("server[{i}].address"),
                     format!(
@@ -189,6 +197,9 @@ impl FileConfig {
         check_admin(&self.stats.admin_user, &self.stats.admin_password)?;
         if let Some(etcd) = &self.etcd {
             etcd.check().map_err(|(key, message)| err(key, message))?;
+        }
+        if let Some(sql) = &self.check.sql {
+            super::sql::check(sql)?;
         }
         Ok(())
     }
@@ -269,6 +280,12 @@ fn check_listeners(file: &FileConfig) -> Result<(), KeyError> {
             }
             taken.push((*addr, format!("listener '{}'", l.name)));
         }
+        if l.server_port == Some(0) {
+            return Err(key_error(
+                &format!("{p}.server_port"),
+                "port 0 is not a server port: give the PostgreSQL port, e.g. 5432".into(),
+            ));
+        }
         let only = |key: &str, set: bool, allowed: bool, roles: &str| {
             if set && !allowed {
                 Err(key_error(
@@ -338,9 +355,9 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 /// The shapes of listeners the runtime serves: the first listener is the primary port (role
-/// `primary`, one address, every server; a reload can move it); the others are replica, any or
-/// standby_leader listeners (node sets, `state::sets`), with any number of addresses and an
-/// optional subset of servers. A file asking for another shape is refused here, naming the
+/// `primary`, every server; a reload can move its one address); the others are node sets
+/// (`state::sets`) of any role (a second `primary` one follows the one routed primary), each
+/// with an optional subset of servers. Every listener may have several addresses. A file asking for another shape is refused here, naming the
 /// listener and key, rather than started with part of it ignored.
 pub fn served_by_this_version(file: &FileConfig) -> Result<(), KeyError> {
     let all = file.listen.all();
@@ -356,16 +373,6 @@ pub fn served_by_this_version(file: &FileConfig) -> Result<(), KeyError> {
             ),
         ));
     }
-    if l.bind.all().len() > 1 {
-        return Err(key_error(
-            &format!("{p}.bind"),
-            format!(
-                "listener '{}': the primary port has one bind address in this version (the other \
-                 listeners may have several)",
-                l.name
-            ),
-        ));
-    }
     if l.servers.is_some() {
         return Err(key_error(
             &format!("{p}.servers"),
@@ -375,18 +382,6 @@ pub fn served_by_this_version(file: &FileConfig) -> Result<(), KeyError> {
                 l.name
             ),
         ));
-    }
-    for (i, other) in all.iter().enumerate().skip(1) {
-        if other.role == Role::Primary {
-            return Err(key_error(
-                &format!("{}.role", file.listen.key(i)),
-                format!(
-                    "listener '{}': one listener of role 'primary' in this version (the first); \
-                     give it several bind addresses instead",
-                    other.name
-                ),
-            ));
-        }
     }
     Ok(())
 }

@@ -142,11 +142,16 @@ pub struct CheckSpec {
     pub request: Vec<u8>,
     pub expect_status: u16,
     pub connect_timeout: Duration,
+    /// `check.resolve_interval`: how long a host name's address is used before it is resolved
+    /// again (read by the checker before each check, so that a reload applies it).
+    pub resolve_interval: Duration,
     pub response_timeout: Duration,
     /// HEAD answers have no body to wait for.
     pub expect_body: bool,
     /// With `check.ssl`: the TLS client the check runs over.
     pub tls: Option<crate::config::tls::CheckTls>,
+    /// With `[check.sql]`: the SQL check that follows the REST check when due.
+    pub sql: Option<crate::config::sql::SqlSpec>,
 }
 
 impl CheckSpec {
@@ -154,6 +159,8 @@ impl CheckSpec {
     pub fn of(cfg: &crate::config::Config) -> Self {
         Self {
             tls: cfg.check_tls().cloned(),
+            resolve_interval: cfg.check.resolve_interval,
+            sql: cfg.sql_check().cloned(),
             ..Self::new(
                 cfg.check.method.as_str(),
                 &cfg.check.uri,
@@ -184,9 +191,11 @@ impl CheckSpec {
             request: request.into_bytes(),
             expect_status,
             connect_timeout,
+            resolve_interval: Duration::from_secs(10),
             response_timeout,
             expect_body: method != "HEAD",
             tls: None,
+            sql: None,
         }
     }
 }

@@ -54,6 +54,13 @@ pub struct PatroniInfo {
     pub failsafe_mode_is_active: bool,
     /// `cluster_unlocked: true`: Patroni sees no leader lock (or no DCS).
     pub cluster_unlocked: bool,
+    /// `sync_standby: true`: the node is in the DCS `/sync` key (synchronous mode), what
+    /// Patroni's `/sync` answers 200 for (`patroni-and-peers.md` §1.5).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sync_standby: bool,
+    /// `quorum_standby: true`: a quorum-commit member (`/quorum`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub quorum_standby: bool,
     /// `patroni.name`: the member's name (the leader key's value when it leads), sent by Patroni 4.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
@@ -118,6 +125,8 @@ impl PatroniInfo {
             pause: flag("pause"),
             failsafe_mode_is_active: flag("failsafe_mode_is_active"),
             cluster_unlocked: flag("cluster_unlocked"),
+            sync_standby: flag("sync_standby"),
+            quorum_standby: flag("quorum_standby"),
             member: (obj.get("patroni").and_then(|p| p.get("name")))
                 .and_then(|n| n.as_str())
                 .filter(|n| !n.is_empty() && n.len() <= 256)

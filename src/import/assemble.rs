@@ -52,7 +52,7 @@ pub(super) fn build(
     let many = pairs.len() > 1;
     // Where the shared [check] values came from: (line, what) per key, the first listener's.
     let mut shared: HashMap<&'static str, (usize, String)> = HashMap::new();
-    let mut by_target: HashMap<(SocketAddr, SocketAddr), usize> = HashMap::new();
+    let mut by_target = merge::ByTarget::new();
     let mut primary_seen = false;
     let mut primaries = Vec::new();
     // The first primary listener sets [check] and the other shared values, whatever its place
@@ -435,7 +435,7 @@ pub(super) fn build(
                     "a `/read-only` section whose backup is the primary: replicas first, the \
                      primary when none qualifies (role = replica, fallback = primary)"
                 }
-                Role::Replica => {
+                Role::Replica | Role::Sync | Role::Async => {
                     "backup replicas get sessions only when the others are down in HAProxy; here \
                      every listed replica shares the load (list fewer in `servers` to keep one idle)"
                 }
@@ -482,9 +482,10 @@ pub(super) fn build(
         }
         primary_seen |= role == Role::Primary;
 
-        let (names, targets) = merge::add(&nodes, &mut b.servers, &mut by_target, notes, origins);
-        l.servers = Some(names);
-        primaries.push((i, fe.line, l.name.clone(), l.role, targets));
+        let added = merge::add(&nodes, &mut b.servers, &mut by_target, notes, origins);
+        l.servers = Some(added.names);
+        l.server_port = added.server_port;
+        primaries.push((i, fe.line, l.name.clone(), l.role, added.targets));
         listeners[i] = Some(l);
     }
     b.listeners = listeners.into_iter().flatten().collect();

@@ -4,11 +4,10 @@
 //! shared check port.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
 use super::server::{Params, RawServer};
 use super::{err, ImportError, Note, Origins};
-use crate::config::{self, Check, Listen, Role, Server};
+use crate::config::{self, Check, Host, Listen, Role, Server, ServerAddr};
 
 /// A server of some listener, before the lists are merged: its line, its parameters over
 /// `default-server`, where and how it is checked.
@@ -20,25 +19,93 @@ pub(super) struct Node {
 }
 
 /// The servers known so far, by (PostgreSQL address, check target).
-pub(super) type ByTarget = HashMap<(SocketAddr, SocketAddr), usize>;
+pub(super) type ByTarget = HashMap<(ServerAddr, ServerAddr), usize>;
 
-/// Adds a listener's nodes; returns the names it routes to and their check targets.
+/// Where a node's check goes: its `addr` or its host, and its check port.
+fn target_of(n: &Node) -> ServerAddr {
+    ServerAddr {
+        host: n
+            .p
+            .addr
+            .map_or(n.raw.address.host.clone(), |(_, ip)| Host::Ip(ip)),
+        port: n.check_port,
+    }
+}
+
+/// A listener whose every node is a known server (same host, same check) on one other PostgreSQL
+/// port: the same cluster served on another port (Pigsty's pgbouncer port 6432 and PostgreSQL's
+/// 5432). Returns that port and the servers, in the listener's order.
+fn on_another_port(nodes: &[Node], by_target: &ByTarget) -> Option<(u16, Vec<usize>)> {
+    let mut port = None;
+    let mut found = Vec::new();
+    for n in nodes {
+        let target = target_of(n);
+        if by_target.contains_key(&(n.raw.address.clone(), target.clone())) {
+            return None;
+        }
+        let (_, &i) = by_target.iter().find(|((a, t), _)| {
+            a.host == n.raw.address.host && *t == target && a.port != n.raw.address.port
+        })?;
+        if *port.get_or_insert(n.raw.address.port) != n.raw.address.port {
+            return None;
+        }
+        found.push(i);
+    }
+    Some((port?, found))
+}
+
+/// What a listener's nodes became: the server names it routes to, their check targets, and the
+/// PostgreSQL port it connects to when that is not the servers' own (`listen.server_port`).
+pub(super) struct Added {
+    pub(super) names: Vec<String>,
+    pub(super) targets: Vec<ServerAddr>,
+    pub(super) server_port: Option<u16>,
+}
+
+/// Adds a listener's nodes.
 pub(super) fn add(
     nodes: &[Node],
     servers: &mut Vec<Server>,
     by_target: &mut ByTarget,
     notes: &mut Vec<Note>,
     origins: &mut Origins,
-) -> (Vec<String>, Vec<SocketAddr>) {
+) -> Added {
+    if let Some((port, found)) = on_another_port(nodes, by_target) {
+        let names: Vec<String> = found.iter().map(|&i| servers[i].name.clone()).collect();
+        if let Some(n) = nodes.first() {
+            notes.push(Note::new(
+                n.raw.line,
+                "server",
+                &format!(
+                    "the same nodes as servers {} (same hosts, same checks) on PostgreSQL port \
+                     {port}: this listener connects to them there (server_port = {port})",
+                    names.join(", ")
+                ),
+            ));
+        }
+        return Added {
+            names,
+            targets: nodes.iter().map(target_of).collect(),
+            server_port: Some(port),
+        };
+    }
     let mut names = Vec::new();
     let mut targets = Vec::new();
     for n in nodes {
-        let target = SocketAddr::new(
-            n.p.addr.map_or(n.raw.address.ip(), |(_, ip)| ip),
-            n.check_port,
-        );
-        targets.push(target);
-        let key = (n.raw.address, target);
+        const NAMED: &str = "server (host name)";
+        if n.raw.address.name().is_some() && !notes.iter().any(|x| x.directive == NAMED) {
+            notes.push(Note::new(
+                n.raw.line,
+                NAMED,
+                "host names are kept: patroni-proxy resolves them when it runs and again every \
+                 check.resolve_interval (10s), where HAProxy without `resolvers` resolves them \
+                 once at start-up; a name that does not resolve fails that server's checks \
+                 instead of stopping the start",
+            ));
+        }
+        let target = target_of(n);
+        targets.push(target.clone());
+        let key = (n.raw.address.clone(), target);
         let maxconn = n.p.maxconn.map_or(config::DEFAULT_MAXCONN, |(_, m)| m);
         let idx = match by_target.get(&key) {
             Some(&idx) => {
@@ -85,7 +152,7 @@ pub(super) fn add(
                 origins.insert(format!("server[{j}].maxconn"), (mline, mdir.into()));
                 servers.push(Server {
                     name,
-                    address: n.raw.address,
+                    address: n.raw.address.clone(),
                     maxconn,
                     check_port: Some(n.check_port),
                     check_addr: n.p.addr.map(|(_, ip)| ip),
@@ -98,11 +165,15 @@ pub(super) fn add(
         };
         names.push(servers[idx].name.clone());
     }
-    (names, targets)
+    Added {
+        names,
+        targets,
+        server_port: None,
+    }
 }
 
 /// A listener as the cluster rule sees it: index, header line, name, role, check targets.
-pub(super) type Routed = (usize, usize, String, Role, Vec<SocketAddr>);
+pub(super) type Routed = (usize, usize, String, Role, Vec<ServerAddr>);
 
 /// Two primary listeners checking disjoint nodes route to two primaries at once: two Patroni
 /// clusters (Citus groups) in one file, where the runtime follows one. (The same node on two

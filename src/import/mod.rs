@@ -40,7 +40,7 @@ use assemble::{Bases, Pair};
 use proxy::{parse_section, Section};
 use sections::split_sections;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("line {line}: `{directive}`: {message}")]
 pub struct ImportError {
     pub line: usize,
@@ -170,6 +170,17 @@ pub fn convert(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Impor
             // Its ACLs are the access rules just converted.
             notes.extend(s.notes.iter().filter(|n| n.directive != "acl").cloned());
             continue;
+        }
+        if s.kind == "frontend" && s.mode(d) == "http" {
+            notes.push(Note::new(
+                s.line,
+                &format!("{} {}", s.kind, s.name),
+                "left out: it serves HTTP, not PostgreSQL (not the stats page); keep HAProxy or another proxy for it",
+            ));
+            continue;
+        }
+        if let Some(e) = &s.per_request {
+            return Err(err(e.line, &e.directive, &e.message));
         }
         let backend = match s.kind.as_str() {
             "backend" => continue,

@@ -53,6 +53,9 @@ pub(super) struct Section {
     pub(super) serves_http: Option<usize>,
     /// Lines this file notes as having no effect, reported only when the section is converted.
     pub(super) notes: Vec<Note>,
+    /// A `use_backend` that picks the backend per request (a sample expression or an ACL): the
+    /// error to give if the section proxies PostgreSQL.
+    pub(super) per_request: Option<ImportError>,
 }
 
 impl Section {
@@ -86,24 +89,29 @@ pub(super) fn parse_section(
             ("bind", _) => parse_bind(line, w, &mut s)?,
             ("maxconn", _) => s.maxconn = Some((line, nonzero(line, w, 1)?)),
             ("default_backend", Some(b)) => s.backend = Some((line, b.into())),
+            // Refused only if the section proxies PostgreSQL: an HTTP frontend routing by Host
+            // header is left out whole, as any HTTP section is (its mode is known later).
+            ("use_backend", Some(_)) if s.per_request.is_some() => {}
             ("use_backend", Some(b)) => {
                 if b.contains("%[") {
-                    return Err(err(
+                    s.per_request = Some(err(
                         line,
                         "use_backend",
                         "a backend chosen per request (a sample expression) cannot be \
                          converted: patroni-proxy routes a listener by node role; give each \
                          backend its own frontend and port",
                     ));
+                    continue;
                 }
                 if w.len() > 2 {
-                    return Err(err(
+                    s.per_request = Some(err(
                         line,
                         "use_backend",
                         "a conditional `use_backend ... if/unless` routes by an ACL, which \
                          patroni-proxy cannot: give each backend its own frontend and port \
                          (one listener per role)",
                     ));
+                    continue;
                 }
                 s.backend = Some((line, b.into()));
             }

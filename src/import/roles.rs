@@ -11,12 +11,13 @@ pub(super) fn role_of(uri: &str) -> Result<(Role, Option<ByteSize>), String> {
         "/replica" => Role::Replica,
         "/read-only" | "/health" => Role::Any,
         "/standby-leader" | "/standby_leader" => Role::StandbyLeader,
-        p @ ("/sync" | "/synchronous" | "/async" | "/asynchronous" | "/quorum"
-        | "/read-only-sync" | "/read-only-quorum") => {
+        "/sync" | "/synchronous" => Role::Sync,
+        "/async" | "/asynchronous" => Role::Async,
+        p @ ("/quorum" | "/read-only-sync" | "/read-only-synchronous" | "/read-only-quorum") => {
             return Err(format!(
-                "`{p}` picks replicas by their synchronous-replication state, which no listener \
-                 role follows yet: use `/replica` (role replica) for every streaming replica, or \
-                 leave this section out"
+                "`{p}` picks nodes by quorum commit or mixes the leader with synchronous \
+                 standbys, which no listener role follows: use `/sync` (role sync), `/replica` \
+                 (role replica) or `/read-only` (role any)"
             ))
         }
         p => {
@@ -68,6 +69,10 @@ mod tests {
             ("/read-only", Role::Any),
             ("/health", Role::Any),
             ("/standby-leader", Role::StandbyLeader),
+            ("/sync", Role::Sync),
+            ("/synchronous", Role::Sync),
+            ("/async", Role::Async),
+            ("/asynchronous", Role::Async),
         ] {
             assert_eq!(role_of(uri).unwrap(), (role, None), "{uri}");
         }
@@ -79,13 +84,17 @@ mod tests {
             role_of("/read-only?lag=16384").unwrap(),
             (Role::Any, Some(ByteSize(16384)))
         );
+        assert_eq!(
+            role_of("/async?lag=100MB").unwrap(),
+            (Role::Async, Some(ByteSize(100 << 20)))
+        );
     }
 
     #[test]
     fn what_no_role_follows_is_refused_with_the_reason() {
         for (uri, says) in [
-            ("/sync", "synchronous"),
-            ("/async?lag=100MB", "synchronous"),
+            ("/quorum", "quorum commit"),
+            ("/read-only-sync", "mixes the leader"),
             ("/replica?lag=10mb", "Patroni ignores"),
             ("/replica?tag_dc=east", "tags"),
             ("/v1/status/leader", "not a Patroni role endpoint"),

@@ -2,13 +2,13 @@
 //! and TLS, `backup` and `maxconn`. Each value keeps its line, so that a disagreement the
 //! config cannot carry (one check schedule, one TLS setup for every node) names it.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::shared::{haproxy_duration, Unit};
 use super::{err, ImportError, Note};
-use crate::config::{OnMarkedDown, Verify};
+use crate::config::{OnMarkedDown, ServerAddr, Verify};
 
 /// A value and the line that set it.
 pub(super) type At<T> = Option<(usize, T)>;
@@ -63,7 +63,7 @@ impl Params {
 pub(super) struct RawServer {
     pub(super) line: usize,
     pub(super) name: String,
-    pub(super) address: SocketAddr,
+    pub(super) address: ServerAddr,
     pub(super) params: Params,
 }
 
@@ -77,18 +77,11 @@ pub(super) fn parse_server(
     let name = w.get(1).ok_or_else(|| err(line, "server", usage))?.clone();
     let addr_text = w.get(2).ok_or_else(|| err(line, "server", usage))?;
     let addr_text = super::proxy::strip_family(addr_text);
-    let address: SocketAddr = addr_text.parse().map_err(|_| {
-        let host = addr_text.rsplit_once(':').map_or(addr_text, |(h, _)| h);
-        let why = if host.parse::<IpAddr>().is_ok() || !addr_text.contains(':') {
-            format!("address {addr_text:?} has no port: write IP:PORT, e.g. 10.0.0.11:5432")
-        } else {
-            format!(
-                "host name {host:?}: host names are not supported yet (the proxy does not \
-                 resolve them); write the node's IP address"
-            )
-        };
-        err(line, "server", &why)
-    })?;
+    // A host name is kept as written: the proxy resolves it when it runs, as HAProxy does at
+    // start-up (`init-addr libc`), and again every `check.resolve_interval`.
+    let address: ServerAddr = addr_text
+        .parse()
+        .map_err(|e: String| err(line, "server", &e))?;
     let params = parse_params(line, &w[3..], "server", notes)?;
     Ok(RawServer {
         line,

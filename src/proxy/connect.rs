@@ -150,7 +150,7 @@ pub(super) async fn connect_and_start(
             // (it would fail the same way), and the client is told why.
             Err(ConnectError::Local(e)) => {
                 fe.local_errors.fetch_add(1, Relaxed);
-                tracing::error!(server = %cfg.servers[node].address, error = %e,
+                tracing::error!(server = %shared.server_name(node), error = %e,
                     "cannot connect a client: the proxy is out of a local resource; not counted against the server");
                 refuse(client, pending, "53000", LOCAL_MESSAGE).await;
                 return Attempt::Done(Termination::LocalResource);
@@ -240,8 +240,11 @@ enum ConnectError {
 /// routed primary in the meantime: the session goes back to waiting for the new one.
 async fn connect(shared: &Shared, route: Route, node: usize) -> Result<TcpStream, ConnectError> {
     let cfg = &shared.config();
-    // The node's address now (a reload may have moved it since the session was routed).
-    let addr = shared.current().nodes[node].server.address;
+    // The node's address now (a reload, or its host name resolving elsewhere, may have moved it
+    // since the session was routed). Without one it cannot be routed: wait for the next primary.
+    let Some(addr) = shared.address_on(&shared.current(), route, node) else {
+        return Err(ConnectError::Rerouted);
+    };
     let backend = shared.backend_on(route, node);
     let c = &backend.counters;
     let fe = shared.frontend_of(route);

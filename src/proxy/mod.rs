@@ -39,19 +39,18 @@ pub const MOVE_LINGER: Duration = Duration::from_secs(2);
 
 /// Accepts clients until `stop` is cancelled. Sessions are spawned on `sessions` so the caller can
 /// drain them. Every relay thread accepts from the same listening socket ([`balance`] says which
-/// thread runs a client); at `global.maxconn` open sessions they stop calling `accept`: new
-/// connections wait in the kernel's queue, without a timeout, and are served in order as slots free
-/// (HAProxy's behaviour, `haproxy-semantics.md` §2.4). It never dies on an accept error and never
-/// spins.
+/// thread runs a client); at `global.maxconn` open sessions (`slots`, shared by every listener of
+/// the process, as HAProxy's `global maxconn` is) they stop calling `accept`: new connections wait
+/// in the kernel's queue, without a timeout, and are served in order as slots free (HAProxy's
+/// behaviour, `haproxy-semantics.md` §2.4). It never dies on an accept error and never spins.
 pub async fn serve(
     listener: TcpListener,
     moves: Moves,
     shared: Arc<Shared>,
-    route: Route,
+    (route, slots): (Route, Arc<Semaphore>),
     sessions: TaskTracker,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(shared.config().global.maxconn.get() as usize));
     let threads = shared.config().global.threads();
     let (balance, mut inboxes) = Threads::new(threads);
     for i in (1..threads).rev() {
@@ -128,17 +127,20 @@ struct AcceptLoop<L> {
     stop: CancellationToken,
 }
 
-/// Takes a slot of `global.maxconn`, then a client, and runs its session on this thread or hands it
-/// to a thread with fewer sessions.
+/// Waits for a free slot of `global.maxconn`, takes a client and the slot, and runs its session on
+/// this thread or hands it to a thread with fewer sessions.
 async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
     let mut acceptor = Acceptor::default();
     // After a move: the previous socket, accepted on until the deadline.
     let mut old: Option<(TcpListener, Instant)> = None;
     let mut moves_open = true;
     loop {
-        let permit = tokio::select! {
+        // Accept only while a slot is free, without holding it: every listener shares the slots,
+        // and one idle in `accept` must not keep a slot from a client of another (HAProxy resumes
+        // every listener when the process is under its limit again).
+        tokio::select! {
             _ = a.stop.cancelled() => return,
-            p = a.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            p = a.slots.acquire() => drop(p.expect("the semaphore is never closed")),
         };
         let on_error = |e: &io::Error, backoff: Duration| {
             a.shared
@@ -185,6 +187,12 @@ async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
                 }
                 continue;
             }
+        };
+        // Taken at once, unless another listener took the last free slot since: then this client,
+        // already accepted, waits for the next one.
+        let permit = tokio::select! {
+            _ = a.stop.cancelled() => return,
+            p = a.slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
         };
         let (to, admission) = a.threads.admit(a.me, permit);
         if to == a.me {

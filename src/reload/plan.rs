@@ -106,12 +106,14 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         fall,
         timeout,
         failover_inter,
+        resolve_interval,
         ssl,
         verify,
         ca_file,
         crt,
         key: tls_key,
         sni,
+        sql,
     } = &new.check;
     let o = &old.check;
     key("check.method", *method != o.method, true);
@@ -135,6 +137,12 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
         *failover_inter != o.failover_inter,
         true,
     );
+    // Each checker reads it before its next check.
+    key(
+        "check.resolve_interval",
+        *resolve_interval != o.resolve_interval,
+        true,
+    );
     // The check carries its TLS client config, built when the file was validated: a reload
     // re-reads the PEM files and the next check of each node uses them.
     key("check.ssl", *ssl != o.ssl, true);
@@ -149,6 +157,14 @@ pub fn plan(old: &Config, new: &Config) -> Plan {
     key(
         "check TLS files (contents)",
         same_keys && new.check_tls() != old.check_tls(),
+        true,
+    );
+
+    // The SQL check's spec travels with the check's (read before each check), and the gate is
+    // read at each decision; a changed password file or CA file is a change too.
+    key(
+        "check.sql",
+        *sql != o.sql || new.sql_check() != old.sql_check(),
         true,
     );
 
@@ -267,6 +283,7 @@ fn listener(key: &mut impl FnMut(&'static str, bool, bool), new: &Listen, o: &Li
         max_lag,
         fallback,
         servers,
+        server_port,
         retries,
         timeout_connect,
         timeout_client,
@@ -294,6 +311,8 @@ fn listener(key: &mut impl FnMut(&'static str, bool, bool), new: &Listen, o: &Li
     key("listen.max_lag", *max_lag != o.max_lag, false);
     key("listen.fallback", *fallback != o.fallback, false);
     key("listen.servers", *servers != o.servers, false);
+    // Read by each connect.
+    key("listen.server_port", *server_port != o.server_port, true);
     key("listen.retries", *retries != o.retries, true);
     key(
         "listen.timeout_connect",

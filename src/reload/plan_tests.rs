@@ -135,6 +135,18 @@ fn check_tls_keys_apply_live_from_the_next_check() {
 }
 
 #[test]
+fn the_sql_check_applies_live_from_the_next_check() {
+    // The SQL check's spec travels with the check's; the gate is read at each decision.
+    let sql = "[check.sql]\nuser = \"m\"\npassword = \"a\"";
+    let p = plan(&config(BASE), &with(sql));
+    assert!(p.applies_live(), "{p:?}");
+    assert_eq!(p.live, ["check.sql"]);
+    let changed = with("[check.sql]\nuser = \"m\"\npassword = \"b\"");
+    assert_eq!(plan(&with(sql), &changed).live, ["check.sql"]);
+    assert!(plan(&with(sql), &with(sql)).live.is_empty());
+}
+
+#[test]
 fn every_etcd_key_needs_a_restart_and_is_named() {
     // The watch reads [etcd] once, at start-up: a change to any of its keys is refused by name.
     let etcd = "[etcd]\nendpoints = [\"127.0.0.1:2379\"]\nscope = \"demo\"\n";

@@ -36,6 +36,22 @@ pub fn admits(
         },
         Role::Any if is_routed_primary => Ok(()),
         Role::Any | Role::Replica => replica(rule, info, primary_wal),
+        // Patroni's `/sync` and `/async`: `/replica`'s rule, then the standby's kind from the
+        // same body (Patroni reads it from the DCS `/sync` key).
+        Role::Sync => {
+            replica(rule, info, primary_wal)?;
+            match info.is_some_and(|i| i.sync_standby) {
+                true => Ok(()),
+                false => Err("not a synchronous standby".into()),
+            }
+        }
+        Role::Async => {
+            replica(rule, info, primary_wal)?;
+            match info.is_some_and(|i| i.sync_standby || i.quorum_standby) {
+                false => Ok(()),
+                true => Err("a synchronous or quorum standby".into()),
+            }
+        }
         Role::StandbyLeader => {
             let info = body(info)?;
             running(info)?;
@@ -205,5 +221,39 @@ mod tests {
         assert_eq!(admits(rule, Some(&leader), None, false), Ok(()));
         assert!(admits(rule, Some(&info(PRIMARY)), None, true).is_err());
         assert!(admits(rule, Some(&info(STREAMING)), None, false).is_err());
+    }
+
+    #[test]
+    fn sync_and_async_split_the_streaming_replicas_by_the_bodys_sync_standby() {
+        // patroni-and-peers.md §1.4: `/sync` is 200 for a node "in the `/sync` key ... and
+        // `replica_code == 200`", `/async` for one that "is neither sync nor quorum"; the GET body
+        // says which with `sync_standby: true` / `quorum_standby: true` (§1.5).
+        let rule = |role| Rule {
+            role,
+            max_lag: None,
+        };
+        let sync = STREAMING.replacen('{', r#"{"sync_standby":true,"#, 1);
+        let quorum = STREAMING.replacen('{', r#"{"quorum_standby":true,"#, 1);
+        let ok = |role, body: &str| admits(rule(role), Some(&info(body)), Some(1000), false);
+        assert_eq!(ok(Role::Sync, &sync), Ok(()));
+        assert_eq!(
+            ok(Role::Sync, STREAMING),
+            Err("not a synchronous standby".into())
+        );
+        assert_eq!(
+            ok(Role::Sync, &quorum),
+            Err("not a synchronous standby".into())
+        );
+        assert_eq!(ok(Role::Async, STREAMING), Ok(()));
+        assert!(ok(Role::Async, &sync).is_err());
+        assert!(ok(Role::Async, &quorum).is_err());
+        // Both are replicas first: never the primary, never a lagging one past max_lag.
+        assert!(ok(Role::Sync, PRIMARY).is_err());
+        assert!(ok(Role::Async, PRIMARY).is_err());
+        let lagging = Rule {
+            role: Role::Sync,
+            max_lag: Some(10),
+        };
+        assert!(admits(lagging, Some(&info(&sync)), Some(1000), false).is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use super::core::{conclude, reroute, say, Decision, Io, Level, Topic};
+use super::core::{rerouted, say, Decision, Io, Level, Topic};
 use super::{AdminOrder, EventKind, Scope, Snapshot};
 use crate::config::{Config, OnMarkedDown};
 use crate::routing::AdminState;
@@ -82,7 +82,7 @@ pub(super) fn on_admin(
             ),
         ),
     };
-    let mut effects = vec![say(
+    let effects = vec![say(
         level,
         Topic::Admin,
         Some((EventKind::Admin, Some(node))),
@@ -90,19 +90,12 @@ pub(super) fn on_admin(
         message,
     )];
     let reason = format!("{} by an operator", state.word());
-    reroute(
+    Some(rerouted(
         cfg,
-        &mut snap,
+        snap,
         io,
-        now,
-        wall,
+        (now, wall),
         &reason,
-        &mut effects,
-        &mut kills,
-    );
-    conclude(&mut snap, kills, &mut effects, None);
-    Some(Decision {
-        snapshot: snap,
-        effects,
-    })
+        (effects, kills),
+    ))
 }

@@ -4,8 +4,9 @@
 //! log lines in its wording), and so do our deliberate differences (one routed primary, fail
 //! closed, a 503 or a non-primary body stops new connections at once, the higher timeline wins, a
 //! switchover request or PostgreSQL's own word takes a node out of routing, the failover pace).
-//! Timeline fencing ([`super::fence`]), the REST outage ride-through ([`super::ride`]) and an
-//! operator's orders (`state::admin`) are decided in their own modules, called from here.
+//! Timeline fencing ([`super::fence`]), the REST outage ride-through ([`super::ride`]), the SQL
+//! check's gate ([`super::sql`]) and an operator's orders (`state::admin`) are decided in their
+//! own modules, called from here.
 //! [`super::owner`] only carries the effects out, in the order given.
 
 use std::sync::Arc;
@@ -61,6 +62,11 @@ pub enum Effect {
         node: usize,
         result: Box<CheckResult>,
         transition: Option<Transition>,
+    },
+    /// Record a finished SQL check in the metrics.
+    ObserveSql {
+        node: usize,
+        result: Box<crate::health::sql::SqlResult>,
     },
     /// Log a line and, with `event`, record it on the dashboard's timeline at `at`.
     Say {
@@ -292,6 +298,9 @@ pub fn on_input(
     let message = match input {
         Input::Recheck { .. } => return None,
         Input::LeaderLease(seen) => return super::ride::on_lease(cfg, snap, io, seen, now, wall),
+        Input::Sql { node, result } => {
+            return super::sql::on_sql(cfg, current, io, node, *result, now, wall)
+        }
         Input::PgProbe { node, accepted } => {
             return super::ride::on_probe(cfg, snap, io, node, accepted, now, wall)
         }
@@ -302,6 +311,9 @@ pub fn on_input(
                 previous: &previous,
             };
             return Some(super::servers::on_reload(cfg, snap, io, reload, now, wall));
+        }
+        Input::Resolved { node, ip } => {
+            return super::servers::on_resolved(cfg, snap, io, node, ip, now, wall)
         }
         Input::RemovedGraceOver { node, removed_at } => {
             return super::servers::on_grace_over(cfg, snap, io, node, removed_at, wall)
@@ -417,7 +429,20 @@ pub(super) fn conclude(
     super::sets::recompute(snap);
     effects.push(Effect::Publish);
     kills.dedup();
-    effects.extend(kills.into_iter().map(Effect::Kill));
+    // A second primary listener (another port over the same cluster) loses its sessions to a
+    // node with the primary port's, by the same rule and at the same moment.
+    let primary_sets: Vec<usize> = (snap.sets.iter().enumerate())
+        .filter(|(_, s)| s.rule.role == crate::routing::roles::Role::Primary)
+        .map(|(i, _)| i)
+        .collect();
+    for node in kills {
+        effects.push(Effect::Kill(node));
+        effects.extend(
+            primary_sets
+                .iter()
+                .map(|&set| Effect::KillSet { set, node }),
+        );
+    }
     if snap.failover_pace && !was_fast {
         effects.push(Effect::WakeAll { except: checked });
     }
@@ -441,6 +466,33 @@ pub(super) fn say(
 
 /// Recomputes the routed primary; on a change, says so and, when another node takes over, adds the
 /// previous primary to `kills` (never two primaries: its sessions are closed once published).
+/// The end of a decision that may move the routed primary for `reason`: reroute, kill `kills` and
+/// what the reroute ends (after the publish), conclude.
+pub(super) fn rerouted(
+    cfg: &Config,
+    mut snap: Snapshot,
+    io: &Io,
+    (now, wall): (Instant, SystemTime),
+    reason: &str,
+    (mut effects, mut kills): (Vec<Effect>, Vec<usize>),
+) -> Decision {
+    reroute(
+        cfg,
+        &mut snap,
+        io,
+        now,
+        wall,
+        reason,
+        &mut effects,
+        &mut kills,
+    );
+    conclude(&mut snap, kills, &mut effects, None);
+    Decision {
+        snapshot: snap,
+        effects,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn reroute(
     cfg: &Config,
@@ -456,7 +508,10 @@ pub(super) fn reroute(
     let names: Vec<Arc<Server>> = snap.nodes.iter().map(|n| n.server.clone()).collect();
     let name = |i: usize| names.get(i).map_or("?", |s| s.name.as_str());
     let floor = snap.max_timeline;
-    let candidates: Vec<Candidate<'_>> = snap.nodes.iter().map(|n| n.candidate(floor)).collect();
+    let gate = cfg.sql_gate();
+    let candidates: Vec<Candidate<'_>> = (snap.nodes.iter().enumerate())
+        .map(|(i, n)| n.candidate(floor, gate, snap.primary == Some(i)))
+        .collect();
     let chosen = routing::choose(snap.primary, &candidates);
     if chosen == snap.primary {
         super::fence::record(snap);
@@ -542,3 +597,19 @@ fn describe(r: &CheckResult) -> String {
 #[cfg(test)]
 #[path = "core_tests.rs"]
 mod tests;
+
+/// The messages said with an event of `kind`: what the rule tests read of a decision.
+#[cfg(test)]
+pub(super) fn said(effects: &[Effect], kind: EventKind) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Say {
+                event: Some((k, _)),
+                message,
+                ..
+            } if *k == kind => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}

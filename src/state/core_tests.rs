@@ -111,21 +111,6 @@ fn order(node: usize, state: AdminState) -> Input {
     })
 }
 
-/// The messages said with an event of `kind`.
-fn said(effects: &[Effect], kind: EventKind) -> Vec<String> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Say {
-                event: Some((k, _)),
-                message,
-                ..
-            } if *k == kind => Some(message.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn kills(effects: &[Effect]) -> Vec<usize> {
     effects
         .iter()

@@ -29,6 +29,8 @@ pub enum EventKind {
     Admin,
     /// The REST outage ride-through began or ended (`state::ride`).
     RideThrough,
+    /// A server's host name resolved, or resolves to another address (`state::servers`).
+    Address,
 }
 
 /// The recent events, newest last, bounded.

@@ -13,6 +13,7 @@ pub mod owner;
 pub mod ride;
 mod servers;
 pub mod sets;
+pub mod sql;
 
 pub use events::{Event, EventKind, Events};
 pub use owner::Owner;
@@ -65,6 +66,12 @@ pub struct NodeState {
     pub admin_by: Option<(String, SystemTime)>,
     /// What the REST outage ride-through knows of it ([`ride`]).
     pub ride: ride::NodeRide,
+    /// The address its host name resolved to for the checks that decide its state (`None` for a
+    /// server written with an IP address, and for a name not resolved yet): the address its
+    /// sessions connect to ([`NodeState::address`]).
+    pub resolved: Option<std::net::IpAddr>,
+    /// The last SQL check (`[check.sql]`), if any ([`sql`]).
+    pub sql: Option<sql::Seen>,
 }
 
 impl NodeState {
@@ -86,17 +93,32 @@ impl NodeState {
             admin: AdminState::Ready,
             admin_by: None,
             ride: ride::NodeRide::default(),
+            resolved: None,
+            sql: None,
         }
     }
 
+    /// Where its PostgreSQL is: its IP address, or the address its host name resolved to; `None`
+    /// for a name not resolved yet (such a node has passed no check, so it is never routed).
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        let a = &self.server.address;
+        a.ip_addr().or_else(|| {
+            self.resolved
+                .map(|ip| std::net::SocketAddr::new(ip, a.port()))
+        })
+    }
+
     /// Routable only if not leaving, still configured, not fenced by the timeline `floor`
-    /// ([`fence`]), and the operator, the counter (or a REST outage ride-through, [`ride`]) and
-    /// the claim allow it. A removed node is drained: no new sessions, its own continue.
-    pub fn candidate(&self, floor: Option<u64>) -> Candidate<'_> {
+    /// ([`fence`]), not held back by the SQL check (with `sql_gate`; `routed`: it is the primary
+    /// now, [`sql::allows`]), and the operator, the counter (or a REST outage ride-through,
+    /// [`ride`]) and the claim allow it. A removed node is drained: no new sessions, its own
+    /// continue.
+    pub fn candidate(&self, floor: Option<u64>, sql_gate: bool, routed: bool) -> Candidate<'_> {
         Candidate {
             up: (self.counter.is_up() || self.ride.since.is_some())
                 && self.leaving_since.is_none()
-                && !fence::fenced(&self.claim, floor),
+                && !fence::fenced(&self.claim, floor)
+                && sql::allows(sql_gate, self.sql.as_ref(), &self.claim, routed),
             claim: &self.claim,
             admin: if self.removed.is_some() {
                 AdminState::Drain
@@ -252,6 +274,8 @@ impl Route {
 /// Told of every finished check (the metrics), by the owner.
 pub trait Observer: Send + Sync {
     fn check(&self, node: usize, result: &CheckResult, transition: Option<Transition>);
+    /// A finished SQL check (`[check.sql]`).
+    fn sql(&self, _node: usize, _result: &crate::health::sql::SqlResult) {}
     /// A reload added node `node` (the next index), before its first check.
     fn node_added(&self, _node: usize, _name: &str) {}
 }
@@ -381,6 +405,23 @@ impl Shared {
     /// What a session of `route` to `node` must find in PostgreSQL's `in_hot_standby`: `off` on
     /// the primary port and for a replica listener's fallback to the primary, `on` for replica and
     /// standby-leader listeners, either for `any`.
+    /// Where a session of `route` connects on `node`: the node's address, with the listener's
+    /// `server_port` when it has one; `None` while the node's host name has not resolved.
+    pub fn address_on(
+        &self,
+        snap: &Snapshot,
+        route: Route,
+        node: usize,
+    ) -> Option<std::net::SocketAddr> {
+        let mut address = snap.nodes.get(node)?.address()?;
+        let cfg = self.config();
+        let index = route.set().map_or(0, |i| i + 1);
+        if let Some(port) = cfg.listen.all().get(index).and_then(|l| l.server_port) {
+            address.set_port(port);
+        }
+        Some(address)
+    }
+
     pub fn wants_standby(&self, snap: &Snapshot, route: Route, node: usize) -> Option<bool> {
         match route.set().and_then(|i| snap.sets.get(i)) {
             None => Some(false),
@@ -510,8 +551,16 @@ pub enum Input {
     /// The leader key's holder and its lease, as read from etcd (every resync, watch start and
     /// leader change): what the REST outage ride-through ([`ride`]) relies on.
     LeaderLease(crate::dcs::LeaderLease),
+    /// A finished SQL check of `node` ([`sql`]).
+    Sql {
+        node: usize,
+        result: Box<crate::health::sql::SqlResult>,
+    },
     /// The answer of a TCP probe of `node`'s PostgreSQL port ([`core::Effect::Probe`]).
     PgProbe { node: usize, accepted: bool },
+    /// `node`'s host name resolved to `ip` for the check about to be applied: a first address is
+    /// recorded; a different one means another PostgreSQL (`servers::on_resolved`).
+    Resolved { node: usize, ip: std::net::IpAddr },
     /// An operator's `drain`, `maint` or `ready` (the stats listener's admin API).
     Admin(AdminOrder),
     /// The shared configuration was just replaced by a reload (the `reload` module); `message` says

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::core::{self, Decision, Effect, Io, Level, Topic};
 use super::{Input, Observer, Shared, Snapshot};
 use crate::health::checker::{self, Link, Report};
+use crate::health::resolve;
 use crate::health::CheckSpec;
 use arc_swap::ArcSwap;
 
@@ -124,7 +125,17 @@ impl Owner {
         let Some(n) = self.shared.current().nodes.get(node).cloned() else {
             return;
         };
-        let target = self.shared.config().check_target_of(&n.server);
+        let cfg = self.shared.config();
+        let target = resolve::Target {
+            host: n.server.address.host.clone(),
+            port: n.server.address.port(),
+            check_ip: n.server.check_addr,
+            check_port: cfg.check_port_of(&n.server),
+            // A restarted checker (a reload) keeps the address the node's state was checked at.
+            resolved: n.resolved.map(|ip| (ip, Instant::now())),
+            every: cfg.check.resolve_interval,
+            lookup: resolve::system(),
+        };
         let stop = self.stop.child_token();
         if let Some(old) = self.checker_stops[node].replace(stop.clone()) {
             old.cancel();
@@ -141,6 +152,7 @@ impl Owner {
             Report::Check {
                 node,
                 result,
+                resolved,
                 reply,
             } => {
                 let removed = self
@@ -153,6 +165,10 @@ impl Owner {
                     // A check that finished as its node was removed: its checker is stopping.
                     let _ = reply.send(self.shared.config().check.inter);
                     return;
+                }
+                if let Some(ip) = resolved {
+                    // The address first: the check is then applied to the node at that address.
+                    self.input(Input::Resolved { node, ip });
                 }
                 let (step, next) = core::on_check(
                     &self.shared.config(),
@@ -167,6 +183,8 @@ impl Owner {
                 // A checker that stopped waiting is shutting down; nothing to do.
                 let _ = reply.send(next);
             }
+            // The same road as every other input: on_input hands it to `state::sql`.
+            Report::Sql { node, result } => self.input(Input::Sql { node, result }),
             Report::Local => {
                 self.shared.frontend.local_errors.fetch_add(1, Relaxed);
             }
@@ -240,6 +258,7 @@ impl Owner {
                 result,
                 transition,
             } => self.observer.check(node, &result, transition),
+            Effect::ObserveSql { node, result } => self.observer.sql(node, &result),
             Effect::Say {
                 level,
                 topic,
@@ -307,7 +326,7 @@ impl Owner {
             Effect::Probe(node) => {
                 // A TCP connect and close, no startup packet: PostgreSQL accepting connections
                 // is all the ride-through asks (bounded like a session's connect).
-                let Some(address) = snapshot.nodes.get(node).map(|n| n.server.address) else {
+                let Some(address) = snapshot.nodes.get(node).and_then(|n| n.address()) else {
                     return;
                 };
                 let config = s.config();

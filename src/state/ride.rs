@@ -212,8 +212,15 @@ pub fn on_check(
     step
 }
 
-/// Ends the ride of `node`: it is DOWN by its checks, so its sessions go now.
-fn end(cfg: &Config, snap: &mut Snapshot, node: usize, why: &str, wall: SystemTime) -> Step {
+/// Ends the ride of `node`: it is DOWN by its checks, so its sessions go now. Also ended by the
+/// SQL check's `pg_is_in_recovery() = true` (`state::sql`).
+pub(super) fn end(
+    cfg: &Config,
+    snap: &mut Snapshot,
+    node: usize,
+    why: &str,
+    wall: SystemTime,
+) -> Step {
     let n = &mut snap.nodes[node];
     n.ride.since = None;
     let cut = cfg.listen.on_marked_down == OnMarkedDown::ShutdownSessions;

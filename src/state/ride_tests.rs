@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::super::core::{on_check, on_input, Effect, Io};
+use super::super::core::{on_check, on_input, said, Effect, Io};
 use crate::config::Config;
 use crate::dcs::{LeaderLease, Lease};
 use crate::health::patroni::PatroniInfo;
@@ -169,20 +169,6 @@ fn kills(effects: &[Effect]) -> Vec<usize> {
         .iter()
         .filter_map(|e| match e {
             Effect::Kill(n) => Some(*n),
-            _ => None,
-        })
-        .collect()
-}
-
-fn said(effects: &[Effect], kind: EventKind) -> Vec<String> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Say {
-                event: Some((k, _)),
-                message,
-                ..
-            } if *k == kind => Some(message.clone()),
             _ => None,
         })
         .collect()

@@ -7,13 +7,19 @@
 //! later). Node indices are slots that only grow, so every index a session or the stats side holds
 //! stays valid; a removed node keeps its slot (and its counters, shown as REMOVED) until the
 //! process restarts or its name comes back.
+//!
+//! A server written with a host name gets its address from its checker (`health::resolve`): the
+//! first address is recorded; a later different one is decided here as a reload's new address is,
+//! since it is another machine: the node starts over fail-closed, its sessions to the old address
+//! continue.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::time::Instant;
 
-use super::core::{conclude, reroute, say, Decision, Effect, Io, Level, Topic};
+use super::core::{conclude, reroute, rerouted, say, Decision, Effect, Io, Level, Topic};
 use super::{EventKind, NodeState, Snapshot};
 use crate::config::Config;
 
@@ -86,12 +92,7 @@ pub(super) fn on_reload(
         let revived = n.removed.take().is_some();
         if revived || old.address != s.address {
             // Another PostgreSQL (or one we stopped checking): nothing its checks said holds.
-            *n = renewed(n, rise, fall, now, wall);
-            for set in &mut snap.sets {
-                if let Some(m) = set.nodes.get_mut(i) {
-                    *m = super::sets::Membership::new(rise, fall);
-                }
-            }
+            start_over(&mut snap, i, (rise, fall), now, wall);
             if !revived {
                 after.push(Effect::StopChecker(i));
             }
@@ -117,7 +118,7 @@ pub(super) fn on_reload(
             continue;
         }
         n.counter = n.counter.with_thresholds(rise, fall);
-        if previous.check_target_of(&old) != cfg.check_target_of(s) {
+        if previous.check_address_of(&old) != cfg.check_address_of(s) {
             // The same PostgreSQL, checked elsewhere: its state stands until those checks say
             // otherwise (`fall` of them, as for any check failure).
             after.push(Effect::StopChecker(i));
@@ -165,6 +166,24 @@ pub(super) fn on_reload(
     Decision {
         snapshot: snap,
         effects,
+    }
+}
+
+/// Node `i` is another PostgreSQL under the same name (a new address, or added back): fail closed
+/// on every listener, as at start-up.
+fn start_over(
+    snap: &mut Snapshot,
+    i: usize,
+    (rise, fall): (u32, u32),
+    now: Instant,
+    wall: SystemTime,
+) {
+    let n = &mut snap.nodes[i];
+    *n = renewed(n, rise, fall, now, wall);
+    for set in &mut snap.sets {
+        if let Some(m) = set.nodes.get_mut(i) {
+            *m = super::sets::Membership::new(rise, fall);
+        }
     }
 }
 
@@ -222,6 +241,65 @@ pub(super) fn on_grace_over(
         snapshot: snap,
         effects,
     })
+}
+
+/// `node`'s host name resolved to `ip` for the check about to be applied. `None` when that changes
+/// nothing (an IP server, the same address, a removed node).
+pub(super) fn on_resolved(
+    cfg: &Config,
+    mut snap: Snapshot,
+    io: &Io,
+    node: usize,
+    ip: IpAddr,
+    now: Instant,
+    wall: SystemTime,
+) -> Option<Decision> {
+    let (rise, fall) = (cfg.check.rise.get(), cfg.check.fall.get());
+    let n = snap.nodes.get_mut(node)?;
+    let host = n.server.address.name()?.to_string();
+    if n.removed.is_some() || n.resolved == Some(ip) {
+        return None;
+    }
+    let px = &cfg.listen.name;
+    let name = n.server.name.clone();
+    let mut effects = Vec::new();
+    let Some(old) = n.resolved.replace(ip) else {
+        effects.push(say(
+            Level::Info,
+            Topic::Health,
+            Some((EventKind::Address, Some(node))),
+            wall,
+            format!("Server {px}/{name}: host name {host} resolves to {ip}."),
+        ));
+        conclude(&mut snap, Vec::new(), &mut effects, None);
+        return Some(Decision {
+            snapshot: snap,
+            effects,
+        });
+    };
+    // Another machine answers under the name: nothing the checks at `old` said holds for it.
+    start_over(&mut snap, node, (rise, fall), now, wall);
+    snap.nodes[node].resolved = Some(ip);
+    let sessions = io.sessions.get(node).copied().unwrap_or(0);
+    effects.push(say(
+        Level::Warn,
+        Topic::Health,
+        Some((EventKind::Address, Some(node))),
+        wall,
+        format!(
+            "Server {px}/{name}: host name {host} now resolves to {ip} (was {old}): not routed \
+             until its checks at {ip} confirm it; its {sessions} sessions to {old} continue."
+        ),
+    ));
+    let reason = "its host name resolves to another address";
+    Some(rerouted(
+        cfg,
+        snap,
+        io,
+        (now, wall),
+        reason,
+        (effects, Vec::new()),
+    ))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::super::core::{on_check, on_input, Effect, Io};
+use super::super::core::{on_check, on_input, said, Effect, Io};
 use crate::config::Config;
 use crate::health::patroni::PatroniInfo;
 use crate::health::{CheckResult, CheckStatus};
@@ -128,17 +128,7 @@ fn publish(effects: &[Effect]) -> usize {
 }
 
 fn admin_said(effects: &[Effect]) -> Vec<String> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Say {
-                event: Some((EventKind::Admin, _)),
-                message,
-                ..
-            } => Some(message.clone()),
-            _ => None,
-        })
-        .collect()
+    said(effects, EventKind::Admin)
 }
 
 #[test]
@@ -354,4 +344,80 @@ fn the_order_of_the_sections_moves_no_node() {
         e,
         Effect::StartChecker(_) | Effect::StopChecker(_) | Effect::AddBackend { .. }
     )));
+}
+
+const NAMED_A: &str = "[[server]]\nname = \"a\"\naddress = \"db1:5432\"\n";
+
+fn resolved(node: usize, ip: &str) -> Input {
+    Input::Resolved {
+        node,
+        ip: ip.parse().unwrap(),
+    }
+}
+
+#[test]
+fn a_host_name_has_no_address_until_it_resolves_and_is_never_routed_before() {
+    // docs/configuration.md, Host names: "Sessions always connect to the address the node's
+    // checks confirmed".
+    let mut r = Run::new(&format!("{NAMED_A}{B}"));
+    assert_eq!(r.snap.nodes[0].address(), None);
+    assert_eq!(
+        r.snap.nodes[1].address(),
+        Some("127.0.0.12:5432".parse().unwrap())
+    );
+    let effects = r.input(resolved(0, "127.0.0.11")).expect("recorded");
+    assert_eq!(
+        said(&effects, EventKind::Address),
+        ["Server postgres/a: host name db1 resolves to 127.0.0.11."]
+    );
+    assert_eq!(
+        r.snap.nodes[0].address(),
+        Some("127.0.0.11:5432".parse().unwrap())
+    );
+    // The same answer again changes nothing.
+    assert_eq!(r.input(resolved(0, "127.0.0.11")), None);
+    // A server written with an IP address is never re-addressed by a resolution.
+    assert_eq!(r.input(resolved(1, "127.0.0.99")), None);
+}
+
+#[test]
+fn a_host_name_resolving_elsewhere_starts_over_fail_closed_and_keeps_the_old_sessions() {
+    // "A name that resolves to another address is another PostgreSQL: the node starts over
+    // fail closed ..., its sessions to the old address continue" (as a reload's new address).
+    let mut r = Run::new(&format!("{NAMED_A}{B}"));
+    r.input(resolved(0, "127.0.0.11"));
+    for _ in 0..2 {
+        r.check(0, "primary");
+        r.check(1, "replica");
+    }
+    assert_eq!(r.snap.primary, Some(0));
+    r.io.sessions[0] = 3;
+    let chkdown = r.snap.nodes[0].chkdown;
+    let effects = r.input(resolved(0, "127.0.0.14")).expect("decided");
+    let a = &r.snap.nodes[0];
+    assert_eq!(a.address(), Some("127.0.0.14:5432".parse().unwrap()));
+    assert!(
+        a.last_check.is_none(),
+        "nothing checked at 127.0.0.11 holds"
+    );
+    assert_eq!(a.claim, Claim::Unconfirmed);
+    assert_eq!(a.chkdown, chkdown, "its counters go on");
+    assert_eq!(
+        r.snap.primary, None,
+        "not routed until checks at the new address"
+    );
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Kill(_))));
+    assert!(effects.contains(&Effect::Publish));
+    assert_eq!(
+        said(&effects, EventKind::Address),
+        [
+            "Server postgres/a: host name db1 now resolves to 127.0.0.14 (was 127.0.0.11): not \
+          routed until its checks at 127.0.0.14 confirm it; its 3 sessions to 127.0.0.11 continue."
+        ]
+    );
+    // `rise` checks at the new address route it again.
+    for _ in 0..2 {
+        r.check(0, "primary");
+    }
+    assert_eq!(r.snap.primary, Some(0));
 }

@@ -220,7 +220,7 @@ pub fn recompute(snap: &mut Snapshot) {
                 let checked = m.counter.is_up() && matches!(m.verdict, Some(Ok(())));
                 let ok = match l.rule.role {
                     Role::Any => checked || primary == Some(i),
-                    Role::Replica => checked && primary != Some(i),
+                    Role::Replica | Role::Sync | Role::Async => checked && primary != Some(i),
                     Role::StandbyLeader => checked,
                     // Not a set's role (the guard keeps it to the first listener).
                     Role::Primary => primary == Some(i),

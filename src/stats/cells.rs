@@ -87,9 +87,17 @@ pub fn server_cells(s: &ServerView) -> Cells {
         "name",
         titled(&s.name, format!("health check on {}", s.check_address)),
     );
+    let resolved = match (
+        &s.resolved,
+        s.address.parse::<std::net::SocketAddr>().is_ok(),
+    ) {
+        (_, true) => String::new(),
+        (Some(r), false) => format!("; resolves to {r}"),
+        (None, false) => "; not resolved yet".to_string(),
+    };
     c.insert(
         "addr",
-        titled(&s.address, format!("check: {}", s.check_address)),
+        titled(&s.address, format!("check: {}{resolved}", s.check_address)),
     );
     let patroni = match (&s.patroni_role, &s.patroni_state) {
         (None, None) => "no Patroni body in the last answer".to_string(),

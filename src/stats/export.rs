@@ -205,7 +205,11 @@ impl Tone {
 #[derive(Debug, Serialize)]
 pub struct ServerView {
     pub name: String,
+    /// As configured: `IP:PORT` or `NAME:PORT`.
     pub address: String,
+    /// The address its sessions connect to: `address`, or what its host name resolved to for
+    /// the checks that decide its state (`null` while the name has not resolved).
+    pub resolved: Option<String>,
     pub check_address: String,
     /// HAProxy's status string (`UP`, `UP 2/3`, `DOWN 1/2`, `DOWN`), or `INI` before the first check;
     /// `REMOVED` once a reload removed the server.
@@ -232,6 +236,9 @@ pub struct ServerView {
     /// What its REST answer, etcd and PostgreSQL say about it being the primary, and whether they
     /// agree.
     pub signals: super::signals::Signals,
+    /// The last SQL check (`[check.sql]`): `result` (`primary`, `standby`, `failed`,
+    /// `refused`), `info` for the last two, `tls`, `duration_ms`, `finished_at`.
+    pub last_sql: Option<crate::health::sql::SqlResult>,
     pub role: Role,
     /// The role and state exactly as Patroni's last answer spelled them.
     pub patroni_role: Option<String>,
@@ -359,7 +366,8 @@ pub fn server_view(
     ServerView {
         name: s.name.clone(),
         address: s.address.to_string(),
-        check_address: cfg.check_target_of(s).to_string(),
+        resolved: n.address().map(|a| a.to_string()),
+        check_address: cfg.check_address_of(s),
         status: status_text(n),
         removed: n.removed.is_some(),
         tone: tone_of(n, routed),
@@ -372,6 +380,7 @@ pub fn server_view(
         ride_through_since: n.ride.since.map(epoch),
         member: s.member.clone().or_else(|| n.ride.learned.clone()),
         signals: super::signals::of(snap, n, now),
+        last_sql: n.sql.as_ref().map(|s| s.result.clone()),
         role: role_of(n),
         patroni_role: info.and_then(|p| p.role.clone()),
         patroni_state: info.and_then(|p| p.state.clone()),

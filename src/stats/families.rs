@@ -248,6 +248,12 @@ pub const SERVER_CHECKS_TOTAL: Family = Family {
     help: "Finished health checks by result (HAProxy's check status: L7OK, L7STS, L4CON, ...).",
 };
 
+pub const SERVER_SQL_CHECKS_TOTAL: Family = Family {
+    name: "patroni_proxy_server_sql_checks_total",
+    kind: Kind::Counter,
+    help: "Finished SQL checks ([check.sql]) by result: primary, standby (pg_is_in_recovery() false, true), failed (no answer), refused (the monitoring role's login refused, or TLS).",
+};
+
 pub const SERVER_CHECK_DURATION_SECONDS: Family = Family {
     name: "patroni_proxy_server_check_duration_seconds",
     kind: Kind::Histogram,
@@ -384,6 +390,7 @@ pub const FAMILIES: &[&Family] = &[
     &SERVER_SESSIONS_KILLED_TOTAL,
     &SERVER_CHECK_FAILURES_TOTAL,
     &SERVER_CHECKS_TOTAL,
+    &SERVER_SQL_CHECKS_TOTAL,
     &SERVER_CHECK_DURATION_SECONDS,
     &SERVER_TRANSITIONS_TOTAL,
     &SERVER_DOWNTIME_SECONDS,

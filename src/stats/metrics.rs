@@ -22,6 +22,7 @@ use super::export::{Role, View};
 use super::server::Refusal;
 use crate::config::Config;
 use crate::dcs::{Status as EtcdStatus, FAILURE_REASONS};
+use crate::health::sql::{SqlResult, Verdict};
 use crate::health::{CheckResult, CheckStatus, Transition};
 use crate::routing::AdminState;
 
@@ -179,6 +180,8 @@ struct NodeSeries {
     chkfail: Counter,
     /// In the order of [`CheckStatus::FINISHED`].
     checks: Vec<(CheckStatus, Counter)>,
+    /// In the order of [`Verdict::LABELS`].
+    sql: Vec<Counter>,
     duration: Histogram,
     went_up: Counter,
     went_down: Counter,
@@ -329,6 +332,17 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
+    /// Counts a finished SQL check.
+    pub fn observe_sql(&self, node: usize, result: &SqlResult) {
+        let nodes = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let label = result.verdict.label();
+        if let Some(i) = Verdict::LABELS.iter().position(|l| *l == label) {
+            if let Some(c) = nodes.get(node).and_then(|n| n.sql.get(i)) {
+                c.increment(1);
+            }
+        }
+    }
+
     /// Registers the series of node `node`, added by a reload, at zero (before its first check).
     pub fn add_node(&self, node: usize, name: &str) {
         let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
@@ -472,6 +486,10 @@ fn node_series(r: &Registrar<'_>, name: &str) -> NodeSeries {
                 );
                 (*st, c)
             })
+            .collect(),
+        sql: Verdict::LABELS
+            .iter()
+            .map(|v| r.counter(&SERVER_SQL_CHECKS_TOTAL, &[("server", name), ("result", v)]))
             .collect(),
         duration: r.histogram(&SERVER_CHECK_DURATION_SECONDS, l),
         went_up: r.counter(&SERVER_TRANSITIONS_TOTAL, &[("server", name), ("to", "up")]),

@@ -80,6 +80,10 @@ impl Observer for Stats {
         self.metrics.observe_check(node, result, transition);
     }
 
+    fn sql(&self, node: usize, result: &crate::health::sql::SqlResult) {
+        self.metrics.observe_sql(node, result);
+    }
+
     fn node_added(&self, node: usize, name: &str) {
         self.metrics.add_node(node, name);
     }

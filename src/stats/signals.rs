@@ -1,7 +1,8 @@
 //! Which signals say a node is the primary, and whether they agree (issue 14 item 1): its REST
-//! answer, etcd's leader key and lease for its Patroni member, and PostgreSQL's own word at a
-//! session's startup (57P0x, `in_hot_standby = on`). Read from one snapshot, without IO, for
-//! `/stats.json` (`servers[].signals`) and the dashboard's "Signals" cell.
+//! answer, etcd's leader key and lease for its Patroni member, PostgreSQL's own word at a
+//! session's startup (57P0x, `in_hot_standby = on`), and the SQL check's `pg_is_in_recovery()`
+//! (`[check.sql]`). Read from one snapshot, without IO, for `/stats.json` (`servers[].signals`)
+//! and the dashboard's "Signals" cell.
 
 use serde::Serialize;
 use tokio::time::Instant;
@@ -22,6 +23,9 @@ pub struct Signals {
     /// PostgreSQL's own word from a session's startup that took it out of routing since its last
     /// primary answer (the reason), if any.
     pub postgresql: Option<String>,
+    /// The last SQL check: `primary`, `standby` (`pg_is_in_recovery()` false, true), `failed`
+    /// (no answer), `refused` (our login refused); `None` without `[check.sql]` or before it ran.
+    pub sql: Option<&'static str>,
     /// `true`: the signals that speak say the same; `false`: they differ; `None`: fewer than two
     /// speak.
     pub agree: Option<bool>,
@@ -59,6 +63,9 @@ pub fn of(snap: &Snapshot, n: &NodeState, now: Instant) -> Signals {
         },
         dcs.map(|d| d != "not_leader"),
         postgresql.as_ref().map(|_| false),
+        n.sql
+            .as_ref()
+            .and_then(|s| s.result.verdict.in_recovery().map(|r| !r)),
     ]
     .into_iter()
     .flatten()
@@ -68,6 +75,7 @@ pub fn of(snap: &Snapshot, n: &NodeState, now: Instant) -> Signals {
         rest,
         dcs,
         postgresql,
+        sql: n.sql.as_ref().map(|s| s.result.verdict.label()),
         agree,
     }
 }
@@ -85,8 +93,15 @@ pub fn text(s: &Signals) -> (String, String) {
         Some(_) => "another member holds the leader key",
         None => "no reading (no [etcd], or member name unknown)",
     };
+    let sql = match s.sql {
+        Some("primary") => "pg_is_in_recovery() = false",
+        Some("standby") => "pg_is_in_recovery() = true",
+        Some("failed") => "no answer",
+        Some(_) => "login refused: fix [check.sql]",
+        None => "not run (no [check.sql])",
+    };
     let title = format!(
-        "REST: {}; etcd: {dcs}; PostgreSQL: {}",
+        "REST: {}; etcd: {dcs}; PostgreSQL: {}; SQL check: {sql}",
         s.rest.replace('_', " "),
         s.postgresql.as_deref().unwrap_or("nothing said")
     );
@@ -141,5 +156,40 @@ mod tests {
         n.claim = Claim::Unconfirmed;
         n.last_answer = Some(Answer::Unknown);
         assert_eq!(of(&s, &n, now).agree, None);
+    }
+
+    #[test]
+    fn the_sql_check_is_a_signal_of_its_own() {
+        // Issue 14 item 1: the SQL check is "a routing signal like the others", and "the
+        // dashboard says which ones agree".
+        use crate::health::sql::{SqlResult, Verdict};
+        let s = snap(None, false);
+        let mut n = s.nodes[0].clone();
+        n.last_answer = Some(Answer::Primary { timeline: Some(3) });
+        let now = Instant::now();
+        let with = |verdict: Verdict| crate::state::sql::Seen {
+            result: SqlResult {
+                verdict,
+                tls: true,
+                duration: Duration::from_millis(4),
+                finished_at: std::time::SystemTime::now(),
+            },
+            seq: 1,
+        };
+        n.sql = Some(with(Verdict::Standby));
+        let said = of(&s, &n, now);
+        assert_eq!((said.sql, said.agree), (Some("standby"), Some(false)));
+        assert!(text(&said)
+            .1
+            .contains("SQL check: pg_is_in_recovery() = true"));
+        n.sql = Some(with(Verdict::Primary));
+        assert_eq!(of(&s, &n, now).agree, Some(true));
+        // A check that got no answer says nothing about the role: REST alone speaks.
+        n.sql = Some(with(Verdict::Refused {
+            info: "28P01".into(),
+        }));
+        let said = of(&s, &n, now);
+        assert_eq!((said.sql, said.agree), (Some("refused"), None));
+        assert!(text(&said).1.contains("fix [check.sql]"));
     }
 }

@@ -66,7 +66,12 @@ pub struct FakePatroni {
 
 impl FakePatroni {
     pub async fn start(mode: Mode) -> Arc<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0", mode).await
+    }
+
+    /// As [`FakePatroni::start`], on `addr`.
+    pub async fn start_at(addr: &str, mode: Mode) -> Arc<Self> {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let fake = Arc::new(Self {
             addr,
@@ -156,7 +161,12 @@ pub struct FakeDb {
 
 impl FakeDb {
     pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0", name).await
+    }
+
+    /// As [`FakeDb::start`], on `addr`.
+    pub async fn start_at(addr: &str, name: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let peers = Arc::new(Mutex::new(Vec::new()));
@@ -206,6 +216,8 @@ pub struct Cluster {
     pub stats: SocketAddr,
     /// The other listeners' addresses, in the configuration's order (`state::sets::specs`).
     pub set_addrs: Vec<SocketAddr>,
+    /// The primary port's other bind addresses (`listen.bind` with several).
+    pub more_addrs: Vec<SocketAddr>,
 }
 
 impl Cluster {
@@ -286,9 +298,15 @@ impl Cluster {
             sets.push((i, TcpListener::bind("127.0.0.1:0").await.unwrap()));
         }
         let set_addrs = sets.iter().map(|(_, l)| l.local_addr().unwrap()).collect();
+        let mut proxy_more = Vec::new();
+        for _ in 1..config.listen.bind.all().len() {
+            proxy_more.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let more_addrs = proxy_more.iter().map(|l| l.local_addr().unwrap()).collect();
         let running = supervisor::start(
             config,
             Listeners {
+                proxy_more,
                 proxy: proxy_l,
                 stats: Some(stats_l),
                 sets,
@@ -300,6 +318,7 @@ impl Cluster {
             addr,
             stats,
             set_addrs,
+            more_addrs,
         }
     }
 

@@ -35,35 +35,6 @@ fn env(name: &str) -> Option<String> {
     )
 }
 
-/// Host names written as IP addresses: what a user does today, since names are not resolved yet.
-fn with_ips(text: &str) -> String {
-    let mut t = text.to_string();
-    for (i, host) in [
-        "node1",
-        "node2",
-        "node3",
-        "db1",
-        "db2",
-        "db3",
-        "db4",
-        "patroni-node1",
-        "patroni-node2",
-        "patroni-node3",
-        "patroni1",
-        "patroni2",
-        "patroni3",
-        "sys-atl-db01",
-        "sys-atl-db02",
-        "sys-atl-db03",
-    ]
-    .iter()
-    .enumerate()
-    {
-        t = t.replace(&format!(" {host}:"), &format!(" 10.1.0.{}:", i + 1));
-    }
-    t.replace(" host.docker.internal:", " 10.2.0.1:")
-}
-
 enum Outcome {
     /// Converts, with these roles per listener.
     Converts(&'static [Role]),
@@ -77,8 +48,11 @@ fn every_corpus_file_converts_or_is_refused_for_its_stated_reason() {
     use Role::*;
     let cases: [(&str, Outcome); 19] = [
         ("01-patroni-haproxy.cfg", Converts(&[Primary])),
-        // listen replicas_sync: `OPTIONS /sync`, no role follows synchronous standbys.
-        ("02-vitabaks-postgresql-cluster.cfg", Refused(55, "/sync")),
+        // `/sync` and `/async?lag=100MB` become roles sync and async.
+        (
+            "02-vitabaks-postgresql-cluster.cfg",
+            Converts(&[Primary, Replica, Sync, Async]),
+        ),
         (
             "03-pigsty-pg-test.cfg",
             Converts(&[Primary, Replica, Primary, Replica]),
@@ -93,32 +67,31 @@ fn every_corpus_file_converts_or_is_refused_for_its_stated_reason() {
         ),
         (
             "06-percona-docs-ha-haproxy.cfg",
-            Refused(24, "host names are not supported yet"),
+            Converts(&[Primary, Replica]),
         ),
-        // Host names; its stats page over TLS is kept on 127.0.0.1 (noted).
+        // Its stats page over TLS is kept on 127.0.0.1 (noted).
         (
             "07-jmrenouard-patroni-lab-rhel8-ssl-envvars.cfg",
-            Refused(48, "host names"),
+            Converts(&[Primary, Replica]),
         ),
         (
             "08-maborak-patroni-ha-dockerized.cfg",
-            Refused(41, "host names"),
+            Converts(&[Primary, Replica]),
         ),
         (
             "09-jlluesma-routing-bench-callback.cfg",
-            Refused(60, "host names"),
+            Converts(&[Primary, Replica]),
         ),
         (
             "10-aditya41150-patroni-railway-template.cfg",
             Converts(&[Primary, Replica]),
         ),
-        (
-            "11-2c9-swarm-pgsql-tests-master.cfg",
-            Refused(28, "host names"),
-        ),
+        ("11-2c9-swarm-pgsql-tests-master.cfg", Converts(&[Primary])),
+        // Five TCP-checked listeners, one dev node each: no role to route by. (Its HTTP frontend
+        // routing by Host header is left out, as HTTP sections are.)
         (
             "12-veegres-ivory-dev-host-routing.cfg",
-            Refused(27, "host names"),
+            Refused(27, "has no `option httpchk`"),
         ),
         (
             "13-edb-ansible-setup-haproxy.cfg",
@@ -131,11 +104,11 @@ fn every_corpus_file_converts_or_is_refused_for_its_stated_reason() {
         ),
         (
             "16-jamesyeogz-posgresqlHA-consul-master.cfg",
-            Refused(39, "host names"),
+            Converts(&[Primary, Replica]),
         ),
         (
             "17-aleks-sharipov-otus-duplicate-mode.cfg",
-            Refused(39, "host names"),
+            Converts(&[Primary]),
         ),
         (
             "18-baseharbor-spilo-resolvers.cfg",
@@ -156,9 +129,10 @@ fn every_corpus_file_converts_or_is_refused_for_its_stated_reason() {
                 let printed = import::to_toml(&i.file, &i.notes, name);
                 let back: patroni_proxy::config::FileConfig = toml::from_str(&printed).unwrap();
                 assert_eq!(back, i.file, "{name}: the printed TOML reads back the same");
-                // What this version serves, `check` accepts as it is.
+                // `check` accepts it as it is, host names unresolved (the TLS files named by the
+                // configs are not on this machine).
                 let c = &i.file.check;
-                if i.file.listen.all().len() == 1 && c.ca_file.is_none() && c.crt.is_none() {
+                if c.ca_file.is_none() && c.crt.is_none() {
                     Config::from_toml(&printed).unwrap_or_else(|e| panic!("{name}: {e}"));
                 }
             }
@@ -175,31 +149,37 @@ fn every_corpus_file_converts_or_is_refused_for_its_stated_reason() {
 }
 
 #[test]
-fn the_host_name_files_convert_once_the_names_are_ip_addresses() {
-    // Everything but the names is a shape the import handles.
-    use Role::*;
-    for (name, roles) in [
-        ("06-percona-docs-ha-haproxy.cfg", &[Primary, Replica][..]),
+fn host_names_are_kept_as_written_and_not_resolved() {
+    // Issue 13: "`server` lines with hostnames (resolved when the proxy runs ...), and `check`
+    // validates without resolving". None of these names resolves on this machine.
+    for (name, addresses) in [
         (
-            "07-jmrenouard-patroni-lab-rhel8-ssl-envvars.cfg",
-            &[Primary, Replica],
+            "06-percona-docs-ha-haproxy.cfg",
+            &["node1:5432", "node2:5432", "node3:5432"][..],
         ),
-        ("08-maborak-patroni-ha-dockerized.cfg", &[Primary, Replica]),
-        (
-            "09-jlluesma-routing-bench-callback.cfg",
-            &[Primary, Replica],
-        ),
-        ("11-2c9-swarm-pgsql-tests-master.cfg", &[Primary]),
         (
             "16-jamesyeogz-posgresqlHA-consul-master.cfg",
-            &[Primary, Replica],
+            &[
+                "host.docker.internal:5432",
+                "host.docker.internal:5433",
+                "host.docker.internal:5434",
+            ],
         ),
-        ("17-aleks-sharipov-otus-duplicate-mode.cfg", &[Primary]),
     ] {
-        let i = import::convert(&with_ips(&corpus(name)), &env)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let got: Vec<Role> = i.file.listen.all().iter().map(|l| l.role).collect();
-        assert_eq!(got, roles, "{name}");
+        let i = import::convert(&corpus(name), &env).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got: Vec<String> = i
+            .file
+            .servers
+            .iter()
+            .map(|s| s.address.to_string())
+            .collect();
+        assert_eq!(got, addresses, "{name}");
+        let printed = import::to_toml(&i.file, &i.notes, name);
+        let c = Config::from_toml(&printed).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            c.servers[0].address.name(),
+            Some(addresses[0].split(':').next().unwrap())
+        );
     }
 }
 
@@ -303,18 +283,12 @@ fn pigstys_services_become_four_listeners_over_one_set_of_nodes() {
         ),
         (Some("admin"), Some("pigsty"))
     );
+    // One node per Patroni member (one check each): the PostgreSQL-port listeners reach the same
+    // nodes on port 5432 (`server_port`).
     let names: Vec<&str> = f.servers.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "pg-test-1",
-            "pg-test-2",
-            "pg-test-3",
-            "pg-test-1_5432",
-            "pg-test-2_5432",
-            "pg-test-3_5432"
-        ]
-    );
+    assert_eq!(names, ["pg-test-1", "pg-test-2", "pg-test-3"]);
+    let ports: Vec<Option<u16>> = f.listen.all().iter().map(|l| l.server_port).collect();
+    assert_eq!(ports, [None, None, Some(5432), Some(5432)]);
     let replica = &f.listen.all()[1];
     assert_eq!(
         replica.fallback,
@@ -324,7 +298,7 @@ fn pigstys_services_become_four_listeners_over_one_set_of_nodes() {
     let offline = &f.listen.all()[3];
     assert_eq!(
         offline.servers.as_deref(),
-        Some(&["pg-test-3_5432".to_string(), "pg-test-2_5432".to_string()][..])
+        Some(&["pg-test-3".to_string(), "pg-test-2".to_string()][..])
     );
     // One note for the `weight` on every server line.
     let weights: Vec<_> = i.notes.iter().filter(|n| n.directive == "weight").collect();
@@ -359,7 +333,7 @@ fn what_would_change_routing_is_refused_at_its_line_saying_what_to_write() {
         ("listen pg\n    bind *:5000\n".to_string() + srv, 3, "server", "no `option httpchk`"),
         (format!("{listen}    server-template pg 3 _pg._tcp:5432\n"), 4, "server-template", "list each node"),
         (format!("{listen}    server a 10.0.0.1:5432 check port 8008 resolvers dns\n"), 4, "server resolvers", "DNS"),
-        (format!("{listen}    server a db1.example:5432 check port 8008\n"), 4, "server", "host names are not supported yet"),
+        (format!("{listen}    server a db1.example check port 8008\n"), 4, "server", "has no port"),
         (format!("{listen}    server a 10.0.0.1:5432 check port 8008 ssl\n"), 4, "server ssl", "check-ssl"),
         (format!("{listen}    server a 10.0.0.1:5432 check port ${{NOPE}}\n"), 4, "server a 10.0.0.1:5432 check port ${NOPE}", "`NOPE` is not set"),
         (
@@ -374,7 +348,7 @@ fn what_would_change_routing_is_refused_at_its_line_saying_what_to_write() {
             "on-marked-down",
             "default-server",
         ),
-        ("listen pg\n    bind *:5000\n    option httpchk GET /sync\n".to_string() + srv, 3, "option httpchk", "/replica"),
+        ("listen pg\n    bind *:5000\n    option httpchk GET /quorum\n".to_string() + srv, 3, "option httpchk", "/replica"),
         ("listen pg\n    bind *:5000\n    option httpchk GET /replica?lag=1mb\n".to_string() + srv, 3, "option httpchk", "case-sensitive"),
         (format!("{listen}    bind *:5001 ssl crt /x.pem\n{srv}"), 4, "bind ssl", "sslmode"),
         (format!("{listen}    http-check expect string running\n{srv}"), 4, "http-check expect", "status"),
@@ -407,14 +381,11 @@ fn import_check_prints_how_each_listener_routes() {
          within max_lag 10MB among pg1, pg2, pg3, balanced roundrobin; when none qualifies: \
          refused\n"
     );
-    // Warnings on stderr, one line each; and that this version cannot serve it as it is (two
-    // binds on the primary port).
+    // Warnings on stderr, one line each; and `check` accepts it as it is (two binds on the
+    // primary port).
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("line 4: `log`"), "{stderr}");
-    assert!(
-        stderr.contains("one bind address in this version"),
-        "{stderr}"
-    );
+    assert!(!stderr.contains("error"), "{stderr}");
 }
 
 #[test]
@@ -554,11 +525,9 @@ fn every_bind_form_is_read() {
 }
 
 #[test]
-fn vitabaks_converts_without_its_sync_and_async_sections() {
-    // Its refusal is only the `/sync` and `/async` ports: the master and replica ports convert.
-    let text = corpus("02-vitabaks-postgresql-cluster.cfg");
-    let head = &text[..text.find("listen replicas_sync").unwrap()];
-    let i = import::convert(head, &env).unwrap();
+fn vitabaks_four_ports_keep_their_lag_balance_and_timers() {
+    // The master, replicas (lag=100MB), sync and async (lag=100MB) ports.
+    let i = import::convert(&corpus("02-vitabaks-postgresql-cluster.cfg"), &env).unwrap();
     let l = i.file.listen.all();
     assert_eq!(
         (l[1].role, l[1].max_lag, l[1].balance),
@@ -567,6 +536,11 @@ fn vitabaks_converts_without_its_sync_and_async_sections() {
             Some(ByteSize(100 << 20)),
             Some(Balance::Roundrobin)
         )
+    );
+    assert_eq!((l[2].role, l[2].max_lag), (Role::Sync, None));
+    assert_eq!(
+        (l[3].role, l[3].max_lag),
+        (Role::Async, Some(ByteSize(100 << 20)))
     );
     assert_eq!(
         (i.file.check.rise.get(), i.file.global.maxconn.get()),

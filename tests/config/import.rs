@@ -45,7 +45,7 @@ fn import_rejects_what_it_cannot_carry_over_by_line_and_directive() {
         ),
         (
             "    option httpchk\n",
-            "    option httpchk GET /sync\n",
+            "    option httpchk GET /quorum\n",
             "option httpchk",
         ),
         (
@@ -59,11 +59,7 @@ fn import_rejects_what_it_cannot_carry_over_by_line_and_directive() {
             "lua-load",
         ),
         (" check port 8008\n", " check\n", "server"),
-        (
-            "192.0.2.11:5432 maxconn",
-            "db1.example:5432 maxconn",
-            "server",
-        ),
+        ("192.0.2.11:5432 maxconn", "db1.example maxconn", "server"),
     ];
     for (from, to, directive) in cases {
         let text = seed.replacen(from, to, 1);
