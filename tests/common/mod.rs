@@ -401,10 +401,18 @@ impl Client {
             return false;
         }
         let mut line = String::new();
-        matches!(
-            tokio::time::timeout(Duration::from_secs(5), self.0.read_line(&mut line)).await,
-            Ok(Ok(n)) if n > 0 && line == "ping\n"
-        )
+        // With the kernel relay the echo comes back through a kernel worker, not through this
+        // runtime: in paused time the clock would jump to the timeout while the bytes are on
+        // their way. A blocking task keeps tokio from advancing it until the read ends (or 5 s of
+        // real time pass).
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let hold = tokio::task::spawn_blocking(move || {
+            let _ = wait.recv_timeout(Duration::from_secs(5));
+        });
+        let got = tokio::time::timeout(Duration::from_secs(5), self.0.read_line(&mut line)).await;
+        drop(done);
+        let _ = hold.await;
+        matches!(got, Ok(Ok(n)) if n > 0 && line == "ping\n")
     }
 
     /// Waits for the proxy to close the session; true if it was closed (EOF or reset).
