@@ -10,6 +10,7 @@
 //! - [`backend`]: IO-layer counters, server slots and the session kill switch.
 //! - [`pgwire`]: the PostgreSQL messages the proxy reads and writes, and the startup inspector.
 //! - [`proxy`]: accept loop, sessions, byte relay; [`net`]: the accept-with-backoff both listeners use.
+//! - [`sockmap`]: the kernel relay's BPF program and maps (`listen.relay = "kernel"`).
 //! - [`stats`]: the stats listener (dashboard, exports, metrics, runtime control); [`ctl`] is its
 //!   command-line client.
 //! - [`logging`]: non-blocking, lossy stderr logging.
@@ -33,6 +34,7 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod signals;
+pub mod sockmap;
 pub mod state;
 pub mod stats;
 pub mod supervisor;

@@ -117,6 +117,25 @@ pub fn start(config: Arc<Config>, listeners: Listeners) -> Running {
     }
 }
 
+/// Says once at start who relays each listener's sessions; refuses to start when a listener asks
+/// for `relay = "kernel"` and the kernel relay cannot be loaded (`auto` falls back, saying why).
+fn relay_said(shared: &Shared) -> anyhow::Result<()> {
+    use crate::config::RelayMode;
+    for v in crate::stats::export::relay_views(shared) {
+        let l = &v.listener;
+        match (v.configured, v.mode, v.why_not_kernel) {
+            (_, "kernel", _) => tracing::info!("listener {l}: sessions relayed in the kernel (BPF sockmap, listen.relay = \"{}\")", v.configured),
+            (c, _, Some(why)) if c == RelayMode::Kernel.as_str() => anyhow::bail!(
+                "listener {l}: listen.relay = \"kernel\" but the kernel relay cannot be used: {why} \
+                 (it needs CAP_BPF and CAP_NET_ADMIN and a kernel with BPF sockmap; relay = \"auto\" falls back to user space)"
+            ),
+            (_, _, Some(why)) => tracing::warn!("listener {l}: listen.relay = \"auto\" relays in user space: the kernel relay cannot be used: {why}"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// What [`run`] wires together: the state and its owner, and the stats side.
 pub struct Parts {
     pub shared: Arc<Shared>,
@@ -145,6 +164,7 @@ pub async fn run(
         stats_moves,
     } = parts;
     let cfg = shared.config();
+    relay_said(&shared)?;
     let tasks = TaskTracker::new();
     let sessions = TaskTracker::new();
     let internal_stop = stop.child_token();

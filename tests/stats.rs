@@ -445,6 +445,17 @@ async fn every_series_exists_from_start_up() {
         assert_eq!(m.types.get(name).map(String::as_str), Some(kind), "{name}");
     }
     assert_eq!(m.get("patroni_proxy_primary_routable"), 0.0);
+    // Issue 17: who relays each listener, from start-up (the test's mode when it sets one).
+    let kernel = c.shared().sockmap.ready().is_some();
+    for l in ["rw", "ro"] {
+        let mode = |mode: &str| {
+            m.get(&format!(
+                "patroni_proxy_relay_mode{{listener=\"{l}\",mode=\"{mode}\"}}"
+            ))
+        };
+        assert_eq!(mode("user"), if kernel { 0.0 } else { 1.0 });
+        assert_eq!(mode("kernel"), if kernel { 1.0 } else { 0.0 });
+    }
     assert_eq!(
         m.get(&format!(
             "patroni_proxy_build_info{{version=\"{}\"}}",
@@ -521,13 +532,22 @@ async fn every_series_exists_from_start_up() {
             assert!(
                 [
                     "server", "role", "state", "result", "to", "reason", "version", "le",
-                    "endpoint", "listener"
+                    "endpoint", "listener", "mode"
                 ]
                 .contains(&k),
                 "{series}"
             );
-            if k == "listener" {
+            // `relay_mode` names every listener; the other listener series the non-primary ones.
+            if k == "listener" && series.starts_with("patroni_proxy_relay_mode") {
+                assert!(
+                    v == "\"rw\"" || v == "\"ro\"",
+                    "a configured listener: {series}"
+                );
+            } else if k == "listener" {
                 assert_eq!(v, "\"ro\"", "a configured listener: {series}");
+            }
+            if k == "mode" {
+                assert!(v == "\"user\"" || v == "\"kernel\"", "{series}");
             }
             if k == "server" {
                 assert!(v == "\"node0\"" || v == "\"node1\"", "{series}");

@@ -20,7 +20,8 @@ use serde_json::json;
 use setup::{Proc, Service, SERVICES};
 
 const USAGE: &str = "usage: bash benches/run.sh [--quick] [--rounds N] [--secs S] [--json PATH] \
-[--rows r1,r2] [--proxy PATH] [--also LABEL=PATH[@VAR=VALUE]...]... [--perf] [--perf-record]
+[--rows r1,r2] [--proxy PATH] [--also LABEL=PATH[@VAR=VALUE]...]... [--no-kernel] [--perf] [--perf-record]
+--no-kernel: leave out the `relay = \"kernel\"` column (it needs CAP_BPF and CAP_NET_ADMIN)
 --perf: count syscalls and context switches of HAProxy and the proxies per unit of work (perf stat;
         the tracepoint slows syscalls a little, so keep it out of runs whose timings you report)
 --perf-record: write a CPU profile per proxy measurement (perf record -g) next to the JSON
@@ -53,6 +54,8 @@ struct Opts {
     /// Extra proxy builds to compare in the same run: label, binary, environment.
     also: Vec<ProxyBuild>,
     idle_conns: usize,
+    /// Measure the proxy with `relay = "kernel"` too (label `pp-kernel`).
+    kernel: bool,
     perf: bool,
     perf_record: bool,
 }
@@ -70,6 +73,7 @@ impl Opts {
             proxy: PathBuf::from(env!("CARGO_BIN_EXE_patroni-proxy")),
             also: Vec::new(),
             idle_conns: 9900,
+            kernel: true,
             perf: false,
             perf_record: false,
         };
@@ -88,6 +92,7 @@ impl Opts {
                 // `cargo bench` passes this to every bench binary.
                 "--bench" => {}
                 "--perf" => o.perf = true,
+                "--no-kernel" => o.kernel = false,
                 "--perf-record" => o.perf_record = true,
                 "--quick" => {
                     o.rounds = 2;
@@ -245,22 +250,35 @@ fn main() {
         procs.push(p);
     }
     targets.push(t);
-    let mut proxies = vec![("patroni-proxy".to_string(), o.proxy.clone(), vec![])];
-    proxies.extend(o.also.iter().cloned());
-    for (label, bin, env) in &proxies {
+    let mut proxies = vec![("patroni-proxy".to_string(), o.proxy.clone(), vec![], "user")];
+    if o.kernel {
+        proxies.push(("pp-kernel".to_string(), o.proxy.clone(), vec![], "kernel"));
+    }
+    proxies.extend(
+        o.also
+            .iter()
+            .map(|(l, b, e)| (l.clone(), b.clone(), e.clone(), "user")),
+    );
+    for (label, bin, env, relay) in &proxies {
         let mut t = Target {
             label: label.clone(),
             kind: Kind::Proxy,
             addrs: backends,
             pids: [None; 3],
             fresh: Some({
-                let (logs, label, bin, env) =
-                    (logs.clone(), label.clone(), bin.clone(), env.clone());
+                let (logs, label, bin, env, relay) = (
+                    logs.clone(),
+                    label.clone(),
+                    bin.clone(),
+                    env.clone(),
+                    *relay,
+                );
                 Box::new(move || {
                     let (p, a, stats, _) = setup::start_proxy(
                         &label,
                         &bin,
                         &env,
+                        relay,
                         "echo-fresh",
                         echo_addr,
                         patroni,
@@ -276,6 +294,7 @@ fn main() {
                 label,
                 bin,
                 env,
+                relay,
                 s.name(),
                 backends[s as usize],
                 patroni,
@@ -466,6 +485,19 @@ fn measure(row: &str, t: &Target, o: &Opts, echo_pid: u32, round: usize) -> Meas
     };
     let after = sys::sample();
     drop(record);
+    // Machine CPU per unit of work: every CPU's busy time (`/proc/stat`) over the measurement,
+    // whoever spent it: the load generator, the server, the proxy's process, and the softirq and
+    // sender contexts where the kernel relay forwards (which no process's utime+stime shows).
+    let busy = sys::machine_busy_secs(&before, &after);
+    let per = values.iter().find_map(|(k, v)| match *k {
+        "tps" => Some(("machine_cpu_us_per_txn", 1e6 / (v * secs as f64))),
+        "conn_per_s" => Some(("machine_cpu_us_per_conn", 1e6 / (v * secs as f64))),
+        "gbps" => Some(("machine_cpu_s_per_gb", 8.0 / (v * secs as f64))),
+        _ => None,
+    });
+    if let Some((key, scale)) = per.filter(|(_, s)| s.is_finite()) {
+        values.push((key, busy * scale));
+    }
     if let Some(p) = stat {
         drop(p);
         // Per unit of work: transactions, connections, GB or round trips.

@@ -39,6 +39,12 @@ pub const METRICS: &[Metric] = &[
         Goal::None,
     ),
     m(
+        "pgbench1",
+        "machine_cpu_us_per_txn",
+        "  … machine CPU µs per transaction, all CPUs (↓)",
+        Goal::None,
+    ),
+    m(
         "pgbench16",
         "tps",
         "pgbench -S -M prepared -c16 -j2, TPS (↑)",
@@ -55,6 +61,12 @@ pub const METRICS: &[Metric] = &[
         "cpu_us_per_txn",
         "  … proxy CPU µs per transaction (↓)",
         Goal::RatioAtMost(0.7),
+    ),
+    m(
+        "pgbench16",
+        "machine_cpu_us_per_txn",
+        "  … machine CPU µs per transaction, all CPUs (↓)",
+        Goal::None,
     ),
     m(
         "pgbenchC",
@@ -75,6 +87,12 @@ pub const METRICS: &[Metric] = &[
         Goal::None,
     ),
     m(
+        "pgbenchC",
+        "machine_cpu_us_per_txn",
+        "  … machine CPU µs per transaction, all CPUs (↓)",
+        Goal::None,
+    ),
+    m(
         "iperf1",
         "gbps",
         "iperf3 1 stream, Gbit/s (↑)",
@@ -85,6 +103,12 @@ pub const METRICS: &[Metric] = &[
         "cpu_s_per_gb",
         "  … proxy CPU s per GB (↓)",
         Goal::RatioAtMost(0.5),
+    ),
+    m(
+        "iperf1",
+        "machine_cpu_s_per_gb",
+        "  … machine CPU s per GB, all CPUs (↓)",
+        Goal::None,
     ),
     m(
         "iperf8",
@@ -99,6 +123,12 @@ pub const METRICS: &[Metric] = &[
         Goal::RatioAtMost(0.5),
     ),
     m(
+        "iperf8",
+        "machine_cpu_s_per_gb",
+        "  … machine CPU s per GB, all CPUs (↓)",
+        Goal::None,
+    ),
+    m(
         "connrate",
         "conn_per_s",
         "connect + 64 B echo + close, conn/s (↑)",
@@ -108,6 +138,12 @@ pub const METRICS: &[Metric] = &[
         "connrate",
         "cpu_us_per_conn",
         "  … proxy CPU µs per connection (↓)",
+        Goal::None,
+    ),
+    m(
+        "connrate",
+        "machine_cpu_us_per_conn",
+        "  … machine CPU µs per connection, all CPUs (↓)",
         Goal::None,
     ),
     m(

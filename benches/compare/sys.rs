@@ -89,6 +89,12 @@ pub fn sample() -> Sample {
     }
 }
 
+/// Busy CPU seconds of the whole machine (all CPUs, every process and the kernel's softirq time)
+/// between two samples.
+pub fn machine_busy_secs(a: &Sample, b: &Sample) -> f64 {
+    b.busy.saturating_sub(a.busy) as f64 / TICKS_PER_SEC
+}
+
 /// The processes not ours that used the most CPU between two samples: "name pid: seconds".
 pub fn top_others(a: &Sample, b: &Sample) -> Vec<String> {
     let mut v: Vec<(u64, String)> = b

@@ -797,9 +797,15 @@ pub fn patroni_proxy_config_on(ip: &str) -> String {
 }
 
 /// The same with `check` (TOML lines, e.g. the TLS keys) added to its `[check]` section.
+/// `PATRONI_PROXY_TEST_RELAY=kernel` (or `auto`, `user`) sets the listener's `relay`
+/// (docs/testing.md).
 pub fn patroni_proxy_config_with(ip: &str, check: &str) -> String {
+    let relay = match std::env::var("PATRONI_PROXY_TEST_RELAY") {
+        Ok(m) if !m.is_empty() => format!("relay = \"{m}\"\n"),
+        _ => String::new(),
+    };
     let mut s = format!(
-        "[listen]\nbind = \"{ip}:0\"\n\n[stats]\nbind = \"{ip}:0\"\n\n\
+        "[listen]\nbind = \"{ip}:0\"\n{relay}\n[stats]\nbind = \"{ip}:0\"\n\n\
          [check]\ninter = \"{}ms\"\nrise = 2\nfall = 3\nfailover_inter = \"{}ms\"\n{check}\n\n",
         CHECK_INTER.as_millis(),
         FAILOVER_INTER.as_millis()

@@ -14,7 +14,9 @@
 //! cannot outlive the session task that owns the sockets. They are valid there because the sockets
 //! can only be reached through [`Registered`], whose `Drop` removes the entry, under the registry's
 //! lock, before the sockets close; so a descriptor number in the registry is never one that was
-//! closed (and possibly reused for another file).
+//! closed (and possibly reused for another file). The two other `getsockopt`/`setsockopt` calls
+//! ([`bytes_written`], [`kick`], for the kernel relay) only borrow a descriptor their caller holds;
+//! [`watch`] registers one it owns.
 #![allow(unsafe_code)]
 
 use std::net::{Shutdown, SocketAddr};
@@ -74,11 +76,13 @@ pub struct Seen {
     pub bytes_out: Option<u64>,
 }
 
-/// A session's client and server sockets while they are in the registry.
+/// A session's client and server sockets while they are in the registry: tokio's sockets for a
+/// relay in user space, the standard library's (out of tokio's event loop, whose readability
+/// events would wake the proxy for every message the kernel relays) for the kernel relay.
 #[derive(Debug)]
-pub struct Registered {
-    client: TcpStream,
-    server: TcpStream,
+pub struct Registered<S: AsRawFd = TcpStream> {
+    client: S,
+    server: S,
     registry: Arc<Relaying>,
     key: usize,
 }
@@ -88,13 +92,13 @@ impl Relaying {
     /// [`Relaying::shutdown_all`] runs between the check and the insertion) says so; otherwise gives
     /// them back.
     /// `since` is when the client was accepted (the session's age in the sessions view).
-    pub fn insert(
+    pub fn insert<S: AsRawFd>(
         self: &Arc<Self>,
-        client: TcpStream,
-        server: TcpStream,
+        client: S,
+        server: S,
         since: Instant,
         admit: impl FnOnce() -> bool,
-    ) -> Result<Registered, (TcpStream, TcpStream)> {
+    ) -> Result<Registered<S>, (S, S)> {
         let mut sessions = self.sessions.lock().expect("registry lock");
         if !admit() {
             return Err((client, server));
@@ -241,7 +245,7 @@ fn tcp_info<'b>(fd: BorrowedFd<'_>, buf: &'b mut [u8; 256]) -> &'b [u8] {
 /// takes a sequence number), so one is taken off when the FIN has arrived: `eof` if the caller read
 /// the end of the stream, else as the socket's state says (`CLOSE_WAIT`, `LAST_ACK`, `CLOSING`,
 /// `TIME_WAIT`; a socket reset after a FIN, in `CLOSE`, may count one byte too many).
-pub fn bytes_received(s: &TcpStream, eof: Option<bool>) -> Option<u64> {
+pub fn bytes_received(s: impl AsFd, eof: Option<bool>) -> Option<u64> {
     const CLOSE_WAIT: u8 = 8;
     const LAST_ACK: u8 = 9;
     const CLOSING: u8 = 11;
@@ -259,17 +263,80 @@ pub fn bytes_received(s: &TcpStream, eof: Option<bool>) -> Option<u64> {
     Some(received.saturating_sub(u64::from(fin)))
 }
 
-impl Registered {
-    pub fn client(&self) -> &TcpStream {
+/// Bytes the application has written to a TCP socket so far (sent once, or still unsent), from
+/// `TCP_INFO` (Linux 4.19+): `tcpi_bytes_sent - tcpi_bytes_retrans + tcpi_notsent_bytes`, and whether
+/// the socket can still send (`ESTABLISHED` or `CLOSE_WAIT`: no FIN sent yet). `None` on an older
+/// kernel. The kernel relay waits for the bytes it redirected to a socket to be written to it
+/// before passing the other side's half-close on (`src/proxy/kernel.rs`).
+pub fn bytes_written(fd: BorrowedFd<'_>) -> Option<(u64, bool)> {
+    const ESTABLISHED: u8 = 1;
+    const CLOSE_WAIT: u8 = 8;
+    const NOTSENT: usize = 144;
+    const BYTES_SENT: usize = 200;
+    const BYTES_RETRANS: usize = 208;
+    let mut buf = [0u8; 256];
+    let info = tcp_info(fd, &mut buf);
+    let u64_at = |at: usize| {
+        info.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_ne_bytes)
+    };
+    let notsent = info
+        .get(NOTSENT..NOTSENT + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_ne_bytes)?;
+    let sent = u64_at(BYTES_SENT)?.saturating_sub(u64_at(BYTES_RETRANS)?);
+    let open = info
+        .first()
+        .is_some_and(|st| [ESTABLISHED, CLOSE_WAIT].contains(st));
+    Some((sent + u64::from(notsent), open))
+}
+
+/// Hands the bytes waiting in a socket's receive queue to its `sk_data_ready`: setting
+/// `SO_RCVLOWAT` makes TCP check whether readers must be woken now (`tcp_set_rcvlowat`), and on a
+/// socket in the kernel relay's map that reader is the BPF verdict. Bytes that arrived before the
+/// socket entered the map would otherwise wait for the next segment (`src/sockmap`).
+pub fn kick(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: `fd` is open (the caller borrows it); the kernel reads `size_of::<c_int>()` bytes.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Registers a descriptor the caller gives away (the kernel relay's epoll instance) with tokio's
+/// event loop, for readability.
+pub fn watch(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: the `AsyncFd` owns the descriptor, and closes it only when it drops, after taking it
+    // out of the event loop: it is never closed while registered (tokio#8587).
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)
+}
+
+impl<S: AsRawFd> Registered<S> {
+    pub fn client(&self) -> &S {
         &self.client
     }
 
-    pub fn server(&self) -> &TcpStream {
+    pub fn server(&self) -> &S {
         &self.server
     }
 }
 
-impl Drop for Registered {
+impl<S: AsRawFd> Drop for Registered<S> {
     fn drop(&mut self) {
         // Before the fields (and so the sockets) are dropped: see the module comment.
         self.registry

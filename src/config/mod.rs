@@ -42,7 +42,7 @@ pub use sections::{
 pub use validate::{served_by_this_version, KeyError};
 pub use values::{
     format_duration, parse_bind, parse_duration, CheckMethod, HttpVersion, LogFormat, OnMarkedDown,
-    Verify,
+    RelayMode, Verify,
 };
 
 /// A configuration error, ready to print: it names the key and, when known, the line and column.

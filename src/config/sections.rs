@@ -11,7 +11,8 @@ use super::address::ServerAddr;
 pub use super::etcd::Etcd;
 use super::listeners::{Balance, Binds, ByteSize, Fallback, Listeners, Role};
 use super::values::{
-    bind_addr, duration, opt_duration, CheckMethod, HttpVersion, LogFormat, OnMarkedDown, Verify,
+    bind_addr, duration, opt_duration, CheckMethod, HttpVersion, LogFormat, OnMarkedDown,
+    RelayMode, Verify,
 };
 
 /// The whole file as written. Optional keys fall back to the defaults documented on each field.
@@ -184,6 +185,16 @@ pub struct Listen {
     /// `*tcpka-cnt`). Default 6: a dead peer is found after 60 s + 6 x 10 s = 2 min idle.
     #[serde(skip_serializing_if = "is_default_keepalive_count")]
     pub keepalive_count: u32,
+    /// Who relays a session's bytes once its startup is inspected: `user` (the proxy's threads),
+    /// `kernel` (a BPF sockmap redirects each socket's data to its peer inside the kernel; needs
+    /// `CAP_BPF` and `CAP_NET_ADMIN`, and the proxy refuses to start where it cannot load) or
+    /// `auto` (the kernel where it can, else the proxy's threads, saying why once). Default `user`.
+    #[serde(skip_serializing_if = "is_default_relay")]
+    pub relay: RelayMode,
+}
+
+fn is_default_relay(r: &RelayMode) -> bool {
+    *r == RelayMode::default()
 }
 
 // The keepalive keys came after the import's golden output: at their defaults they are not written,
@@ -387,6 +398,7 @@ impl Default for Listen {
             keepalive_idle: Duration::from_secs(60),
             keepalive_interval: Duration::from_secs(10),
             keepalive_count: 6,
+            relay: RelayMode::User,
         }
     }
 }

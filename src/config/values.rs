@@ -97,6 +97,28 @@ pub enum OnMarkedDown {
     None,
 }
 
+/// Who moves a relaying session's bytes (`listen.relay`, docs/configuration.md): the proxy's
+/// threads (`user`), the kernel through a BPF sockmap (`kernel`; refused at start where it cannot
+/// load), or the kernel where it can and the proxy's threads otherwise (`auto`, saying why once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    #[default]
+    User,
+    Kernel,
+    Auto,
+}
+
+impl RelayMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayMode::User => "user",
+            RelayMode::Kernel => "kernel",
+            RelayMode::Auto => "auto",
+        }
+    }
+}
+
 /// The health check's HTTP method, written `GET`, `HEAD` or `OPTIONS`: Patroni's REST API answers
 /// these three with the role in the status code. Anything else is refused, `POST` included: its
 /// handlers are actions (restart, switchover), never a health check

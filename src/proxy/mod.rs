@@ -7,6 +7,7 @@
 pub mod balance;
 mod connect;
 mod hold;
+pub mod kernel;
 pub mod relay;
 pub mod session;
 mod startup;

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -19,11 +20,13 @@ use tokio_util::task::TaskTracker;
 use super::balance::Admission;
 use super::connect::{connect_and_start, tune, Attempt, Evidence, ServerSession};
 use super::hold::hold;
+use super::kernel::{written_before, KernelRelay};
 use super::relay::{End, Meters, Relay, Side};
 use super::tcplog::{Phases, SessionLine, Sockets, Timing};
 use super::termination::Termination;
 use crate::backend::relaying::{bytes_received, Registered};
 use crate::backend::{Counters, Frontend, Gauge, GaugeGuard, Ticket};
+use crate::config::RelayMode;
 use crate::pgwire::startup::Pending;
 use crate::state::{Route, Shared};
 
@@ -70,6 +73,41 @@ pub async fn run(
             let backend = s.open.handle().backend.clone();
             let cfg = shared.config();
             let idle = (cfg.listen.timeout_client, cfg.listen.timeout_server);
+            let mode = listen_of(&cfg, route).relay;
+            let s = match start_kernel_relay(s, mode, shared, &backend, start, idle) {
+                Handover::Kernel(kernel) => {
+                    // The relay task takes over both gauges, the slots and the log line.
+                    sessions.spawn(RelayTask {
+                        _frontend: open,
+                        server: kernel.open,
+                        relay: kernel.relay,
+                        io: kernel.io,
+                        ticket: kernel.ticket,
+                        _slot: kernel.slot,
+                        _admission: admission,
+                        peer,
+                        start,
+                        phases: Phases::new(start, timing),
+                        sleep: tokio::time::sleep_until(kernel.deadline),
+                    });
+                    return;
+                }
+                Handover::User(s) => s,
+                Handover::Killed => {
+                    backend.counters.killed.fetch_add(1, Relaxed);
+                    let phases = Phases::new(start, timing);
+                    log_end(
+                        shared,
+                        peer,
+                        Some(node),
+                        start,
+                        Termination::Killed,
+                        phases,
+                        Sockets::default,
+                    );
+                    return;
+                }
+            };
             // Joins the server's kill registry unless a kill came after the ticket was taken.
             match backend
                 .relaying
@@ -81,6 +119,7 @@ pub async fn run(
                     sessions.spawn(RelayTask {
                         _frontend: open,
                         server: s.open,
+                        relay,
                         io,
                         ticket: s.ticket,
                         _slot: s.slot,
@@ -88,7 +127,6 @@ pub async fn run(
                         peer,
                         start,
                         phases: Phases::new(start, timing),
-                        relay,
                         sleep: tokio::time::sleep_until(deadline),
                     });
                     return;
@@ -130,12 +168,14 @@ pin_project_lite::pin_project! {
     /// set the session up is several KiB, and tokio sizes a task for the largest state of its
     /// future. Waits only on its two sockets and its idle timer: `shutdown-sessions` reaches it
     /// through the server's registry ([`crate::backend::relaying`]), which shuts its sockets down.
-    struct RelayTask {
+    struct RelayTask<E: Engine> {
         // The session's places in the frontend's and its server's `scur`, given back however the
         // task ends (including a forced runtime shutdown), before its sockets close.
         _frontend: GaugeGuard<ClientSession>,
         server: GaugeGuard<ServerSession>,
-        io: Registered,
+        // Before `io`: the kernel relay takes its sockets out of the BPF maps before they close.
+        relay: E,
+        io: Registered<E::Socket>,
         ticket: Ticket,
         _slot: OwnedSemaphorePermit,
         _admission: Admission,
@@ -143,13 +183,140 @@ pin_project_lite::pin_project! {
         start: Instant,
         // For the session's log line.
         phases: Phases,
-        relay: Relay,
         #[pin]
         sleep: Sleep,
     }
 }
 
-impl Future for RelayTask {
+/// Who moves a relaying session's bytes: [`Relay`] in user space, [`KernelRelay`] in the kernel.
+trait Engine {
+    type Socket: AsRawFd + AsFd;
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &Registered<Self::Socket>,
+        meters: &Meters<'_>,
+        sleep: Pin<&mut Sleep>,
+    ) -> Poll<End>;
+    /// Whether the end of the stream was read from the client and from the server.
+    fn eof(&self) -> (bool, bool);
+}
+
+impl Engine for Relay {
+    type Socket = TcpStream;
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &Registered<TcpStream>,
+        meters: &Meters<'_>,
+        sleep: Pin<&mut Sleep>,
+    ) -> Poll<End> {
+        Relay::poll(self, cx, io.client(), io.server(), meters, sleep)
+    }
+    fn eof(&self) -> (bool, bool) {
+        Relay::eof(self)
+    }
+}
+
+impl Engine for KernelRelay {
+    type Socket = std::net::TcpStream;
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &Registered<std::net::TcpStream>,
+        // Its bytes reach the counters through `crate::sockmap` (read from the program).
+        _meters: &Meters<'_>,
+        sleep: Pin<&mut Sleep>,
+    ) -> Poll<End> {
+        KernelRelay::poll(self, cx, io, sleep)
+    }
+    fn eof(&self) -> (bool, bool) {
+        KernelRelay::eof(self)
+    }
+}
+
+/// A session the kernel relays, ready for its task.
+struct Kernel {
+    relay: KernelRelay,
+    deadline: Instant,
+    io: Registered<std::net::TcpStream>,
+    ticket: Ticket,
+    slot: OwnedSemaphorePermit,
+    open: GaugeGuard<ServerSession>,
+}
+
+/// Who relays a session that is through its startup.
+enum Handover {
+    Kernel(Kernel),
+    /// The proxy's threads: the mode is `user`, the program is not loaded, or the kernel refused
+    /// these sockets (said at debug; the session still works).
+    User(Established),
+    /// A kill came after the session's ticket was taken (or its sockets failed on the way).
+    Killed,
+}
+
+/// Puts the session's sockets into the kernel relay when its listener asks for it and the
+/// program is loaded.
+fn start_kernel_relay(
+    s: Established,
+    mode: RelayMode,
+    shared: &Shared,
+    backend: &Arc<crate::backend::Backend>,
+    since: Instant,
+    idle: (std::time::Duration, std::time::Duration),
+) -> Handover {
+    let Some(map) = (mode != RelayMode::User)
+        .then(|| shared.sockmap.ready())
+        .flatten()
+    else {
+        return Handover::User(s);
+    };
+    let base = written_before(&s.client, &s.server);
+    let to = crate::sockmap::Counters {
+        frontend: shared.frontend_of(s.open.handle().route).clone(),
+        backend: backend.clone(),
+    };
+    let joined = match map.join(&s.client, &s.server, to) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::debug!(error = %e, "kernel relay refused this session's sockets; relaying it in user space");
+            return Handover::User(s);
+        }
+    };
+    // Out of tokio's event loop (see `proxy::kernel`); the sockets stay non-blocking.
+    let (client, server) = match (s.client.into_std(), s.server.into_std()) {
+        (Ok(c), Ok(v)) => (c, v),
+        // Deregistering failed: the sockets are gone with the error; so is the session.
+        _ => return Handover::Killed,
+    };
+    let (relay, deadline) = match KernelRelay::new(&client, &server, base, joined, idle.0, idle.1) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "watching a kernel-relayed session failed; closing it");
+            return Handover::Killed;
+        }
+    };
+    let Ok(io) = (backend.relaying).insert(client, server, since, || !backend.is_killed(s.ticket))
+    else {
+        return Handover::Killed;
+    };
+    Handover::Kernel(Kernel {
+        relay,
+        deadline,
+        io,
+        ticket: s.ticket,
+        slot: s.slot,
+        open: s.open,
+    })
+}
+
+/// The listener a session came in on (set `i` is listener `i + 1`, `state::sets::specs`).
+fn listen_of(cfg: &crate::config::Config, route: Route) -> &crate::config::Listen {
+    let i = route.set().map_or(0, |i| i + 1);
+    cfg.listen.all().get(i).unwrap_or(&cfg.listen)
+}
+
+impl<E: Engine> Future for RelayTask<E> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -165,10 +332,7 @@ impl Future for RelayTask {
             up: [&fe.bin, &backend.counters.bin],
             down: [&fe.bout, &backend.counters.bout],
         };
-        let end =
-            ready!(this
-                .relay
-                .poll(cx, this.io.client(), this.io.server(), &meters, this.sleep));
+        let end = ready!(this.relay.poll(cx, this.io, &meters, this.sleep));
         // A kill shows up as the end of both streams: name it for what it was.
         let t = if backend.is_killed(*this.ticket) {
             backend.counters.killed.fetch_add(1, Relaxed);
@@ -185,7 +349,9 @@ impl Future for RelayTask {
             t,
             *this.phases,
             || Sockets {
-                backend_port: io.server().local_addr().ok().map(|a| a.port()),
+                backend_port: (socket2::SockRef::from(io.server()).local_addr().ok())
+                    .and_then(|a| a.as_socket())
+                    .map(|a| a.port()),
                 bytes_from_client: bytes_received(io.client(), Some(client_eof)),
                 bytes_from_server: bytes_received(io.server(), Some(server_eof)),
             },
@@ -356,6 +522,7 @@ mod tests {
                 backend: shared.backend(0),
                 route: Route::PRIMARY,
             }),
+            relay,
             io: shared
                 .backend(0)
                 .relaying
@@ -367,7 +534,6 @@ mod tests {
             peer,
             start: Instant::now(),
             phases: Phases::new(Instant::now(), Timing::default()),
-            relay,
             sleep: tokio::time::sleep_until(deadline),
         };
         let tracked = TaskTracker::new().track_future(task);

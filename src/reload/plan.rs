@@ -297,6 +297,7 @@ fn listener(key: &mut impl FnMut(&'static str, bool, bool), new: &Listen, o: &Li
         keepalive_idle,
         keepalive_interval,
         keepalive_count,
+        relay,
     } = new;
     // Listeners are matched by name: a renamed one is in the set of listeners above.
     key("listen.name", *name != o.name, false);
@@ -369,6 +370,8 @@ fn listener(key: &mut impl FnMut(&'static str, bool, bool), new: &Listen, o: &Li
         *keepalive_count != o.keepalive_count,
         true,
     );
+    // The BPF program is loaded (or found unavailable) at start.
+    key("listen.relay", *relay != o.relay, false);
 }
 
 #[cfg(test)]

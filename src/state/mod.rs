@@ -202,6 +202,8 @@ pub struct Shared {
     inputs: mpsc::UnboundedSender<Input>,
     /// Cancelled when the drain begins: clients still waiting for a primary are answered at once.
     pub draining: CancellationToken,
+    /// The kernel relay's program, loaded at start if a listener asks for it (`listen.relay`).
+    pub sockmap: crate::sockmap::Availability,
 }
 
 /// A listener's own side of every node (HAProxy's servers of one backend: their own slots,
@@ -316,7 +318,9 @@ pub fn new(config: Arc<Config>, observer: Arc<dyn Observer>) -> (Arc<Shared>, Ow
     let set_io = (sets::specs(&config).iter())
         .map(|_| SetIo::new(&config))
         .collect();
+    let sockmap = crate::sockmap::Availability::for_config(&config);
     let shared = Arc::new(Shared {
+        sockmap,
         backends: std::sync::RwLock::new(
             config
                 .servers

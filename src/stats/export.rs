@@ -59,6 +59,40 @@ pub struct View {
     /// read, failures by reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd: Option<crate::dcs::StatusView>,
+    /// Who relays each listener's sessions (`listen.relay`), in the file's order.
+    pub relay: Vec<RelayView>,
+}
+
+/// One listener's relay: what the file asks and what runs, with the reason when `auto` fell
+/// back to user space.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayView {
+    pub listener: String,
+    /// `user`, `kernel` or `auto`.
+    pub configured: &'static str,
+    /// `user` or `kernel`.
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why_not_kernel: Option<String>,
+}
+
+/// Who relays each listener's sessions.
+pub fn relay_views(shared: &Shared) -> Vec<RelayView> {
+    let cfg = shared.config();
+    cfg.listen
+        .all()
+        .iter()
+        .map(|l| RelayView {
+            listener: l.name.clone(),
+            configured: l.relay.as_str(),
+            mode: shared.sockmap.mode_of(l.relay),
+            why_not_kernel: match (&shared.sockmap, l.relay) {
+                (_, crate::config::RelayMode::User) => None,
+                (crate::sockmap::Availability::Unavailable(why), _) => Some(why.clone()),
+                _ => None,
+            },
+        })
+        .collect()
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -421,6 +455,10 @@ pub fn frontend_view(
 }
 
 pub fn view(shared: &Shared) -> View {
+    // Kernel-relayed sessions' bytes reach the counters when read.
+    if let Some(m) = shared.sockmap.ready() {
+        m.flush();
+    }
     let snap = shared.current();
     let now = Instant::now();
     let wall = SystemTime::now();
@@ -465,6 +503,7 @@ pub fn view(shared: &Shared) -> View {
         servers,
         events,
         etcd: None,
+        relay: relay_views(shared),
     }
 }
 

@@ -345,6 +345,12 @@ pub const LISTENER_REFUSALS_TOTAL: Family = Family {
     help: "Clients of a replica, any or standby_leader listener closed without reaching a server, by reason: no_member (none within hold_timeout), queue_timeout, connect_failed, wrong_role (the server reported the other in_hot_standby).",
 };
 
+pub const RELAY_MODE: Family = Family {
+    name: "patroni_proxy_relay_mode",
+    kind: Kind::Gauge,
+    help: "1 for who relays a listener's sessions (mode user: the proxy's threads; kernel: a BPF sockmap), 0 for the other. With relay = \"auto\", user means the kernel relay could not be loaded (the log and the dashboard say why).",
+};
+
 pub const FAMILIES: &[&Family] = &[
     &BUILD_INFO,
     &UPTIME_SECONDS,
@@ -400,6 +406,7 @@ pub const FAMILIES: &[&Family] = &[
     &LISTENER_BYTES_IN_TOTAL,
     &LISTENER_BYTES_OUT_TOTAL,
     &LISTENER_REFUSALS_TOTAL,
+    &RELAY_MODE,
 ];
 
 /// Every family with its kind and help text, for documentation tests.

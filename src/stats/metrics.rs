@@ -49,6 +49,8 @@ pub struct Metrics {
     no_primary: Gauge,
     fe: FrontendSeries,
     listeners: Vec<ListenerSeries>,
+    /// Per listener (the file's order), `mode="user"` and `mode="kernel"`.
+    relay_mode: Vec<[Gauge; 2]>,
     /// By node index; a reload that adds a server appends its series ([`Metrics::add_node`]).
     nodes: std::sync::RwLock<Vec<NodeSeries>>,
     /// Kept to register the series of servers added later.
@@ -268,6 +270,12 @@ impl Metrics {
             primary_changes: r.counter(&PRIMARY_CHANGES_TOTAL, &[]),
             no_primary: r.gauge(&NO_PRIMARY_SECONDS, &[]),
             fe,
+            relay_mode: (config.listen.all().iter())
+                .map(|l| {
+                    ["user", "kernel"]
+                        .map(|mode| r.gauge(&RELAY_MODE, &[("listener", &l.name), ("mode", mode)]))
+                })
+                .collect(),
             listeners: (crate::state::sets::specs(config).iter())
                 .map(|spec| ListenerSeries::new(&r, &spec.name, &config.servers))
                 .collect(),
@@ -358,6 +366,10 @@ impl Metrics {
     pub fn render(&self, view: &View, etcd: &EtcdStatus) -> String {
         for (series, l) in self.listeners.iter().zip(&view.listeners) {
             series.set(l);
+        }
+        for (g, r) in self.relay_mode.iter().zip(&view.relay) {
+            g[0].set(if r.mode == "user" { 1.0 } else { 0.0 });
+            g[1].set(if r.mode == "kernel" { 1.0 } else { 0.0 });
         }
         for ((_, n), c) in etcd.counts().zip(&self.etcd_failures) {
             c.absolute(n);

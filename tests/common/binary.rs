@@ -30,6 +30,15 @@ pub struct Proxy {
     _dir: tempfile::TempDir,
 }
 
+/// `extra` with `relay = MODE` added when `PATRONI_PROXY_TEST_RELAY` names one and `extra` does
+/// not set it (as [`super::with_test_relay`] for in-process proxies).
+fn test_relay(extra: &str) -> String {
+    match std::env::var("PATRONI_PROXY_TEST_RELAY") {
+        Ok(m) if !m.is_empty() && !extra.contains("relay") => format!("{extra}\nrelay = \"{m}\""),
+        _ => extra.to_string(),
+    }
+}
+
 /// Lines added to the config's `[global]`, `[listen]`, `[[server]]` and `[log]` tables.
 #[derive(Default)]
 pub struct Extra {
@@ -102,7 +111,7 @@ impl Proxy {
                 "[global]\nthreads = 1\n{}\n[listen]\nbind = \"{listen}\"\n{}\n[check]\ninter = \"200ms\"\nport = {}\n\
                  [stats]\nbind = \"{stats}\"\n[log]\n{}\n[[server]]\nname = \"pg0\"\naddress = \"{pg}\"\n{}\n",
                 extra.global,
-                extra.listen,
+                test_relay(extra.listen),
                 rest.port(),
                 extra.log,
                 extra.server

@@ -251,6 +251,11 @@ impl Cluster {
         (c, pgs)
     }
 
+    /// As [`Cluster::start`], with node `i`'s PostgreSQL at `dbs[i]` (a server of the test's own).
+    pub async fn start_on(modes: Vec<Mode>, extra: &str, dbs: Vec<SocketAddr>) -> Self {
+        Self::start_with_dbs(modes, extra, "", &[], Some(dbs)).await
+    }
+
     async fn start_with_dbs(
         modes: Vec<Mode>,
         extra: &str,
@@ -283,6 +288,7 @@ impl Cluster {
                 n.rest.addr.port()
             ));
         }
+        let toml = with_test_relay(&toml);
         let config = Arc::new(Config::from_toml(&toml).expect("test config is valid"));
         let proxy_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stats_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -345,6 +351,29 @@ impl Cluster {
 }
 
 /// A client through the proxy: which node greeted it, or `None` if the proxy closed the connection.
+/// `PATRONI_PROXY_TEST_RELAY=kernel|auto|user` runs every listener of the in-process proxies in
+/// that relay mode unless the test's config sets one (docs/testing.md); unset, the file's own.
+pub fn with_test_relay(toml_text: &str) -> String {
+    let mode = match std::env::var("PATRONI_PROXY_TEST_RELAY") {
+        Ok(m) if !m.is_empty() => m,
+        _ => return toml_text.to_string(),
+    };
+    let mut doc: toml::Table = toml_text.parse().expect("test config is TOML");
+    let set = |t: &mut toml::Table| {
+        t.entry("relay")
+            .or_insert_with(|| toml::Value::String(mode.clone()));
+    };
+    match doc
+        .entry("listen")
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+    {
+        toml::Value::Table(t) => set(t),
+        toml::Value::Array(a) => a.iter_mut().filter_map(|v| v.as_table_mut()).for_each(set),
+        _ => {}
+    }
+    toml::to_string(&doc).expect("a TOML table serializes")
+}
+
 pub async fn connect(addr: SocketAddr) -> Option<(String, Client)> {
     client_of(TcpStream::connect(addr).await.ok()?).await
 }
@@ -372,10 +401,18 @@ impl Client {
             return false;
         }
         let mut line = String::new();
-        matches!(
-            tokio::time::timeout(Duration::from_secs(5), self.0.read_line(&mut line)).await,
-            Ok(Ok(n)) if n > 0 && line == "ping\n"
-        )
+        // With the kernel relay the echo comes back through a kernel worker, not through this
+        // runtime: in paused time the clock would jump to the timeout while the bytes are on
+        // their way. A blocking task keeps tokio from advancing it until the read ends (or 5 s of
+        // real time pass).
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let hold = tokio::task::spawn_blocking(move || {
+            let _ = wait.recv_timeout(Duration::from_secs(5));
+        });
+        let got = tokio::time::timeout(Duration::from_secs(5), self.0.read_line(&mut line)).await;
+        drop(done);
+        let _ = hold.await;
+        matches!(got, Ok(Ok(n)) if n > 0 && line == "ping\n")
     }
 
     /// Waits for the proxy to close the session; true if it was closed (EOF or reset).

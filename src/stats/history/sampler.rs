@@ -51,6 +51,9 @@ pub fn wall_ms(shared: &Shared, t: Instant) -> u64 {
 
 /// Reads everything a sample needs, now.
 pub fn read(shared: &Shared, now: Instant) -> Reading {
+    if let Some(m) = shared.sockmap.ready() {
+        m.flush();
+    }
     let snap = shared.current();
     let backends = shared.backends();
     let nodes = snap

@@ -1,0 +1,298 @@
+//! The kernel relay (`listen.relay = "kernel"`, issue 17) end to end against in-process fakes, in
+//! real time (the BPF program's clock is the machine's): bytes move both ways and are counted,
+//! half-closes pass in order, idle timeouts and `shutdown-sessions` end kernel-relayed sessions as
+//! they end user-space ones, and nothing stays in the kernel's maps. Loading the program needs
+//! `CAP_BPF` and `CAP_NET_ADMIN` (root here): without them each test says so and passes; the
+//! fallback (`auto` as an unprivileged user) is `auto_falls_back_...` below.
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use common::{Cluster, Mode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+const PRIMARY: Mode = Mode::Primary { timeline: 1 };
+const KERNEL: &str = "[listen]\nrelay = \"kernel\"\n";
+
+/// The maps' entries (`socks`, `targets`, `links`), or `None` (said) where the program cannot load.
+fn entries(c: &Cluster) -> Option<(usize, usize, usize)> {
+    match c.shared().sockmap.ready() {
+        Some(m) => Some(m.entries()),
+        None => {
+            eprintln!("kernel relay not tested here: {:?}", c.shared().sockmap);
+            None
+        }
+    }
+}
+
+async fn until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .expect("bytes within 5 s")
+        .unwrap();
+    buf
+}
+
+async fn started(extra: &str) -> Cluster {
+    let c = Cluster::start(vec![PRIMARY], extra).await;
+    c.wait_for(Duration::from_secs(5), "a primary", |c| {
+        c.primary() == Some(0)
+    })
+    .await;
+    c
+}
+
+#[tokio::test]
+async fn bytes_move_in_the_kernel_are_counted_and_nothing_stays_in_the_maps() {
+    let c = started(KERNEL).await;
+    let Some(before) = entries(&c) else { return };
+    assert_eq!(before, (0, 0, 0));
+    let mut app = TcpStream::connect(c.addr).await.unwrap();
+    assert_eq!(read_n(&mut app, 11).await, b"NODE node0\n");
+    let payload: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+    let writer = {
+        let (payload, mut w) = (payload.clone(), app);
+        tokio::spawn(async move {
+            w.write_all(&payload).await.unwrap();
+            w
+        })
+    };
+    let mut app = writer.await.unwrap();
+    assert_eq!(read_n(&mut app, payload.len()).await, payload);
+    assert_eq!(entries(&c), Some((2, 2, 2)), "the session's two sockets");
+    drop(app);
+    let fe = &c.shared().frontend;
+    until(Duration::from_secs(5), "the session's end", || {
+        fe.scur.load(Relaxed) == 0
+    })
+    .await;
+    assert_eq!(
+        entries(&c),
+        Some((0, 0, 0)),
+        "a session leaves nothing behind"
+    );
+    // The program's counts: the echo node's greeting came before the kernel took over (the
+    // startup inspection relays it); everything after, both ways.
+    let node = &c.shared().backend(0).counters;
+    assert_eq!(fe.bin.load(Relaxed), payload.len() as u64);
+    assert_eq!(node.bin.load(Relaxed), payload.len() as u64);
+    assert!(fe.bout.load(Relaxed) >= payload.len() as u64);
+}
+
+/// A server that reads to the end of the stream, then answers with how many bytes it read and
+/// closes: it sees the client's FIN only after the client's bytes, and its answer still reaches
+/// the client after that half-close.
+async fn counting_server() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                s.read_to_end(&mut all).await.unwrap();
+                s.write_all(format!("read {}\n", all.len()).as_bytes())
+                    .await
+                    .unwrap();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_half_close_passes_after_the_bytes_before_it_and_the_answer_comes_back() {
+    // Not PostgreSQL: relayed from the start, without the startup inspection.
+    let extra = "[listen]\nrelay = \"kernel\"\ninspect_startup = false\n";
+    let c = Cluster::start_on(vec![PRIMARY], extra, vec![counting_server().await]).await;
+    c.wait_for(Duration::from_secs(5), "a primary", |c| {
+        c.primary() == Some(0)
+    })
+    .await;
+    if entries(&c).is_none() {
+        return;
+    }
+    for n in [1usize, 70_000, 1_000_000] {
+        let mut app = TcpStream::connect(c.addr).await.unwrap();
+        // The first byte may reach the server before the kernel takes over; the rest after.
+        app.write_all(b"x").await.unwrap();
+        until(Duration::from_secs(5), "the kernel relay", || {
+            entries(&c) == Some((2, 2, 2))
+        })
+        .await;
+        app.write_all(&vec![1u8; n - 1]).await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), app.read_to_string(&mut answer))
+            .await
+            .expect("an answer and the end of the stream")
+            .unwrap();
+        assert_eq!(answer, format!("read {n}\n"));
+        until(Duration::from_secs(5), "the session's end", || {
+            entries(&c) == Some((0, 0, 0))
+        })
+        .await;
+    }
+    assert_eq!(c.shared().backend(0).counters.srv_abrt.load(Relaxed), 0);
+    assert_eq!(c.shared().backend(0).counters.cli_abrt.load(Relaxed), 0);
+}
+
+#[tokio::test]
+async fn an_idle_kernel_session_times_out_and_a_busy_one_does_not() {
+    let c = started("[listen]\nrelay = \"kernel\"\ntimeout_client = \"600ms\"\n").await;
+    if entries(&c).is_none() {
+        return;
+    }
+    let mut busy = TcpStream::connect(c.addr).await.unwrap();
+    let mut idle = TcpStream::connect(c.addr).await.unwrap();
+    assert_eq!(read_n(&mut busy, 11).await, b"NODE node0\n");
+    assert_eq!(read_n(&mut idle, 11).await, b"NODE node0\n");
+    let start = Instant::now();
+    // A byte each 200 ms keeps `busy` open past several timeouts.
+    while start.elapsed() < Duration::from_millis(1500) {
+        busy.write_all(b"p").await.unwrap();
+        assert_eq!(read_n(&mut busy, 1).await, b"p");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut b = [0u8; 1];
+    let idle_end = tokio::time::timeout(Duration::from_secs(1), idle.read(&mut b))
+        .await
+        .expect("the idle session was closed");
+    assert!(matches!(idle_end, Ok(0) | Err(_)));
+    busy.write_all(b"q").await.unwrap();
+    assert_eq!(
+        read_n(&mut busy, 1).await,
+        b"q",
+        "the busy one is still open"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_sessions_ends_kernel_relayed_sessions_and_empties_the_maps() {
+    let c = started(KERNEL).await;
+    if entries(&c).is_none() {
+        return;
+    }
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let mut app = TcpStream::connect(c.addr).await.unwrap();
+        assert_eq!(read_n(&mut app, 11).await, b"NODE node0\n");
+        apps.push(app);
+    }
+    until(Duration::from_secs(5), "three sessions in the maps", || {
+        entries(&c) == Some((6, 6, 6))
+    })
+    .await;
+    c.nodes[0].rest.set(Mode::Replica);
+    for app in &mut apps {
+        let mut b = [0u8; 1];
+        let end = tokio::time::timeout(Duration::from_secs(5), app.read(&mut b))
+            .await
+            .expect("closed when its server went DOWN");
+        assert!(matches!(end, Ok(0) | Err(_)));
+    }
+    until(Duration::from_secs(5), "the maps to empty", || {
+        entries(&c) == Some((0, 0, 0))
+    })
+    .await;
+    assert_eq!(c.shared().backend(0).counters.killed.load(Relaxed), 3);
+}
+
+/// Runs the built proxy as `nobody` (no `CAP_BPF`) with `relay`, until its stderr has a line
+/// with `until` (then stops it) or until it exits; returns its stderr and, if it exited, its
+/// status.
+fn unprivileged(relay: &str, until: Option<&str>) -> (String, Option<std::process::ExitStatus>) {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    // Readable by `nobody`.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("proxy.toml");
+    let port = |_: ()| common::binary::free_port();
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\nbind = \"127.0.0.1:{}\"\nrelay = \"{relay}\"\n[stats]\nbind = \"127.0.0.1:{}\"\n\
+             [[server]]\nname = \"pg0\"\naddress = \"127.0.0.1:1\"\n",
+            port(()),
+            port(())
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_patroni-proxy"))
+        .arg("-c")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv runs");
+    let mut log = String::new();
+    let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+        if until.is_some_and(|u| line.contains(u)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (log, None);
+        }
+    }
+    (log, Some(child.wait().unwrap()))
+}
+
+fn root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+#[test]
+fn auto_falls_back_to_user_space_without_cap_bpf_and_says_why_once() {
+    if !root() {
+        eprintln!("needs root to drop to nobody; skipped");
+        return;
+    }
+    let (log, _) = unprivileged("auto", Some("relays in user space"));
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("relays in user space"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once: {log}");
+    assert!(
+        said[0].contains("listener postgres") && said[0].contains("cannot be used: "),
+        "{}",
+        said[0]
+    );
+    // The kernel's answer is in it: no permission.
+    assert!(said[0].contains("Operation not permitted"), "{}", said[0]);
+}
+
+#[test]
+fn kernel_without_cap_bpf_refuses_to_start_and_names_the_key() {
+    if !root() {
+        eprintln!("needs root to drop to nobody; skipped");
+        return;
+    }
+    let (log, status) = unprivileged("kernel", None);
+    assert!(!status.expect("it exits").success(), "{log}");
+    assert!(
+        log.contains("listen.relay = \"kernel\" but the kernel relay cannot be used"),
+        "{log}"
+    );
+}
