@@ -121,7 +121,7 @@ pub fn start(config: Arc<Config>, listeners: Listeners) -> Running {
 /// for `relay = "kernel"` and the kernel relay cannot be loaded (`auto` falls back, saying why).
 fn relay_said(shared: &Shared) -> anyhow::Result<()> {
     use crate::config::RelayMode;
-    for v in crate::stats::export::relay_views(shared) {
+    for v in crate::stats::relay::views(shared) {
         let l = &v.listener;
         match (v.configured, v.mode, v.why_not_kernel) {
             (_, "kernel", _) => tracing::info!("listener {l}: sessions relayed in the kernel (BPF sockmap, listen.relay = \"{}\")", v.configured),

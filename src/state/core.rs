@@ -597,19 +597,3 @@ fn describe(r: &CheckResult) -> String {
 #[cfg(test)]
 #[path = "core_tests.rs"]
 mod tests;
-
-/// The messages said with an event of `kind`: what the rule tests read of a decision.
-#[cfg(test)]
-pub(super) fn said(effects: &[Effect], kind: EventKind) -> Vec<String> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Say {
-                event: Some((k, _)),
-                message,
-                ..
-            } if *k == kind => Some(message.clone()),
-            _ => None,
-        })
-        .collect()
-}

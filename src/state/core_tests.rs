@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::health::patroni::PatroniInfo;
 use crate::health::{CheckResult, CheckStatus};
 use crate::routing::AdminState;
+use crate::state::events::said;
 use crate::state::{AdminOrder, EventKind, Input, Scope, Snapshot, Unobserved};
 
 /// A run of the pure core over a configuration, with a clock of its own.

@@ -67,3 +67,19 @@ impl Events {
             .collect()
     }
 }
+
+/// The messages said with an event of `kind`: what the rule tests read of a decision.
+#[cfg(test)]
+pub(super) fn said(effects: &[super::core::Effect], kind: EventKind) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            super::core::Effect::Say {
+                event: Some((k, _)),
+                message,
+                ..
+            } if *k == kind => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}

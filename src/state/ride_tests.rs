@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::super::core::{on_check, on_input, said, Effect, Io};
+use super::super::core::{on_check, on_input, Effect, Io};
+use super::super::events::said;
 use crate::config::Config;
 use crate::dcs::{LeaderLease, Lease};
 use crate::health::patroni::PatroniInfo;

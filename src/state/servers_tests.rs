@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::super::core::{on_check, on_input, said, Effect, Io};
+use super::super::core::{on_check, on_input, Effect, Io};
+use super::super::events::said;
 use crate::config::Config;
 use crate::health::patroni::PatroniInfo;
 use crate::health::{CheckResult, CheckStatus};

@@ -60,39 +60,7 @@ pub struct View {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd: Option<crate::dcs::StatusView>,
     /// Who relays each listener's sessions (`listen.relay`), in the file's order.
-    pub relay: Vec<RelayView>,
-}
-
-/// One listener's relay: what the file asks and what runs, with the reason when `auto` fell
-/// back to user space.
-#[derive(Debug, Clone, Serialize)]
-pub struct RelayView {
-    pub listener: String,
-    /// `user`, `kernel` or `auto`.
-    pub configured: &'static str,
-    /// `user` or `kernel`.
-    pub mode: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub why_not_kernel: Option<String>,
-}
-
-/// Who relays each listener's sessions.
-pub fn relay_views(shared: &Shared) -> Vec<RelayView> {
-    let cfg = shared.config();
-    cfg.listen
-        .all()
-        .iter()
-        .map(|l| RelayView {
-            listener: l.name.clone(),
-            configured: l.relay.as_str(),
-            mode: shared.sockmap.mode_of(l.relay),
-            why_not_kernel: match (&shared.sockmap, l.relay) {
-                (_, crate::config::RelayMode::User) => None,
-                (crate::sockmap::Availability::Unavailable(why), _) => Some(why.clone()),
-                _ => None,
-            },
-        })
-        .collect()
+    pub relay: Vec<super::relay::RelayView>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -503,7 +471,7 @@ pub fn view(shared: &Shared) -> View {
         servers,
         events,
         etcd: None,
-        relay: relay_views(shared),
+        relay: super::relay::views(shared),
     }
 }
 

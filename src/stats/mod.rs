@@ -35,6 +35,7 @@ pub mod history;
 pub mod listeners;
 pub mod loaded;
 pub mod metrics;
+pub mod relay;
 mod server;
 pub mod sessions;
 pub mod signals;
