@@ -456,6 +456,14 @@ async fn every_series_exists_from_start_up() {
         assert_eq!(mode("user"), if kernel { 0.0 } else { 1.0 });
         assert_eq!(mode("kernel"), if kernel { 1.0 } else { 0.0 });
     }
+    // And the dashboard's process line says it.
+    let page = get(&c, "/").await.text().await.unwrap();
+    let said = if kernel {
+        "relay in the kernel"
+    } else {
+        "relay in user space"
+    };
+    assert!(page.contains(said), "{said} not on the page");
     assert_eq!(
         m.get(&format!(
             "patroni_proxy_build_info{{version=\"{}\"}}",

@@ -4,11 +4,10 @@
 //! time of the last segment the BPF program saw; the program's byte counts feed the counters
 //! (`crate::sockmap` adds them when the stats are read, and at the session's end).
 //!
-//! The sockets are watched through an epoll instance of the session's own, asking for
+//! The sockets are watched through their thread's epoll instance ([`super::watch`]), asking for
 //! `EPOLLRDHUP` (errors and hang-ups are always reported) and never `EPOLLIN`: a mapped socket still
 //! signals readability for every segment the kernel redirects, and tokio's event loop, which always
-//! asks for it, would wake the proxy's thread for each message. Only this epoll's descriptor is in
-//! tokio's loop, and it becomes readable only when one of the sockets ends or fails.
+//! asks for it, would wake the proxy's thread for each message.
 //!
 //! A FIN from one side is passed on only after the bytes the kernel redirected before it have been
 //! written to the other socket (`relaying::bytes_written` against the program's count): the
@@ -17,18 +16,16 @@
 
 use std::future::Future;
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustix::event::epoll;
-use tokio::io::unix::AsyncFd;
 use tokio::time::{Instant, Sleep};
 
 use super::relay::{End, Side};
+use super::watch::{watch, Watched};
 use crate::backend::relaying::{bytes_written, Registered};
 use crate::sockmap::{Counted, Joined};
 
@@ -43,7 +40,7 @@ pub struct KernelRelay {
     /// The sockets' place in the BPF maps; dropped (taken out) before the sockets close, as it
     /// comes before them in the session's task.
     joined: Joined,
-    watch: AsyncFd<OwnedFd>,
+    watched: Watched,
     /// Bytes written to the client's and the server's socket before the kernel took over.
     base: [u64; 2],
     /// The last activity known when the timer last fired (at first, when the kernel took over),
@@ -68,11 +65,7 @@ impl KernelRelay {
         idle_client: Duration,
         idle_server: Duration,
     ) -> io::Result<(Self, Instant)> {
-        let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        let flags = epoll::EventFlags::RDHUP | epoll::EventFlags::ET;
-        epoll::add(&ep, client, epoll::EventData::new_u64(0), flags)?;
-        epoll::add(&ep, server, epoll::EventData::new_u64(1), flags)?;
-        let watch = crate::backend::relaying::watch(ep)?;
+        let watched = watch(client, server)?;
         let (limit, idle_side) = if idle_client <= idle_server {
             (idle_client, Side::Client)
         } else {
@@ -81,7 +74,7 @@ impl KernelRelay {
         let start = Instant::now();
         let relay = KernelRelay {
             joined,
-            watch,
+            watched,
             base,
             last: start,
             seen: [0; 2],
@@ -137,38 +130,23 @@ impl KernelRelay {
         }
     }
 
-    /// Takes what the session's epoll has: ends of stream are noted, an error ends the relay.
+    /// Takes what the thread's watch saw, until it has nothing more (the task's waker then waits
+    /// in it): ends of stream are noted, an error ends the relay.
     fn events(&mut self, cx: &mut Context<'_>, socks: [&TcpStream; 2]) -> Result<(), End> {
         loop {
-            let mut guard = match self.watch.poll_read_ready(cx) {
-                Poll::Ready(Ok(g)) => g,
-                // The epoll instance itself failed: nothing is known of the sockets.
-                Poll::Ready(Err(e)) => return Err(End::Error(Side::Server, e)),
+            let seen = match self.watched.poll(cx) {
                 Poll::Pending => return Ok(()),
+                Poll::Ready(Ok(seen)) => seen,
+                // The watch itself failed: nothing is known of the sockets.
+                Poll::Ready(Err(e)) => return Err(End::Error(Side::Server, e)),
             };
-            let mut buf = [const { MaybeUninit::<epoll::Event>::uninit() }; 4];
-            let zero = rustix::time::Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            let (events, _) = match epoll::wait(guard.get_inner(), &mut buf, Some(&zero)) {
-                Ok(got) => got,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(End::Error(Side::Server, e.into())),
-            };
-            if events.is_empty() {
-                guard.clear_ready();
-                continue;
-            }
-            for ev in events.iter() {
-                let (data, flags) = (ev.data, ev.flags);
-                let i = (data.u64() as usize).min(1);
-                if flags.contains(epoll::EventFlags::ERR) {
+            for (i, seen) in seen.iter().enumerate() {
+                if seen.error {
                     if let Ok(Err(errno)) = rustix::net::sockopt::socket_error(socks[i]) {
                         return Err(End::Error(SIDES[i], errno.into()));
                     }
                 }
-                if flags.intersects(epoll::EventFlags::RDHUP | epoll::EventFlags::HUP) {
+                if seen.eof {
                     self.eof[i] = true;
                 }
             }

@@ -13,6 +13,7 @@ pub mod session;
 mod startup;
 pub mod tcplog;
 pub mod termination;
+mod watch;
 
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;

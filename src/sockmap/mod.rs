@@ -32,6 +32,8 @@ type Link = [u64; 3];
 /// The loaded program and its maps. The program stays attached while this lives.
 pub struct Sockmap {
     maps: Mutex<Maps>,
+    /// The kernel's id of the loaded program (`bpftool prog show id N`).
+    program_id: Option<u32>,
     /// The sessions in the maps, with the counters their bytes go to: [`Sockmap::flush`] brings
     /// those up to date when the stats are read, so open sessions' bytes show as they move.
     live: Mutex<Slab<Live>>,
@@ -183,7 +185,9 @@ impl Sockmap {
             .map_err(|e| describe("loading the program", &e))?;
         prog.attach(socks.fd())
             .map_err(|e| describe("attaching the program", &e))?;
+        let program_id = prog.info().ok().map(|i| i.id());
         Ok(Arc::new(Self {
+            program_id,
             maps: Mutex::new(Maps {
                 socks,
                 targets,
@@ -254,6 +258,13 @@ impl Sockmap {
 
     fn lock_maps(&self) -> std::sync::MutexGuard<'_, Maps> {
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The kernel's id of the loaded program: it stays loaded while anything holds a reference to
+    /// it (this process's maps, a socket's psock), so its absence after the proxy stops shows that
+    /// nothing was left behind. For tests and the leak check.
+    pub fn program_id(&self) -> Option<u32> {
+        self.program_id
     }
 
     /// Entries in the maps now: `(socks, targets, links)`. For tests and the leak check.

@@ -269,6 +269,34 @@ fn refusal_text(v: &View) -> String {
 }
 
 /// The etcd watch in a few words: which endpoint, and the leader's lease as last read.
+/// Who relays the sessions (`listen.relay`, issue 17): one word when every listener is relayed
+/// the same way, else per listener; and, for the title, why the kernel relay was not used where
+/// it was asked for (the kernel's answer can be a verifier log: too long for the line).
+fn relay_text(relay: &[super::relay::RelayView]) -> (String, String) {
+    let word = |mode: &str| match mode {
+        "kernel" => "in the kernel",
+        _ => "in user space",
+    };
+    let mut text = match relay.first() {
+        None => return (String::new(), String::new()),
+        Some(first) if relay.iter().all(|r| r.mode == first.mode) => {
+            format!(" \u{b7} relay {}", word(first.mode))
+        }
+        Some(_) => {
+            let each: Vec<String> = (relay.iter())
+                .map(|r| format!("{} {}", r.listener, word(r.mode)))
+                .collect();
+            format!(" \u{b7} relay: {}", each.join(", "))
+        }
+    };
+    let why = relay.iter().find_map(|r| r.why_not_kernel.as_deref());
+    if let Some(why) = why {
+        text.push_str(" (kernel relay unavailable)");
+        return (text, format!("; kernel relay unavailable: {why}"));
+    }
+    (text, String::new())
+}
+
 fn etcd_text(e: &crate::dcs::StatusView) -> String {
     let lease = match (e.leader.as_deref(), e.lease, e.lease_remaining_s) {
         (Some(l), Some("live"), Some(left)) => format!(", leader {l}, lease {left} s left"),
@@ -305,11 +333,13 @@ fn page_cells(v: &View) -> Cells {
         detail.push_str(&format!(" (last refused: {e})"));
     }
     let etcd = v.etcd.as_ref().map_or(String::new(), etcd_text);
+    let (relay, why_not_kernel) = relay_text(&v.relay);
+    detail.push_str(&why_not_kernel);
     c.insert(
         "process",
         titled(
             format!(
-                "patroni-proxy {} \u{b7} pid {} \u{b7} up {} \u{b7} config {config} \u{b7} listening on {}{etcd}",
+                "patroni-proxy {} \u{b7} pid {} \u{b7} up {} \u{b7} config {config} \u{b7} listening on {}{etcd}{relay}",
                 v.version,
                 v.pid,
                 human_time(Duration::from_secs(v.uptime_s)),
@@ -396,5 +426,40 @@ mod tests {
         assert_eq!(human_bytes(1023), "1023 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
         assert_eq!(human_bytes(5 << 30), "5.0 GiB");
+    }
+
+    #[test]
+    fn the_process_line_says_who_relays_and_the_title_why_not_the_kernel() {
+        // Issue 17 item 3: where the program cannot be loaded, `auto` relays in user space "and
+        // says why once at start (log, dashboard, metric)".
+        let view =
+            |listener: &str, configured, mode, why: Option<&str>| super::super::relay::RelayView {
+                listener: listener.into(),
+                configured,
+                mode,
+                why_not_kernel: why.map(Into::into),
+            };
+        assert_eq!(
+            relay_text(&[view("postgres", "kernel", "kernel", None)]),
+            (" \u{b7} relay in the kernel".to_string(), String::new())
+        );
+        let why = "loading the program: Operation not permitted (os error 1)";
+        let (text, title) = relay_text(&[
+            view("postgres", "auto", "user", Some(why)),
+            view("replicas", "user", "user", None),
+        ]);
+        assert_eq!(
+            text,
+            " \u{b7} relay in user space (kernel relay unavailable)"
+        );
+        assert_eq!(title, format!("; kernel relay unavailable: {why}"));
+        let (text, _) = relay_text(&[
+            view("postgres", "kernel", "kernel", None),
+            view("replicas", "user", "user", None),
+        ]);
+        assert_eq!(
+            text,
+            " \u{b7} relay: postgres in the kernel, replicas in user space"
+        );
     }
 }
