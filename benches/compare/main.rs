@@ -20,7 +20,7 @@ use serde_json::json;
 use setup::{Proc, Service, SERVICES};
 
 const USAGE: &str = "usage: bash benches/run.sh [--quick] [--rounds N] [--secs S] [--json PATH] \
-[--rows r1,r2] [--proxy PATH] [--also LABEL=PATH[@VAR=VALUE]...]... [--no-kernel] [--perf] [--perf-record]
+[--rows r1,r2] [--proxy PATH] [--also LABEL=PATH[@VAR=VALUE][@relay=kernel]...]... [--no-kernel] [--perf] [--perf-record]
 --no-kernel: leave out the `relay = \"kernel\"` column (it needs CAP_BPF and CAP_NET_ADMIN)
 --perf: count syscalls and context switches of HAProxy and the proxies per unit of work (perf stat;
         the tracepoint slows syscalls a little, so keep it out of runs whose timings you report)
@@ -254,11 +254,12 @@ fn main() {
     if o.kernel {
         proxies.push(("pp-kernel".to_string(), o.proxy.clone(), vec![], "kernel"));
     }
-    proxies.extend(
-        o.also
-            .iter()
-            .map(|(l, b, e)| (l.clone(), b.clone(), e.clone(), "user")),
-    );
+    // `@relay=kernel` in `--also` measures that build in kernel mode (not an environment variable).
+    proxies.extend(o.also.iter().map(|(l, b, e)| {
+        let kernel = e.iter().any(|(k, v)| k == "relay" && v == "kernel");
+        let env = e.iter().filter(|(k, _)| k != "relay").cloned().collect();
+        (l.clone(), b.clone(), env, if kernel { "kernel" } else { "user" })
+    }));
     for (label, bin, env, relay) in &proxies {
         let mut t = Target {
             label: label.clone(),
