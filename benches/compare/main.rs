@@ -258,7 +258,12 @@ fn main() {
     proxies.extend(o.also.iter().map(|(l, b, e)| {
         let kernel = e.iter().any(|(k, v)| k == "relay" && v == "kernel");
         let env = e.iter().filter(|(k, _)| k != "relay").cloned().collect();
-        (l.clone(), b.clone(), env, if kernel { "kernel" } else { "user" })
+        (
+            l.clone(),
+            b.clone(),
+            env,
+            if kernel { "kernel" } else { "user" },
+        )
     }));
     for (label, bin, env, relay) in &proxies {
         let mut t = Target {

@@ -103,9 +103,7 @@ fn relay(listener: TcpListener, server: SocketAddr) {
             if data == ACCEPT {
                 if res >= 0 {
                     // SAFETY: the kernel just gave us this descriptor.
-                    let client = unsafe {
-                        <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(res)
-                    };
+                    let client = unsafe { <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(res) };
                     if let Ok(upstream) = TcpStream::connect(server) {
                         let _ = client.set_nodelay(true);
                         let _ = upstream.set_nodelay(true);
