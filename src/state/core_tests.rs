@@ -2,93 +2,33 @@
 //! `../shared/reference/haproxy-semantics.md` it keeps, or names the deliberate difference (README,
 //! "How it differs from HAProxy").
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
-use tokio::time::Instant;
+use std::time::Duration;
 
 use super::*;
-use crate::config::Config;
-use crate::health::patroni::PatroniInfo;
 use crate::health::{CheckResult, CheckStatus};
 use crate::routing::AdminState;
 use crate::state::events::said;
-use crate::state::{AdminOrder, EventKind, Input, Scope, Snapshot, Unobserved};
+use crate::state::testkit::{result, Run};
+use crate::state::{AdminOrder, EventKind, Input, Scope};
 
-/// A run of the pure core over a configuration, with a clock of its own.
-struct Run {
-    cfg: Config,
-    snap: Snapshot,
-    io: Io,
-    now: Instant,
+/// The steps these rules take: three nodes `a`, `b`, `c`, a check 10 ms after the last step.
+trait Core {
+    fn new(extra: &str) -> Self;
+    fn check(&mut self, node: usize, result: CheckResult) -> (Vec<Effect>, Duration);
+    fn input(&mut self, input: Input) -> Option<Vec<Effect>>;
 }
 
-impl Run {
+impl Core for Run {
     fn new(extra: &str) -> Self {
-        let cfg = Config::from_toml(&format!(
-            "{extra}\n[[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n\
-             [[server]]\nname = \"b\"\naddress = \"127.0.0.12:5432\"\n\
-             [[server]]\nname = \"c\"\naddress = \"127.0.0.13:5432\"\n"
-        ))
-        .unwrap();
-        let snap = (*crate::state::new(Arc::new(cfg.clone()), Arc::new(Unobserved))
-            .0
-            .current())
-        .clone();
-        Self {
-            cfg,
-            snap,
-            io: Io {
-                sessions: vec![0; 3],
-                queued: vec![0; 3],
-                ..Io::default()
-            },
-            now: Instant::now(),
-        }
+        Run::nodes(extra, 3, |_| String::new())
     }
 
     fn check(&mut self, node: usize, result: CheckResult) -> (Vec<Effect>, Duration) {
-        self.now += Duration::from_millis(10);
-        let (step, next) = on_check(
-            &self.cfg,
-            &self.snap,
-            &self.io,
-            node,
-            result,
-            self.now,
-            SystemTime::now(),
-        );
-        self.snap = step.snapshot;
-        (step.effects, next)
+        self.step_check(Duration::from_millis(10), node, result)
     }
 
     fn input(&mut self, input: Input) -> Option<Vec<Effect>> {
-        let step = on_input(
-            &self.cfg,
-            &self.snap,
-            &self.io,
-            input,
-            self.now,
-            SystemTime::now(),
-        )?;
-        self.snap = step.snapshot;
-        Some(step.effects)
-    }
-}
-
-fn result(status: CheckStatus, code: Option<u16>, role: &str, timeline: u64) -> CheckResult {
-    CheckResult {
-        status,
-        code,
-        duration: Duration::from_millis(2),
-        info: None,
-        patroni: code.map(|_| PatroniInfo {
-            role: Some(role.into()),
-            state: Some("running".into()),
-            timeline: Some(timeline),
-            ..Default::default()
-        }),
-        finished_at: SystemTime::now(),
+        self.step_input(input)
     }
 }
 

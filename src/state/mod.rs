@@ -14,6 +14,8 @@ pub mod ride;
 mod servers;
 pub mod sets;
 pub mod sql;
+#[cfg(test)]
+mod testkit;
 
 pub use events::{Event, EventKind, Events};
 pub use owner::Owner;

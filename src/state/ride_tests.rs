@@ -1,93 +1,47 @@
 //! The REST outage ride-through and timeline fencing, one test per rule, on the pure core. Each
 //! quotes the rule (docs/health-checking.md, "REST outage ride-through" and "Timeline fencing").
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::time::Instant;
-
-use super::super::core::{on_check, on_input, Effect, Io};
+use super::super::core::Effect;
 use super::super::events::said;
-use crate::config::Config;
+use super::super::testkit::Run;
 use crate::dcs::{LeaderLease, Lease};
 use crate::health::patroni::PatroniInfo;
 use crate::health::{CheckResult, CheckStatus};
-use crate::state::{EventKind, Input, Snapshot, Unobserved};
+use crate::state::{EventKind, Input};
 
 const ETCD: &str = "[etcd]\nendpoints = [\"127.0.0.1:2379\"]\nscope = \"postgres\"\n";
 
-struct Run {
-    cfg: Config,
-    snap: Snapshot,
-    io: Io,
-    now: Instant,
+/// The steps these rules take: three nodes `a`, `b`, `c` (Patroni members `pg-a`, ... through
+/// `member` or their answers), a check every 3 s (the seed's `inter`).
+trait Ride {
+    fn new(extra: &str, members: bool) -> Self;
+    fn check(&mut self, node: usize, result: CheckResult) -> Vec<Effect>;
+    fn input(&mut self, input: Input) -> Vec<Effect>;
+    fn with_primary_a(&mut self, tl: u64);
+    fn lease(&mut self, leader: &str, lease: Lease) -> Vec<Effect>;
+    fn fail_a(&mut self, status: CheckStatus, accepted: bool) -> Vec<Effect>;
 }
 
-impl Run {
-    /// Three nodes `a`, `b`, `c` (Patroni members `pg-a`, ... through `member` or their answers).
+impl Ride for Run {
     fn new(extra: &str, members: bool) -> Self {
-        let member = |m: &str| {
+        let names = ["pg-a", "pg-b", "pg-c"];
+        Run::nodes(extra, 3, |i| {
             if members {
-                format!("member = \"{m}\"\n")
+                format!("member = \"{}\"\n", names[i])
             } else {
                 String::new()
             }
-        };
-        let cfg = Config::from_toml(&format!(
-            "{extra}\n[[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n{}\
-             [[server]]\nname = \"b\"\naddress = \"127.0.0.12:5432\"\n{}\
-             [[server]]\nname = \"c\"\naddress = \"127.0.0.13:5432\"\n{}",
-            member("pg-a"),
-            member("pg-b"),
-            member("pg-c"),
-        ))
-        .unwrap();
-        let snap = (*crate::state::new(Arc::new(cfg.clone()), Arc::new(Unobserved))
-            .0
-            .current())
-        .clone();
-        Self {
-            cfg,
-            snap,
-            io: Io {
-                sessions: vec![0; 3],
-                queued: vec![0; 3],
-                ..Io::default()
-            },
-            now: Instant::now(),
-        }
+        })
     }
 
     fn check(&mut self, node: usize, result: CheckResult) -> Vec<Effect> {
-        self.now += Duration::from_secs(3);
-        let (step, _) = on_check(
-            &self.cfg,
-            &self.snap,
-            &self.io,
-            node,
-            result,
-            self.now,
-            SystemTime::now(),
-        );
-        self.snap = step.snapshot;
-        step.effects
+        self.step_check(Duration::from_secs(3), node, result).0
     }
 
     fn input(&mut self, input: Input) -> Vec<Effect> {
-        match on_input(
-            &self.cfg,
-            &self.snap,
-            &self.io,
-            input,
-            self.now,
-            SystemTime::now(),
-        ) {
-            Some(step) => {
-                self.snap = step.snapshot;
-                step.effects
-            }
-            None => Vec::new(),
-        }
+        self.step_input(input).unwrap_or_default()
     }
 
     /// `a` the routed primary on timeline `tl`, `b` and `c` replicas.

@@ -3,94 +3,40 @@
 //! existing ones end by themselves or at `shutdown_grace`)".
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use tokio::time::Instant;
-
-use super::super::core::{on_check, on_input, Effect, Io};
+use super::super::core::Effect;
 use super::super::events::said;
+use super::super::testkit::{answer, Run};
 use crate::config::Config;
-use crate::health::patroni::PatroniInfo;
-use crate::health::{CheckResult, CheckStatus};
 use crate::routing::Claim;
-use crate::state::{EventKind, Input, Snapshot, Unobserved};
+use crate::state::{EventKind, Input};
 
 const A: &str = "[[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n";
 const B: &str = "[[server]]\nname = \"b\"\naddress = \"127.0.0.12:5432\"\n";
 const C: &str = "[[server]]\nname = \"c\"\naddress = \"127.0.0.13:5432\"\n";
 
-struct Run {
-    cfg: Config,
-    snap: Snapshot,
-    io: Io,
-    now: Instant,
+/// The steps these rules take: a configuration of whole `[[server]]` tables, a check 10 ms after
+/// the last step, reloads.
+trait Reloads {
+    fn new(servers: &str) -> Self;
+    fn check(&mut self, node: usize, role: &str);
+    fn input(&mut self, input: Input) -> Option<Vec<Effect>>;
+    fn reload(&mut self, servers: &str) -> Vec<Effect>;
+    fn routed(servers: &str) -> Self;
 }
 
-impl Run {
+impl Reloads for Run {
     fn new(servers: &str) -> Self {
-        let cfg = Config::from_toml(servers).unwrap();
-        let snap = (*crate::state::new(Arc::new(cfg.clone()), Arc::new(Unobserved))
-            .0
-            .current())
-        .clone();
-        let n = cfg.servers.len();
-        Self {
-            cfg,
-            snap,
-            io: Io {
-                sessions: vec![0; n],
-                queued: vec![0; n],
-                ..Io::default()
-            },
-            now: Instant::now(),
-        }
+        Run::from_toml(servers)
     }
 
     fn check(&mut self, node: usize, role: &str) {
-        self.now += Duration::from_millis(10);
-        let result = CheckResult {
-            status: if role == "primary" {
-                CheckStatus::L7OK
-            } else {
-                CheckStatus::L7STS
-            },
-            code: Some(if role == "primary" { 200 } else { 503 }),
-            duration: Duration::from_millis(1),
-            info: None,
-            patroni: Some(PatroniInfo {
-                role: Some(role.into()),
-                state: Some("running".into()),
-                timeline: Some(1),
-                ..Default::default()
-            }),
-            finished_at: SystemTime::now(),
-        };
-        let (step, _) = on_check(
-            &self.cfg,
-            &self.snap,
-            &self.io,
-            node,
-            result,
-            self.now,
-            SystemTime::now(),
-        );
-        self.snap = step.snapshot;
+        self.step_check(Duration::from_millis(10), node, answer(role, 1));
     }
 
     fn input(&mut self, input: Input) -> Option<Vec<Effect>> {
-        let step = on_input(
-            &self.cfg,
-            &self.snap,
-            &self.io,
-            input,
-            self.now,
-            SystemTime::now(),
-        )?;
-        self.snap = step.snapshot;
-        // The IO layer grows with the nodes (AddBackend).
-        self.io.sessions.resize(self.snap.nodes.len(), 0);
-        self.io.queued.resize(self.snap.nodes.len(), 0);
-        Some(step.effects)
+        self.step_input(input)
     }
 
     fn reload(&mut self, servers: &str) -> Vec<Effect> {

@@ -1,82 +1,32 @@
 //! The SQL check as a routing signal, one test per rule of `state::sql` (docs/health-checking.md,
 //! "The SQL check"), on the pure core. Each quotes the rule it keeps.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::time::Instant;
-
-use super::super::core::{on_check, on_input, Effect, Io, Level};
-use crate::config::Config;
-use crate::health::patroni::PatroniInfo;
+use super::super::core::{Effect, Level};
+use super::super::testkit::{answer, Run};
 use crate::health::sql::{SqlResult, Verdict};
-use crate::health::{CheckResult, CheckStatus};
-use crate::state::{EventKind, Input, Snapshot, Unobserved};
+use crate::state::{EventKind, Input};
 
 const SQL: &str = "[check.sql]\nuser = \"pp_monitor\"\npassword = \"pw\"\n";
 
-struct Run {
-    cfg: Config,
-    snap: Snapshot,
-    io: Io,
-    now: Instant,
+/// The steps these rules take: two nodes `a` and `b`, REST answers and SQL checks 10 ms apart.
+trait Sql {
+    fn new(sql: &str) -> Self;
+    fn rest(&mut self, node: usize, role: &str, timeline: u64) -> Vec<Effect>;
+    fn sql(&mut self, node: usize, verdict: Verdict) -> Vec<Effect>;
+    fn a_routed(sql: &str) -> Self;
 }
 
-impl Run {
-    /// Two nodes `a` and `b`, with `[check.sql]` as `sql` (empty: no SQL check).
+impl Sql for Run {
+    /// `[check.sql]` as `sql` (empty: no SQL check).
     fn new(sql: &str) -> Self {
-        let cfg = Config::from_toml(&format!(
-            "{sql}\n[[server]]\nname = \"a\"\naddress = \"127.0.0.11:5432\"\n\
-             [[server]]\nname = \"b\"\naddress = \"127.0.0.12:5432\"\n"
-        ))
-        .unwrap();
-        let snap = (*crate::state::new(Arc::new(cfg.clone()), Arc::new(Unobserved))
-            .0
-            .current())
-        .clone();
-        Self {
-            cfg,
-            snap,
-            io: Io {
-                sessions: vec![0; 2],
-                queued: vec![0; 2],
-                ..Io::default()
-            },
-            now: Instant::now(),
-        }
+        Run::nodes(sql, 2, |_| String::new())
     }
 
     fn rest(&mut self, node: usize, role: &str, timeline: u64) -> Vec<Effect> {
-        self.now += Duration::from_millis(10);
-        let (status, code) = if role == "primary" {
-            (CheckStatus::L7OK, 200)
-        } else {
-            (CheckStatus::L7STS, 503)
-        };
-        let result = CheckResult {
-            status,
-            code: Some(code),
-            duration: Duration::from_millis(2),
-            info: None,
-            patroni: Some(PatroniInfo {
-                role: Some(role.into()),
-                state: Some("running".into()),
-                timeline: Some(timeline),
-                ..Default::default()
-            }),
-            finished_at: SystemTime::now(),
-        };
-        let (step, _) = on_check(
-            &self.cfg,
-            &self.snap,
-            &self.io,
-            node,
-            result,
-            self.now,
-            SystemTime::now(),
-        );
-        self.snap = step.snapshot;
-        step.effects
+        let after = Duration::from_millis(10);
+        self.step_check(after, node, answer(role, timeline)).0
     }
 
     fn sql(&mut self, node: usize, verdict: Verdict) -> Vec<Effect> {
@@ -87,17 +37,8 @@ impl Run {
             duration: Duration::from_millis(3),
             finished_at: SystemTime::now(),
         });
-        let step = on_input(
-            &self.cfg,
-            &self.snap,
-            &self.io,
-            Input::Sql { node, result },
-            self.now,
-            SystemTime::now(),
-        )
-        .expect("a SQL check is always applied");
-        self.snap = step.snapshot;
-        step.effects
+        self.step_input(Input::Sql { node, result })
+            .expect("a SQL check is always applied")
     }
 
     /// `a` routed: its REST answer and a SQL check after it agree.
