@@ -443,3 +443,48 @@ async fn a_changed_stats_bind_moves_the_stats_listener() {
         "the old stats socket is closed once the new one serves"
     );
 }
+
+/// The keepalive timer `ss` shows on the proxy's end of `client`'s connection, if any.
+fn keepalive(p: &Proxy, client: &TcpStream) -> Option<String> {
+    let port = client.local_addr().unwrap().port();
+    let filter = format!("( sport = :{} and dport = :{port} )", p.listen.port());
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established", &filter])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!text.is_empty(), "no connection from port {port}");
+    text.contains("keepalive").then_some(text)
+}
+
+#[tokio::test]
+async fn a_reload_changes_the_keepalive_of_clients_accepted_after_it() {
+    // Accepted sockets inherit the listening socket's options (`proxy::client_options`), so a
+    // reload has to reach the listening socket: every client after it has the new keepalive, the
+    // ones before keep theirs.
+    let (_pg, _rest, p) = started().await;
+    let (first, second) = (session(&p).await, session(&p).await);
+    assert!(keepalive(&p, &first).is_some());
+    assert!(keepalive(&p, &second).is_some(), "inherited");
+    rewrite(&p, "[listen]\n", "[listen]\nclient_keepalive = false\n");
+    p.signal("HUP");
+    wait_reloads(&p, "ok", 1).await;
+    let (third, fourth) = (session(&p).await, session(&p).await);
+    assert_eq!(keepalive(&p, &third), None);
+    assert_eq!(keepalive(&p, &fourth), None);
+    assert!(
+        keepalive(&p, &first).is_some(),
+        "an open session keeps its own"
+    );
+    rewrite(
+        &p,
+        "client_keepalive = false\n",
+        "keepalive_idle = \"77s\"\n",
+    );
+    p.signal("HUP");
+    wait_reloads(&p, "ok", 2).await;
+    for s in [session(&p).await, session(&p).await] {
+        let timer = keepalive(&p, &s).expect("keepalive on again");
+        assert!(timer.contains("keepalive,1min1"), "idle 77 s: {timer}");
+    }
+}

@@ -135,6 +135,9 @@ async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
     // After a move: the previous socket, accepted on until the deadline.
     let mut old: Option<(TcpListener, Instant)> = None;
     let mut moves_open = true;
+    // The configuration whose client socket options the listening socket carries: accepted
+    // sockets inherit them, which saves each client five `setsockopt`.
+    let mut tuned: Option<Arc<crate::config::Config>> = None;
     loop {
         // Accept only while a slot is free, without holding it: every listener shares the slots,
         // and one idle in `accept` must not keep a slot from a client of another (HAProxy resumes
@@ -152,11 +155,11 @@ async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
         };
         let next = tokio::select! {
             r = acceptor.accept(&a.listener, &a.stop, on_error) => match r {
-                Some(c) => Next::Client(c),
+                Some(c) => Next::Client(c, true),
                 None => return,
             },
             r = accept_old(&old) => match r {
-                Ok(c) => Next::Client(c),
+                Ok(c) => Next::Client(c, false),
                 // The old socket is only a courtesy: on any error, close it.
                 Err(_) => Next::CloseOld,
             },
@@ -166,8 +169,8 @@ async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
                 Err(_) => Next::MovesClosed,
             },
         };
-        let (stream, peer) = match next {
-            Next::Client(c) => c,
+        let ((stream, peer), current) = match next {
+            Next::Client(c, current) => (c, current),
             Next::CloseOld => {
                 old = None;
                 continue;
@@ -182,6 +185,7 @@ async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
                     Ok(l) => {
                         let prev = std::mem::replace(&mut a.listener, l);
                         old = Some((prev, Instant::now() + MOVE_LINGER));
+                        tuned = None;
                     }
                     Err(e) => tracing::error!(error = %e,
                         "relay thread {} could not take the moved listening socket; it accepts on the old one", a.me),
@@ -189,6 +193,16 @@ async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
                 continue;
             }
         };
+        let cfg = a.shared.config();
+        if !current || tuned.as_ref().is_none_or(|t| !Arc::ptr_eq(t, &cfg)) {
+            // Clients accepted before the listening socket had this configuration's options (or
+            // from the old socket of a move) get them one by one.
+            client_options(socket2::SockRef::from(&stream), &cfg);
+            if current {
+                client_options(socket2::SockRef::from(&a.listener), &cfg);
+                tuned = Some(cfg);
+            }
+        }
         // Taken at once, unless another listener took the last free slot since: then this client,
         // already accepted, waits for the next one.
         let permit = tokio::select! {
@@ -221,9 +235,26 @@ async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
     }
 }
 
+/// A client socket's options: no Nagle (a small PostgreSQL message must not wait for an ACK), and
+/// TCP keepalive as configured (a client that vanished without a FIN, host down or cable cut,
+/// would keep its `maxconn` place until `timeout client`: keepalive finds it within idle +
+/// interval x count). Set on the listening socket, they are inherited by the sockets it accepts.
+/// Best effort: a socket that refuses them still works.
+fn client_options(s: socket2::SockRef<'_>, cfg: &crate::config::Config) {
+    let _ = s.set_nodelay(true);
+    let r = match cfg.client_keepalive() {
+        Some(ka) => s.set_tcp_keepalive(&ka),
+        None => s.set_keepalive(false),
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "setting TCP keepalive failed");
+    }
+}
+
 /// What an accept loop does next.
 enum Next {
-    Client((TcpStream, std::net::SocketAddr)),
+    /// A client, and whether it came from the current listening socket (not the old one).
+    Client((TcpStream, std::net::SocketAddr), bool),
     CloseOld,
     Moved(Option<Arc<std::net::TcpListener>>),
     MovesClosed,

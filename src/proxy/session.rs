@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::task::TaskTracker;
 
 use super::balance::Admission;
-use super::connect::{connect_and_start, tune, Attempt, Evidence, ServerSession};
+use super::connect::{connect_and_start, Attempt, Evidence, ServerSession};
 use super::hold::hold;
 use super::kernel::{written_before, KernelRelay};
 use super::relay::{End, Meters, Relay, Side};
@@ -372,11 +372,8 @@ async fn establish(
 ) -> Setup {
     // Listed in the sessions view until the setup ends; then, if it relays, in its server's registry.
     let phase = shared.frontend_of(route).setups.join(peer, start);
-    // Small PostgreSQL messages must not wait for Nagle.
-    let _ = client.set_nodelay(true);
-    // A client that vanished without a FIN (host down, cable cut) would keep its maxconn place
-    // until `timeout client` (30 min): keepalive finds it within idle + interval x count.
-    tune(&client, shared.config().client_keepalive());
+    // The client socket's options (no Nagle, keepalive) were set by its accept loop
+    // (`proxy::client_options`).
     let deadline = crate::time::deadline(start, shared.config().listen.hold_timeout);
     let mut pending = Pending::default();
     let mut avoid: Option<(usize, u64)> = None;
