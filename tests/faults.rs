@@ -7,7 +7,7 @@
 //! (60 s outages, 20 + 20 events). Here the outages last 30 s (longer than the fast profile's
 //! `ttl` of 20 s, so a lease renewed through them is one Patroni kept renewing).
 //!
-//! `scripts/test` runs them after `tests/e2e.rs`: `cargo test --locked --test faults --
+//! `scripts/test` runs them after `tests/e2e/`: `cargo test --locked --test faults --
 //! --ignored --test-threads=1 --nocapture`. Every fault is undone by a guard however a test ends.
 
 use patroni_proxy_e2e::{churn, faults, harness, timeline};

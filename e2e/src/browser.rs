@@ -1,6 +1,6 @@
 //! A headless Chromium driven over WebDriver (chromedriver), for the tests that look at the
 //! dashboard as a browser renders it (`tests/browser.rs` on a fake cluster, the dashboard scenario
-//! of `tests/e2e.rs` on the real one): the few WebDriver commands they need, and screenshots.
+//! of `tests/e2e/` on the real one): the few WebDriver commands they need, and screenshots.
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver` (`scripts/install-test-deps`); without
 //! them the tests fail, they do not skip.

@@ -3,7 +3,7 @@
 //! decision, on the same host clock), when each routed the new primary after a switchover or a
 //! crash, how long the instances disagreed, and the Patroni REST load they put on each node (from
 //! their own check counters in `/metrics`). The analysis functions are pure and unit-tested in
-//! `tests/e2e.rs`; [`events`], [`steady_load`] and [`LoadSampler`] run against the real cluster.
+//! `tests/e2e/`; [`events`], [`steady_load`] and [`LoadSampler`] run against the real cluster.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 //! The real-cluster harness of patroni-proxy, one crate shared by the end-to-end tests
-//! (`tests/e2e.rs`), `scripts/failover-compare` (`examples/failover_compare.rs`) and `scripts/soak`
+//! (`tests/e2e/`), `scripts/failover-compare` (`examples/failover_compare.rs`) and `scripts/soak`
 //! (`examples/soak`): [`harness`] drives the cluster and the proxies and records what clients see;
 //! [`scenarios`] are the failovers run through them, [`outage`] the primary's REST API cut off by
 //! a firewall rule, [`faults`] its REST API wedged and etcd stopped, [`timeline`] the old primary

@@ -327,7 +327,7 @@ fn scheduled_switchovers_are_not_immediate() {
 #[test]
 fn a_cleared_failover_key_is_no_request() {
     // Patroni does not delete the key after a switchover: it writes `{}` (seen on the real
-    // cluster, tests/e2e.rs). Read as a request, it left the watch believing a switchover was
+    // cluster, tests/e2e/). Read as a request, it left the watch believing a switchover was
     // pending forever, so the next real request changed nothing and went unnoticed.
     assert!(!is_immediate(Some("{}")));
     assert!(!is_immediate(Some("")));

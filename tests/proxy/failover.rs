@@ -67,7 +67,7 @@ async fn held_clients_get_the_new_primary_with_their_first_bytes() {
 #[tokio::test(start_paused = true)]
 async fn a_held_client_that_hangs_up_frees_its_place_at_once() {
     // Issue 6 item 2: the hold is "bounded by a configurable hold timeout and by maxconn". Seen on
-    // the real cluster (tests/e2e.rs, crash): clients that gave up after 3 s stayed "held" until
+    // the real cluster (tests/e2e/, crash): clients that gave up after 3 s stayed "held" until
     // hold_timeout (10 s), filling maxconn with dead clients and then all opening backend
     // connections on the new primary at once ("99 held clients released").
     use tokio::io::AsyncWriteExt;
@@ -149,7 +149,7 @@ async fn a_shutting_down_primary_makes_the_proxy_replay_the_startup_on_the_next_
 #[tokio::test(start_paused = true)]
 async fn a_primary_that_vanishes_before_answering_makes_the_proxy_replay_the_startup() {
     // Issue 6 item 3 ("zero client errors on a planned switchover"). Seen on the real cluster
-    // (tests/e2e.rs, switchover; and crash): a connection accepted into the old primary's listen
+    // (tests/e2e/, switchover; and crash): a connection accepted into the old primary's listen
     // backlog is reset when its postmaster exits, before any reply. Nothing reached the client: like
     // a 57P03 before authentication, the startup is replayed on the next primary, not reset.
     // Issue 11 item 2: the vanishing only hastens a re-check of the node (it does not take it out

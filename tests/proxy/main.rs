@@ -438,7 +438,7 @@ async fn refused_connects_are_retried_twice_one_second_apart() {
 #[tokio::test(start_paused = true)]
 async fn a_client_still_connecting_when_its_node_goes_down_is_held_not_reset() {
     // Issue 6: "clients held during the gap get either the new primary or a 57P03 error, never a
-    // bare reset". Seen on the real cluster (tests/e2e.rs, crash): clients that arrived after the
+    // bare reset". Seen on the real cluster (tests/e2e/, crash): clients that arrived after the
     // crash, while the dead primary was still routed, were retrying its refused port when it was
     // marked DOWN, and got a bare RST from shutdown-sessions. Nothing had reached them from a server
     // yet: they go back to waiting for the next primary.

@@ -1,4 +1,4 @@
-//! The real-cluster harness shared by `tests/e2e.rs` and the examples: drives
+//! The real-cluster harness shared by `tests/e2e/` and the examples: drives
 //! `scripts/cluster`, runs patroni-proxy or HAProxy in front of the cluster, and records what clients
 //! see: a probe opening a new connection every 100 ms, one long-lived session, a direct watcher of
 //! every node, and the proxy's own view of its servers. Times are Unix seconds (`f64`), the unit of

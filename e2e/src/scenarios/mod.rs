@@ -1,6 +1,6 @@
 //! The failover scenarios on the real cluster, run through one or several proxies at once (the
 //! same event seen by every proxy's own probe), and what each client saw, summarised as a
-//! [`Report`]. Shared by `tests/e2e.rs` (assertions) and `examples/failover_compare.rs` (the
+//! [`Report`]. Shared by `tests/e2e/` (assertions) and `examples/failover_compare.rs` (the
 //! side-by-side table). Every wait polls a condition with a deadline; sleeps only pace the probe or
 //! set the length of a measurement window.
 #![allow(dead_code)]
