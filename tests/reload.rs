@@ -459,7 +459,7 @@ fn keepalive(p: &Proxy, client: &TcpStream) -> Option<String> {
 
 #[tokio::test]
 async fn a_reload_changes_the_keepalive_of_clients_accepted_after_it() {
-    // Accepted sockets inherit the listening socket's options (`proxy::client_options`), so a
+    // Accepted sockets inherit the listening socket's options (`proxy::connect::socket_options`), so a
     // reload has to reach the listening socket: every client after it has the new keepalive, the
     // ones before keep theirs.
     let (_pg, _rest, p) = started().await;

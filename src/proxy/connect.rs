@@ -157,8 +157,7 @@ pub(super) async fn connect_and_start(
             }
         },
     };
-    let _ = server.set_nodelay(true);
-    tune(&server, cfg.server_keepalive());
+    socket_options(socket2::SockRef::from(&server), cfg.server_keepalive());
 
     let meters = Meters {
         up: [&fe.bin, &c.bin],
@@ -288,12 +287,18 @@ async fn connect(shared: &Shared, route: Route, node: usize) -> Result<TcpStream
     }
 }
 
-/// Sets TCP keepalive (HAProxy's `option clitcpka`/`srvtcpka`); best effort: a socket that
-/// refuses it still works.
-pub(super) fn tune(s: &TcpStream, keepalive: Option<socket2::TcpKeepalive>) {
-    if let Some(ka) = keepalive {
-        if let Err(e) = socket2::SockRef::from(s).set_tcp_keepalive(&ka) {
-            tracing::debug!(error = %e, "setting TCP keepalive failed");
-        }
+/// A session socket's options, client or server side: no Nagle (a small PostgreSQL message must
+/// not wait for an ACK), and TCP keepalive (HAProxy's `option clitcpka`/`srvtcpka`) as configured,
+/// explicitly off otherwise (a listening socket passes its options on to the sockets it accepts,
+/// `proxy::accept_loop`, and may carry an earlier configuration's). Best effort: a socket that
+/// refuses them still works.
+pub(super) fn socket_options(s: socket2::SockRef<'_>, keepalive: Option<socket2::TcpKeepalive>) {
+    let _ = s.set_nodelay(true);
+    let r = match keepalive {
+        Some(ka) => s.set_tcp_keepalive(&ka),
+        None => s.set_keepalive(false),
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "setting TCP keepalive failed");
     }
 }

@@ -197,9 +197,10 @@ async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
         if !current || tuned.as_ref().is_none_or(|t| !Arc::ptr_eq(t, &cfg)) {
             // Clients accepted before the listening socket had this configuration's options (or
             // from the old socket of a move) get them one by one.
-            client_options(socket2::SockRef::from(&stream), &cfg);
+            let keepalive = cfg.client_keepalive();
+            connect::socket_options(socket2::SockRef::from(&stream), keepalive.clone());
             if current {
-                client_options(socket2::SockRef::from(&a.listener), &cfg);
+                connect::socket_options(socket2::SockRef::from(&a.listener), keepalive);
                 tuned = Some(cfg);
             }
         }
@@ -232,22 +233,6 @@ async fn accept_loop(mut a: AcceptLoop<TcpListener>) {
                 tracing::warn!(error = %e, "handing a client to relay thread {to} failed")
             }
         }
-    }
-}
-
-/// A client socket's options: no Nagle (a small PostgreSQL message must not wait for an ACK), and
-/// TCP keepalive as configured (a client that vanished without a FIN, host down or cable cut,
-/// would keep its `maxconn` place until `timeout client`: keepalive finds it within idle +
-/// interval x count). Set on the listening socket, they are inherited by the sockets it accepts.
-/// Best effort: a socket that refuses them still works.
-fn client_options(s: socket2::SockRef<'_>, cfg: &crate::config::Config) {
-    let _ = s.set_nodelay(true);
-    let r = match cfg.client_keepalive() {
-        Some(ka) => s.set_tcp_keepalive(&ka),
-        None => s.set_keepalive(false),
-    };
-    if let Err(e) = r {
-        tracing::debug!(error = %e, "setting TCP keepalive failed");
     }
 }
 

@@ -373,7 +373,7 @@ async fn establish(
     // Listed in the sessions view until the setup ends; then, if it relays, in its server's registry.
     let phase = shared.frontend_of(route).setups.join(peer, start);
     // The client socket's options (no Nagle, keepalive) were set by its accept loop
-    // (`proxy::client_options`).
+    // (`proxy::connect::socket_options`).
     let deadline = crate::time::deadline(start, shared.config().listen.hold_timeout);
     let mut pending = Pending::default();
     let mut avoid: Option<(usize, u64)> = None;
