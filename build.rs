@@ -25,6 +25,10 @@ fn main() {
     match why_not {
         None => println!("cargo::rustc-cfg=kernel_relay"),
         Some(why) => {
+            // Installing clang and libbpf-dev later must rebuild with the program: a path that
+            // does not exist makes cargo run this script again on every build until it does.
+            println!("cargo::rerun-if-changed=/usr/bin/clang");
+            println!("cargo::rerun-if-changed=/usr/include/bpf/bpf_helpers.h");
             println!("cargo::warning=built without the kernel relay (relay = \"auto\" relays in user space): {why}");
             println!("cargo::rustc-env=PATRONI_PROXY_NO_KERNEL_RELAY={why}");
         }

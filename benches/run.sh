@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
-for p in haproxy iperf3 postgresql-15 postgresql-contrib util-linux; do
+# clang and libbpf-dev build the kernel relay's BPF program (the `relay = "kernel"` column).
+for p in haproxy iperf3 postgresql-15 postgresql-contrib util-linux clang libbpf-dev; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 if ((${#missing[@]})); then
