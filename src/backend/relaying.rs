@@ -81,8 +81,16 @@ pub struct Seen {
 /// events would wake the proxy for every message the kernel relays) for the kernel relay.
 #[derive(Debug)]
 pub struct Registered<S: AsRawFd = TcpStream> {
+    // First, so it is dropped (taking the entry out) before the sockets close: see the module
+    // comment.
+    entry: Key,
     client: S,
     server: S,
+}
+
+/// A session's entry in the registry, taken out when this drops.
+#[derive(Debug)]
+struct Key {
     registry: Arc<Relaying>,
     key: usize,
 }
@@ -109,10 +117,12 @@ impl Relaying {
         });
         drop(sessions);
         Ok(Registered {
+            entry: Key {
+                registry: self.clone(),
+                key,
+            },
             client,
             server,
-            registry: self.clone(),
-            key,
         })
     }
 
@@ -334,11 +344,23 @@ impl<S: AsRawFd> Registered<S> {
     pub fn server(&self) -> &S {
         &self.server
     }
+
+    /// Takes the session out of the registry and gives its sockets back (to move them into the
+    /// kernel relay, which registers them again: `shutdown_all` does not reach them in between,
+    /// so the caller checks for a kill when it does).
+    pub fn leave(self) -> (S, S) {
+        let Registered {
+            entry,
+            client,
+            server,
+        } = self;
+        drop(entry);
+        (client, server)
+    }
 }
 
-impl<S: AsRawFd> Drop for Registered<S> {
+impl Drop for Key {
     fn drop(&mut self) {
-        // Before the fields (and so the sockets) are dropped: see the module comment.
         self.registry
             .sessions
             .lock()

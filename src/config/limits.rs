@@ -96,6 +96,7 @@ pub const LIMITS: &[(&str, Limit)] = &[
         },
     ),
     ("listen.keepalive_count", count(1, 100)),
+    ("listen.kernel_after", count(0, 1_000_000)),
     ("check.expect_status", count(100, 599)),
     ("check.inter", INTERVAL),
     ("check.fastinter", INTERVAL),

@@ -191,6 +191,16 @@ pub struct Listen {
     /// `auto` (the kernel where it can, else the proxy's threads, saying why once). Default `user`.
     #[serde(skip_serializing_if = "is_default_relay")]
     pub relay: RelayMode,
+    /// With `relay = "kernel" | "auto"`: reads (of either side, a PostgreSQL message or a batch of
+    /// them each) a session relays in user space before it moves into the kernel, so that short
+    /// sessions never pay the move (docs/benchmarks.md, "Moving late"). 0 moves every session as
+    /// soon as its startup is inspected. Default 64.
+    #[serde(skip_serializing_if = "is_default_kernel_after")]
+    pub kernel_after: u32,
+}
+
+fn is_default_kernel_after(n: &u32) -> bool {
+    *n == Listen::default().kernel_after
 }
 
 fn is_default_relay(r: &RelayMode) -> bool {
@@ -399,6 +409,7 @@ impl Default for Listen {
             keepalive_interval: Duration::from_secs(10),
             keepalive_count: 6,
             relay: RelayMode::User,
+            kernel_after: 64,
         }
     }
 }

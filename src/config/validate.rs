@@ -37,6 +37,7 @@ impl FileConfig {
                     format!("{p}.keepalive_count"),
                     Count(l.keepalive_count.into()),
                 ),
+                (format!("{p}.kernel_after"), Count(l.kernel_after.into())),
             ]);
             if let Some(q) = l.timeout_queue {
                 v.push((format!("{p}.timeout_queue"), D(q)));

@@ -56,21 +56,16 @@ pub struct KernelRelay {
 
 impl KernelRelay {
     /// Watches a session's sockets, which `joined` has put into the maps. Returns the relay and
-    /// the first deadline of its timer; `idle_client`/`idle_server` as in [`super::relay::Relay::new`].
+    /// the first deadline of its timer; `idle` as the user-space relay had it
+    /// ([`super::relay::Relay::idle`]).
     pub fn new(
         client: &TcpStream,
         server: &TcpStream,
         base: [u64; 2],
         joined: Joined,
-        idle_client: Duration,
-        idle_server: Duration,
+        (limit, idle_side): (Duration, Side),
     ) -> io::Result<(Self, Instant)> {
         let watched = watch(client, server)?;
-        let (limit, idle_side) = if idle_client <= idle_server {
-            (idle_client, Side::Client)
-        } else {
-            (idle_server, Side::Server)
-        };
         let start = Instant::now();
         let relay = KernelRelay {
             joined,

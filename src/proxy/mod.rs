@@ -9,6 +9,7 @@ mod connect;
 mod hold;
 pub mod kernel;
 pub mod relay;
+mod relay_task;
 pub mod session;
 mod startup;
 pub mod tcplog;

@@ -53,6 +53,16 @@ impl Side {
     }
 }
 
+/// What a relay's poll came to: its end, or the point where it hands the session to the kernel.
+#[derive(Debug)]
+pub enum Next {
+    End(End),
+    /// `kernel_after` reads were relayed and nothing is held in user space (every byte read was
+    /// written, neither stream ended): the caller moves the sockets into the kernel relay
+    /// (`proxy::kernel`), or calls [`Relay::stay`] if it cannot.
+    Kernel,
+}
+
 /// How a relay ended.
 #[derive(Debug)]
 pub enum End {
@@ -79,6 +89,8 @@ pub struct Meters<'a> {
 pub struct Relay {
     up: Direction,
     down: Direction,
+    /// Reads left before the session moves into the kernel relay; [`NEVER`] in user mode.
+    kernel_in: u32,
     /// The last time a byte moved either way.
     last: Instant,
     limit: Duration,
@@ -93,7 +105,15 @@ impl Relay {
     /// `idle_client`/`idle_server` are HAProxy's `timeout client`/`timeout server`: inactivity
     /// timeouts where a byte in either direction counts as activity for both (writing to a side
     /// refreshes its read timer, `haproxy-semantics.md` §2.6), so the session goes at the smaller.
-    pub fn new(idle_client: Duration, idle_server: Duration) -> (Self, Instant) {
+    ///
+    /// `kernel_after`: with the kernel relay, how many reads (either way) the session relays here
+    /// before it moves there ([`Next::Kernel`]): a short session never pays the move's system
+    /// calls (docs/configuration.md, "Kernel relay").
+    pub fn new(
+        idle_client: Duration,
+        idle_server: Duration,
+        kernel_after: Option<u32>,
+    ) -> (Self, Instant) {
         let (limit, idle_side) = if idle_client <= idle_server {
             (idle_client, Side::Client)
         } else {
@@ -103,6 +123,7 @@ impl Relay {
         let relay = Relay {
             up: Direction::default(),
             down: Direction::default(),
+            kernel_in: kernel_after.map_or(NEVER, |n| n.min(NEVER - 1)),
             last,
             limit,
             idle_side,
@@ -118,6 +139,16 @@ impl Relay {
         (self.up_done, self.down_done)
     }
 
+    /// The idle timeout the session goes at, and the side it is named after.
+    pub fn idle(&self) -> (Duration, Side) {
+        (self.limit, self.idle_side)
+    }
+
+    /// Keeps relaying here: the kernel relay could not take the session.
+    pub fn stay(&mut self) {
+        self.kernel_in = NEVER;
+    }
+
     pub fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -125,43 +156,73 @@ impl Relay {
         server: &TcpStream,
         meters: &Meters<'_>,
         mut sleep: Pin<&mut Sleep>,
-    ) -> Poll<End> {
+    ) -> Poll<Next> {
         if !self.up_done {
-            match self
-                .up
-                .poll(cx, client, server, Side::Client, meters.up, &mut self.last)
-            {
+            let ways = Way {
+                from: client,
+                to: server,
+                from_side: Side::Client,
+                meters: meters.up,
+                last: self.down_done,
+            };
+            match self.up.poll(cx, ways, &mut self.last, &mut self.kernel_in) {
                 Poll::Ready(Ok(())) => self.up_done = true,
-                Poll::Ready(Err((side, e))) => return Poll::Ready(End::Error(side, e)),
+                Poll::Ready(Err((side, e))) => return Poll::Ready(Next::End(End::Error(side, e))),
                 Poll::Pending => {}
             }
         }
         if !self.down_done {
-            match self.down.poll(
-                cx,
-                server,
-                client,
-                Side::Server,
-                meters.down,
-                &mut self.last,
-            ) {
+            let ways = Way {
+                from: server,
+                to: client,
+                from_side: Side::Server,
+                meters: meters.down,
+                last: self.up_done,
+            };
+            match self
+                .down
+                .poll(cx, ways, &mut self.last, &mut self.kernel_in)
+            {
                 Poll::Ready(Ok(())) => self.down_done = true,
-                Poll::Ready(Err((side, e))) => return Poll::Ready(End::Error(side, e)),
+                Poll::Ready(Err((side, e))) => return Poll::Ready(Next::End(End::Error(side, e))),
                 Poll::Pending => {}
             }
         }
         if self.up_done && self.down_done {
-            return Poll::Ready(End::Closed);
+            return Poll::Ready(Next::End(End::Closed));
+        }
+        if self.kernel_in == 0 {
+            // A stream that ended is finished here (the session is closing anyway).
+            if self.up_done || self.down_done {
+                // The other direction stopped reading without a wake-up to come back for.
+                self.stay();
+                cx.waker().wake_by_ref();
+            } else if self.up.holds_nothing() && self.down.holds_nothing() {
+                return Poll::Ready(Next::Kernel);
+            }
         }
         while sleep.as_mut().poll(cx).is_ready() {
             let deadline = crate::time::deadline(self.last, self.limit);
             if Instant::now() >= deadline {
-                return Poll::Ready(End::Idle(self.idle_side));
+                return Poll::Ready(Next::End(End::Idle(self.idle_side)));
             }
             sleep.as_mut().reset(deadline);
         }
         Poll::Pending
     }
+}
+
+/// [`Relay::kernel_in`] of a session that never moves into the kernel.
+const NEVER: u32 = u32::MAX;
+
+/// One direction's sockets: read `from`, write `to`.
+struct Way<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+    from_side: Side,
+    meters: [&'a AtomicU64; 2],
+    /// The other direction has ended: this one's end ends the session.
+    last: bool,
 }
 
 /// One direction of a session: 8 bytes while it only relays small messages.
@@ -183,25 +244,43 @@ struct Cold {
 /// Reads per poll before yielding to other sessions (tokio's cooperative budget also applies).
 const READS_PER_POLL: usize = 16;
 
-fn count(meters: [&AtomicU64; 2], n: usize, last: &mut Instant) {
+/// Notes a read of `n` bytes: the counters, the activity time, and one read less before the move
+/// into the kernel.
+fn count(meters: [&AtomicU64; 2], n: usize, last: &mut Instant, kernel_in: &mut u32) {
     *last = Instant::now();
+    if *kernel_in != NEVER {
+        *kernel_in = kernel_in.saturating_sub(1);
+    }
     for m in meters {
         m.fetch_add(n as u64, Relaxed);
     }
 }
 
 impl Direction {
+    /// Whether every byte read was written (a pipe may stay, empty).
+    fn holds_nothing(&self) -> bool {
+        self.cold
+            .as_ref()
+            .is_none_or(|c| c.pending.is_empty() && c.held == 0)
+    }
+
     /// Moves what is available from `from` to `to`. `Ready(Ok)` once end-of-stream has been passed
-    /// on; `Pending` with wake-ups registered for whatever it waits for.
+    /// on; `Pending` with wake-ups registered for whatever it waits for. Each read counts down
+    /// `kernel_in`; at 0 this direction only writes out what it holds, and reads no more.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        from: &TcpStream,
-        to: &TcpStream,
-        from_side: Side,
-        meters: [&AtomicU64; 2],
+        way: Way<'_>,
         last: &mut Instant,
+        kernel_in: &mut u32,
     ) -> Poll<Result<(), (Side, io::Error)>> {
+        let Way {
+            from,
+            to,
+            from_side,
+            meters,
+            last: ends_session,
+        } = way;
         let to_side = match from_side {
             Side::Client => Side::Server,
             Side::Server => Side::Client,
@@ -209,6 +288,11 @@ impl Direction {
         for _ in 0..READS_PER_POLL {
             // The destination was slow: send what we hold before reading more (back-pressure).
             ready!(self.flush(cx, to, to_side, last))?;
+            if *kernel_in == 0 {
+                // The session moves into the kernel once both directions have written out what
+                // they hold (`Relay::poll`); bytes still arriving wait in the socket for it.
+                return Poll::Pending;
+            }
             ready!(from.poll_read_ready(cx)).map_err(|e| (from_side, e))?;
             if let Some(p) = self.cold.as_ref().and_then(|c| c.pipe.as_ref()) {
                 // No short-read shortcut here: a splice also stops short when the pipe runs out of
@@ -217,9 +301,9 @@ impl Direction {
                 match from.try_io(Interest::READABLE, || {
                     Ok(splice(from, None, &p.write, None, PIPE, flags)?)
                 }) {
-                    Ok(0) => return Poll::Ready(self.finish(to, to_side)),
+                    Ok(0) => return Poll::Ready(self.finish(to, to_side, ends_session)),
                     Ok(n) => {
-                        count(meters, n, last);
+                        count(meters, n, last, kernel_in);
                         if let Some(c) = &mut self.cold {
                             c.held = n;
                         }
@@ -237,7 +321,7 @@ impl Direction {
                     Ok(Got::Eof) => return Ok(None),
                     Err(e) => return Err((from_side, e)),
                 };
-                count(meters, n, last);
+                count(meters, n, last, kernel_in);
                 let mut off = 0;
                 while off < n {
                     match to.try_write(&buf[off..n]) {
@@ -253,7 +337,7 @@ impl Direction {
                 Ok(Some(n == buf.len()))
             })?;
             match bulk {
-                None => return Poll::Ready(self.finish(to, to_side)),
+                None => return Poll::Ready(self.finish(to, to_side, ends_session)),
                 // A full buffer, all of it sent: this direction carries bulk data; splice from
                 // now on. Without a pipe (out of descriptors) it keeps copying.
                 Some(true) => {
@@ -312,8 +396,18 @@ impl Direction {
     }
 
     /// End-of-stream from the source: pass the FIN on (half-close) and let the other direction run.
-    fn finish(&mut self, to: &TcpStream, to_side: Side) -> Result<(), (Side, io::Error)> {
+    /// When it `ends_session`, the sockets close right after, and closing a socket whose stream
+    /// has ended (nothing left unread) sends the same FIN: one system call per session fewer.
+    fn finish(
+        &mut self,
+        to: &TcpStream,
+        to_side: Side,
+        ends_session: bool,
+    ) -> Result<(), (Side, io::Error)> {
         self.cold = None;
+        if ends_session {
+            return Ok(());
+        }
         match socket2::SockRef::from(to).shutdown(Shutdown::Write) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),

@@ -13,7 +13,24 @@ pub(crate) fn relay<'a>(
     idle_client: Duration,
     idle_server: Duration,
 ) -> impl Future<Output = End> + 'a {
-    let (state, deadline) = Relay::new(idle_client, idle_server);
+    let f = relay_next(client, server, meters, (idle_client, idle_server), None);
+    async move {
+        match f.await {
+            Next::End(end) => end,
+            Next::Kernel => panic!("a relay without kernel_after asked to move into the kernel"),
+        }
+    }
+}
+
+/// [`Relay`] with `kernel_after`, until it ends or asks to move into the kernel.
+fn relay_next<'a>(
+    client: &'a TcpStream,
+    server: &'a TcpStream,
+    meters: Meters<'a>,
+    (idle_client, idle_server): (Duration, Duration),
+    kernel_after: Option<u32>,
+) -> RelayFuture<'a> {
+    let (state, deadline) = Relay::new(idle_client, idle_server, kernel_after);
     RelayFuture {
         client,
         server,
@@ -37,9 +54,9 @@ pin_project_lite::pin_project! {
 }
 
 impl Future for RelayFuture<'_> {
-    type Output = End;
+    type Output = Next;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Next> {
         let this = self.project();
         this.state
             .poll(cx, this.client, this.server, this.meters, this.sleep)
@@ -71,14 +88,17 @@ async fn relays_both_ways_and_forwards_half_close() {
     let (proxy_server, mut db) = pair().await;
     let counters: [AtomicU64; 4] = Default::default();
     let relay_task = async {
-        relay(
+        let end = relay(
             &proxy_client,
             &proxy_server,
             meters(&counters),
             Duration::from_secs(60),
             Duration::from_secs(60),
         )
-        .await
+        .await;
+        // As a session's task does: the last FIN is the close's (`Direction::finish`).
+        drop((proxy_client, proxy_server));
+        end
     };
     let peers = async {
         app.write_all(b"hello").await.unwrap();
@@ -127,12 +147,12 @@ async fn an_idle_relay_is_small() {
     let (_app, proxy_client) = pair().await;
     let (proxy_server, _db) = pair().await;
     let counters: [AtomicU64; 4] = Default::default();
-    let f = relay(
+    let f = relay_next(
         &proxy_client,
         &proxy_server,
         meters(&counters),
-        Duration::from_secs(1),
-        Duration::from_secs(1),
+        (Duration::from_secs(1), Duration::from_secs(1)),
+        None,
     );
     assert!(
         std::mem::size_of_val(&f) <= 256,
@@ -159,4 +179,126 @@ async fn a_reset_is_attributed_to_its_side() {
     )
     .await;
     assert!(matches!(end, End::Error(Side::Client, _)), "{end:?}");
+}
+
+const MINUTE: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(60));
+
+/// Bytes waiting in a socket's receive queue (`FIONREAD`).
+fn queued(s: &TcpStream) -> usize {
+    rustix::io::ioctl_fionread(s).unwrap() as usize
+}
+
+#[tokio::test]
+async fn asks_to_move_into_the_kernel_after_its_reads_and_reads_no_more() {
+    // docs/configuration.md, `listen.kernel_after`: the session moves once it relayed that many
+    // reads and holds no byte in user space; what arrives later waits in the socket for the kernel.
+    let (mut app, proxy_client) = pair().await;
+    let (proxy_server, mut db) = pair().await;
+    let counters: [AtomicU64; 4] = Default::default();
+    let relaying = relay_next(
+        &proxy_client,
+        &proxy_server,
+        meters(&counters),
+        MINUTE,
+        Some(3),
+    );
+    let peers = async {
+        let mut b = [0u8; 1];
+        app.write_all(b"1").await.unwrap();
+        db.read_exact(&mut b).await.unwrap();
+        db.write_all(b"2").await.unwrap();
+        app.read_exact(&mut b).await.unwrap();
+        app.write_all(b"3").await.unwrap();
+        db.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"3");
+    };
+    let (next, ()) = tokio::join!(relaying, peers);
+    assert!(matches!(next, Next::Kernel), "{next:?}");
+    assert_eq!(counters.each_ref().map(|c| c.load(Relaxed)), [2, 2, 1, 1]);
+    app.write_all(b"4").await.unwrap();
+    proxy_client.readable().await.unwrap();
+    assert_eq!(
+        queued(&proxy_client),
+        1,
+        "left in the socket for the kernel"
+    );
+}
+
+#[tokio::test]
+async fn a_destination_that_has_not_taken_everything_delays_the_move() {
+    // Nothing may stay in user space when the kernel takes over: the bytes of the move's last read
+    // that the server's socket refused are written first.
+    let (mut app, proxy_client) = pair().await;
+    let l = tokio::net::TcpSocket::new_v4().unwrap();
+    l.set_recv_buffer_size(4096).unwrap();
+    l.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = l.listen(1).unwrap();
+    let proxy_server = tokio::net::TcpSocket::new_v4().unwrap();
+    proxy_server.set_send_buffer_size(4096).unwrap();
+    let proxy_server = proxy_server.connect(l.local_addr().unwrap()).await.unwrap();
+    let (mut db, _) = l.accept().await.unwrap();
+    let counters: [AtomicU64; 4] = Default::default();
+    let payload: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    app.write_all(&payload).await.unwrap();
+    proxy_client.readable().await.unwrap();
+    let mut relaying = std::pin::pin!(relay_next(
+        &proxy_client,
+        &proxy_server,
+        meters(&counters),
+        MINUTE,
+        Some(1),
+    ));
+    // One read took more than the server's small buffers hold: the relay waits for them.
+    let early = tokio::time::timeout(Duration::from_millis(100), relaying.as_mut()).await;
+    assert!(early.is_err(), "moved while holding bytes: {early:?}");
+    let read = counters[0].load(Relaxed) as usize;
+    assert!(read > 16_384, "one read of {read} bytes");
+    let mut got = vec![0u8; read];
+    let (next, _) = tokio::join!(relaying, db.read_exact(&mut got));
+    assert!(matches!(next, Next::Kernel), "{next:?}");
+    assert_eq!(
+        got,
+        payload[..read],
+        "every byte read was written, in order"
+    );
+    assert_eq!(
+        counters[0].load(Relaxed) as usize,
+        read,
+        "and no more was read"
+    );
+    assert_eq!(queued(&proxy_client), payload.len() - read);
+}
+
+#[tokio::test]
+async fn a_stream_that_ended_keeps_its_session_in_user_space() {
+    // A half-closed session is on its way out: moving it would only cost.
+    let (mut app, proxy_client) = pair().await;
+    let (proxy_server, mut db) = pair().await;
+    let counters: [AtomicU64; 4] = Default::default();
+    let relaying = async {
+        let next = relay_next(
+            &proxy_client,
+            &proxy_server,
+            meters(&counters),
+            MINUTE,
+            Some(2),
+        )
+        .await;
+        drop((proxy_client, proxy_server));
+        next
+    };
+    let peers = async {
+        app.write_all(b"x").await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        db.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"x");
+        db.write_all(b"answer").await.unwrap();
+        db.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        app.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"answer");
+    };
+    let (next, ()) = tokio::join!(relaying, peers);
+    assert!(matches!(next, Next::End(End::Closed)), "{next:?}");
 }

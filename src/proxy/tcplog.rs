@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use tokio::time::Instant;
 
 use super::termination::Termination;
+use crate::state::Shared;
 
 /// The `tracing` target of the line, so `RUST_LOG` can select it.
 pub const TARGET: &str = "patroni_proxy::session";
@@ -138,6 +139,36 @@ impl<'a> SessionLine<'a> {
             "session"
         );
     }
+}
+
+/// The session's end in the log: with `log.sessions`, the `tcplog` line at info (its socket facts
+/// asked of the kernel only then); otherwise the short line at debug.
+pub fn log_end(
+    shared: &Shared,
+    peer: SocketAddr,
+    node: Option<usize>,
+    start: Instant,
+    t: Termination,
+    phases: Phases,
+    sockets: impl FnOnce() -> Sockets,
+) {
+    let cfg = shared.config();
+    let px = &cfg.listen.name;
+    if cfg.log.sessions {
+        let server = node.map(|n| shared.server_name(n));
+        let now = Instant::now();
+        let server = server.as_deref();
+        SessionLine::new(peer, px, server, start, now, phases, sockets(), t).emit();
+        return;
+    }
+    let server = node.map(|n| shared.server_name(n));
+    let server = server.as_deref().unwrap_or("<NOSRV>");
+    tracing::debug!(
+        target: "patroni_proxy::session",
+        "{peer} {px} {px}/{server} Tt={}ms {}",
+        start.elapsed().as_millis(),
+        t.code()
+    );
 }
 
 #[cfg(test)]

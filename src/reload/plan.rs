@@ -298,6 +298,7 @@ fn listener(key: &mut impl FnMut(&'static str, bool, bool), new: &Listen, o: &Li
         keepalive_interval,
         keepalive_count,
         relay,
+        kernel_after,
     } = new;
     // Listeners are matched by name: a renamed one is in the set of listeners above.
     key("listen.name", *name != o.name, false);
@@ -372,6 +373,7 @@ fn listener(key: &mut impl FnMut(&'static str, bool, bool), new: &Listen, o: &Li
     );
     // The BPF program is loaded (or found unavailable) at start.
     key("listen.relay", *relay != o.relay, false);
+    key("listen.kernel_after", *kernel_after != o.kernel_after, true);
 }
 
 #[cfg(test)]

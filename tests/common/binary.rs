@@ -30,11 +30,19 @@ pub struct Proxy {
     _dir: tempfile::TempDir,
 }
 
-/// `extra` with `relay = MODE` added when `PATRONI_PROXY_TEST_RELAY` names one and `extra` does
-/// not set it (as [`super::with_test_relay`] for in-process proxies).
+/// `extra` with `relay = MODE` (and, in the kernel modes, `kernel_after = 0`) added when
+/// `PATRONI_PROXY_TEST_RELAY` names one and `extra` does not set it (as
+/// [`super::with_test_relay`] for in-process proxies).
 fn test_relay(extra: &str) -> String {
     match std::env::var("PATRONI_PROXY_TEST_RELAY") {
-        Ok(m) if !m.is_empty() && !extra.contains("relay") => format!("{extra}\nrelay = \"{m}\""),
+        Ok(m) if !m.is_empty() && !extra.contains("relay") => {
+            let after = if m == "user" {
+                ""
+            } else {
+                "\nkernel_after = 0"
+            };
+            format!("{extra}\nrelay = \"{m}\"{after}")
+        }
         _ => extra.to_string(),
     }
 }

@@ -354,9 +354,10 @@ impl Cluster {
     }
 }
 
-/// A client through the proxy: which node greeted it, or `None` if the proxy closed the connection.
 /// `PATRONI_PROXY_TEST_RELAY=kernel|auto|user` runs every listener of the in-process proxies in
 /// that relay mode unless the test's config sets one (docs/testing.md); unset, the file's own.
+/// In the kernel modes every session moves into the kernel as soon as it relays
+/// (`kernel_after = 0`, unless the test sets it), so each test exercises the kernel relay.
 pub fn with_test_relay(toml_text: &str) -> String {
     let mode = match std::env::var("PATRONI_PROXY_TEST_RELAY") {
         Ok(m) if !m.is_empty() => m,
@@ -366,6 +367,10 @@ pub fn with_test_relay(toml_text: &str) -> String {
     let set = |t: &mut toml::Table| {
         t.entry("relay")
             .or_insert_with(|| toml::Value::String(mode.clone()));
+        if mode != "user" {
+            t.entry("kernel_after")
+                .or_insert_with(|| toml::Value::Integer(0));
+        }
     };
     match doc
         .entry("listen")

@@ -145,6 +145,8 @@ pub fn patroni_proxy_config_on(ip: &str) -> String {
 /// (docs/testing.md).
 pub fn patroni_proxy_config_with(ip: &str, check: &str) -> String {
     let relay = match std::env::var("PATRONI_PROXY_TEST_RELAY") {
+        // Every session moves into the kernel as soon as it relays, so each scenario exercises it.
+        Ok(m) if !m.is_empty() && m != "user" => format!("relay = \"{m}\"\nkernel_after = 0\n"),
         Ok(m) if !m.is_empty() => format!("relay = \"{m}\"\n"),
         _ => String::new(),
     };
