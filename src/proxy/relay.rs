@@ -163,7 +163,7 @@ impl Relay {
                 to: server,
                 from_side: Side::Client,
                 meters: meters.up,
-                last: self.down_done,
+                ends_session: self.down_done,
             };
             match self.up.poll(cx, ways, &mut self.last, &mut self.kernel_in) {
                 Poll::Ready(Ok(())) => self.up_done = true,
@@ -177,7 +177,7 @@ impl Relay {
                 to: client,
                 from_side: Side::Server,
                 meters: meters.down,
-                last: self.up_done,
+                ends_session: self.up_done,
             };
             match self
                 .down
@@ -222,7 +222,7 @@ struct Way<'a> {
     from_side: Side,
     meters: [&'a AtomicU64; 2],
     /// The other direction has ended: this one's end ends the session.
-    last: bool,
+    ends_session: bool,
 }
 
 /// One direction of a session: 8 bytes while it only relays small messages.
@@ -279,7 +279,7 @@ impl Direction {
             to,
             from_side,
             meters,
-            last: ends_session,
+            ends_session,
         } = way;
         let to_side = match from_side {
             Side::Client => Side::Server,

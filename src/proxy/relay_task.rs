@@ -150,7 +150,8 @@ impl Future for RelayTask {
                     }
                 }
                 Engine::Kernel(k) => break ready!(k.relay.poll(cx, &k.io, this.sleep.as_mut())),
-                // A move that did not finish ended the session (`Move::run` returned its end).
+                // Only between `Move::run`'s start and its end, which breaks out above when it
+                // leaves the engine here: never seen by a poll.
                 Engine::Moving => break End::Closed,
             }
         };
