@@ -20,7 +20,7 @@ use serde_json::json;
 use setup::{Proc, Service, SERVICES};
 
 const USAGE: &str = "usage: bash benches/run.sh [--quick] [--rounds N] [--secs S] [--json PATH] \
-[--rows r1,r2] [--proxy PATH] [--also LABEL=PATH[@VAR=VALUE][@relay=kernel]...]... [--no-kernel] [--perf] [--perf-record]
+[--rows r1,r2] [--proxy PATH] [--also LABEL=PATH[@VAR=VALUE][@relay=kernel][@kernel_after=N]...]... [--no-kernel] [--perf] [--perf-record]
 --no-kernel: leave out the `relay = \"kernel\"` column (it needs CAP_BPF and CAP_NET_ADMIN)
 --perf: count syscalls and context switches of HAProxy and the proxies per unit of work (perf stat;
         the tracepoint slows syscalls a little, so keep it out of runs whose timings you report)
@@ -250,41 +250,50 @@ fn main() {
         procs.push(p);
     }
     targets.push(t);
-    let mut proxies = vec![("patroni-proxy".to_string(), o.proxy.clone(), vec![], "user")];
+    let user = || "relay = \"user\"\n".to_string();
+    let mut proxies = vec![("patroni-proxy".to_string(), o.proxy.clone(), vec![], user())];
     if o.kernel {
-        proxies.push(("pp-kernel".to_string(), o.proxy.clone(), vec![], "kernel"));
+        let listen = "relay = \"kernel\"\n".to_string();
+        proxies.push(("pp-kernel".to_string(), o.proxy.clone(), vec![], listen));
     }
-    // `@relay=kernel` in `--also` measures that build in kernel mode (not an environment variable).
+    // In `--also`, a lower-case `@key=value` (`@relay=kernel`, `@kernel_after=0`) is a `[listen]`
+    // setting of that build's config; anything else is an environment variable.
     proxies.extend(o.also.iter().map(|(l, b, e)| {
-        let kernel = e.iter().any(|(k, v)| k == "relay" && v == "kernel");
-        let env = e.iter().filter(|(k, _)| k != "relay").cloned().collect();
-        (
-            l.clone(),
-            b.clone(),
-            env,
-            if kernel { "kernel" } else { "user" },
-        )
+        let setting = |k: &str| k.starts_with(|c: char| c.is_ascii_lowercase());
+        let mut listen = String::new();
+        for (k, v) in e.iter().filter(|(k, _)| setting(k)) {
+            if v.parse::<u64>().is_ok() {
+                listen.push_str(&format!("{k} = {v}\n"));
+            } else {
+                listen.push_str(&format!("{k} = {v:?}\n"));
+            }
+        }
+        if !e.iter().any(|(k, _)| k == "relay") {
+            listen.push_str(&user());
+        }
+        let env = e.iter().filter(|(k, _)| !setting(k)).cloned().collect();
+        (l.clone(), b.clone(), env, listen)
     }));
-    for (label, bin, env, relay) in &proxies {
+    for (label, bin, env, listen) in &proxies {
         let mut t = Target {
             label: label.clone(),
             kind: Kind::Proxy,
             addrs: backends,
             pids: [None; 3],
             fresh: Some({
-                let (logs, label, bin, env, relay) = (
+                let (logs, label, bin, env, listen) = (
                     logs.clone(),
                     label.clone(),
                     bin.clone(),
                     env.clone(),
-                    *relay,
+                    listen.clone(),
                 );
                 Box::new(move || {
                     let (p, a, stats, _) = setup::start_proxy(
                         &label,
                         &bin,
                         &env,
-                        relay,
+                        &listen,
                         "echo-fresh",
                         echo_addr,
                         patroni,
@@ -300,7 +309,7 @@ fn main() {
                 label,
                 bin,
                 env,
-                relay,
+                listen,
                 s.name(),
                 backends[s as usize],
                 patroni,

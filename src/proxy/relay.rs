@@ -339,11 +339,14 @@ impl Direction {
             match bulk {
                 None => return Poll::Ready(self.finish(to, to_side, ends_session)),
                 // A full buffer, all of it sent: this direction carries bulk data; splice from
-                // now on. Without a pipe (out of descriptors) it keeps copying.
+                // now on. Without a pipe (out of descriptors) it keeps copying. A bulk session
+                // stays in user space: splice moves bulk data faster and for less CPU than the
+                // kernel relay's redirect (docs/benchmarks.md, "Bulk stays in user space").
                 Some(true) => {
                     if let Ok(p) = Pipe::new() {
                         self.cold.get_or_insert_with(Default::default).pipe = Some(p);
                     }
+                    *kernel_in = NEVER;
                 }
                 Some(false) => {}
             }

@@ -302,3 +302,53 @@ async fn a_stream_that_ended_keeps_its_session_in_user_space() {
     let (next, ()) = tokio::join!(relaying, peers);
     assert!(matches!(next, Next::End(End::Closed)), "{next:?}");
 }
+
+#[tokio::test]
+async fn a_bulk_session_stays_in_user_space() {
+    // docs/benchmarks.md, "Bulk stays in user space": a read that fills the buffer makes the
+    // direction splice, and the session keeps relaying here whatever `kernel_after` says.
+    let (mut app, proxy_client) = pair().await;
+    let (proxy_server, mut db) = pair().await;
+    let bulk: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    app.write_all(&bulk).await.unwrap();
+    // More than one buffer's worth waits in the socket, so the relay's first read fills it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queued(&proxy_client) < 65_536 {
+        assert!(
+            Instant::now() < deadline,
+            "{} queued",
+            queued(&proxy_client)
+        );
+        tokio::task::yield_now().await;
+    }
+    let counters: [AtomicU64; 4] = Default::default();
+    let relaying = async {
+        let next = relay_next(
+            &proxy_client,
+            &proxy_server,
+            meters(&counters),
+            MINUTE,
+            Some(4),
+        )
+        .await;
+        drop((proxy_client, proxy_server));
+        next
+    };
+    let peers = async {
+        let mut got = vec![0u8; bulk.len()];
+        db.read_exact(&mut got).await.unwrap();
+        assert!(got == bulk, "the bulk bytes in order");
+        // Past `kernel_after` reads in small messages: still no move.
+        let mut b = [0u8; 1];
+        for i in 0..4u8 {
+            app.write_all(&[i]).await.unwrap();
+            db.read_exact(&mut b).await.unwrap();
+            db.write_all(&b).await.unwrap();
+            app.read_exact(&mut b).await.unwrap();
+            assert_eq!(b, [i]);
+        }
+        drop((app, db));
+    };
+    let (next, ()) = tokio::join!(relaying, peers);
+    assert!(matches!(next, Next::End(End::Closed)), "{next:?}");
+}
