@@ -266,3 +266,39 @@ async fn a_client_whose_server_refuses_the_connection_is_listed_as_connecting() 
     .await;
     assert_eq!(entry(&listed, port).unwrap()["backend_port"], Value::Null);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_listeners_sessions_are_listed_under_its_name() {
+    // A primary port and a replica port (issue 13): the view lists the sessions of both, each
+    // with the listener it came in on.
+    let c = Cluster::start(
+        vec![PRIMARY, Mode::Replica],
+        "[[listen]]\nname = \"rw\"\nbind = \"127.0.0.1:0\"\n\
+         [[listen]]\nname = \"ro\"\nbind = \"127.0.0.1:0\"\nrole = \"replica\"\n\
+         [check]\ninter = \"100ms\"\n",
+    )
+    .await;
+    c.wait_for(LIMIT, "node0 routed, node1 in the replica set", |c| {
+        c.primary() == Some(0) && c.shared().current().sets[0].members.to_vec() == [1]
+    })
+    .await;
+    let (rw_port, _rw) = open(&c, "node0").await;
+    let ro = TcpStream::connect(c.set_addrs[0]).await.unwrap();
+    let ro_port = ro.local_addr().unwrap().port();
+    let (greeted_by, _ro) = client_of(ro).await.expect("a replica session");
+    assert_eq!(greeted_by, "node1");
+    let s = until(&c, ro_port, "the replica session relaying", |e| {
+        e.is_some_and(|e| e["state"] == "relaying")
+    })
+    .await;
+    let (rw, ro) = (entry(&s, rw_port).unwrap(), entry(&s, ro_port).unwrap());
+    assert_eq!(
+        (&rw["listener"], &rw["server"]),
+        (&"rw".into(), &"node0".into())
+    );
+    assert_eq!(
+        (&ro["listener"], &ro["server"]),
+        (&"ro".into(), &"node1".into())
+    );
+    assert_eq!(s["total"], 2, "{s}");
+}

@@ -165,6 +165,7 @@ impl Future for RelayTask {
         let (engine, (client_eof, server_eof)) = (&*this.engine, this.engine.eof());
         log_end(
             shared,
+            *route,
             *this.peer,
             Some(*node as usize),
             *this.start,

@@ -54,7 +54,7 @@ pub async fn run(
             let node = s.open.handle().node as usize;
             let backend = s.open.handle().backend.clone();
             let cfg = shared.config();
-            let listen = listen_of(&cfg, route);
+            let listen = route.listen(&cfg);
             // A kernel listener's sessions move there after `kernel_after` reads
             // (`proxy::relay_task`); where the program is not loaded they stay here.
             let kernel_after = (listen.relay != RelayMode::User
@@ -91,7 +91,7 @@ pub async fn run(
         }
     };
     let phases = Phases::new(start, timing);
-    log_end(shared, peer, node, start, t, phases, || Sockets {
+    log_end(shared, route, peer, node, start, t, phases, || Sockets {
         bytes_from_client: bytes_received(&client, None),
         ..Sockets::default()
     });
@@ -113,12 +113,6 @@ struct Established {
     slot: OwnedSemaphorePermit,
     /// The server's `scur`, and which server.
     open: GaugeGuard<ServerSession>,
-}
-
-/// The listener a session came in on (set `i` is listener `i + 1`, `state::sets::specs`).
-fn listen_of(cfg: &crate::config::Config, route: Route) -> &crate::config::Listen {
-    let i = route.set().map_or(0, |i| i + 1);
-    cfg.listen.all().get(i).unwrap_or(&cfg.listen)
 }
 
 /// Routes the client to the primary (holding it while there is none), retrying on the next primary

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use tokio::time::Instant;
 
 use super::termination::Termination;
-use crate::state::Shared;
+use crate::state::{Route, Shared};
 
 /// The `tracing` target of the line, so `RUST_LOG` can select it.
 pub const TARGET: &str = "patroni_proxy::session";
@@ -143,8 +143,10 @@ impl<'a> SessionLine<'a> {
 
 /// The session's end in the log: with `log.sessions`, the `tcplog` line at info (its socket facts
 /// asked of the kernel only then); otherwise the short line at debug.
+#[allow(clippy::too_many_arguments)]
 pub fn log_end(
     shared: &Shared,
+    route: Route,
     peer: SocketAddr,
     node: Option<usize>,
     start: Instant,
@@ -153,7 +155,8 @@ pub fn log_end(
     sockets: impl FnOnce() -> Sockets,
 ) {
     let cfg = shared.config();
-    let px = &cfg.listen.name;
+    // HAProxy's frontend and backend names: a `listen` section's own name for both.
+    let px = &route.listen(&cfg).name;
     if cfg.log.sessions {
         let server = node.map(|n| shared.server_name(n));
         let now = Instant::now();

@@ -271,6 +271,13 @@ impl Route {
     pub fn set(self) -> Option<usize> {
         (self != Route::PRIMARY).then_some(self.0 as usize)
     }
+
+    /// The listener this route's sessions came in on (set `i` is listener `i + 1`,
+    /// `sets::specs`).
+    pub fn listen(self, cfg: &Config) -> &crate::config::Listen {
+        let i = self.set().map_or(0, |i| i + 1);
+        cfg.listen.all().get(i).unwrap_or(&cfg.listen)
+    }
 }
 
 /// Told of every finished check (the metrics), by the owner.

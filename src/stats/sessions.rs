@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::dashboard::esc;
-use crate::state::Shared;
+use crate::state::{Route, Shared};
 
 /// The most sessions one answer lists.
 pub const MAX_SESSIONS: usize = 1000;
@@ -58,45 +58,53 @@ pub struct Session {
     pub state: &'static str,
 }
 
-/// Reads the registries: at most `limit` (capped at [`MAX_SESSIONS`]) sessions, and the total.
+/// Reads the registries of every listener: at most `limit` (capped at [`MAX_SESSIONS`]) sessions,
+/// and the total.
 pub fn collect(shared: &Shared, limit: usize) -> Sessions {
     let limit = limit.min(MAX_SESSIONS);
     let now = Instant::now();
     let cfg = shared.config();
-    let listener = &cfg.listen.name;
     let mut sessions = Vec::new();
     let mut total = 0usize;
-    for (node, backend) in shared.backends().iter().enumerate() {
+    // The primary port's side, then each other listener's (`Shared::set_io`, by set index).
+    let sides = std::iter::once((Route::PRIMARY, &shared.frontend, shared.backends())).chain(
+        (shared.set_io.iter().enumerate())
+            .map(|(i, set)| (Route::of_set(i), &set.frontend, set.backends())),
+    );
+    for (route, frontend, backends) in sides {
+        let listener = &route.listen(&cfg).name;
+        for (node, backend) in backends.iter().enumerate() {
+            let room = limit.saturating_sub(sessions.len());
+            let server = shared.server_name(node);
+            total = total.saturating_add(backend.relaying.visit(now, room, |s| {
+                sessions.push(Session {
+                    client_addr: s.client.map(|a| a.ip().to_string()),
+                    client_port: s.client.map(|a| a.port()),
+                    listener: listener.clone(),
+                    server: Some(server.to_string()),
+                    backend_port: s.backend_port,
+                    age_s: s.age.as_secs_f64(),
+                    bytes_in: s.bytes_in,
+                    bytes_out: s.bytes_out,
+                    state: "relaying",
+                })
+            }));
+        }
         let room = limit.saturating_sub(sessions.len());
-        let server = shared.server_name(node);
-        total = total.saturating_add(backend.relaying.visit(now, room, |s| {
+        total = total.saturating_add(frontend.setups.visit(now, room, |s| {
             sessions.push(Session {
-                client_addr: s.client.map(|a| a.ip().to_string()),
-                client_port: s.client.map(|a| a.port()),
+                client_addr: Some(s.client.ip().to_string()),
+                client_port: Some(s.client.port()),
                 listener: listener.clone(),
-                server: Some(server.to_string()),
-                backend_port: s.backend_port,
+                server: s.node.map(|n| shared.server_name(n).to_string()),
+                backend_port: None,
                 age_s: s.age.as_secs_f64(),
-                bytes_in: s.bytes_in,
-                bytes_out: s.bytes_out,
-                state: "relaying",
+                bytes_in: None,
+                bytes_out: None,
+                state: s.phase.as_str(),
             })
         }));
     }
-    let room = limit.saturating_sub(sessions.len());
-    total = total.saturating_add(shared.frontend.setups.visit(now, room, |s| {
-        sessions.push(Session {
-            client_addr: Some(s.client.ip().to_string()),
-            client_port: Some(s.client.port()),
-            listener: listener.clone(),
-            server: s.node.map(|n| shared.server_name(n).to_string()),
-            backend_port: None,
-            age_s: s.age.as_secs_f64(),
-            bytes_in: None,
-            bytes_out: None,
-            state: s.phase.as_str(),
-        })
-    }));
     Sessions {
         truncated: sessions.len() < total,
         total,
