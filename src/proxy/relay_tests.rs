@@ -269,24 +269,18 @@ async fn a_destination_that_has_not_taken_everything_delays_the_move() {
     assert_eq!(queued(&proxy_client), payload.len() - read);
 }
 
+/// [`relay_next`] over sockets it owns, closed once the relay is done, as a session closes them.
+async fn relay_then_close(client: TcpStream, server: TcpStream, kernel_after: Option<u32>) -> Next {
+    let counters: [AtomicU64; 4] = Default::default();
+    relay_next(&client, &server, meters(&counters), MINUTE, kernel_after).await
+}
+
 #[tokio::test]
 async fn a_stream_that_ended_keeps_its_session_in_user_space() {
     // A half-closed session is on its way out: moving it would only cost.
     let (mut app, proxy_client) = pair().await;
     let (proxy_server, mut db) = pair().await;
-    let counters: [AtomicU64; 4] = Default::default();
-    let relaying = async {
-        let next = relay_next(
-            &proxy_client,
-            &proxy_server,
-            meters(&counters),
-            MINUTE,
-            Some(2),
-        )
-        .await;
-        drop((proxy_client, proxy_server));
-        next
-    };
+    let relaying = relay_then_close(proxy_client, proxy_server, Some(2));
     let peers = async {
         app.write_all(b"x").await.unwrap();
         app.shutdown().await.unwrap();
@@ -321,19 +315,7 @@ async fn a_bulk_session_stays_in_user_space() {
         );
         tokio::task::yield_now().await;
     }
-    let counters: [AtomicU64; 4] = Default::default();
-    let relaying = async {
-        let next = relay_next(
-            &proxy_client,
-            &proxy_server,
-            meters(&counters),
-            MINUTE,
-            Some(4),
-        )
-        .await;
-        drop((proxy_client, proxy_server));
-        next
-    };
+    let relaying = relay_then_close(proxy_client, proxy_server, Some(4));
     let peers = async {
         let mut got = vec![0u8; bulk.len()];
         db.read_exact(&mut got).await.unwrap();
