@@ -39,10 +39,9 @@ use crate::routing::{AdminState, Candidate, Claim};
 pub struct NodeState {
     /// The node's `[[server]]` settings as last loaded (a reload may change them; the name never).
     pub server: Arc<Server>,
-    /// When a reload removed the node from the configuration: it gets no new sessions, its checks
-    /// stop, and its sessions end by themselves or `shutdown_grace` later. Its slot (index) stays,
-    /// so that its counters remain accounted for, until the process restarts or the same name is
-    /// added back.
+    /// When a reload removed the node from the configuration: no new sessions, no checks; its
+    /// sessions end by themselves or `shutdown_grace` later. Its slot (index) stays, so that its
+    /// counters remain accounted for, until the process restarts or the same name is added back.
     pub removed: Option<SystemTime>,
     pub counter: HealthCounter,
     /// `None` until the first check finishes (HAProxy's `INI`).
@@ -253,8 +252,7 @@ impl SetIo {
 }
 
 /// Which listener a session came in on: the primary port, or the listener of a node set
-/// (`Snapshot::sets`, `Shared::set_io`, same index).
-/// Four bytes: it lives in every relaying session's task.
+/// (`Snapshot::sets`, `Shared::set_io`, same index). Four bytes: it lives in every relaying task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route(u32);
 
@@ -272,8 +270,7 @@ impl Route {
         (self != Route::PRIMARY).then_some(self.0 as usize)
     }
 
-    /// The listener this route's sessions came in on (set `i` is listener `i + 1`,
-    /// `sets::specs`).
+    /// The listener this route's sessions came in on (set `i` is listener `i + 1`, `sets::specs`).
     pub fn listen(self, cfg: &Config) -> &crate::config::Listen {
         let i = self.set().map_or(0, |i| i + 1);
         cfg.listen.all().get(i).unwrap_or(&cfg.listen)
